@@ -1,0 +1,167 @@
+"""Training configuration: one TOML file describes a whole run.
+
+A run is reproducible from its config file alone (plus the data it names), so every knob that
+changes the result lives here and nowhere else: model preset, data, optimiser and schedule,
+the head-pose pretraining stage, loss weights and the GAN warm-up, logging and checkpoints.
+Defaults are the paper's where the paper states them (AdamW betas (0.5, 0.999), weight decay
+1e-2, cosine schedule 2e-4 -> 1e-6).
+
+Unknown keys are an error, so a typo in a config never silently trains with a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The training config file is missing, malformed or names an unknown option."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    preset: str = "tiny"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    kind: str = "synthetic"            # "synthetic" (procedural heads) or "video" (a folder of clips)
+    root: str = ""                     # video folder for kind = "video"
+    train_identities: int = 1000       # synthetic: identities 0 .. train_identities-1 are for training
+    heldout_identities: int = 64       # synthetic: the next ones are held out for evaluation
+    augment: bool = True
+    num_workers: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    lr: float = 2e-4
+    lr_min: float = 1e-6
+    betas: tuple = (0.5, 0.999)
+    weight_decay: float = 1e-2
+    discriminator_lr: float = 2e-4
+    grad_clip: float = 0.0             # 0: no clipping
+
+
+@dataclass(frozen=True)
+class PosePretrainSection:
+    steps: int = 0                     # 0: skip the stage
+    lr: float = 1e-3
+    batch_size: int = 16
+    main_stage: str = "frozen"         # "frozen" or "low_lr" during the main stage
+    main_lr_scale: float = 0.1         # for "low_lr": fraction of the main learning rate
+
+
+@dataclass(frozen=True)
+class LossSection:
+    weights: dict = field(default_factory=dict)   # fields of losses.LossWeights; empty: paper defaults
+    gan_start_step: int = 0            # adversarial + feature matching from this main-stage step on
+    cycle: bool = True                 # the cross-identity pass and its cycle loss
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 100                   # main-stage optimiser steps
+    batch_size: int = 4                # per process, per micro-batch
+    grad_accum: int = 1                # micro-batches per optimiser step
+    seed: int = 0
+    device: str = "auto"               # "auto", "cpu", "cuda"
+    mixed_precision: bool = True       # autocast + GradScaler, used only on CUDA
+
+
+@dataclass(frozen=True)
+class LogSection:
+    out_dir: str = "runs/default"
+    log_every: int = 10
+    image_every: int = 100
+    checkpoint_every: int = 500        # steps
+    checkpoint_minutes: float = 0.0    # also checkpoint after this much wall time; 0: off
+    keep_last: int = 2
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    optim: OptimSection = OptimSection()
+    pose_pretrain: PosePretrainSection = PosePretrainSection()
+    losses: LossSection = LossSection()
+    train: TrainSection = TrainSection()
+    log: LogSection = LogSection()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, section: str, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+
+_CHOICES = {
+    ("data", "kind"): ("synthetic", "video"),
+    ("pose_pretrain", "main_stage"): ("frozen", "low_lr"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def _section(cls, name: str, values: dict):
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(known)}")
+    typed = {}
+    for key, value in values.items():
+        default = known[key].default if known[key].default is not dataclasses.MISSING else None
+        if isinstance(default, tuple):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif default is not None and not isinstance(value, type(default)):
+            raise ConfigError(f"[{name}] {key} = {value!r} should be of type {type(default).__name__}")
+        choices = _CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(f"[{name}] {key} = {value!r} is not one of {', '.join(choices)}")
+        typed[key] = value
+    return cls(**typed)
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {', '.join('[' + u + ']' for u in unknown)}; "
+                          f"known: {', '.join(sections)}")
+    classes = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{name: _section(classes[name], name, raw.get(name, {})) for name in sections})
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    positive = [("train", "steps"), ("train", "batch_size"), ("train", "grad_accum"),
+                ("log", "log_every"), ("log", "image_every"), ("log", "checkpoint_every")]
+    for section, key in positive:
+        if getattr(getattr(cfg, section), key) < 1:
+            raise ConfigError(f"[{section}] {key} must be at least 1")
+    if cfg.optim.lr_min > cfg.optim.lr:
+        raise ConfigError("[optim] lr_min must not exceed lr")
+    if cfg.data.kind == "video" and not cfg.data.root:
+        raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a TOML training config; raises ConfigError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML ({e})") from None
+    return config_from_dict(raw)
