@@ -1,0 +1,146 @@
+"""Training checkpoints: the one format that training writes and export (and evaluation) read.
+
+A checkpoint is self-describing, so a model can be rebuilt from it without knowing how it was
+trained. Two containers hold the same three parts:
+
+* ``*.safetensors``: the tensors are the model's ``state_dict``; the file's metadata holds
+  ``format`` = ``"megaportraits-checkpoint"``, ``format_version`` = ``"1"``, and ``config`` and
+  ``provenance`` as JSON strings.
+* any other name (``*.pt``): a ``torch.save`` dict loadable with ``torch.load(weights_only=True)``::
+
+      {"format": "megaportraits-checkpoint", "format_version": 1,
+       "config": {"preset": "small256", **ModelConfig.to_dict()},
+       "model": MegaPortraits.state_dict(),
+       "provenance": {"data": ..., "steps": ..., "metrics": {...}, ...},
+       ...}                                  # other keys (optimizer state, ...) are ignored here
+
+``config`` is the preset name plus every field of ``ModelConfig`` (``ModelConfig.to_dict``); fields
+missing from an older checkpoint take the preset's values. ``provenance`` is free-form JSON that says where the weights
+came from (data set, steps, metrics); the exporter copies it into the bundle's manifest.
+``model`` is the plain ``state_dict`` of :class:`megaportraits_export.model.MegaPortraits`
+(not of a DDP or EMA wrapper), loaded strictly.
+
+:func:`save_checkpoint` writes this format; :func:`load_model_from_checkpoint` reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "megaportraits-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a megaportraits checkpoint this version can read."""
+
+
+def save_checkpoint(path: str | os.PathLike,
+                    model: torch.nn.Module,
+                    config,
+                    preset: str,
+                    provenance: dict,
+                    extra: dict | None = None) -> Path:
+    """Write ``model``'s weights with its configuration and provenance (see the module doc).
+
+    ``extra`` (optimizer state, step counters, ...) is kept in ``.pt`` checkpoints only.
+    """
+    path = Path(path)
+    config_dict = {"preset": preset, **config.to_dict()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    json.dumps(provenance)  # provenance goes into a JSON manifest: fail here, not at export time
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                    "config": json.dumps(config_dict), "provenance": json.dumps(provenance)}
+        save_file(state, str(tmp), metadata=metadata)
+    else:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_dict,
+                    "model": state, "provenance": provenance, **(extra or {})}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model_from_checkpoint(path: str | os.PathLike):
+    """Rebuild the model a checkpoint holds: ``(model in eval mode, ModelConfig, provenance)``.
+
+    The returned provenance is the checkpoint's own, plus ``preset`` and ``checkpoint`` (the
+    file's name and sha256), so a bundle can say exactly which weights it was made from.
+    """
+    from megaportraits.manifest import sha256_file
+    from megaportraits_export.model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    config_dict, state, provenance = _read(path)
+    preset, config = _config_from_dict(config_dict, path)
+    model = build_model(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path.name} does not fit the {preset!r} architecture "
+            f"({len(missing)} missing weights, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
+            f"e.g. {unexpected[:3]}); was it written by another version of megaportraits_export?")
+    provenance = {**provenance, "preset": preset,
+                  "checkpoint": {"file": path.name, "sha256": sha256_file(path)}}
+    return model.eval(), config, provenance
+
+
+def _read(path: Path) -> tuple[dict, dict, dict]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        _check_format(metadata.get("format"), metadata.get("format_version"), path)
+        try:
+            config, provenance = json.loads(metadata["config"]), json.loads(metadata.get("provenance", "{}"))
+        except (KeyError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint {path.name}: metadata 'config'/'provenance' is not valid JSON ({e})") from None
+        return config, load_file(str(path)), provenance
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and unsafe-type errors all mean "not our format"
+        raise CheckpointError(f"{path.name} cannot be read as a torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path.name} holds a {type(ckpt).__name__}, not a megaportraits checkpoint dict")
+    _check_format(ckpt.get("format"), ckpt.get("format_version"), path)
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path.name} lacks its {key!r} entry")
+    return ckpt["config"], ckpt["model"], dict(ckpt.get("provenance") or {})
+
+
+def _check_format(fmt, version, path: Path) -> None:
+    if fmt != FORMAT:
+        raise CheckpointError(f"{path.name} is not a megaportraits checkpoint (format {fmt!r}); "
+                              "write checkpoints with megaportraits_export.checkpoint.save_checkpoint")
+    if version is None or int(version) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path.name} has format version {version}; this version reads "
+                              f"up to {FORMAT_VERSION}: upgrade megaportraits_export")
+
+
+def _config_from_dict(config_dict: dict, path: Path):
+    from megaportraits_export.config import PRESETS, ModelConfig
+
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in config_dict.items() if k != "preset"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise CheckpointError(f"checkpoint {path.name} config has unknown field(s) {', '.join(unknown)}; "
+                              "it was written by a newer megaportraits_export")
+    preset = config_dict.get("preset") or values.get("name") or "custom"
+    base = PRESETS[preset].to_dict() if preset in PRESETS else {}
+    try:
+        return preset, ModelConfig.from_dict({**base, **values})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path.name}: its {preset!r} config is incomplete or invalid ({e})") from None

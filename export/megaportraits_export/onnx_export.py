@@ -1,0 +1,511 @@
+"""Export a MegaPortraits model to the ONNX model bundle that the ``megaportraits`` SDK runs.
+
+The model is cut where DESIGN.md cuts the data flow: a ``source`` graph run once per avatar, a
+``driver`` graph and a ``generator`` graph run per frame. Each graph is exported by the dynamo
+exporter from the model's own module, with training-only pieces folded away
+(``folded_for_export``), opset 20, a dynamic ``batch`` axis and the ONNX names of
+docs/interfaces.md.
+
+Two flavours of the same weights exist. The default sends the heavy volume sample through the
+``com.megaportraits::GridSample3D`` custom op (see :mod:`custom_op`) and also carries a
+*portable twin* of every graph that holds that op, so the SDK can fall back to standard ONNX
+when the op library cannot be loaded; ``--portable`` writes standard-ops graphs only.
+
+A bundle is written into a temporary directory next to the output and renamed into place at
+the end, so an interrupted export never leaves a half-written bundle behind. The manifest is
+written only through :mod:`megaportraits.manifest`, the schema's single definition.
+
+``--verify`` runs every graph file in ONNX Runtime on random inputs at batch sizes 1 and 3 and
+compares it with the PyTorch modules it came from.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import megaportraits
+from megaportraits import manifest as mf
+from megaportraits_export import custom_op
+from megaportraits_export.warp import use_volume_sampler
+
+OPSET = 20
+MODEL_NAME = "megaportraits"
+BATCH_AXIS = "batch"
+EXAMPLE_BATCH = 2  # torch.export specialises a batch of 1, so trace with 2 and mark it dynamic
+VERIFY_BATCH_SIZES = (1, 3)
+
+# role -> (input names, output names); docs/interfaces.md, "Bundle graphs".
+GRAPH_IO = {
+    "source": (("source_image",), ("canonical_volume", "global_descriptor", "pose", "expression")),
+    "driver": (("driver_image",), ("pose", "expression")),
+    "generator": (("canonical_volume", "global_descriptor", "pose", "expression"), ("image",)),
+}
+# Outputs that are images in [0, 1]: held to an absolute tolerance; the rest (volumes, codes,
+# poses of random networks, whose scale is arbitrary) to a tolerance relative to their scale.
+IMAGE_OUTPUTS = ("image",)
+IMAGE_ATOL = 1e-4
+FEATURE_RTOL = 1e-4
+
+# Ops that ONNX Runtime runs through slow generic paths or that betray an untidy trace
+# (control flow, sequences); a deployment graph should have none of them.
+SLOW_OPS = {"Loop", "Scan", "If", "SequenceConstruct", "SequenceAt", "SplitToSequence",
+            "ConcatFromSequence", "NonZero", "Compress", "Unique"}
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                onnx.TensorProto.INT64: "int64"}
+
+log = logging.getLogger("megaportraits_export.onnx_export")
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported, or the export does not match PyTorch."""
+
+
+# ---- one graph ---------------------------------------------------------------------------------
+def export_graph(module: torch.nn.Module,
+                 example_inputs: tuple,
+                 input_names: tuple,
+                 output_names: tuple,
+                 portable: bool) -> torch.onnx.ONNXProgram:
+    """Trace ``module`` with the volume sample routed through our op, and translate it to ONNX."""
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+    _quiet_exporter_logs()
+    with use_volume_sampler(custom_op.volume_sampler), torch.no_grad():
+        return torch.onnx.export(
+            module,
+            example_inputs,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            dynamic_shapes=tuple({0: batch} for _ in example_inputs),
+            custom_translation_table=custom_op.translation_table(portable),
+            optimize=True,
+            verbose=False,
+        )
+
+
+def save_graph(program: torch.onnx.ONNXProgram, path: Path) -> list[str]:
+    """Save one graph (weights inline below 2 GB, else one external data file beside it);
+    check it, and return the names of the files written."""
+    program.save(path, external_data=None)
+    proto = onnx.load(path, load_external_data=False)
+    data_files = sorted({entry.value for t in proto.graph.initializer
+                         if t.data_location == onnx.TensorProto.EXTERNAL
+                         for entry in t.external_data if entry.key == "location"})
+    for name in data_files:
+        mf.safe_name(name)  # the SDK will refuse anything else
+    custom_op.register_onnx_schema()
+    onnx.checker.check_model(path, full_check=True, check_custom_domain=True)
+    return [path.name, *data_files]
+
+
+def graph_summary(path: Path) -> tuple[list[mf.TensorSpec], list[mf.TensorSpec], dict]:
+    """Input and output specs as the ONNX file declares them, and its op histogram."""
+    proto = onnx.load(path, load_external_data=False)
+    specs = [[_tensor_spec(v) for v in vs] for vs in (proto.graph.input, proto.graph.output)]
+    ops: dict = {}
+    for node in proto.graph.node:
+        key = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+        ops[key] = ops.get(key, 0) + 1
+    return specs[0], specs[1], ops
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> mf.TensorSpec:
+    t = value.type.tensor_type
+    if t.elem_type not in _ONNX_DTYPES:
+        raise ExportError(f"graph value {value.name!r} has ONNX element type {t.elem_type}, "
+                          f"which the bundle format cannot describe")
+    shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
+    return mf.TensorSpec(name=value.name, shape=shape, dtype=_ONNX_DTYPES[t.elem_type])
+
+
+def _check_graph(role: str, path: Path, portable: bool) -> tuple[list, list, bool]:
+    """The exported graph has exactly the names, batch axis and ops the bundle promises."""
+    inputs, outputs, ops = graph_summary(path)
+    want_in, want_out = GRAPH_IO[role]
+    got_in, got_out = tuple(t.name for t in inputs), tuple(t.name for t in outputs)
+    if (got_in, got_out) != (want_in, want_out):
+        raise ExportError(f"{role} graph has inputs {got_in} and outputs {got_out}; "
+                          f"docs/interfaces.md fixes {want_in} and {want_out}")
+    for t in (*inputs, *outputs):
+        if not t.shape or t.shape[0] != BATCH_AXIS:
+            raise ExportError(f"{role} graph: {t.name} has shape {t.shape}, not a dynamic '{BATCH_AXIS}' axis 0")
+    slow = sorted(set(ops) & SLOW_OPS)
+    if slow:
+        raise ExportError(f"{role} graph contains {', '.join(slow)}, which ONNX Runtime runs slowly; "
+                          "rewrite that part of the model with tensor ops")
+    uses_custom_op = any(op.startswith(mf.CUSTOM_OP_DOMAIN + "::") for op in ops)
+    if portable and uses_custom_op:
+        raise ExportError(f"portable {role} graph still contains a {mf.CUSTOM_OP_DOMAIN} node")
+    return inputs, outputs, uses_custom_op
+
+
+# ---- the model's three graphs ------------------------------------------------------------------
+def role_modules(model: torch.nn.Module) -> dict:
+    return {"source": model.source_branch, "driver": model.driver_branch, "generator": model.generator}
+
+
+def example_inputs(model: torch.nn.Module, image_size: int, batch: int, seed: int) -> dict:
+    """Random images for the branches, and the generator's inputs computed from them by the
+    model itself, so every graph sees realistic values."""
+    g = torch.Generator().manual_seed(seed)
+    source_image = torch.rand(batch, 3, image_size, image_size, generator=g)
+    driver_image = torch.rand(batch, 3, image_size, image_size, generator=g)
+    with torch.no_grad():
+        avatar = model.source_branch(source_image)
+        motion = model.driver_branch(driver_image)
+    return {
+        "source": (source_image,),
+        "driver": (driver_image,),
+        "generator": (avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression),
+    }
+
+
+# ---- the bundle --------------------------------------------------------------------------------
+def export_bundle(model: torch.nn.Module,
+                  config,
+                  output: str | os.PathLike,
+                  preset: str,
+                  provenance: dict,
+                  portable: bool = False,
+                  verify: bool = False) -> Path:
+    """Write a complete bundle to ``output`` (replacing a bundle already there) and return its path.
+
+    ``model`` is the trained (or randomly initialised) model; it is folded for export on a copy.
+    With ``verify``, every graph is compared with ``model`` in ONNX Runtime before the bundle is
+    put in place, and a mismatch raises :class:`ExportError`.
+    """
+    from megaportraits_export.model import folded_for_export
+
+    output = Path(output)
+    _check_output_dir(output)
+    model = model.eval()
+    deploy = folded_for_export(model).eval()
+    inputs = example_inputs(deploy, config.image_size, EXAMPLE_BATCH, seed=0)
+    flavours = (True,) if portable else (False, True)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        graphs = {}
+        for role, module in role_modules(deploy).items():
+            graphs[role] = _export_role(role, module, inputs[role], staging, flavours)
+        manifest = mf.Manifest(
+            model_name=MODEL_NAME,
+            preset=preset,
+            image_size=int(config.image_size),
+            graphs=graphs,
+            files={},
+            opset=OPSET,
+            custom_op=None if portable else {"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION},
+            precision="fp32",
+            producer=producer_versions(),
+            provenance=dict(provenance),
+        )
+        manifest.files = {name: "" for name in _data_files(staging)}
+        mf.write_manifest(staging, manifest)
+        if verify:
+            report = verify_bundle(staging, model)
+            print(format_report(report))
+            failed = [r for r in report if not r.ok]
+            if failed:
+                raise ExportError(f"{len(failed)} output(s) of the exported graphs differ from PyTorch "
+                                  f"beyond tolerance (first: {failed[0].describe()}); the bundle was not written")
+        _move_into_place(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def _export_role(role: str, module: torch.nn.Module, inputs: tuple, staging: Path, flavours: tuple) -> mf.GraphSpec:
+    """Export one role in the requested flavours; a graph with no custom node is its own twin."""
+    in_names, out_names = GRAPH_IO[role]
+    _check_output_order(role, module, inputs, out_names)
+    files = {}
+    for portable in flavours:
+        path = staging / (f"{role}.portable.onnx" if portable and len(flavours) == 2 else f"{role}.onnx")
+        started = time.perf_counter()
+        program = export_graph(module, inputs, in_names, out_names, portable)
+        save_graph(program, path)
+        del program
+        specs_in, specs_out, uses_custom_op = _check_graph(role, path, portable)
+        log.info("exported %s (%s) in %.1f s", path.name, "portable" if portable else "custom op",
+                 time.perf_counter() - started)
+        files[portable] = path.name
+        if not portable and not uses_custom_op:
+            break  # nothing to make portable: the graph already is
+    if True in files and False in files:
+        twin = files[True]
+    elif False in files:
+        twin = files[False]
+    else:
+        twin = None  # portable-only bundle: the one file is standard ONNX already
+    return mf.GraphSpec(file=files.get(False, files.get(True)), inputs=tuple(specs_in),
+                        outputs=tuple(specs_out), portable_file=twin)
+
+
+def _check_output_order(role: str, module: torch.nn.Module, inputs: tuple, out_names: tuple) -> None:
+    """The ONNX outputs are named by position; make sure the module returns them in that order."""
+    with torch.no_grad():
+        result = module(*inputs)
+    fields = getattr(type(result), "_fields", None)
+    if fields is not None and tuple(fields) != tuple(out_names):
+        raise ExportError(f"{role} module returns {type(result).__name__}{tuple(fields)}, but the {role} "
+                          f"graph's outputs are {out_names}; update docs/interfaces.md and the exporter together")
+
+
+def _data_files(staging: Path) -> list[str]:
+    return sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != mf.MANIFEST_NAME)
+
+
+def _check_output_dir(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"--output {output} is a file; give a directory for the bundle")
+    if output.is_dir() and any(output.iterdir()) and not (output / mf.MANIFEST_NAME).is_file():
+        raise ExportError(f"--output {output} is a non-empty directory that is not a bundle; "
+                          "choose a new directory (an existing bundle is replaced)")
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    """Rename the finished bundle into place; an old bundle there is swapped out, then removed."""
+    old = None
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+        os.rename(output, old / output.name)
+    _make_readable(staging)
+    os.rename(staging, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_readable(bundle: Path) -> None:
+    """mkdtemp/mkstemp create owner-only entries; a bundle is meant to be shared and shipped."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(bundle, 0o777 & ~umask)
+    for p in bundle.iterdir():
+        os.chmod(p, 0o666 & ~umask)
+
+
+def producer_versions() -> dict:
+    versions = {
+        "megaportraits": megaportraits.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+    for name in ("onnxscript", "onnxruntime"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def _quiet_exporter_logs() -> None:
+    # torch's ONNX registry warns about every missing torchvision op on each export.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+# ---- verification against PyTorch -------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputError:
+    """How far one output of one graph file is from PyTorch at one batch size."""
+
+    file: str
+    output: str
+    batch: int
+    max_abs: float
+    max_rel: float  # max |onnx - torch| / max |torch|: error relative to the output's scale
+    tolerance: float  # bound on max_abs
+    checked_with: str  # how the graph was run
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.max_abs <= self.tolerance)
+
+    def describe(self) -> str:
+        return (f"{self.file}:{self.output} batch {self.batch}: max abs {self.max_abs:.2e}, "
+                f"max rel {self.max_rel:.2e} (tolerance {self.tolerance:.1e})")
+
+
+def verify_bundle(bundle_dir: str | os.PathLike,
+                  model: torch.nn.Module,
+                  batch_sizes: tuple = VERIFY_BATCH_SIZES,
+                  seed: int = 1234) -> list[OutputError]:
+    """Run every graph file of the bundle in ONNX Runtime and compare it with ``model``.
+
+    Custom-op graphs run with the op library when it can be loaded; without it they run with
+    their GridSample3D nodes turned into standard GridSample (which checks everything around
+    the kernel, and the kernel itself is cpp_ext's tests' business), and the report says so.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = mf.load_manifest(bundle_dir)
+    mf.verify_files(bundle_dir, manifest)
+    model = model.eval()
+    modules = role_modules(model)
+    report = []
+    for batch in batch_sizes:
+        inputs = example_inputs(model, manifest.image_size, batch, seed=seed + batch)
+        for role, spec in manifest.graphs.items():
+            if role not in modules:
+                continue
+            with torch.no_grad():
+                expected = _as_tuple(modules[role](*inputs[role]))
+            feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs[role])}
+            for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
+                session, how = ort_session(bundle_dir / file)
+                got = session.run(list(GRAPH_IO[role][1]), feeds)
+                for name, ref, out in zip(GRAPH_IO[role][1], expected, got):
+                    report.append(_compare(file, name, batch, ref.numpy(), out, how))
+    return report
+
+
+def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, actual: np.ndarray,
+                    checked_with: str = "") -> OutputError:
+    return _compare(file, name, batch, reference, actual, checked_with)
+
+
+def _compare(file, name, batch, reference, actual, checked_with) -> OutputError:
+    if reference.shape != actual.shape:
+        raise ExportError(f"{file}: output {name} has shape {actual.shape} at batch {batch}; "
+                          f"PyTorch gives {reference.shape}")
+    diff = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    tolerance = IMAGE_ATOL if name in IMAGE_OUTPUTS else FEATURE_RTOL * max(scale, 1.0)
+    return OutputError(file=file, output=name, batch=batch, max_abs=max_abs,
+                       max_rel=max_abs / scale if scale > 0 else max_abs, tolerance=tolerance,
+                       checked_with=checked_with)
+
+
+def _as_tuple(result) -> tuple:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def custom_ops_library() -> tuple[str | None, str]:
+    """The op library's path, or None and the reason it cannot be used."""
+    try:
+        return megaportraits.custom_ops_library(), ""
+    except AttributeError:
+        return None, "this megaportraits has no custom_ops_library()"
+    except Exception as e:  # the SDK's error says how to build the library
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def ort_session(path: Path, threads: int = 2):
+    """An ONNX Runtime CPU session for one graph file, and a note of how it runs the custom op."""
+    import onnxruntime as ort
+
+    proto = onnx.load(path, load_external_data=False)
+    has_custom = any(n.domain == mf.CUSTOM_OP_DOMAIN for n in proto.graph.node)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if not has_custom:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), "onnxruntime"
+    library, reason = custom_ops_library()
+    if library is not None:
+        options.register_custom_ops_library(library)
+        return (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
+                "onnxruntime + custom op library")
+    proto = onnx.load(path)  # with any external weights: the model is rebuilt in memory
+    as_standard = custom_nodes_as_standard(proto)
+    session = ort.InferenceSession(as_standard.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, f"onnxruntime, GridSample3D run as GridSample ({reason})"
+
+
+def custom_nodes_as_standard(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every GridSample3D node turned into the standard GridSample-20 it equals."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for node in proto.graph.node:
+        if node.domain == mf.CUSTOM_OP_DOMAIN and node.op_type == custom_op.OP_NAME:
+            node.domain, node.op_type = "", "GridSample"
+    kept = [o for o in proto.opset_import if o.domain != mf.CUSTOM_OP_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto
+
+
+def format_report(report: list[OutputError]) -> str:
+    lines = [f"{'file':<24} {'output':<18} {'batch':>5} {'max abs':>10} {'max rel':>10}  ok"]
+    for r in report:
+        lines.append(f"{r.file:<24} {r.output:<18} {r.batch:>5} {r.max_abs:>10.2e} {r.max_rel:>10.2e}  "
+                     f"{'yes' if r.ok else 'NO'}")
+    for how in sorted({r.checked_with for r in report}):
+        files = sorted({r.file for r in report if r.checked_with == how})
+        lines.append(f"{', '.join(files)}: {how}")
+    return "\n".join(lines)
+
+
+# ---- command line ------------------------------------------------------------------------------
+def random_model(preset: str, seed: int):
+    """A randomly initialised model of a preset; the same (preset, seed) gives the same weights."""
+    from megaportraits_export.config import get_config
+    from megaportraits_export.model import build_model
+
+    config = get_config(preset)
+    torch.manual_seed(seed)
+    return build_model(config).eval(), config
+
+
+def _parse_args(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m megaportraits_export export",
+        description="Export a checkpoint, or a randomly initialised preset, to an ONNX model bundle.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="training checkpoint to export")
+    source.add_argument("--preset", metavar="NAME", help="architecture preset (with --random-init)")
+    p.add_argument("--random-init", action="store_true", help="export random weights (tests, benchmarks)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to write")
+    p.add_argument("--portable", action="store_true",
+                   help="standard ONNX ops only (no custom-op graphs) for runtimes without our library")
+    p.add_argument("--verify", action="store_true",
+                   help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
+    args = p.parse_args(argv)
+    if args.preset and not args.random_init:
+        p.error("--preset exports an untrained architecture; add --random-init to confirm, "
+                "or give --checkpoint CKPT")
+    if args.random_init and not args.preset:
+        p.error("--random-init needs --preset NAME")
+    return args
+
+
+def main(argv=None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    if not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        if args.checkpoint:
+            from megaportraits_export.checkpoint import load_model_from_checkpoint
+
+            model, config, provenance = load_model_from_checkpoint(args.checkpoint)
+            preset = provenance.get("preset") or getattr(config, "name", "custom")
+        else:
+            model, config = random_model(args.preset, args.seed)
+            preset, provenance = args.preset, {"weights": "random-init", "seed": args.seed}
+        out = export_bundle(model, config, args.output, preset=preset, provenance=provenance,
+                            portable=args.portable, verify=args.verify)
+    except (ExportError, mf.BundleError, KeyError, ValueError, OSError) as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 1
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s)")
+    return 0
