@@ -1,0 +1,176 @@
+"""What this machine can do at best, measured rather than looked up.
+
+A stage's GFLOP/s means little without the ceiling beside it. Vendor peaks assume every core at
+full turbo with perfect vector code; the useful ceiling is what ONNX Runtime itself reaches on a
+large square MatMul with the same thread count, and the memory bandwidth a large streaming copy
+reaches. Each stage's floor (flops.GraphCost.floor_seconds) is computed against these two.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .requirements import require_onnx
+from .stats import measure
+
+
+@dataclass(frozen=True)
+class MachinePeaks:
+    """Measured ceilings: GEMM throughput and memory bandwidth."""
+
+    threads: int
+    gemm_gflops: float  # ONNX Runtime MatMul, float32, `threads` intra-op threads
+    gemm_size: int  # square matrix side used
+    numpy_gemm_gflops: float  # numpy float32 matmul (its BLAS's own thread count)
+    bandwidth_gbs: float  # best of the two streaming measurements below, GB/s (1e9 bytes)
+    copy_gbs: float  # numpy copy of a large array: bytes read + bytes written
+    ort_stream_gbs: float  # ONNX Runtime elementwise Mul over a large tensor, same threads
+
+    @property
+    def gemm_flops_per_s(self) -> float:
+        return self.gemm_gflops * 1e9
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return self.bandwidth_gbs * 1e9
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """The options every measured session uses, so peaks and stages are comparable."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
+def _single_node_session(op_type: str, inputs: list, output_rank: int, threads: int,
+                         initializers: tuple = (), providers=("CPUExecutionProvider",)):
+    onnx = require_onnx()
+    h, f32 = onnx.helper, onnx.TensorProto.FLOAT
+    graph = h.make_graph(
+        [h.make_node(op_type, [name for name, _ in inputs] + [t.name for t in initializers], ["y"])],
+        f"peak_{op_type.lower()}",
+        [h.make_tensor_value_info(name, f32, shape) for name, shape in inputs],
+        [h.make_tensor_value_info("y", f32, [None] * output_rank)],
+        initializer=list(initializers))
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                providers=list(providers))
+
+
+def measure_gemm(threads: int, size: int = 1536, runs: int = 5) -> float:
+    """GFLOP/s of an ONNX Runtime float32 MatMul (size x size) @ (size x size)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    session = _single_node_session("MatMul", [("a", [size, size]), ("b", [size, size])], 2, threads)
+    timing = measure(lambda: session.run(None, {"a": a, "b": b}), warmup=2, runs=runs)
+    return 2.0 * size ** 3 / (timing.min_ms * 1e-3) / 1e9
+
+
+def measure_numpy_gemm(size: int = 1536, runs: int = 5) -> float:
+    """GFLOP/s of numpy's float32 matmul, for comparison with ONNX Runtime's."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    timing = measure(lambda: a @ b, warmup=1, runs=runs)
+    return 2.0 * size ** 3 / (timing.min_ms * 1e-3) / 1e9
+
+
+def measure_copy_bandwidth(mib: int = 128, runs: int = 5) -> float:
+    """GB/s of a numpy copy between two arrays far larger than any cache (read + write)."""
+    n = mib * (1 << 20) // 4
+    src = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    timing = measure(lambda: np.copyto(dst, src), warmup=1, runs=runs)
+    return 2.0 * src.nbytes / (timing.min_ms * 1e-3) / 1e9
+
+
+def measure_ort_stream_bandwidth(threads: int, mib: int = 128, runs: int = 5) -> float:
+    """GB/s of ONNX Runtime multiplying a large tensor by a scalar (read + write), same threads."""
+    onnx = require_onnx()
+    n = mib * (1 << 20) // 4
+    x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    two = onnx.helper.make_tensor("two", onnx.TensorProto.FLOAT, [], [2.0])
+    session = _single_node_session("Mul", [("x", [n])], 1, threads, initializers=(two,))
+    timing = measure(lambda: session.run(None, {"x": x}), warmup=1, runs=runs)
+    return 2.0 * x.nbytes / (timing.min_ms * 1e-3) / 1e9
+
+
+def measure_peaks(threads: int, gemm_size: int = 1536, runs: int = 5) -> MachinePeaks:
+    """All ceilings at one thread count. The best run counts: a ceiling, not a typical value."""
+    copy_gbs = measure_copy_bandwidth(runs=runs)
+    ort_gbs = measure_ort_stream_bandwidth(threads, runs=runs)
+    return MachinePeaks(
+        threads=threads,
+        gemm_gflops=measure_gemm(threads, gemm_size, runs),
+        gemm_size=gemm_size,
+        numpy_gemm_gflops=measure_numpy_gemm(gemm_size, runs),
+        bandwidth_gbs=max(copy_gbs, ort_gbs),
+        copy_gbs=copy_gbs,
+        ort_stream_gbs=ort_gbs,
+    )
+
+
+# ---- machine description -----------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list:
+    """The vector extensions that decide GEMM speed (x86 only; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                    return [w for w in wanted if w in flags]
+    except OSError:
+        pass
+    return []
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), which can be fewer than the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info() -> dict:
+    """Who measured what: hardware, software versions, and how busy the machine was."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        "load_average": list(load) if load else None,
+        "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,165 @@
+"""The benchmark's arithmetic and structure: FLOPs of graphs counted by hand, the statistics on
+known samples, and the JSON report's schema. Timings themselves are not tested (shared CPUs)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="the benchmark's FLOP counter needs onnx ([dev] extra)")
+from onnx import TensorProto, helper  # noqa: E402
+
+from megaportraits.benchmark import flops, stats  # noqa: E402
+
+F32 = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=20, extra_opsets=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
+
+
+def _weights(name, shape, rng):
+    return helper.make_tensor(name, F32, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+
+def _out(name="y"):
+    return helper.make_tensor_value_info(name, F32, None)
+
+
+# ---- FLOPs counted by hand ---------------------------------------------------------------------
+def test_conv_flops_match_the_hand_count():
+    # N=2, C_in=3 -> C_out=8, 3x3 kernel, stride 2, pad 1, 32x32 -> 16x16; bias present.
+    rng = np.random.default_rng(0)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    model = _model([node], [helper.make_tensor_value_info("x", F32, ["batch", 3, 32, 32])], [_out()],
+                   [_weights("w", [8, 3, 3, 3], rng), _weights("b", [8], rng)])
+    cost = flops.count_graph(model, batch=2)
+    outputs = 2 * 8 * 16 * 16
+    assert cost.flops == 2 * outputs * (3 * 3 * 3) + outputs  # 2 FLOPs per MAC, 1 per bias add
+    x_bytes, w_bytes, b_bytes, y_bytes = 4 * 2 * 3 * 32 * 32, 4 * 8 * 27, 4 * 8, 4 * outputs
+    assert cost.bytes_moved == x_bytes + w_bytes + b_bytes + y_bytes
+
+
+def test_grouped_conv_counts_only_the_channels_each_group_sees():
+    rng = np.random.default_rng(1)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1], group=4)
+    model = _model([node], [helper.make_tensor_value_info("x", F32, [1, 8, 5, 7])], [_out()],
+                   [_weights("w", [12, 2, 1, 1], rng)])
+    assert flops.count_graph(model).flops == 2 * (12 * 5 * 7) * 2
+
+
+def test_matmul_flops_with_broadcast_batch():
+    # (2, 3, 5, 7) @ (7, 11): 2*3*5*11 outputs, 7 MACs each.
+    node = helper.make_node("MatMul", ["a", "b"], ["y"])
+    model = _model([node], [helper.make_tensor_value_info("a", F32, ["batch", 3, 5, 7]),
+                            helper.make_tensor_value_info("b", F32, [7, 11])], [_out()])
+    assert flops.count_graph(model, batch=2).flops == 2 * (2 * 3 * 5 * 11) * 7
+
+
+def test_gemm_flops_with_transposed_a_and_bias():
+    # A is (K=6, M=4) with transA=1, B is (6, 9): 4x9 outputs, 6 MACs each, plus C.
+    rng = np.random.default_rng(2)
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=1)
+    model = _model([node], [helper.make_tensor_value_info("a", F32, [6, 4])], [_out()],
+                   [_weights("b", [6, 9], rng), _weights("c", [9], rng)])
+    assert flops.count_graph(model).flops == 2 * 4 * 9 * 6 + 4 * 9
+
+
+def test_grid_sample_flops_by_mode_and_rank():
+    def cost(mode, x_shape, grid_shape, op=("", "GridSample")):
+        node = helper.make_node(op[1], ["x", "g"], ["y"], domain=op[0], mode=mode)
+        extra = [helper.make_opsetid(op[0], 1)] if op[0] else []
+        model = _model([node], [helper.make_tensor_value_info("x", F32, x_shape),
+                                helper.make_tensor_value_info("g", F32, grid_shape)], [_out()],
+                       extra_opsets=extra)
+        return flops.count_graph(model)
+
+    # 2-D bilinear: 4 neighbours blended per output element and channel.
+    assert cost("linear", [1, 5, 9, 9], [1, 4, 6, 2]).flops == 2 * 4 * (5 * 4 * 6)
+    # 3-D trilinear: 8 neighbours.
+    trilinear = cost("linear", [2, 96, 4, 8, 8], [2, 3, 5, 7, 3])
+    assert trilinear.flops == 2 * 8 * (2 * 96 * 3 * 5 * 7)
+    assert cost("nearest", [1, 5, 4, 8, 8], [1, 3, 5, 7, 3]).flops == 0
+    # Our custom op is counted like the standard op it equals, under its own name.
+    ours = cost("linear", [2, 96, 4, 8, 8], [2, 3, 5, 7, 3], op=flops.CUSTOM_GRID_SAMPLE)
+    assert ours.flops == trilinear.flops and ours.bytes_moved == trilinear.bytes_moved
+    assert list(ours.flops_by_op()) == ["GridSample3D"]
+
+
+def test_custom_op_shapes_flow_into_later_nodes():
+    # The op's output shape must reach the Relu after it, although onnx has no schema for it.
+    nodes = [helper.make_node("GridSample3D", ["x", "g"], ["v"], domain="com.megaportraits", mode="linear"),
+             helper.make_node("Relu", ["v"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F32, ["batch", 4, 2, 3, 3]),
+                           helper.make_tensor_value_info("g", F32, ["batch", 5, 6, 7, 3])], [_out()],
+                   extra_opsets=[helper.make_opsetid("com.megaportraits", 1)])
+    cost = flops.count_graph(model, batch=3)
+    voxels = 3 * 4 * 5 * 6 * 7
+    assert cost.flops_by_op() == {"GridSample3D": 16 * voxels, "Relu": voxels}
+    assert cost.uncounted == {}
+
+
+def test_chain_of_shapes_and_unknown_ops_are_reported():
+    # Reshape moves nothing; an op without a convention is listed, not silently zero.
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [4, 6])
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Sigmoid", ["r"], ["s"]),
+             helper.make_node("Det", ["s"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F32, [2, 3, 4])], [_out()], [shape])
+    cost = flops.count_graph(model)
+    assert cost.flops == 24
+    assert cost.uncounted == {"Det": 1}
+    assert cost.nodes[0].bytes_moved == 0
+
+
+def test_symbolic_axes_other_than_batch_need_explicit_shapes():
+    model = _model([helper.make_node("Relu", ["x"], ["y"])],
+                   [helper.make_tensor_value_info("x", F32, ["batch", "n"])], [_out()])
+    with pytest.raises(ValueError, match="input_shapes"):
+        flops.count_graph(model)
+    assert flops.count_graph(model, input_shapes={"x": (2, 5)}).flops == 10
+
+
+def test_roofline_floor_takes_the_slower_bound_of_each_node():
+    cost = flops.GraphCost(nodes=[flops.NodeCost("a", "Conv", flops=10_000, bytes_moved=100),
+                                  flops.NodeCost("b", "Add", flops=10, bytes_moved=8_000)], batch=1)
+    # peak 1000 FLOP/s, 100 B/s: node a is compute-bound (10 s), node b memory-bound (80 s).
+    assert cost.floor_seconds(1000.0, 100.0) == pytest.approx(10.0 + 80.0)
+
+
+# ---- statistics --------------------------------------------------------------------------------
+def test_percentiles_interpolate_between_ranks_like_numpy():
+    samples = [7.0, 1.0, 3.0, 10.0, 5.0]
+    assert stats.percentile(samples, 50) == 5.0
+    assert stats.percentile(samples, 90) == pytest.approx(7.0 + 0.6 * 3.0)
+    rng = np.random.default_rng(3)
+    random = rng.exponential(size=37)
+    for q in (0, 13, 50, 90, 99, 100):
+        assert stats.percentile(random, q) == pytest.approx(np.percentile(random, q))
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+
+
+def test_summarize_converts_seconds_to_milliseconds():
+    timing = stats.summarize([0.004, 0.001, 0.002, 0.003], warmup=2)
+    assert timing.median_ms == pytest.approx(2.5)
+    assert timing.min_ms == pytest.approx(1.0)
+    assert timing.mean_ms == pytest.approx(2.5)
+    assert timing.p99_ms == pytest.approx(1.0 + 3.0 * 0.99 * 1.0)
+    assert (timing.runs, timing.warmup) == (4, 2)
+
+
+def test_measure_runs_warmup_then_the_timed_calls():
+    calls = []
+    timing = stats.measure(lambda: calls.append(1), warmup=3, runs=5)
+    assert len(calls) == 8 and timing.runs == 5 and timing.warmup == 3
+    assert timing.peak_rss_mb is None or timing.peak_rss_mb > 0
+
+
+def test_measure_stops_at_the_time_budget_but_not_below_min_runs():
+    calls = []
+    timing = stats.measure(lambda: calls.append(1), warmup=0, runs=1000, max_seconds=0.0, min_runs=4)
+    assert timing.runs == 4
