@@ -1,0 +1,269 @@
+"""Every width and size of the MegaPortraits base model, and the named presets.
+
+One frozen dataclass holds the whole architecture, so a checkpoint, an exported bundle and the
+``describe`` command can name a model by its preset and be sure they mean the same networks.
+The presets:
+
+- ``paper512``: the paper's tensor sizes (v_s 96x16x64x64, e_s 512x4x4, z 512, warp fields
+  16x64x64x3, 512x512 output) and widths that reproduce the official code's parameter counts.
+- ``small256``: 256x256 output, CPU-friendly; the largest size the bundled demo model may take
+  (fp32 bundle <= 25 MB with the pose and expression encoders in both the source and the driver
+  graph).
+- ``demo128``: 128x128 output, about 1.5M parameters: the bundled demo model's size, trainable on
+  two CPU cores in about half an hour.
+- ``tiny``: 64x64 output, tiny widths; forward and backward in a fraction of a second on CPU,
+  for tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A ResNet-style trunk (GroupNorm + weight standardisation instead of BatchNorm).
+
+    ``block`` is ``"basic"`` (ResNet-18/34 family) or ``"bottleneck"`` (ResNet-50 family, output
+    width ``4 * width * 8``). ``layers`` counts the blocks of each of the four stages.
+    """
+
+    block: str
+    layers: tuple
+    width: int
+
+    @property
+    def out_channels(self) -> int:
+        expansion = 4 if self.block == "bottleneck" else 1
+        return self.width * 8 * expansion
+
+    @property
+    def torchvision_arch(self) -> str:
+        """The torchvision model whose pretrained weights have this trunk's layout."""
+        return "resnet50" if self.block == "bottleneck" else "resnet18"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of one MegaPortraits base model (see module docstring for the presets)."""
+
+    name: str
+    image_size: int
+    # volumetric features v_s (C x D x H x W), produced by the appearance encoder E_app
+    volume_channels: int
+    volume_depth: int
+    volume_size: int
+    appearance_stem_channels: int
+    appearance_channels: tuple          # one stride-2 2D residual block per entry
+    appearance_3d_blocks: int
+    # global descriptor e_s (Cd x S x S)
+    descriptor_backbone: BackboneConfig
+    descriptor_input_size: int
+    descriptor_channels: int
+    descriptor_size: int
+    # head pose regressor and expression encoder (both read the driver image)
+    pose_backbone: BackboneConfig
+    pose_input_size: int
+    expression_backbone: BackboneConfig
+    expression_input_size: int
+    expression_dim: int
+    expression_crop_zoom: float
+    # warping generators W_s-> and W_->d: start at descriptor_size**3 with warp_channels[0],
+    # then one 2x upsampling block per later entry
+    warp_channels: tuple
+    # canonical generator G3D: one U-Net level per entry
+    canonical_channels: tuple
+    # projection P and image generator G2D
+    image_channels: int
+    image_blocks: int
+    image_up_channels: tuple            # one upsampling stage (2 residual blocks) per entry
+    # optional ImageNet initialisation of the ResNet trunks (offline-safe, see networks.resnet)
+    pretrained_backbones: bool = False
+
+    def __post_init__(self) -> None:
+        _check_power_of_two_ratio(
+            self.image_size, self.volume_size, len(self.appearance_channels),
+            "image_size / volume_size", "appearance_channels")
+        _check_power_of_two_ratio(
+            self.image_size, self.volume_size, len(self.image_up_channels),
+            "image_size / volume_size", "image_up_channels")
+        _check_power_of_two_ratio(
+            self.volume_size, self.descriptor_size, len(self.warp_channels) - 1,
+            "volume_size / descriptor_size", "warp_channels (minus the start width)")
+        if self.volume_depth < self.descriptor_size or self.volume_depth & (self.volume_depth - 1):
+            raise ValueError(f"{self.name}: volume_depth {self.volume_depth} must be a power of 2 and at least "
+                             f"descriptor_size {self.descriptor_size} (the warping generators start at that depth)")
+        levels = len(self.canonical_channels)
+        if self.volume_depth % 2 ** levels or self.volume_size % 2 ** levels:
+            raise ValueError(
+                f"{self.name}: volume depth {self.volume_depth} and size {self.volume_size} must be "
+                f"divisible by 2**{levels} for a {levels}-level canonical U-Net; change canonical_channels")
+        if self.volume_depth > self.volume_size:
+            raise ValueError(f"{self.name}: volume_depth {self.volume_depth} must not exceed volume_size "
+                             f"{self.volume_size}")
+        for field, size in (("descriptor_input_size", self.descriptor_input_size),
+                            ("pose_input_size", self.pose_input_size)):
+            if self.image_size % size:
+                raise ValueError(f"{self.name}: image_size {self.image_size} must be a multiple of {field} {size}")
+        trunk_size = self.descriptor_input_size // 32
+        if trunk_size % self.descriptor_size:
+            raise ValueError(f"{self.name}: the descriptor trunk ends at {trunk_size}x{trunk_size}, which "
+                             f"descriptor_size {self.descriptor_size} must divide; change descriptor_input_size")
+        for field, backbone in (("descriptor_backbone", self.descriptor_backbone),
+                                ("pose_backbone", self.pose_backbone),
+                                ("expression_backbone", self.expression_backbone)):
+            if backbone.block not in ("basic", "bottleneck") or len(backbone.layers) != 4:
+                raise ValueError(f"{self.name}: {field} must have block 'basic' or 'bottleneck' and 4 stages")
+
+    @property
+    def volume_shape(self) -> tuple:
+        """(C, D, H, W) of v_s, the canonical volume and the driver volume."""
+        return (self.volume_channels, self.volume_depth, self.volume_size, self.volume_size)
+
+    @property
+    def warp_field_shape(self) -> tuple:
+        """(D, H, W, 3) of the deformation fields and sampling grids."""
+        return (self.volume_depth, self.volume_size, self.volume_size, 3)
+
+    @property
+    def descriptor_shape(self) -> tuple:
+        return (self.descriptor_channels, self.descriptor_size, self.descriptor_size)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of :meth:`to_dict` (e.g. for a config stored in a checkpoint)."""
+        d = dict(d)
+        for key in ("descriptor_backbone", "pose_backbone", "expression_backbone"):
+            b = d[key]
+            d[key] = b if isinstance(b, BackboneConfig) else BackboneConfig(b["block"], tuple(b["layers"]), b["width"])
+        for key in ("appearance_channels", "warp_channels", "canonical_channels", "image_up_channels"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _check_power_of_two_ratio(big: int, small: int, steps: int, what: str, field: str) -> None:
+    if small * 2 ** steps != big:
+        raise ValueError(f"{what} = {big}/{small} must equal 2**len({field}) = {2 ** steps}; "
+                         f"give {field} one entry per factor of 2")
+
+
+RESNET18 = BackboneConfig("basic", (2, 2, 2, 2), 64)
+RESNET50 = BackboneConfig("bottleneck", (3, 4, 6, 3), 64)
+
+PRESETS: dict[str, ModelConfig] = {
+    "paper512": ModelConfig(
+        name="paper512",
+        image_size=512,
+        volume_channels=96,
+        volume_depth=16,
+        volume_size=64,
+        appearance_stem_channels=128,
+        appearance_channels=(256, 512, 512),
+        appearance_3d_blocks=3,
+        descriptor_backbone=RESNET50,
+        descriptor_input_size=256,
+        descriptor_channels=512,
+        descriptor_size=4,
+        pose_backbone=RESNET18,
+        pose_input_size=128,
+        expression_backbone=RESNET18,
+        expression_input_size=128,
+        expression_dim=512,
+        expression_crop_zoom=2.0,
+        warp_channels=(512, 256, 128, 64, 32),
+        canonical_channels=(192, 384, 512),
+        image_channels=512,
+        image_blocks=6,
+        image_up_channels=(336, 224, 144),
+    ),
+    "small256": ModelConfig(
+        name="small256",
+        image_size=256,
+        volume_channels=32,
+        volume_depth=8,
+        volume_size=32,
+        appearance_stem_channels=32,
+        appearance_channels=(64, 96, 128),
+        appearance_3d_blocks=2,
+        descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 16),
+        descriptor_input_size=128,
+        descriptor_channels=128,
+        descriptor_size=4,
+        pose_backbone=BackboneConfig("basic", (1, 1, 1, 1), 16),
+        pose_input_size=64,
+        expression_backbone=BackboneConfig("basic", (1, 1, 1, 1), 16),
+        expression_input_size=64,
+        expression_dim=128,
+        expression_crop_zoom=2.0,
+        warp_channels=(128, 64, 32, 16),
+        canonical_channels=(48, 96, 128),
+        image_channels=128,
+        image_blocks=2,
+        image_up_channels=(96, 64, 32),
+    ),
+    "demo128": ModelConfig(
+        name="demo128",
+        image_size=128,
+        volume_channels=16,
+        volume_depth=8,
+        volume_size=32,
+        appearance_stem_channels=32,
+        appearance_channels=(64, 96),
+        appearance_3d_blocks=1,
+        descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 8),
+        descriptor_input_size=128,
+        descriptor_channels=64,
+        descriptor_size=4,
+        pose_backbone=BackboneConfig("basic", (1, 1, 1, 1), 8),
+        pose_input_size=64,
+        expression_backbone=BackboneConfig("basic", (1, 1, 1, 1), 8),
+        expression_input_size=64,
+        expression_dim=64,
+        expression_crop_zoom=2.0,
+        warp_channels=(64, 32, 16, 16),
+        canonical_channels=(32, 64),
+        image_channels=96,
+        image_blocks=1,
+        image_up_channels=(64, 32),
+    ),
+    "tiny": ModelConfig(
+        name="tiny",
+        image_size=64,
+        volume_channels=8,
+        volume_depth=4,
+        volume_size=16,
+        appearance_stem_channels=8,
+        appearance_channels=(16, 16),
+        appearance_3d_blocks=1,
+        descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 4),
+        descriptor_input_size=64,
+        descriptor_channels=16,
+        descriptor_size=2,
+        pose_backbone=BackboneConfig("basic", (1, 1, 1, 1), 4),
+        pose_input_size=32,
+        expression_backbone=BackboneConfig("basic", (1, 1, 1, 1), 4),
+        expression_input_size=32,
+        expression_dim=16,
+        expression_crop_zoom=2.0,
+        warp_channels=(16, 8, 8, 8),
+        canonical_channels=(8, 16),
+        image_channels=16,
+        image_blocks=1,
+        image_up_channels=(16, 8),
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """The preset called ``name``; raises ValueError naming the known presets otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,156 @@
+"""The MegaPortraits base model, split the way inference runs it.
+
+- :class:`DriverBranch`: an image -> :class:`Motion` (head pose theta, expression code z).
+  Run per driver frame; the source branch reuses it for the source's own pose and expression.
+- :class:`SourceBranch`: the source image -> :class:`AvatarState` (canonical volume c_s,
+  global descriptor e_s, the source's pose and expression). Run once per avatar:
+  c_s = G3D(sample(v_s, g_s)), g_s from theta_s and W_s->(z_s, e_s).
+- :class:`Generator`: (c_s, e_s, theta_d, z_d) -> image: W_->d(z_d, e_s) gives the driver
+  field, one volume sample gives v_d, and P + G2D render it.
+
+:class:`MegaPortraits` composes the three for training; nothing is computed twice. For
+cross-reenactment, give the generator the avatar of one source and the motion of another
+driver: ``model.generator(*avatar[:2], *motion)`` (or ``model.reenact(avatar, motion)``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, get_config
+from .networks import (AppearanceEncoder, CanonicalGenerator, ExpressionEncoder, GlobalDescriptorEncoder,
+                       HeadPoseRegressor, ImageGenerator, WarpingGenerator, fold_weight_standardisation)
+from .warp import driver_grid, sample_volume, source_grid
+
+
+class AvatarState(NamedTuple):
+    """Everything the generator needs from the source, computed once per avatar."""
+
+    canonical_volume: torch.Tensor    # (N, C, D, H, W)
+    global_descriptor: torch.Tensor   # (N, Cd, S, S)
+    pose: torch.Tensor                # (N, 3, 4) the source's theta_s
+    expression: torch.Tensor          # (N, Z) the source's z_s
+
+
+class Motion(NamedTuple):
+    """A frame's head pose and expression: what the driver contributes."""
+
+    pose: torch.Tensor                # (N, 3, 4) theta, camera space -> canonical space
+    expression: torch.Tensor          # (N, Z)
+
+
+class DriverBranch(nn.Module):
+    """An image -> Motion: the head-pose regressor, then the expression encoder on the aligned crop."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.head_pose = HeadPoseRegressor(config)
+        self.expression_encoder = ExpressionEncoder(config)
+
+    def forward(self, driver_image: torch.Tensor) -> Motion:
+        pose = self.head_pose(driver_image)
+        return Motion(pose, self.expression_encoder(driver_image, pose))
+
+
+class SourceBranch(nn.Module):
+    """The source image -> AvatarState (E_app, e_s, the shared DriverBranch, W_s->, G3D)."""
+
+    def __init__(self, config: ModelConfig, driver_branch: DriverBranch):
+        super().__init__()
+        self.appearance_encoder = AppearanceEncoder(config)
+        self.global_descriptor = GlobalDescriptorEncoder(config)
+        self.driver_branch = driver_branch
+        self.source_warp = WarpingGenerator(config)
+        self.canonical_generator = CanonicalGenerator(config)
+
+    def forward(self, source_image: torch.Tensor) -> AvatarState:
+        return self.encode(source_image)[0]
+
+    def encode(self, source_image: torch.Tensor) -> tuple:
+        """(AvatarState, the source deformation field D_s): the field is for training losses."""
+        volume = self.appearance_encoder(source_image)
+        descriptor = self.global_descriptor(source_image)
+        pose, expression = self.driver_branch(source_image)
+        deformation = self.source_warp(expression, descriptor)
+        canonical = self.canonical_generator(sample_volume(volume, source_grid(pose, deformation)))
+        return AvatarState(canonical, descriptor, pose, expression), deformation
+
+
+class Generator(nn.Module):
+    """(canonical volume, global descriptor, pose, expression) -> image (W_->d, one warp, P + G2D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.driver_warp = WarpingGenerator(config)
+        self.image_generator = ImageGenerator(config)
+
+    def forward(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
+                expression: torch.Tensor) -> torch.Tensor:
+        return self.render(canonical_volume, global_descriptor, pose, expression)[0]
+
+    def render(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
+               expression: torch.Tensor) -> tuple:
+        """(image, the driver deformation field D_d): the field is for training losses."""
+        deformation = self.driver_warp(expression, global_descriptor)
+        driver_volume = sample_volume(canonical_volume, driver_grid(pose, deformation))
+        return self.image_generator(driver_volume), deformation
+
+
+class MegaPortraits(nn.Module):
+    """The base model: source branch, driver branch (shared), generator."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.source_branch = SourceBranch(config, DriverBranch(config))
+        self.generator = Generator(config)
+
+    @property
+    def driver_branch(self) -> DriverBranch:
+        """The one DriverBranch, owned by the source branch so its weights are stored once."""
+        return self.source_branch.driver_branch
+
+    def forward(self, source_image: torch.Tensor, driver_image: torch.Tensor) -> dict:
+        """Self-reenactment when source and driver are frames of one video (training).
+
+        Returns ``image`` (N, 3, s, s), ``avatar`` (AvatarState), ``motion`` (the driver's
+        Motion), ``driver_expression`` (z_d, for the cycle-consistency loss),
+        ``source_deformation`` and ``driver_deformation`` (N, D, H, W, 3) (for warp regularisers).
+        """
+        avatar, source_deformation = self.source_branch.encode(source_image)
+        motion = self.driver_branch(driver_image)
+        image, driver_deformation = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion)
+        return {
+            "image": image,
+            "avatar": avatar,
+            "motion": motion,
+            "driver_expression": motion.expression,
+            "source_deformation": source_deformation,
+            "driver_deformation": driver_deformation,
+        }
+
+    def reenact(self, avatar: AvatarState, motion: Motion) -> torch.Tensor:
+        """The image of ``avatar`` moved by ``motion`` (from any driver: cross-reenactment)."""
+        return self.generator(avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression)
+
+
+def build_model(preset_or_config: str | ModelConfig) -> MegaPortraits:
+    """A randomly initialised model for a preset name or a ModelConfig.
+
+    Build inside ``with torch.device("meta"):`` to get shapes and parameter counts without
+    allocating weights (what ``describe`` does for paper512).
+    """
+    config = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    return MegaPortraits(config)
+
+
+def folded_for_export(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every WS conv replaced by a plain conv of its standardised weight.
+
+    The copy computes the same outputs with ordinary Conv weights, which is what the exported
+    graphs contain.
+    """
+    return fold_weight_standardisation(copy.deepcopy(model))
