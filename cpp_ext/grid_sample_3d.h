@@ -1,0 +1,70 @@
+// GridSample3D: the volumetric warp of MegaPortraits, sampled on the CPU.
+//
+// One kernel, two front ends: the ONNX Runtime custom op (ort_custom_op.cc) and the pybind11
+// module (python_bindings.cc). Both validate shapes with `check_shapes`, build a
+// `GridSample3DProblem`, and hand its independent tasks to their own thread pool (ONNX
+// Runtime's intra-op pool, or a std::thread parallel-for), so the numerics are identical.
+//
+// Semantics are those of ONNX GridSample-20 and torch.nn.functional.grid_sample on 5-D input:
+// X (N, C, D, H, W), grid (N, D', H', W', 3) with (x, y, z) normalised to [-1, 1],
+// Y (N, C, D', H', W'). Non-finite grid values follow torch's CPU kernel: with zero padding a
+// NaN/inf coordinate samples nothing (0); with border or reflection padding +inf clamps to the
+// last voxel, -inf to the first (border) or the last (reflection), NaN to the last voxel.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace megaportraits {
+
+enum class Interpolation { kLinear, kNearest };
+enum class Padding { kZeros, kBorder, kReflection };
+
+// The three attributes of ONNX GridSample-20, parsed once per kernel.
+struct GridSampleOptions {
+  Interpolation interpolation = Interpolation::kLinear;
+  Padding padding = Padding::kZeros;
+  bool align_corners = false;
+};
+
+// Parse the ONNX attribute values; throw std::invalid_argument with the accepted values.
+Interpolation parse_interpolation(const std::string& mode);
+Padding parse_padding(const std::string& padding_mode);
+bool parse_align_corners(int64_t align_corners);
+
+// Throw std::invalid_argument naming the offending tensor unless X is (N, C, D, H, W) and grid
+// is (N, D', H', W', 3) with the same N and a non-empty input volume where output is non-empty.
+void check_shapes(const int64_t* x_shape, size_t x_rank, const int64_t* grid_shape, size_t grid_rank);
+
+// Y's shape (N, C, D', H', W') for valid shapes.
+void output_shape(const int64_t* x_shape, const int64_t* grid_shape, int64_t* y_shape);
+
+// One warp, split into independent tasks (a block of output voxels of one batch item, all
+// channels). Each task computes the corner offsets and weights of its block once, then sweeps
+// the channels, so the grid arithmetic is amortised over C and Y is written contiguously.
+class GridSample3DProblem {
+ public:
+  GridSample3DProblem(const float* x,
+                      const int64_t* x_shape,
+                      const float* grid,
+                      const int64_t* grid_shape,
+                      float* y,
+                      const GridSampleOptions& options);
+
+  size_t task_count() const { return static_cast<size_t>(batch_ * blocks_per_item_); }
+  void run_task(size_t task) const;
+
+ private:
+  const float* x_;
+  const float* grid_;
+  float* y_;
+  GridSampleOptions options_;
+  int64_t batch_, channels_;
+  int64_t in_d_, in_h_, in_w_;
+  int64_t out_voxels_;
+  int64_t blocks_per_item_;
+};
+
+}  // namespace megaportraits

@@ -1,0 +1,216 @@
+// ONNX Runtime front end of GridSample3D: the custom-op library loaded with
+// SessionOptions.register_custom_ops_library(megaportraits.custom_ops_library()).
+//
+// Plain C API on purpose: every ONNX Runtime entry point comes from the OrtApiBase handed to
+// RegisterCustomOps, so the library links nothing from onnxruntime and works with any runtime
+// that offers API version kOrtApiVersion. 17 (onnxruntime 1.17) is the oldest with both
+// KernelContext_ParallelFor (the op runs on the session's own intra-op pool, never
+// oversubscribing) and the status-returning CreateKernelV2/KernelComputeV2 (clear errors at
+// session creation and at run time instead of crashes).
+#include <onnxruntime_c_api.h>
+
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "grid_sample_3d.h"
+
+namespace {
+
+constexpr uint32_t kOrtApiVersion = 17;
+constexpr const char* kDomain = "com.megaportraits";
+constexpr const char* kOpName = "GridSample3D";
+constexpr int kOpVersion = 1;
+
+using megaportraits::GridSampleOptions;
+
+OrtStatus* error_status(const OrtApi* api, OrtErrorCode code, const std::string& message) {
+  return api->CreateStatus(code, message.c_str());
+}
+
+// A string attribute, or `fallback` when the node does not set it (ONNX defaults apply).
+OrtStatus* read_string_attribute(const OrtApi* api,
+                                 const OrtKernelInfo* info,
+                                 const char* name,
+                                 const std::string& fallback,
+                                 std::string* value) {
+  size_t size = 0;
+  if (OrtStatus* missing = api->KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
+    api->ReleaseStatus(missing);
+    *value = fallback;
+    return nullptr;
+  }
+  std::string buffer(size, '\0');
+  if (OrtStatus* status = api->KernelInfoGetAttribute_string(info, name, &buffer[0], &size)) return status;
+  buffer.resize(size > 0 ? size - 1 : 0);  // drop the terminating NUL
+  *value = buffer;
+  return nullptr;
+}
+
+OrtStatus* read_int_attribute(const OrtApi* api,
+                              const OrtKernelInfo* info,
+                              const char* name,
+                              int64_t fallback,
+                              int64_t* value) {
+  if (OrtStatus* missing = api->KernelInfoGetAttribute_int64(info, name, value)) {
+    api->ReleaseStatus(missing);
+    *value = fallback;
+  }
+  return nullptr;
+}
+
+OrtStatus* read_shape(const OrtApi* api, const OrtValue* value, std::vector<int64_t>* shape) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* status = api->GetTensorTypeAndShape(value, &info)) return status;
+  size_t rank = 0;
+  OrtStatus* status = api->GetDimensionsCount(info, &rank);
+  if (!status) {
+    shape->resize(rank);
+    status = api->GetDimensions(info, shape->data(), rank);
+  }
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  return status;
+}
+
+// Attributes are parsed once, when the session creates the kernel.
+struct GridSample3DKernel {
+  const OrtApi* api;
+  GridSampleOptions options;
+
+  OrtStatus* compute(OrtKernelContext* context) const {
+    const OrtValue* x = nullptr;
+    const OrtValue* grid = nullptr;
+    if (OrtStatus* status = api->KernelContext_GetInput(context, 0, &x)) return status;
+    if (OrtStatus* status = api->KernelContext_GetInput(context, 1, &grid)) return status;
+    std::vector<int64_t> x_shape, grid_shape;
+    if (OrtStatus* status = read_shape(api, x, &x_shape)) return status;
+    if (OrtStatus* status = read_shape(api, grid, &grid_shape)) return status;
+    try {
+      megaportraits::check_shapes(x_shape.data(), x_shape.size(), grid_shape.data(), grid_shape.size());
+    } catch (const std::invalid_argument& e) {
+      return error_status(api, ORT_INVALID_ARGUMENT, e.what());
+    }
+
+    int64_t y_shape[5];
+    megaportraits::output_shape(x_shape.data(), grid_shape.data(), y_shape);
+    OrtValue* y = nullptr;
+    if (OrtStatus* status = api->KernelContext_GetOutput(context, 0, y_shape, 5, &y)) return status;
+
+    void* x_data = nullptr;
+    void* grid_data = nullptr;
+    void* y_data = nullptr;
+    if (OrtStatus* status = api->GetTensorMutableData(const_cast<OrtValue*>(x), &x_data)) return status;
+    if (OrtStatus* status = api->GetTensorMutableData(const_cast<OrtValue*>(grid), &grid_data)) return status;
+    if (OrtStatus* status = api->GetTensorMutableData(y, &y_data)) return status;
+
+    megaportraits::GridSample3DProblem problem(static_cast<const float*>(x_data), x_shape.data(),
+                                               static_cast<const float*>(grid_data), grid_shape.data(),
+                                               static_cast<float*>(y_data), options);
+    if (problem.task_count() == 0) return nullptr;
+    auto run_task = [](void* data, size_t task) { static_cast<megaportraits::GridSample3DProblem*>(data)->run_task(task); };
+    return api->KernelContext_ParallelFor(context, run_task, problem.task_count(), 0, &problem);
+  }
+};
+
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
+  std::string mode, padding_mode;
+  int64_t align_corners = 0;
+  if (OrtStatus* status = read_string_attribute(api, info, "mode", "linear", &mode)) return status;
+  if (OrtStatus* status = read_string_attribute(api, info, "padding_mode", "zeros", &padding_mode)) return status;
+  if (OrtStatus* status = read_int_attribute(api, info, "align_corners", 0, &align_corners)) return status;
+  try {
+    auto instance = std::make_unique<GridSample3DKernel>();
+    instance->api = api;
+    instance->options.interpolation = megaportraits::parse_interpolation(mode);
+    instance->options.padding = megaportraits::parse_padding(padding_mode);
+    instance->options.align_corners = megaportraits::parse_align_corners(align_corners);
+    *kernel = instance.release();
+    return nullptr;
+  } catch (const std::invalid_argument& e) {
+    return error_status(api, ORT_INVALID_ARGUMENT, e.what());
+  } catch (const std::exception& e) {
+    return error_status(api, ORT_FAIL, std::string("GridSample3D: ") + e.what());
+  }
+}
+
+OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {
+  return static_cast<const GridSample3DKernel*>(kernel)->compute(context);
+}
+
+void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<GridSample3DKernel*>(kernel); }
+
+const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kOpName; }
+const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 2; }
+size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
+ONNXTensorElementDataType ORT_API_CALL float_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType ORT_API_CALL default_memory(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
+int ORT_API_CALL start_version(const OrtCustomOp*) { return kOpVersion; }
+int ORT_API_CALL end_version(const OrtCustomOp*) { return kOpVersion; }
+
+// Only the fields of API version kOrtApiVersion are set; onnxruntime reads no further.
+OrtCustomOp make_grid_sample_3d_op() {
+  OrtCustomOp op{};
+  op.version = kOrtApiVersion;
+  op.GetName = op_name;
+  op.GetExecutionProviderType = op_provider;
+  op.GetInputType = float_type;
+  op.GetInputTypeCount = input_count;
+  op.GetOutputType = float_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = destroy_kernel;
+  op.GetInputCharacteristic = required;
+  op.GetOutputCharacteristic = required;
+  op.GetInputMemoryType = default_memory;
+  op.CreateKernelV2 = create_kernel;
+  op.KernelComputeV2 = compute_kernel;
+  op.GetStartVersion = start_version;
+  op.GetEndVersion = end_version;
+  return op;
+}
+
+const OrtCustomOp kGridSample3DOp = make_grid_sample_3d_op();
+
+// Sessions hold raw pointers to the domains they were registered with, so every domain created
+// here lives until the library is unloaded (onnxruntime unloads it after its sessions end).
+class DomainKeeper {
+ public:
+  void keep(const OrtApi* api, OrtCustomOpDomain* domain) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    domains_.push_back({api, domain});
+  }
+  ~DomainKeeper() {
+    for (auto& entry : domains_) entry.first->ReleaseCustomOpDomain(entry.second);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<const OrtApi*, OrtCustomOpDomain*>> domains_;
+};
+
+DomainKeeper domain_keeper;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  if (api == nullptr) {
+    const OrtApi* oldest = api_base->GetApi(1);
+    const std::string message = std::string("megaportraits custom ops need onnxruntime >= 1.17, this is ") +
+                                api_base->GetVersionString() + "; upgrade onnxruntime";
+    return oldest->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* status = api->CreateCustomOpDomain(kDomain, &domain)) return status;
+  domain_keeper.keep(api, domain);
+  if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kGridSample3DOp)) return status;
+  return api->AddCustomOpDomain(options, domain);
+}
