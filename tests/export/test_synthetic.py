@@ -1,0 +1,168 @@
+"""The synthetic talking-head renderer: deterministic, and its parameters act where they should."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from megaportraits_export.data import synthetic
+from megaportraits_export.data.synthetic import (
+    EVAL_IDENTITY_SEED_OFFSET,
+    Expression,
+    HeadMotion,
+    Identity,
+    Pose,
+    SyntheticTalkingHeads,
+    cross_reenactment_ground_truth,
+    random_motion_track,
+    render,
+    render_clip,
+)
+
+SIZE = 128
+MAGENTA = (255, 0, 255)
+
+
+def plain_identity(seed=5, **changes):
+    """An identity on a black, untextured background so colour masks are unambiguous."""
+    identity = Identity.sample(seed)
+    return dataclasses.replace(identity, background=(0, 0, 0), background2=(0, 0, 0),
+                               background_texture="plain", glasses=False, **changes)
+
+
+def colour_mask(image, colour, tolerance=30):
+    return np.abs(image.astype(int) - np.array(colour)).max(axis=-1) <= tolerance
+
+
+def centroid(mask):
+    ys, xs = np.nonzero(mask)
+    assert len(xs) > 0, "colour not found in the image"
+    return xs.mean(), ys.mean()
+
+
+def test_same_arguments_give_identical_bytes():
+    identity = Identity.sample(123)
+    pose, expression = Pose(yaw=0.3, pitch=-0.1, tx=0.05), Expression(mouth_open=0.6, smile=0.4)
+    first = render(identity, pose, expression, SIZE)
+    synthetic._background.cache_clear()
+    synthetic._static_geometry.cache_clear()
+    second = render(Identity.sample(123), pose, expression, SIZE)
+    assert first.dtype == np.uint8 and first.shape == (SIZE, SIZE, 3)
+    assert first.tobytes() == second.tobytes()
+
+
+def test_identity_seeds_give_distinct_people():
+    identities = [Identity.sample(seed) for seed in range(20)]
+    assert len(set(identities)) == 20
+    images = [render(identity, size=64) for identity in identities[:8]]
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            assert np.abs(images[i].astype(int) - images[j].astype(int)).mean() > 5.0
+    assert len({identity.hair_style for identity in identities}) >= 3
+    assert len({identity.skin for identity in identities}) == 20
+
+
+def test_mouth_opening_changes_the_lower_middle_face_only():
+    identity = plain_identity()
+    closed = render(identity, Pose(), Expression(mouth_open=0.0), SIZE).astype(int)
+    opened = render(identity, Pose(), Expression(mouth_open=1.0), SIZE).astype(int)
+    changed = np.abs(opened - closed).max(axis=-1) > 20
+    assert changed.sum() > 30
+    ys, xs = np.nonzero(changed)
+    assert SIZE * 0.5 < ys.mean() < SIZE * 0.8, "mouth changes should sit in the lower face"
+    assert abs(xs.mean() - SIZE / 2) < SIZE * 0.06, "mouth changes should be centred"
+    corners = np.zeros_like(changed)
+    for rows in (slice(0, 20), slice(-20, None)):
+        for cols in (slice(0, 20), slice(-20, None)):
+            corners[rows, cols] = True
+    assert not (changed & corners).any()
+    assert not changed[: SIZE // 2].any(), "nothing above the nose may move when the mouth opens"
+
+
+def test_eye_closure_changes_the_eye_region():
+    identity = plain_identity()
+    opened = render(identity, Pose(), Expression(eye_closure=0.0), SIZE).astype(int)
+    closed = render(identity, Pose(), Expression(eye_closure=1.0), SIZE).astype(int)
+    changed = np.abs(opened - closed).max(axis=-1) > 20
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 20
+    band = (synthetic._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
+            / synthetic._SHIFT_SCALE)[0, 1]
+    assert np.abs(ys - band).max() < SIZE * 0.06, "only pixels around the eyes may change"
+    left, right = (xs < SIZE / 2).sum(), (xs >= SIZE / 2).sum()
+    assert left > 5 and right > 5, "both eyes close"
+
+
+def test_yaw_moves_the_face_features_sideways_more_than_the_outline():
+    identity = plain_identity(lips=MAGENTA, skin=(200, 160, 130))
+    expression = Expression(mouth_open=0.3)
+    lips_x = {}
+    for yaw in (-0.4, 0.0, 0.4):
+        image = render(identity, Pose(yaw=yaw), expression, SIZE)
+        lips_x[yaw] = centroid(colour_mask(image, MAGENTA))[0]
+    # Positive yaw turns the face toward image left (the documented convention).
+    assert lips_x[0.4] < lips_x[0.0] - 4 < lips_x[-0.4] - 8
+    assert abs(lips_x[0.0] - SIZE / 2) < 1.5
+
+
+def test_translation_shifts_the_head():
+    identity = plain_identity(skin=(0, 220, 0))
+    centre = centroid(colour_mask(render(identity, Pose(), Expression(), SIZE), (0, 220, 0)))
+    moved = centroid(colour_mask(render(identity, Pose(tx=0.1, ty=-0.05), Expression(), SIZE), (0, 220, 0)))
+    # one normalised unit is SIZE / 2 pixels
+    assert moved[0] - centre[0] == pytest.approx(0.1 * SIZE / 2, rel=0.15)
+    assert moved[1] - centre[1] == pytest.approx(-0.05 * SIZE / 2, rel=0.2)
+
+
+def test_scale_grows_the_head_area():
+    identity = plain_identity(skin=(0, 220, 0))
+    areas = [colour_mask(render(identity, Pose(scale=s), Expression(), SIZE), (0, 220, 0)).sum() for s in (1.0, 1.2)]
+    assert areas[1] / areas[0] == pytest.approx(1.2 ** 2, rel=0.1)
+
+
+def test_cross_reenactment_ground_truth_is_identity_a_with_motion_b():
+    a, b = Identity.sample(1), Identity.sample(2)
+    motion_b = HeadMotion(Pose(yaw=0.2, roll=0.1), Expression(mouth_open=0.8, eye_closure=0.5))
+    truth = cross_reenactment_ground_truth(a, motion_b, 64)
+    assert truth.tobytes() == render(a, motion_b.pose, motion_b.expression, 64).tobytes()
+    assert truth.tobytes() != render(b, motion_b.pose, motion_b.expression, 64).tobytes()
+
+
+def test_motion_track_is_smooth_and_alive():
+    motions = random_motion_track(np.random.default_rng(3), frames=250, fps=25.0)
+    poses = np.stack([m.pose.as_array() for m in motions])
+    expressions = np.stack([m.expression.as_array() for m in motions])
+    yaw_steps = np.abs(np.diff(poses[:, 1]))
+    assert yaw_steps.max() < 0.05 and poses[:, 1].std() > 0.03
+    assert expressions[:, 0].max() > 0.5 and (expressions[:, 0] < 0.05).any(), "talking with pauses"
+    assert expressions[:, 2].max() > 0.9, "at least one full blink in 10 s"
+    clip = render_clip(Identity.sample(4), motions[:5], 32)
+    assert clip.shape == (5, 32, 32, 3) and clip.dtype == np.uint8
+    assert np.array_equal(clip[2], render(Identity.sample(4), motions[2].pose, motions[2].expression, 32))
+
+
+def test_dataset_items():
+    dataset = SyntheticTalkingHeads(num_identities=6, size=48, seed=1)
+    item = dataset[7]
+    for key in ("source", "driver", "driver_input", "source2", "driver2", "driver2_input"):
+        assert item[key].shape == (3, 48, 48) and item[key].dtype == torch.float32
+        assert 0.0 <= float(item[key].min()) and float(item[key].max()) <= 1.0
+    assert item["driver_pose_params"].shape == (7,) and item["driver_expression_params"].shape == (6,)
+    assert int(item["identity"]) == 7 % 6 and int(item["identity2"]) != int(item["identity"])
+    again = dataset[7]
+    assert all(torch.equal(item[key], again[key]) for key in item)
+    # The pose parameters are the ones the driver was rendered with.
+    identity = Identity.sample(int(item["identity"]))
+    pose = Pose(*item["driver_pose_params"].tolist())
+    expression = Expression(*item["driver_expression_params"].tolist())
+    expected = torch.from_numpy(render(identity, pose, expression, 48)).permute(2, 0, 1).float() / 255
+    assert torch.allclose(expected, item["driver"], atol=2 / 255)
+
+
+def test_evaluation_identities_are_held_out():
+    train = SyntheticTalkingHeads(num_identities=50, size=32, split="train")
+    evaluation = SyntheticTalkingHeads(num_identities=50, size=32, split="eval")
+    assert not set(train.identity_seeds) & set(evaluation.identity_seeds)
+    assert min(evaluation.identity_seeds) >= EVAL_IDENTITY_SEED_OFFSET > max(train.identity_seeds)
+    with pytest.raises(ValueError, match="split must be"):
+        SyntheticTalkingHeads(num_identities=5, split="test")
