@@ -174,3 +174,35 @@ def machine_info() -> dict:
         "load_average": list(load) if load else None,
         "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+class OtherLoad:
+    """How much CPU other processes used while we measured, in cores (Linux; None elsewhere).
+
+    The load average counts our own benchmark threads too, so it cannot tell a quiet machine
+    from a busy one during a run; machine-wide busy time (/proc/stat) minus this process's own
+    CPU time can.
+    """
+
+    def __init__(self):
+        self._start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy_s = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return time.monotonic(), busy_s, own.user + own.system
+
+    def cores(self) -> float | None:
+        """Average number of cores others kept busy since this object was made."""
+        end = self._snapshot()
+        if self._start is None or end is None or end[0] - self._start[0] <= 0:
+            return None
+        others = (end[1] - self._start[1]) - (end[2] - self._start[2])
+        return max(0.0, others / (end[0] - self._start[0]))

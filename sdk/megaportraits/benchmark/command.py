@@ -1,0 +1,112 @@
+"""``megaportraits benchmark``: latency of every stage of a bundle, with its work and its floor."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import MegaportraitsError
+from .report import format_table, write_png
+from .requirements import MissingDependency
+from .runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
+from .stages import PROVIDERS, RunSettings
+
+ALL_STAGES = GRAPH_STAGES + ("warp",) + IO_STAGES
+
+
+def _int_list(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers >= 1, e.g. 1,2")
+    return values
+
+
+def _choices(allowed: tuple, what: str):
+    def parse(text: str) -> tuple:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        unknown = [v for v in values if v not in allowed]
+        if unknown or not values:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or text!r}; "
+                                             f"choose from {', '.join(allowed)}")
+        return values
+    return parse
+
+
+def build_parser(prog: str = "megaportraits benchmark") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Measure per-stage latency (median, p90, p99), FLOPs, achieved GFLOP/s against the "
+                    "machine's measured GEMM and bandwidth ceilings, and peak memory, for our custom-op "
+                    "graphs beside the bundle's portable (standard GridSample) twins.")
+    p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the bundled demo model)")
+    p.add_argument("--provider", type=_choices(tuple(PROVIDERS) + ("all",), "provider"), default=("cpu",),
+                   help="cpu, cuda, or all available (comma-separated; default cpu)")
+    p.add_argument("--threads", type=_int_list, default=(),
+                   help="intra-op thread counts, e.g. 1,2 (default: all usable cores)")
+    p.add_argument("--batch", type=_int_list, default=(1,), help="batch sizes, e.g. 1,4 (default 1)")
+    p.add_argument("--variants", type=_choices(("ours", "portable"), "variant"), default=("ours", "portable"),
+                   help="ours (custom op), portable (standard ops); default both")
+    p.add_argument("--stages", type=_choices(ALL_STAGES, "stage"), default=ALL_STAGES,
+                   help=f"comma-separated subset of {','.join(ALL_STAGES)}")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per stage (default 2)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per stage at most (default 20)")
+    p.add_argument("--max-seconds", type=float, default=5.0,
+                   help="time budget per stage; at least 3 runs are timed (default 5)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.add_argument("--output", "-o", metavar="FILE.json", help="also write the JSON report to this file")
+    p.add_argument("--png", metavar="FILE.png", help="also draw a per-stage bar chart (needs matplotlib)")
+    return p
+
+
+def resolve_providers(requested: tuple) -> tuple:
+    import onnxruntime as ort
+
+    if "all" in requested:
+        return ("cpu",) + (("cuda",) if "CUDAExecutionProvider" in ort.get_available_providers() else ())
+    return requested
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.warmup < 0 or args.runs < 1 or args.max_seconds <= 0:
+        print("megaportraits benchmark: error: --warmup >= 0, --runs >= 1 and --max-seconds > 0 are required",
+              file=sys.stderr)
+        return 2
+    if args.png:  # fail before minutes of measuring, not after
+        try:
+            from .requirements import require_pyplot
+            require_pyplot()
+        except MissingDependency as e:
+            print(f"megaportraits benchmark: error: {e}", file=sys.stderr)
+            return 2
+    plan = BenchmarkPlan(
+        bundle_dir=Path(args.bundle) if args.bundle else None,
+        providers=resolve_providers(args.provider),
+        threads=args.threads,
+        batches=args.batch,
+        variants=args.variants,
+        stages=args.stages,
+        settings=RunSettings(warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds),
+    )
+    progress = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    try:
+        report = run_benchmark(plan, log=progress)
+    except (MegaportraitsError, MissingDependency) as e:
+        print(f"megaportraits benchmark: error: {e}", file=sys.stderr)
+        return 1
+    if args.output:
+        report.write_json(args.output)
+    if args.png:
+        write_png(report, args.png)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(report))
+        for path in filter(None, (args.output, args.png)):
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,140 @@
+"""One benchmark run: every requested stage x variant x provider x thread count x batch size,
+with the machine's ceilings measured first, collected into one :class:`Report`."""
+from __future__ import annotations
+
+import gc
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import manifest as mf
+from .machine import MachinePeaks, OtherLoad, machine_info, measure_peaks, usable_cores
+from .report import Report
+from .stages import (PROVIDERS, BundleVariant, CostBook, RunSettings, UnavailableVariant,
+                     measure_graph_stages, measure_warp)
+
+GRAPH_STAGES = ("source", "driver", "generator", "per_frame")
+IO_STAGES = ("face_crop", "paste_back", "video_decode", "video_encode")
+BUSY_CORES = 0.25  # CPU used by other processes during the run above which timings are flagged
+
+
+@dataclass
+class BenchmarkPlan:
+    """What to measure. Empty ``threads`` means all usable cores."""
+
+    bundle_dir: Path | None  # None: the bundled demo model
+    providers: tuple = ("cpu",)
+    threads: tuple = ()
+    batches: tuple = (1,)
+    variants: tuple = ("ours", "portable")
+    stages: tuple = GRAPH_STAGES + ("warp",) + IO_STAGES
+    settings: RunSettings = field(default_factory=RunSettings)
+
+    def thread_counts(self) -> tuple:
+        return tuple(self.threads) or (usable_cores(),)
+
+
+def run_benchmark(plan: BenchmarkPlan, extra_measurements=None, log=print) -> Report:
+    """Measure everything in ``plan``. ``extra_measurements(report, peaks_by_threads)`` may add
+    results measured outside the SDK (PyTorch eager in benchmarks/bench_latency.py)."""
+    bundle_dir, manifest = open_manifest(plan.bundle_dir)
+    for provider in plan.providers:
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    others, machine = OtherLoad(), machine_info()
+    log(f"measuring the machine's GEMM and bandwidth ceilings at {plan.thread_counts()} thread(s)")
+    peaks = {t: measure_peaks(t) for t in plan.thread_counts()}
+    report = Report(machine=machine, peaks=[p.to_dict() for p in peaks.values()],
+                    bundle=describe_bundle(bundle_dir, manifest), settings=_settings(plan))
+    book = CostBook(bundle_dir)
+    graph_stages = tuple(s for s in plan.stages if s in GRAPH_STAGES)
+    for provider in plan.providers:
+        for threads in plan.thread_counts():
+            cpu_peaks = peaks[threads] if provider == "cpu" else None
+            for batch in plan.batches:
+                for variant in plan.variants:
+                    _measure_variant(report, bundle_dir, manifest, book, variant, provider, threads,
+                                     batch, graph_stages, plan, cpu_peaks, log)
+    if any(s in IO_STAGES for s in plan.stages):
+        from .io_stages import measure_io_stages
+
+        log("measuring face crop, paste-back and video decode/encode")
+        report.results += measure_io_stages(manifest, plan.settings,
+                                            [s for s in plan.stages if s in IO_STAGES], report.notes)
+    if extra_measurements is not None:
+        extra_measurements(report, peaks)
+    _note_load(report, others.cores())
+    if book.graph(manifest.graphs["driver"].file, 1) is None:
+        report.notes.append("FLOPs not counted: the onnx package is missing (pip install 'megaportraits[dev]')")
+    return report
+
+
+def _measure_variant(report: Report, bundle_dir: Path, manifest: mf.Manifest, book: CostBook,
+                     variant: str, provider: str, threads: int, batch: int, graph_stages: tuple,
+                     plan: BenchmarkPlan, peaks: MachinePeaks | None, log) -> None:
+    label = f"{variant} on {provider}, {threads} thread(s), batch {batch}"
+    stages = graph_stages
+    if variant == "portable" and manifest.custom_op is not None:
+        # A graph without the custom op is its own portable twin: measuring it again adds nothing.
+        same = [s for s in ("source", "driver", "generator")
+                if manifest.graphs[s].portable_file == manifest.graphs[s].file]
+        stages = tuple(s for s in graph_stages if s not in same)
+        _note_once(report, f"portable {', '.join(same)}: the same graph file as ours, measured once")
+    try:
+        if stages:
+            log(f"measuring {', '.join(stages)}: {label}")
+            graphs = BundleVariant(bundle_dir, manifest, variant, provider, threads)
+            report.results += measure_graph_stages(graphs, book, provider, threads, batch,
+                                                   plan.settings, peaks, stages=stages)
+            del graphs
+            gc.collect()
+        if "warp" in plan.stages:
+            log(f"measuring the volume warp alone: {label}")
+            report.results.append(measure_warp(manifest, variant, provider, threads, batch,
+                                               plan.settings, peaks))
+    except UnavailableVariant as e:
+        _note_once(report, f"{variant} not measured: {e}")
+
+
+def open_manifest(bundle_dir: Path | None) -> tuple:
+    """The bundle's directory and its checked manifest; errors are the SDK's one-line BundleError."""
+    from ..bundle import DEMO_BUNDLE
+    from ..errors import BundleError
+
+    if bundle_dir is None:
+        if not (DEMO_BUNDLE / mf.MANIFEST_NAME).is_file():
+            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); "
+                              "pass a bundle directory with --bundle DIR")
+        bundle_dir = DEMO_BUNDLE
+    bundle_dir = Path(bundle_dir)
+    try:
+        manifest = mf.load_manifest(bundle_dir)
+        mf.verify_files(bundle_dir, manifest)
+    except mf.BundleError as e:
+        raise BundleError(str(e)) from None
+    return bundle_dir, manifest
+
+
+def describe_bundle(bundle_dir: Path, manifest: mf.Manifest) -> dict:
+    return {"path": str(bundle_dir), "preset": manifest.preset, "model_name": manifest.model_name,
+            "image_size": manifest.image_size, "precision": manifest.precision,
+            "custom_op": manifest.custom_op is not None, "has_portable": manifest.has_portable,
+            "weights": manifest.provenance.get("weights", "trained"),
+            "files_mib": round(sum((bundle_dir / f).stat().st_size for f in manifest.files) / 2**20, 1)}
+
+
+def _settings(plan: BenchmarkPlan) -> dict:
+    return {"providers": list(plan.providers), "threads": list(plan.thread_counts()),
+            "batches": list(plan.batches), "variants": list(plan.variants), "stages": list(plan.stages),
+            **asdict(plan.settings)}
+
+
+def _note_once(report: Report, note: str) -> None:
+    if note not in report.notes:
+        report.notes.append(note)
+
+
+def _note_load(report: Report, other_cores: float | None) -> None:
+    report.machine["other_processes_cores"] = other_cores
+    if other_cores is not None and other_cores > BUSY_CORES:
+        report.notes.append(f"other processes kept {other_cores:.2f} of {report.machine.get('usable_cores')} "
+                            "cores busy during the run: timings are slower than on a quiet machine")
