@@ -153,7 +153,7 @@ def test_dataset_items():
     assert all(torch.equal(item[key], again[key]) for key in item)
     # The pose parameters are the ones the driver was rendered with.
     identity = Identity.sample(int(item["identity"]))
-    pose = Pose(*item["driver_pose_params"].tolist())
+    pose = Pose.from_model_parameters(item["driver_pose_params"].tolist())
     expression = Expression(*item["driver_expression_params"].tolist())
     expected = torch.from_numpy(render(identity, pose, expression, 48)).permute(2, 0, 1).float() / 255
     assert torch.allclose(expected, item["driver"], atol=2 / 255)
@@ -166,3 +166,28 @@ def test_evaluation_identities_are_held_out():
     assert min(evaluation.identity_seeds) >= EVAL_IDENTITY_SEED_OFFSET > max(train.identity_seeds)
     with pytest.raises(ValueError, match="split must be"):
         SyntheticTalkingHeads(num_identities=5, split="test")
+
+
+def test_pose_parameters_are_the_models_theta():
+    """warp.pose_matrix on the model parameters inverts the renderer's head -> camera transform."""
+    from megaportraits_export.warp import pose_matrix
+
+    pose = Pose(scale=1.1, yaw=0.4, pitch=-0.2, roll=0.15, tx=0.05, ty=-0.03, tz=0.02)
+    params = torch.from_numpy(pose.model_parameters())[None].double()
+    theta = pose_matrix(params[:, :1].expand(-1, 3), params[:, 1:4], params[:, 4:7])[0].numpy()
+    camera = synthetic._Camera(pose, SIZE)
+    head_points = np.random.default_rng(0).normal(size=(10, 3))
+    camera_points = camera.to_camera(head_points)  # X = scale * HEAD_UNIT * R P + t
+    canonical = camera_points @ theta[:, :3].T + theta[:, 3]
+    np.testing.assert_allclose(canonical, head_points * synthetic.HEAD_UNIT, atol=1e-6)  # float32 parameters
+    assert Pose.from_model_parameters(pose.model_parameters()) == pytest.approx(pose)
+
+
+def test_mirrored_pose_renders_the_mirror_image():
+    """A flipped image shows the mirrored pose: the lips move to the mirrored position."""
+    identity = plain_identity(lips=MAGENTA)
+    pose = Pose(yaw=0.3, roll=0.1, tx=0.06)
+    flipped = render(identity, pose, Expression(mouth_open=0.5), SIZE)[:, ::-1]
+    mirrored = render(identity, pose.mirrored(), Expression(mouth_open=0.5), SIZE)
+    a, b = centroid(colour_mask(flipped, MAGENTA)), centroid(colour_mask(mirrored, MAGENTA))
+    assert a == pytest.approx(b, abs=0.6)

@@ -20,10 +20,16 @@ output size, then an area downsample.
 
 Coordinates (shared with the model's normalised volume coordinates): x to the right, y down, z
 away from the camera, the image spanning [-1, 1] in x and y. A head-frame point ``P`` lands at
-``X = scale * R(yaw, pitch, roll) @ P + (tx, ty, tz)`` before projection, with
-``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`` built from the standard right-handed axis rotations
+``X = scale * HEAD_UNIT * R(yaw, pitch, roll) @ P + (tx, ty, tz)`` before projection, with
+``R = Ry(yaw) @ Rx(pitch) @ Rz(roll)`` built from the standard right-handed axis rotations
 (:func:`rotation_matrix`). So positive yaw turns the face toward image left, positive pitch tilts
 the face down, positive roll turns the top of the head toward image right.
+
+The model's pose theta goes the other way, camera -> canonical (``warp.pose_matrix``:
+``theta X = s * R_roll R_pitch R_yaw (X + t)``). Taking the canonical frame to be the camera frame
+of the frontal, centred, unit-scale head, theta is the inverse of the transform above (up to the
+mild perspective), and its parameters are :meth:`Pose.model_parameters`: ``(1 / scale, -yaw,
+-pitch, -roll, -tx, -ty, -tz)``. The datasets' ``*_pose_params`` are these.
 
 Held-out identities: training uses identity seeds below :data:`EVAL_IDENTITY_SEED_OFFSET`,
 evaluation uses seeds at or above it, so evaluation never sees a training identity.
@@ -46,6 +52,7 @@ CAMERA_DISTANCE = 6.0
 project unscaled. Large enough that the rigid warp of the model stays nearly affine."""
 
 POSE_PARAMETER_NAMES = ("scale", "yaw", "pitch", "roll", "tx", "ty", "tz")
+"""Order of :meth:`Pose.as_array` and :meth:`Pose.model_parameters` (and ``*_pose_params``)."""
 EXPRESSION_PARAMETER_NAMES = ("mouth_open", "smile", "eye_closure", "brow_raise", "gaze_x", "gaze_y")
 
 HEAD_UNIT = 1.35
@@ -65,14 +72,17 @@ Colour = tuple[int, int, int]
 
 
 def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """``Rz(roll) @ Ry(yaw) @ Rx(pitch)``, angles in radians, standard right-handed rotations."""
+    """``Ry(yaw) @ Rx(pitch) @ Rz(roll)``, angles in radians, standard right-handed rotations.
+
+    Yaw is applied last (about the camera's vertical axis): its transpose is exactly the model's
+    ``R_roll R_pitch R_yaw`` with negated angles."""
     cy, sy = math.cos(yaw), math.sin(yaw)
     cp, sp = math.cos(pitch), math.sin(pitch)
     cr, sr = math.cos(roll), math.sin(roll)
     rx = np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]])
     ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
     rz = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
-    return rz @ ry @ rx
+    return ry @ rx @ rz
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +235,18 @@ class Pose:
     def as_array(self) -> np.ndarray:
         """``(scale, yaw, pitch, roll, tx, ty, tz)`` as float32, :data:`POSE_PARAMETER_NAMES`."""
         return np.array(dataclasses.astuple(self), dtype=np.float32)
+
+    def model_parameters(self) -> np.ndarray:
+        """The parameters of the model's theta (camera -> canonical) for this pose, float32
+        ``(scale, yaw, pitch, roll, tx, ty, tz)``: ``warp.pose_matrix(scale.expand(3), (yaw, pitch,
+        roll), (tx, ty, tz))`` is the inverse of the head's transform (see the module docstring)."""
+        return np.array([1.0 / self.scale, -self.yaw, -self.pitch, -self.roll, -self.tx, -self.ty, -self.tz],
+                        dtype=np.float32)
+
+    @classmethod
+    def from_model_parameters(cls, parameters: Sequence[float]) -> "Pose":
+        scale, yaw, pitch, roll, tx, ty, tz = (float(v) for v in parameters)
+        return cls(1.0 / scale, -yaw, -pitch, -roll, -tx, -ty, -tz)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -801,7 +823,7 @@ class SyntheticTalkingHeads:
     [0, 1]. ``driver_input``/``driver2_input`` are what the motion encoder should see: the
     driver after the driver-only augmentation (equal to ``driver`` without augmentation); the
     reconstruction target stays ``driver``. ``*_pose_params`` are (scale, yaw, pitch, roll, tx,
-    ty, tz), ``*_expression_params`` follow :data:`EXPRESSION_PARAMETER_NAMES`; both describe the
+    ty, tz) of the model's theta (:meth:`Pose.model_parameters`), ``*_expression_params`` follow :data:`EXPRESSION_PARAMETER_NAMES`; both describe the
     images as returned (a flip mirrors them too).
     """
 
@@ -842,8 +864,8 @@ class SyntheticTalkingHeads:
             prefix: source_t,
             second: driver_t,
             f"{second}_input": driver_input_t,
-            f"{prefix}_pose_params": torch.from_numpy(source_motion.pose.as_array()),
-            f"{second}_pose_params": torch.from_numpy(driver_motion.pose.as_array()),
+            f"{prefix}_pose_params": torch.from_numpy(source_motion.pose.model_parameters()),
+            f"{second}_pose_params": torch.from_numpy(driver_motion.pose.model_parameters()),
             f"{prefix}_expression_params": torch.from_numpy(source_motion.expression.as_array()),
             f"{second}_expression_params": torch.from_numpy(driver_motion.expression.as_array()),
         }
