@@ -1,0 +1,254 @@
+"""The Animator: prepare an avatar from a source photo once, then animate it frame by frame.
+
+    animator = Animator("bundle_dir", provider="cpu")
+    avatar = animator.prepare("me.jpg")              # runs the SOURCE graph once
+    for frame in animator.stream(avatar, webcam):    # DRIVER + GENERATOR per frame
+        show(frame)
+    animator.animate_video(avatar, "driver.mp4", "out.mp4")
+
+Per frame, nothing depends on the avatar but its cached tensors: the avatar's canonical volume
+and descriptor are bound to the generator once per stream (on the session's device, so a GPU
+run does not re-upload 25 MB a frame), the driver's input buffer is reused, and the
+paste-back mask and region are computed once per avatar.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+
+from .bundle import Bundle, open_bundle
+from .errors import InputError, MegaportraitsError
+from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
+                    centre_detector, cut_crop, find_source_face)
+from .images import as_rgb_image, to_rgb8
+from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
+from .providers import device_of
+
+FACE_FALLBACKS = ("error", "centre")
+
+
+@dataclass(frozen=True)
+class AnimatorOptions:
+    """How an :class:`Animator` runs. Every field has a sensible default."""
+
+    provider: str = "auto"            # auto | cpu | cuda
+    threads: int = 0                  # ONNX Runtime intra-op threads; 0: its default
+    portable: bool = False            # force the standard-op graphs even if the op library loads
+    motion: str = "relative"          # relative | absolute
+    smooth: bool = False              # One-Euro filter on pose and expression
+    smooth_min_cutoff: float = 1.0    # Hz; lower: smoother at rest
+    smooth_beta: float = 0.3          # higher: less lag on fast moves
+    crop: bool = True                 # find and crop the face (False: input is already cropped)
+    paste_back: bool = True           # paste the animated crop back into the source photo
+    face_fallback: str = "error"      # error | centre: what to do when no face is found at all
+    crop_scale: float = 1.8           # crop side / detected face side
+    detector: FaceDetector | None = None  # default: the bundled Haar cascade
+    io_binding: bool = True           # bind the avatar's tensors once (vs plain run per frame)
+
+    def validate(self) -> "AnimatorOptions":
+        if self.motion not in MOTION_MODES:
+            raise MegaportraitsError(f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}")
+        if self.face_fallback not in FACE_FALLBACKS:
+            raise MegaportraitsError(f"face_fallback must be one of {', '.join(FACE_FALLBACKS)}, "
+                                     f"not {self.face_fallback!r}")
+        if not self.crop_scale > 0:
+            raise MegaportraitsError(f"crop_scale must be positive, not {self.crop_scale!r}")
+        if not (self.smooth_min_cutoff > 0 and self.smooth_beta >= 0):
+            raise MegaportraitsError("smoothing needs smooth_min_cutoff > 0 and smooth_beta >= 0")
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class Avatar:
+    """One prepared source: the SOURCE graph's outputs plus how to paste results back.
+
+    Hold as many as you like; each costs its canonical volume (C x D x H x W floats)."""
+
+    canonical_volume: np.ndarray   # (1, C, D, H, W)
+    global_descriptor: np.ndarray  # (1, Cd, h, w)
+    motion: Motion                 # the source's own pose and expression
+    image: np.ndarray              # the full source photo, RGB uint8
+    crop: CropBox                  # where the face crop sits in ``image``
+    paste: PasteBack | None        # None when results are returned as crops
+    device_state: dict             # OrtValues of the volume and descriptor on the session device
+
+
+class Animator:
+    """Loads a bundle and animates avatars with it. Use as a context manager or call close()."""
+
+    def __init__(self, bundle: str | Path | None = None, options: AnimatorOptions | None = None, **overrides):
+        options = dataclasses.replace(options or AnimatorOptions(), **overrides).validate()
+        self.options = options
+        self.bundle: Bundle = open_bundle(bundle, provider=options.provider, threads=options.threads,
+                                          portable=options.portable)
+        self.image_size = self.bundle.image_size
+        self._device = device_of(self.bundle.providers)
+        self._detector = None
+        self._geometry = CropGeometry(scale=options.crop_scale)
+
+    @classmethod
+    def create_from_options(cls, bundle: str | Path | None, options: AnimatorOptions) -> "Animator":
+        return cls(bundle, options)
+
+    def __enter__(self) -> "Animator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.bundle.sessions.clear()
+
+    # ---- avatars -------------------------------------------------------------------------
+    def prepare(self, source_image) -> Avatar:
+        """Run the SOURCE graph once on a photo (path or RGB/RGBA/gray array) -> Avatar.
+
+        Raises InputError for unreadable images and NoFaceError when no face is found."""
+        image = as_rgb_image(source_image, "source image")
+        box = self._source_crop(image)
+        crop = cut_crop(image, box, self.image_size)
+        outputs = self._session("source").run(
+            ["canonical_volume", "global_descriptor", "pose", "expression"],
+            {"source_image": to_tensor(crop)})
+        volume, descriptor, pose, expression = (np.ascontiguousarray(o, dtype=np.float32) for o in outputs)
+        paste = PasteBack(image, box) if self.options.paste_back else None
+        device_state = {}
+        if self.options.io_binding:
+            device_state = {"canonical_volume": ort.OrtValue.ortvalue_from_numpy(volume, self._device, 0),
+                            "global_descriptor": ort.OrtValue.ortvalue_from_numpy(descriptor, self._device, 0)}
+        return Avatar(volume, descriptor, Motion(pose, expression), image, box, paste, device_state)
+
+    def _source_crop(self, image: np.ndarray) -> CropBox:
+        if not self.options.crop:
+            return CropBox.whole(*image.shape[:2])
+        try:
+            return find_source_face(image, self.detector, self._geometry)
+        except InputError:
+            if self.options.face_fallback != "centre":
+                raise
+            return find_source_face(image, centre_detector, self._geometry)
+
+    @property
+    def detector(self) -> FaceDetector:
+        if self._detector is None:
+            self._detector = self.options.detector or HaarFaceDetector()
+        return self._detector
+
+    # ---- animating -----------------------------------------------------------------------
+    def performance(self, avatar: Avatar, fps: float = 30.0) -> "Performance":
+        """A stateful driver for one stream of frames (first-frame reference, crop tracker,
+        smoother). Call it with each RGB frame; it returns the animated RGB frame."""
+        return Performance(self, avatar, fps)
+
+    def stream(self, avatar: Avatar, frames: Iterable[np.ndarray], fps: float = 30.0) -> Iterator[np.ndarray]:
+        """Animate an iterable of RGB frames lazily, one in, one out, in constant memory."""
+        performance = self.performance(avatar, fps)
+        for frame in frames:
+            yield performance(frame)
+
+    def animate_frame(self, avatar: Avatar, driver_frame, reference_frame=None) -> np.ndarray:
+        """One frame. In relative mode the motion is taken relative to ``reference_frame``
+        (default: the frame itself, which reproduces the source's pose and expression)."""
+        performance = self.performance(avatar)
+        if reference_frame is not None and self.options.motion == "relative":
+            performance.set_reference(as_rgb_image(reference_frame, "reference frame"))
+        return performance(as_rgb_image(driver_frame, "driver image"))
+
+    def animate_video(self, avatar: Avatar, driver: str | Path, output: str | Path,
+                      max_frames: int | None = None, progress: bool = True):
+        """Animate a whole driver video into an H.264 MP4 at the driver's frame rate, keeping
+        its audio. Returns a :class:`megaportraits.video.WriteResult`."""
+        from .video import animate_file
+        return animate_file(self, avatar, driver, output, max_frames=max_frames, progress=progress)
+
+    def _session(self, role: str) -> ort.InferenceSession:
+        try:
+            return self.bundle.sessions[role]
+        except KeyError:
+            raise MegaportraitsError("this Animator is closed") from None
+
+
+class Performance:
+    """One avatar driven by one stream of frames; see :meth:`Animator.performance`."""
+
+    def __init__(self, animator: Animator, avatar: Avatar, fps: float = 30.0):
+        options = animator.options
+        self.animator = animator
+        self.avatar = avatar
+        size = animator.image_size
+        self._driver = animator._session("driver")
+        self._generator = animator._session("generator")
+        self._driver_input = np.zeros((1, 3, size, size), np.float32)
+        self._tracker = None
+        if options.crop:
+            self._tracker = FaceTracker(animator.detector, animator._geometry)
+        self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
+        self._relative = None
+        self._binding = None
+        if options.io_binding:
+            self._binding = self._generator.io_binding()
+            for name, value in avatar.device_state.items():
+                self._binding.bind_ortvalue_input(name, value)
+
+    def set_reference(self, frame: np.ndarray) -> None:
+        """Use ``frame`` as the driver's neutral first frame for relative motion."""
+        self._relative = RelativeMotion(self.avatar.motion, self._driver_motion(frame))
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        motion = self._driver_motion(frame)
+        if self._smoother is not None:
+            motion = self._smoother(motion)
+        if self.animator.options.motion == "relative":
+            if self._relative is None:
+                self._relative = RelativeMotion(self.avatar.motion, motion)
+            motion = self._relative(motion)
+        crop = to_image(self._generate(motion))
+        return self.avatar.paste(crop) if self.avatar.paste is not None else crop
+
+    animate = __call__
+
+    def _driver_motion(self, frame: np.ndarray) -> Motion:
+        frame = _rgb_frame(frame)
+        box = self._tracker.update(frame) if self._tracker is not None else CropBox.whole(*frame.shape[:2])
+        crop = cut_crop(frame, box, self.animator.image_size)
+        to_tensor(crop, out=self._driver_input)
+        pose, expression = self._driver.run(["pose", "expression"], {"driver_image": self._driver_input})
+        return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
+
+    def _generate(self, motion: Motion) -> np.ndarray:
+        if self._binding is None:
+            return self._generator.run(["image"], {
+                "canonical_volume": self.avatar.canonical_volume,
+                "global_descriptor": self.avatar.global_descriptor,
+                "pose": motion.pose, "expression": motion.expression})[0]
+        self._binding.bind_cpu_input("pose", np.ascontiguousarray(motion.pose))
+        self._binding.bind_cpu_input("expression", np.ascontiguousarray(motion.expression))
+        self._binding.bind_output("image", "cpu")
+        self._generator.run_with_iobinding(self._binding)
+        return self._binding.get_outputs()[0].numpy()
+
+
+def _rgb_frame(frame) -> np.ndarray:
+    """The fast path for what video readers give (H, W, 3 uint8); anything else is converted."""
+    if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    return to_rgb8(frame, "driver frame")
+
+
+def to_tensor(crop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 (S, S, 3) -> float32 (1, 3, S, S) in [0, 1], into ``out`` when given."""
+    if out is None:
+        out = np.empty((1, 3) + crop.shape[:2], np.float32)
+    np.multiply(crop.transpose(2, 0, 1)[None], np.float32(1.0 / 255.0), out=out, casting="unsafe")
+    return out
+
+
+def to_image(tensor: np.ndarray) -> np.ndarray:
+    """float (1, 3, S, S) in [0, 1] -> RGB uint8 (S, S, 3)."""
+    image = np.clip(tensor[0].transpose(1, 2, 0) * 255.0 + 0.5, 0.0, 255.0)
+    return image.astype(np.uint8)

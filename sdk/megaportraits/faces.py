@@ -1,0 +1,228 @@
+"""Finding the face, cropping it steadily over time, and pasting the result back.
+
+The networks see a square crop around the head at the bundle's image size. The source is
+cropped once; driver frames are cropped by a :class:`FaceTracker` that holds the crop still
+while the face only jitters, follows it smoothly when it really moves, and searches near the
+last face first (cheap) before scanning the whole frame. The animated crop is pasted back into
+the source photo through a feathered ellipse, so no seam shows at the crop's edge.
+
+Any detector can be plugged in: a callable taking an RGB uint8 frame and returning boxes
+``(N, 4)`` as ``x, y, w, h`` in that frame's pixels (:class:`FaceDetector`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .errors import NoFaceError
+from .haar import HaarCascade
+
+
+class FaceDetector(Protocol):
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """Face boxes (N, 4) as x, y, w, h in pixels of ``rgb`` (H, W, 3 uint8)."""
+
+
+class HaarFaceDetector:
+    """The default detector: OpenCV's frontal-face Haar cascade, run on a copy of the frame
+    downscaled to ``max_side`` (faces in portraits and talking-head videos are large)."""
+
+    def __init__(self, max_side: int = 256, scale_factor: float = 1.1, min_neighbors: int = 3):
+        self.max_side = max_side
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self._cascade = HaarCascade()
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        scale = min(1.0, self.max_side / max(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                              interpolation=cv2.INTER_AREA)
+        boxes = self._cascade.detect(gray, self.scale_factor, self.min_neighbors)
+        return boxes.astype(np.float64) / scale
+
+
+def centre_detector(rgb: np.ndarray) -> np.ndarray:
+    """A stand-in that 'finds' a face in the middle of every frame, for callers who ask for it
+    (``face_fallback="centre"``): the crop becomes the central square of the frame."""
+    h, w = rgb.shape[:2]
+    side = min(h, w) / CropGeometry().scale
+    return np.array([[(w - side) / 2, (h - side) / 2, side, side]])
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How a head crop is framed around a detected face box: ``scale`` times the box's side,
+    centred on the box, moved up by ``lift`` box heights to take in the hair."""
+
+    scale: float = 1.8
+    lift: float = 0.1
+
+    def around(self, box) -> np.ndarray:
+        x, y, w, h = (float(v) for v in box)
+        side = self.scale * max(w, h)
+        return np.array([x + w / 2, y + h / 2 - self.lift * h, side])
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square region of a frame in whole pixels; it may reach past the frame's edges."""
+
+    x: int
+    y: int
+    side: int
+
+    @classmethod
+    def from_centre(cls, cx: float, cy: float, side: float) -> "CropBox":
+        side = max(2, int(round(side)))
+        return cls(int(round(cx - side / 2)), int(round(cy - side / 2)), side)
+
+    @classmethod
+    def whole(cls, height: int, width: int) -> "CropBox":
+        """The largest centred square inside the frame."""
+        side = min(height, width)
+        return cls((width - side) // 2, (height - side) // 2, side)
+
+
+def cut_crop(frame: np.ndarray, box: CropBox, size: int) -> np.ndarray:
+    """The square ``box`` of ``frame`` resized to ``size``; parts outside the frame repeat its
+    edge pixels (a black border would read as a hard edge to the networks)."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = box.x, box.y, box.x + box.side, box.y + box.side
+    inside = frame[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    if inside.size == 0:
+        raise NoFaceError("the face crop lies entirely outside the frame")
+    pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
+    if any(pad):
+        inside = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE)
+    interpolation = cv2.INTER_AREA if box.side > size else cv2.INTER_LINEAR
+    return cv2.resize(inside, (size, size), interpolation=interpolation)
+
+
+def feathered_ellipse(side: int, feather: float = 0.08, inset: float = 0.04) -> np.ndarray:
+    """A (side, side) mask in [0, 1]: 1 inside an ellipse inscribed in the square, falling off
+    smoothly over about ``feather`` of the side and reaching 0 before the square's edge."""
+    coords = (np.arange(side, dtype=np.float32) + 0.5) / side * 2.0 - 1.0
+    radius = np.sqrt(coords[None, :] ** 2 + coords[:, None] ** 2)
+    edge = 1.0 - inset
+    width = max(2.0 * feather, 1e-6)
+    t = np.clip((edge - radius) / width, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep: no visible ring
+
+
+class PasteBack:
+    """Pastes animated crops into one fixed frame at one fixed box. Everything that depends
+    only on the frame and the box (the clipped region, the mask) is computed once here."""
+
+    def __init__(self, frame: np.ndarray, box: CropBox, feather: float = 0.08):
+        h, w = frame.shape[:2]
+        self.frame = frame
+        self.box = box
+        x0, y0 = max(box.x, 0), max(box.y, 0)
+        x1, y1 = min(box.x + box.side, w), min(box.y + box.side, h)
+        self.region = (slice(y0, y1), slice(x0, x1))
+        self.inner = (slice(y0 - box.y, y1 - box.y), slice(x0 - box.x, x1 - box.x))
+        mask = feathered_ellipse(box.side, feather)[self.inner]
+        self.mask = mask[:, :, None]
+        self._background = frame[self.region].astype(np.float32) * (1.0 - self.mask)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        side = self.box.side
+        interpolation = cv2.INTER_CUBIC if side > crop.shape[0] else cv2.INTER_AREA
+        resized = cv2.resize(crop, (side, side), interpolation=interpolation)[self.inner]
+        out = self.frame.copy()
+        blended = self._background + resized.astype(np.float32) * self.mask
+        out[self.region] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+
+def largest(boxes: np.ndarray) -> np.ndarray:
+    return boxes[int(np.argmax(boxes[:, 2] * boxes[:, 3]))]
+
+
+def find_source_face(image: np.ndarray, detector: FaceDetector, geometry: CropGeometry) -> CropBox:
+    """The crop around the largest face in the source, or a :class:`NoFaceError`."""
+    boxes = np.asarray(detector(image), dtype=np.float64).reshape(-1, 4)
+    if len(boxes) == 0:
+        raise NoFaceError("no face found in the source image; if it is already a cropped "
+                          "portrait, use --no-crop (crop=False)")
+    return CropBox.from_centre(*geometry.around(largest(boxes)))
+
+
+class FaceTracker:
+    """A steady crop for a stream of driver frames.
+
+    The crop is held still while the detected face stays within ``margin`` (a fraction of the
+    crop) of where the crop was last aimed; past that it is re-aimed and eases there by
+    ``follow`` of the remaining distance per frame. A frame without a face keeps the last crop.
+    Detection runs first on a small region around the last face (``search_side`` pixels), and
+    on the whole frame only when the face is not there.
+    """
+
+    def __init__(self, detector: FaceDetector, geometry: CropGeometry = CropGeometry(),
+                 margin: float = 0.06, follow: float = 0.5, search_side: int = 112):
+        self.detector = detector
+        self.geometry = geometry
+        self.margin = margin
+        self.follow = follow
+        self.search_side = search_side
+        self.reset()
+
+    def reset(self) -> None:
+        self._face = None      # last detected box (x, y, w, h)
+        self._target = None    # (cx, cy, side) the crop is easing towards
+        self._current = None   # (cx, cy, side) of the crop now
+
+    def update(self, frame: np.ndarray) -> CropBox:
+        face = self._detect(frame)
+        if face is None and self._current is None:
+            raise NoFaceError("no face found in the driver's first frame; if the driver is "
+                              "already cropped to the face, use --no-crop (crop=False)")
+        if face is not None:
+            self._face = face
+            self._aim(self.geometry.around(face))
+        self._current = self._current + self.follow * (self._target - self._current)
+        return CropBox.from_centre(*self._current)
+
+    def _aim(self, wanted: np.ndarray) -> None:
+        if self._target is None:
+            self._target = wanted.copy()
+            self._current = wanted.copy()
+            return
+        shift = np.abs(wanted[:2] - self._target[:2]).max()
+        resize = abs(wanted[2] - self._target[2])
+        if max(shift, resize) > self.margin * self._target[2]:
+            self._target = wanted
+
+    def _detect(self, frame: np.ndarray):
+        if self._face is not None:
+            near = self._detect_near(frame, self._face)
+            if near is not None:
+                return near
+        boxes = np.asarray(self.detector(frame), dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return None
+        return largest(boxes) if self._face is None else self._closest(boxes)
+
+    def _detect_near(self, frame: np.ndarray, face: np.ndarray):
+        """Search a square twice the last face's size around it, scaled to ``search_side``."""
+        x, y, w, h = face
+        side = 2.0 * max(w, h)
+        region = CropBox.from_centre(x + w / 2, y + h / 2, side)
+        patch = cut_crop(frame, region, self.search_side)
+        boxes = np.asarray(self.detector(patch), dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            return None
+        scale = region.side / self.search_side
+        boxes = boxes * scale + np.array([region.x, region.y, 0, 0])
+        return self._closest(boxes)
+
+    def _closest(self, boxes: np.ndarray) -> np.ndarray:
+        x, y, w, h = self._face
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        distance = np.linalg.norm(centres - np.array([x + w / 2, y + h / 2]), axis=1)
+        return boxes[int(np.argmin(distance))]
