@@ -1,21 +1,32 @@
 // GridSample3D kernel; see grid_sample_3d.h for the contract.
 //
-// Layout of the work: output voxels are processed in blocks of kBlockVoxels. For a block, the
-// eight trilinear corners (offset into one channel plane + weight, zero for corners outside the
-// volume) are computed once; then for every channel the block's outputs are a weighted sum of
-// eight gathered inputs, written contiguously to Y[n, c, block]. The tables are small enough
-// to stay in L1 while all C channels reuse them, and the channel loop is a straight loop that
-// the compiler vectorises (AVX2/AVX-512 gathers in the clones below; SSE2 otherwise).
+// Why this layout: X is NCDHW, so the eight corners of one sample are eight scattered reads
+// per channel, C planes apart. Instead the kernel
+//   1. copies X once to channels-last (N, D, H, W, C), a streaming transpose, so that a
+//      corner is one contiguous run of C floats (whole cache lines, vector loads);
+//   2. for a tile of output voxels, computes each voxel's corners (voxel index + weight, with
+//      the padding rule applied) once, and blends the eight corner rows into a channels-last
+//      tile: row[c] = sum_k w_k * Xt[corner_k, c], a straight vector loop over channels;
+//   3. transposes the tile into Y[n, :, tile], contiguous runs per channel.
+// Each phase is a set of independent tasks run on the caller's thread pool. The hot loops are
+// compiled for x86-64 baseline plus AVX2/FMA and AVX-512 clones chosen at load time.
 #include "grid_sample_3d.h"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
+#include <cstring>
+#include <memory>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 namespace megaportraits {
 namespace {
 
-constexpr int64_t kBlockVoxels = 256;
+constexpr int64_t kTransposeVoxels = 256;  // input voxels per channels-last task
+constexpr int64_t kSampleVoxels = 256;     // output voxels per sampling task
+constexpr int64_t kTileFloats = 8192;      // a tile (voxels x C floats) stays in L1/L2
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__) && \
     defined(__linux__)
@@ -26,11 +37,13 @@ constexpr int64_t kBlockVoxels = 256;
 #define MEGAPORTRAITS_CPU_CLONES
 #endif
 
-// Corner taps along one axis: two neighbouring indices and their weights. A tap outside the
-// volume keeps index 0 (always a valid read) and weight 0, so the sweep needs no branches.
+// Taps along one axis: two neighbouring indices and their weights. A tap outside the volume
+// gets weight 0 and its in-range partner's index, so only voxels that torch would also read
+// are read; `inside` is false when no tap is in range (the sample is padding, 0).
 struct AxisTaps {
   int64_t index[2] = {0, 0};
   float weight[2] = {0.f, 0.f};
+  bool inside = false;
 };
 
 // Normalised [-1, 1] -> voxel coordinate, with torch's float expressions so results agree to
@@ -79,14 +92,12 @@ inline AxisTaps linear_taps(float c, int64_t size) {
   if (!(c > -1.f && c < static_cast<float>(size))) return taps;
   const float lower = std::floor(c);
   const int64_t i0 = static_cast<int64_t>(lower);
-  if (i0 >= 0) {
-    taps.index[0] = i0;
-    taps.weight[0] = (lower + 1.f) - c;
-  }
-  if (i0 + 1 < size) {
-    taps.index[1] = i0 + 1;
-    taps.weight[1] = c - lower;
-  }
+  const bool first_inside = i0 >= 0, second_inside = i0 + 1 < size;
+  taps.index[0] = first_inside ? i0 : i0 + 1;
+  taps.index[1] = second_inside ? i0 + 1 : i0;
+  taps.weight[0] = first_inside ? (lower + 1.f) - c : 0.f;
+  taps.weight[1] = second_inside ? c - lower : 0.f;
+  taps.inside = true;
   return taps;
 }
 
@@ -95,141 +106,100 @@ inline AxisTaps nearest_tap(float c, int64_t size) {
   AxisTaps taps;
   const float r = std::nearbyint(c);
   if (r >= 0.f && r < static_cast<float>(size)) {
-    taps.index[0] = static_cast<int64_t>(r);
+    taps.index[0] = taps.index[1] = static_cast<int64_t>(r);
     taps.weight[0] = 1.f;
+    taps.inside = true;
   }
   return taps;
 }
-
-template <typename Offset>
-struct LinearTable {
-  Offset offset[8][kBlockVoxels];
-  float weight[8][kBlockVoxels];
-};
-
-template <typename Offset>
-struct NearestTable {
-  Offset offset[kBlockVoxels];
-  float weight[kBlockVoxels];
-};
 
 struct VolumeShape {
   int64_t d, h, w;
 };
 
-template <typename Offset>
-void fill_linear_table(const float* grid,
-                       int64_t count,
-                       const VolumeShape& in,
-                       const GridSampleOptions& options,
-                       LinearTable<Offset>& table) {
-  const int64_t hw = in.h * in.w;
-  for (int64_t v = 0; v < count; ++v) {
-    const AxisTaps x = linear_taps(source_coordinate(grid[3 * v + 0], in.w, options), in.w);
-    const AxisTaps y = linear_taps(source_coordinate(grid[3 * v + 1], in.h, options), in.h);
-    const AxisTaps z = linear_taps(source_coordinate(grid[3 * v + 2], in.d, options), in.d);
-    for (int corner = 0; corner < 8; ++corner) {
-      const int cx = corner & 1, cy = (corner >> 1) & 1, cz = corner >> 2;
-      table.offset[corner][v] = static_cast<Offset>(z.index[cz] * hw + y.index[cy] * in.w + x.index[cx]);
-      table.weight[corner][v] = x.weight[cx] * y.weight[cy] * z.weight[cz];
-    }
-  }
-}
-
-template <typename Offset>
-void fill_nearest_table(const float* grid,
-                        int64_t count,
-                        const VolumeShape& in,
-                        const GridSampleOptions& options,
-                        NearestTable<Offset>& table) {
-  const int64_t hw = in.h * in.w;
-  for (int64_t v = 0; v < count; ++v) {
-    const AxisTaps x = nearest_tap(source_coordinate(grid[3 * v + 0], in.w, options), in.w);
-    const AxisTaps y = nearest_tap(source_coordinate(grid[3 * v + 1], in.h, options), in.h);
-    const AxisTaps z = nearest_tap(source_coordinate(grid[3 * v + 2], in.d, options), in.d);
-    table.offset[v] = static_cast<Offset>(z.index[0] * hw + y.index[0] * in.w + x.index[0]);
-    table.weight[v] = x.weight[0] * y.weight[0] * z.weight[0];
-  }
-}
-
-template <typename Offset>
-inline __attribute__((always_inline)) void sweep_linear_body(const float* __restrict x,
-                                                             int64_t in_plane,
-                                                             float* __restrict y,
-                                                             int64_t out_plane,
-                                                             int64_t channels,
-                                                             int64_t count,
-                                                             const LinearTable<Offset>& t) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const float* __restrict xc = x + c * in_plane;
-    float* __restrict yc = y + c * out_plane;
-    for (int64_t v = 0; v < count; ++v) {
-      yc[v] = t.weight[0][v] * xc[t.offset[0][v]] + t.weight[1][v] * xc[t.offset[1][v]] +
-              t.weight[2][v] * xc[t.offset[2][v]] + t.weight[3][v] * xc[t.offset[3][v]] +
-              t.weight[4][v] * xc[t.offset[4][v]] + t.weight[5][v] * xc[t.offset[5][v]] +
-              t.weight[6][v] * xc[t.offset[6][v]] + t.weight[7][v] * xc[t.offset[7][v]];
-    }
-  }
-}
-
-template <typename Offset>
-inline __attribute__((always_inline)) void sweep_nearest_body(const float* __restrict x,
-                                                              int64_t in_plane,
-                                                              float* __restrict y,
-                                                              int64_t out_plane,
-                                                              int64_t channels,
-                                                              int64_t count,
-                                                              const NearestTable<Offset>& t) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const float* __restrict xc = x + c * in_plane;
-    float* __restrict yc = y + c * out_plane;
-    for (int64_t v = 0; v < count; ++v) yc[v] = t.weight[v] * xc[t.offset[v]];
-  }
-}
-
-MEGAPORTRAITS_CPU_CLONES
-void sweep_linear(const float* x, int64_t in_plane, float* y, int64_t out_plane, int64_t channels,
-                  int64_t count, const LinearTable<int32_t>& t) {
-  sweep_linear_body(x, in_plane, y, out_plane, channels, count, t);
-}
-
-MEGAPORTRAITS_CPU_CLONES
-void sweep_linear(const float* x, int64_t in_plane, float* y, int64_t out_plane, int64_t channels,
-                  int64_t count, const LinearTable<int64_t>& t) {
-  sweep_linear_body(x, in_plane, y, out_plane, channels, count, t);
-}
-
-MEGAPORTRAITS_CPU_CLONES
-void sweep_nearest(const float* x, int64_t in_plane, float* y, int64_t out_plane, int64_t channels,
-                   int64_t count, const NearestTable<int32_t>& t) {
-  sweep_nearest_body(x, in_plane, y, out_plane, channels, count, t);
-}
-
-MEGAPORTRAITS_CPU_CLONES
-void sweep_nearest(const float* x, int64_t in_plane, float* y, int64_t out_plane, int64_t channels,
-                   int64_t count, const NearestTable<int64_t>& t) {
-  sweep_nearest_body(x, in_plane, y, out_plane, channels, count, t);
-}
-
-struct BlockJob {
-  const float* x;       // X[n, 0]
-  const float* grid;    // grid[n, first voxel of the block]
-  float* y;             // Y[n, 0, first voxel of the block]
-  int64_t count;        // voxels in the block
-  int64_t channels, in_plane, out_plane;
-  VolumeShape in;
+// The corners one output voxel blends: input voxel indices (within one batch item) and weights.
+struct Corners {
+  int64_t voxel[8];
+  float weight[8];
+  int count;  // 8 (linear), 1 (nearest) or 0 (outside: the sample is 0)
 };
 
-template <typename Offset>
-void run_block(const BlockJob& job, const GridSampleOptions& options) {
-  if (options.interpolation == Interpolation::kLinear) {
-    LinearTable<Offset> table;
-    fill_linear_table(job.grid, job.count, job.in, options, table);
-    sweep_linear(job.x, job.in_plane, job.y, job.out_plane, job.channels, job.count, table);
+Corners corners_of(const float* g, const VolumeShape& in, const GridSampleOptions& options) {
+  Corners corners;
+  const bool linear = options.interpolation == Interpolation::kLinear;
+  const float cx = source_coordinate(g[0], in.w, options);
+  const float cy = source_coordinate(g[1], in.h, options);
+  const float cz = source_coordinate(g[2], in.d, options);
+  const AxisTaps x = linear ? linear_taps(cx, in.w) : nearest_tap(cx, in.w);
+  const AxisTaps y = linear ? linear_taps(cy, in.h) : nearest_tap(cy, in.h);
+  const AxisTaps z = linear ? linear_taps(cz, in.d) : nearest_tap(cz, in.d);
+  corners.count = (x.inside && y.inside && z.inside) ? (linear ? 8 : 1) : 0;
+  for (int k = 0; k < corners.count; ++k) {
+    const int kx = k & 1, ky = (k >> 1) & 1, kz = k >> 2;
+    corners.voxel[k] = (z.index[kz] * in.h + y.index[ky]) * in.w + x.index[kx];
+    corners.weight[k] = x.weight[kx] * y.weight[ky] * z.weight[kz];
+  }
+  return corners;
+}
+
+// Which side of a transpose has the long (plane-sized, often power-of-two) stride. That side
+// is walked a few rows at a time, each row sequentially, so its cache lines are used whole
+// and few of them compete for the same cache set.
+enum class LongStride { kSource, kDestination };
+
+// Transpose one 4x4 block: dst[j][i] = src[i][j].
+inline void transpose4x4(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+#if defined(__SSE__)
+  __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + src_stride);
+  __m128 r2 = _mm_loadu_ps(src + 2 * src_stride), r3 = _mm_loadu_ps(src + 3 * src_stride);
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_ps(dst, r0);
+  _mm_storeu_ps(dst + dst_stride, r1);
+  _mm_storeu_ps(dst + 2 * dst_stride, r2);
+  _mm_storeu_ps(dst + 3 * dst_stride, r3);
+#else
+  for (int j = 0; j < 4; ++j)
+    for (int i = 0; i < 4; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+#endif
+}
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols, in 4x4 blocks; the
+// outer loop runs along the long-stride side four rows at a time.
+void transpose(const float* __restrict src, int64_t src_stride, float* __restrict dst, int64_t dst_stride,
+               int64_t rows, int64_t cols, LongStride long_stride) {
+  const int64_t rows4 = rows & ~int64_t{3}, cols4 = cols & ~int64_t{3};
+  if (long_stride == LongStride::kSource) {
+    for (int64_t i = 0; i < rows4; i += 4) {
+      for (int64_t j = 0; j < cols4; j += 4) transpose4x4(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    }
   } else {
-    NearestTable<Offset> table;
-    fill_nearest_table(job.grid, job.count, job.in, options, table);
-    sweep_nearest(job.x, job.in_plane, job.y, job.out_plane, job.channels, job.count, table);
+    for (int64_t j = 0; j < cols4; j += 4) {
+      for (int64_t i = 0; i < rows4; i += 4) transpose4x4(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+    }
+  }
+  // Ragged edges: the last rows % 4 rows and cols % 4 columns.
+  for (int64_t i = rows4; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  for (int64_t j = cols4; j < cols; ++j)
+    for (int64_t i = 0; i < rows4; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+
+// row[c] = sum_k w_k * corner_k[c] over the eight corner rows of a channels-last volume.
+MEGAPORTRAITS_CPU_CLONES
+void blend_eight(const float* __restrict volume, int64_t channels, const Corners& corners, float* __restrict row) {
+  const float* __restrict p0 = volume + corners.voxel[0] * channels;
+  const float* __restrict p1 = volume + corners.voxel[1] * channels;
+  const float* __restrict p2 = volume + corners.voxel[2] * channels;
+  const float* __restrict p3 = volume + corners.voxel[3] * channels;
+  const float* __restrict p4 = volume + corners.voxel[4] * channels;
+  const float* __restrict p5 = volume + corners.voxel[5] * channels;
+  const float* __restrict p6 = volume + corners.voxel[6] * channels;
+  const float* __restrict p7 = volume + corners.voxel[7] * channels;
+  const float w0 = corners.weight[0], w1 = corners.weight[1], w2 = corners.weight[2], w3 = corners.weight[3];
+  const float w4 = corners.weight[4], w5 = corners.weight[5], w6 = corners.weight[6], w7 = corners.weight[7];
+  for (int64_t c = 0; c < channels; ++c) {
+    row[c] = w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c] + w5 * p5[c] + w6 * p6[c] +
+             w7 * p7[c];
   }
 }
 
@@ -300,34 +270,72 @@ GridSample3DProblem::GridSample3DProblem(const float* x,
     : x_(x),
       grid_(grid),
       y_(y),
+      x_channels_last_(nullptr),
       options_(options),
       batch_(x_shape[0]),
       channels_(x_shape[1]),
       in_d_(x_shape[2]),
       in_h_(x_shape[3]),
       in_w_(x_shape[4]),
-      out_voxels_(grid_shape[1] * grid_shape[2] * grid_shape[3]),
-      blocks_per_item_((out_voxels_ + kBlockVoxels - 1) / kBlockVoxels) {
-  if (channels_ == 0) blocks_per_item_ = 0;  // nothing to write
+      in_voxels_(in_d_ * in_h_ * in_w_),
+      out_voxels_(grid_shape[1] * grid_shape[2] * grid_shape[3]) {
+  if (batch_ * channels_ * out_voxels_ > 0) x_channels_last_ = new float[batch_ * channels_ * in_voxels_];
 }
 
-void GridSample3DProblem::run_task(size_t task) const {
-  const int64_t n = static_cast<int64_t>(task) / blocks_per_item_;
-  const int64_t first = (static_cast<int64_t>(task) % blocks_per_item_) * kBlockVoxels;
-  const int64_t in_plane = in_d_ * in_h_ * in_w_;
-  BlockJob job;
-  job.x = x_ + n * channels_ * in_plane;
-  job.grid = grid_ + (n * out_voxels_ + first) * 3;
-  job.y = y_ + n * channels_ * out_voxels_ + first;
-  job.count = std::min(kBlockVoxels, out_voxels_ - first);
-  job.channels = channels_;
-  job.in_plane = in_plane;
-  job.out_plane = out_voxels_;
-  job.in = VolumeShape{in_d_, in_h_, in_w_};
-  if (in_plane <= std::numeric_limits<int32_t>::max()) {
-    run_block<int32_t>(job, options_);
+GridSample3DProblem::~GridSample3DProblem() { delete[] x_channels_last_; }
+
+size_t GridSample3DProblem::task_count(Phase phase) const {
+  if (x_channels_last_ == nullptr) return 0;  // empty output: nothing to do
+  const int64_t voxels = phase == Phase::kChannelsLast ? in_voxels_ : out_voxels_;
+  const int64_t per_task = phase == Phase::kChannelsLast ? kTransposeVoxels : kSampleVoxels;
+  return static_cast<size_t>(batch_ * ((voxels + per_task - 1) / per_task));
+}
+
+void GridSample3DProblem::run_task(Phase phase, size_t task) const {
+  if (phase == Phase::kChannelsLast) {
+    to_channels_last(task);
   } else {
-    run_block<int64_t>(job, options_);
+    sample(task);
+  }
+}
+
+void GridSample3DProblem::to_channels_last(size_t task) const {
+  const int64_t blocks = (in_voxels_ + kTransposeVoxels - 1) / kTransposeVoxels;
+  const int64_t n = static_cast<int64_t>(task) / blocks;
+  const int64_t first = (static_cast<int64_t>(task) % blocks) * kTransposeVoxels;
+  const int64_t count = std::min(kTransposeVoxels, in_voxels_ - first);
+  const float* source = x_ + n * channels_ * in_voxels_ + first;
+  float* target = x_channels_last_ + (n * in_voxels_ + first) * channels_;
+  transpose(source, in_voxels_, target, channels_, channels_, count, LongStride::kSource);
+}
+
+void GridSample3DProblem::sample(size_t task) const {
+  const int64_t blocks = (out_voxels_ + kSampleVoxels - 1) / kSampleVoxels;
+  const int64_t n = static_cast<int64_t>(task) / blocks;
+  const int64_t first = (static_cast<int64_t>(task) % blocks) * kSampleVoxels;
+  const int64_t count = std::min(kSampleVoxels, out_voxels_ - first);
+  // Whole cache lines of Y per channel: a multiple of 16 voxels, at least 16.
+  const int64_t tile_voxels = std::min(count, std::max<int64_t>(16, kTileFloats / channels_ / 16 * 16));
+  const std::unique_ptr<float[]> tile(new float[tile_voxels * channels_]);
+
+  const float* volume = x_channels_last_ + n * in_voxels_ * channels_;
+  const VolumeShape in{in_d_, in_h_, in_w_};
+  for (int64_t tile_first = first; tile_first < first + count; tile_first += tile_voxels) {
+    const int64_t tile_count = std::min(tile_voxels, first + count - tile_first);
+    const float* g = grid_ + (n * out_voxels_ + tile_first) * 3;
+    for (int64_t v = 0; v < tile_count; ++v) {
+      const Corners corners = corners_of(g + 3 * v, in, options_);
+      float* row = tile.get() + v * channels_;
+      if (corners.count == 8) {
+        blend_eight(volume, channels_, corners, row);
+      } else if (corners.count == 1) {
+        std::memcpy(row, volume + corners.voxel[0] * channels_, channels_ * sizeof(float));
+      } else {
+        std::fill(row, row + channels_, 0.f);
+      }
+    }
+    transpose(tile.get(), channels_, y_ + n * channels_ * out_voxels_ + tile_first, out_voxels_, tile_count,
+              channels_, LongStride::kDestination);
   }
 }
 

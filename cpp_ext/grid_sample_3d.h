@@ -41,30 +41,41 @@ void check_shapes(const int64_t* x_shape, size_t x_rank, const int64_t* grid_sha
 // Y's shape (N, C, D', H', W') for valid shapes.
 void output_shape(const int64_t* x_shape, const int64_t* grid_shape, int64_t* y_shape);
 
-// One warp, split into independent tasks (a block of output voxels of one batch item, all
-// channels). Each task computes the corner offsets and weights of its block once, then sweeps
-// the channels, so the grid arithmetic is amortised over C and Y is written contiguously.
+// One warp, in two phases of independent tasks: kChannelsLast copies X to (N, D, H, W, C) (a
+// scratch copy owned by the problem); kSample then computes, per tile of output voxels, each
+// voxel's corners and weights once and blends the corner rows across all channels at once.
+// Run every task of kChannelsLast before any of kSample; tasks within a phase may run on any
+// thread in any order.
 class GridSample3DProblem {
  public:
+  enum class Phase { kChannelsLast, kSample };
+  static constexpr Phase kPhases[] = {Phase::kChannelsLast, Phase::kSample};
+
   GridSample3DProblem(const float* x,
                       const int64_t* x_shape,
                       const float* grid,
                       const int64_t* grid_shape,
                       float* y,
                       const GridSampleOptions& options);
+  ~GridSample3DProblem();
+  GridSample3DProblem(const GridSample3DProblem&) = delete;
+  GridSample3DProblem& operator=(const GridSample3DProblem&) = delete;
 
-  size_t task_count() const { return static_cast<size_t>(batch_ * blocks_per_item_); }
-  void run_task(size_t task) const;
+  size_t task_count(Phase phase) const;
+  void run_task(Phase phase, size_t task) const;
 
  private:
+  void to_channels_last(size_t task) const;
+  void sample(size_t task) const;
+
   const float* x_;
   const float* grid_;
   float* y_;
+  float* x_channels_last_;
   GridSampleOptions options_;
   int64_t batch_, channels_;
-  int64_t in_d_, in_h_, in_w_;
+  int64_t in_d_, in_h_, in_w_, in_voxels_;
   int64_t out_voxels_;
-  int64_t blocks_per_item_;
 };
 
 }  // namespace megaportraits

@@ -108,9 +108,22 @@ struct GridSample3DKernel {
     megaportraits::GridSample3DProblem problem(static_cast<const float*>(x_data), x_shape.data(),
                                                static_cast<const float*>(grid_data), grid_shape.data(),
                                                static_cast<float*>(y_data), options);
-    if (problem.task_count() == 0) return nullptr;
-    auto run_task = [](void* data, size_t task) { static_cast<megaportraits::GridSample3DProblem*>(data)->run_task(task); };
-    return api->KernelContext_ParallelFor(context, run_task, problem.task_count(), 0, &problem);
+    using Problem = megaportraits::GridSample3DProblem;
+    struct PhaseOfProblem {
+      const Problem* problem;
+      Problem::Phase phase;
+    };
+    auto run_task = [](void* data, size_t task) {
+      const auto* job = static_cast<const PhaseOfProblem*>(data);
+      job->problem->run_task(job->phase, task);
+    };
+    for (const auto phase : Problem::kPhases) {
+      PhaseOfProblem job{&problem, phase};
+      const size_t tasks = problem.task_count(phase);
+      if (tasks == 0) continue;
+      if (OrtStatus* status = api->KernelContext_ParallelFor(context, run_task, tasks, 0, &job)) return status;
+    }
+    return nullptr;
   }
 };
 

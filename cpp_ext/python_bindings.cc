@@ -54,7 +54,10 @@ py::array_t<float> grid_sample_3d(const py::array& x,
                                                    grid_shape.data(), y.mutable_data(), options);
   {
     py::gil_scoped_release release;
-    megaportraits::parallel_for(problem.task_count(), num_threads, [&](size_t task) { problem.run_task(task); });
+    for (const auto phase : megaportraits::GridSample3DProblem::kPhases) {
+      megaportraits::parallel_for(problem.task_count(phase), num_threads,
+                                  [&](size_t task) { problem.run_task(phase, task); });
+    }
   }
   return y;
 }
