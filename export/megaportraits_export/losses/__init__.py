@@ -1,0 +1,91 @@
+"""Losses of MegaPortraits and their weights (REFERENCE.md, "Losses and schedule (base)").
+
+Each loss module returns unweighted terms under the names of :class:`LossWeights`' fields;
+:func:`combine_losses` applies the weights, so the paper's lambdas live in one place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import torch
+
+from megaportraits_export.losses.cycle import COSFACE_MARGIN, COSFACE_SCALE, cosface_loss, motion_cycle_loss
+from megaportraits_export.losses.discriminator import (
+    MultiScaleDiscriminator,
+    PatchDiscriminator,
+    discriminator_hinge_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+)
+from megaportraits_export.losses.perceptual import PerceptualLoss, VGG19Features, multiscale_l1
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """The paper's weights of the base model's generator losses.
+
+    ``l1`` is 0: the base model trains without a pixel loss; the 1024 enhancer uses 100
+    (``LossWeights(l1=100.0, feature_matching=100.0)``).
+    """
+
+    perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
+    face: float = 4.0              # lambda_face: face-identity network, if provided
+    gaze: float = 5.0              # lambda_gaze: gaze network, if provided
+    adversarial: float = 1.0       # lambda_adv: hinge loss of the generator
+    feature_matching: float = 40.0  # lambda_FM
+    cycle: float = 2.0             # lambda_cos: CosFace cycle loss on motion codes
+    l1: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+TERM_NAMES = tuple(field.name for field in dataclasses.fields(LossWeights))
+
+
+def combine_losses(
+    terms: Mapping[str, torch.Tensor],
+    weights: LossWeights = LossWeights(),
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the terms present -> (total for backward, weighted values for logging).
+
+    Terms with weight 0 are left out of the total. Raises ValueError on a name that is not a
+    field of :class:`LossWeights` (a typo would otherwise drop a loss silently).
+    """
+    unknown = sorted(set(terms) - set(TERM_NAMES))
+    if unknown:
+        raise ValueError(f"unknown loss term {unknown[0]!r}; expected one of {', '.join(TERM_NAMES)}")
+    if not terms:
+        raise ValueError("combine_losses needs at least one term")
+    factors = weights.as_dict()
+    total, logged = None, {}
+    for name, value in terms.items():
+        if factors[name] == 0.0:
+            continue
+        weighted = factors[name] * value
+        total = weighted if total is None else total + weighted
+        logged[name] = float(weighted.detach())
+    if total is None:
+        raise ValueError("every given loss term has weight 0")
+    logged["total"] = float(total.detach())
+    return total, logged
+
+
+__all__ = [
+    "COSFACE_MARGIN",
+    "COSFACE_SCALE",
+    "LossWeights",
+    "MultiScaleDiscriminator",
+    "PatchDiscriminator",
+    "PerceptualLoss",
+    "TERM_NAMES",
+    "VGG19Features",
+    "combine_losses",
+    "cosface_loss",
+    "discriminator_hinge_loss",
+    "feature_matching_loss",
+    "generator_hinge_loss",
+    "motion_cycle_loss",
+    "multiscale_l1",
+]
