@@ -163,3 +163,84 @@ def test_measure_stops_at_the_time_budget_but_not_below_min_runs():
     calls = []
     timing = stats.measure(lambda: calls.append(1), warmup=0, runs=1000, max_seconds=0.0, min_runs=4)
     assert timing.runs == 4
+
+
+# ---- the report --------------------------------------------------------------------------------
+from megaportraits.benchmark import report as rp  # noqa: E402
+
+
+def _result(stage, variant, median_ms, flops=None, floor_ms=None, peak=None):
+    timing = stats.summarize([median_ms / 1e3 * f for f in (0.9, 1.0, 1.3)], warmup=1)
+    return rp.StageResult(stage=stage, variant=variant, provider="cpu", threads=2, batch=1, timing=timing,
+                          flops=flops, bytes_moved=None if flops is None else 10 * flops,
+                          floor_ms=floor_ms, peak_gflops=peak)
+
+
+def _report():
+    results = [_result("per_frame", "ours", 20.0, flops=4_000_000_000, floor_ms=8.0, peak=400.0),
+               _result("per_frame", "portable", 30.0, flops=4_000_000_000, floor_ms=8.0, peak=400.0),
+               _result("per_frame", "torch", 50.0, flops=4_000_000_000, floor_ms=8.0, peak=400.0),
+               _result("video_decode", "ours", 5.0)]
+    return rp.Report(machine={"cpu_model": "test cpu", "usable_cores": 2, "load_average": [0.1, 0.1, 0.1]},
+                     peaks=[{"threads": 2, "gemm_gflops": 400.0, "bandwidth_gbs": 20.0}],
+                     bundle={"preset": "tiny", "path": "/nowhere"}, settings={"runs": 3},
+                     results=results, notes=["a note"])
+
+
+def test_derived_figures_follow_from_flops_time_and_peak():
+    r = _report().results[0]
+    assert r.gflops_per_s == pytest.approx(4.0 / 0.020)  # 200 GFLOP/s
+    assert r.peak_fraction == pytest.approx(0.5)
+    assert r.x_floor == pytest.approx(20.0 / 8.0)
+    no_graph = _report().results[3]
+    assert no_graph.gflops_per_s is None and no_graph.x_floor is None
+
+
+def test_comparisons_give_alternative_over_ours():
+    (row,) = _report().comparisons("per_frame")
+    assert row["speedup_vs_portable"] == pytest.approx(1.5)
+    assert row["speedup_vs_torch"] == pytest.approx(2.5)
+
+
+def test_json_report_schema_round_trips(tmp_path):
+    path = tmp_path / "report.json"
+    _report().write_json(path)
+    d = json.loads(path.read_text())
+    rp.check_report_dict(d)
+    assert d["schema"] == rp.SCHEMA
+    assert set(d) == {"schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes"}
+    first = d["results"][0]
+    assert set(first["timing"]) == {"median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup",
+                                    "peak_rss_mb"}
+    assert first["gflops_per_s"] == pytest.approx(200.0)
+    again = rp.report_from_dict(d)
+    assert [r.key for r in again.results] == [r.key for r in _report().results]
+    assert again.results[0].peak_fraction == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d.pop("peaks"), "lacks peaks"),
+    (lambda d: d.update(schema="other/9"), "schema"),
+    (lambda d: d["results"][0].pop("flops"), r"results\[0\] lacks flops"),
+    (lambda d: d["results"][1].update(stage="teleport"), "unknown stage"),
+    (lambda d: d["results"][0]["timing"].update(p90_ms=0.0), "not ordered"),
+])
+def test_schema_check_names_what_is_wrong(damage, message):
+    d = _report().to_dict()
+    damage(d)
+    with pytest.raises(ValueError, match=message):
+        rp.check_report_dict(d)
+
+
+def test_table_lists_every_result_and_the_ratios():
+    text = rp.format_table(_report())
+    assert text.count("\nper_frame    ") == 3 and "video_decode" in text
+    assert "portable 30.00 ms (1.50x)" in text and "torch 50.00 ms (2.50x)" in text
+    assert "note: a note" in text
+
+
+def test_png_chart_is_written(tmp_path):
+    pytest.importorskip("matplotlib", reason="the chart needs matplotlib ([dev] extra)")
+    path = tmp_path / "chart.png"
+    rp.write_png(_report(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -75,10 +75,11 @@ def _measure_variant(report: Report, bundle_dir: Path, manifest: mf.Manifest, bo
     stages = graph_stages
     if variant == "portable" and manifest.custom_op is not None:
         # A graph without the custom op is its own portable twin: measuring it again adds nothing.
-        same = [s for s in ("source", "driver", "generator")
-                if manifest.graphs[s].portable_file == manifest.graphs[s].file]
+        same = [s for s in graph_stages if s in manifest.graphs
+                and manifest.graphs[s].portable_file == manifest.graphs[s].file]
         stages = tuple(s for s in graph_stages if s not in same)
-        _note_once(report, f"portable {', '.join(same)}: the same graph file as ours, measured once")
+        if same:
+            _note_once(report, f"portable {', '.join(same)}: the same graph file as ours, measured once")
     try:
         if stages:
             log(f"measuring {', '.join(stages)}: {label}")

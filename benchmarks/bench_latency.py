@@ -1,0 +1,226 @@
+"""Latency of MegaPortraits presets on this machine: our bundle beside the portable bundle and
+PyTorch eager with the same weights, per stage, thread count and batch size.
+
+For each preset a random-weight bundle is exported once (``random_model(preset, seed)``: the
+same preset and seed always give the same weights) and reused on later runs. PyTorch runs the
+very model that was exported, folded for inference exactly as the exporter folds it (weight
+standardisation baked into the conv weights), so both sides do the same arithmetic; the script
+checks that by comparing the generator's output on both sides before timing.
+
+    python benchmarks/bench_latency.py --presets small256 --threads 2
+    python benchmarks/bench_latency.py --presets paper512 --runs 3 --max-seconds 20 \\
+        --bundle-root /tmp/megaportraits-bench
+
+Writes ``benchmarks/results/latency_<preset>_<provider>.json`` (schema: megaportraits-benchmark/1)
+and a PNG chart beside it, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from megaportraits import manifest as mf
+from megaportraits.benchmark.report import StageResult, format_table, write_png
+from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
+from megaportraits.benchmark.stages import (CostBook, RunSettings, frontal_pose, random_feeds,
+                                            warp_inputs, warp_model, with_cost)
+from megaportraits.benchmark.flops import count_graph
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GENERATOR_AGREEMENT = 1e-3  # max |torch - onnx| on the image for "same weights" to hold
+
+
+# ---- bundles -----------------------------------------------------------------------------------
+def bundle_path(root: Path, preset: str, seed: int) -> Path:
+    return root / f"{preset}-seed{seed}"
+
+
+def existing_bundle(path: Path, preset: str, seed: int) -> bool:
+    """A bundle already exported from the same preset and seed (hence the same weights)."""
+    try:
+        manifest = mf.load_manifest(path)
+    except mf.BundleError:
+        return False
+    return (manifest.preset == preset and manifest.provenance.get("weights") == "random-init"
+            and manifest.provenance.get("seed") == seed and manifest.has_portable)
+
+
+def prepare_bundle(root: Path, preset: str, seed: int, need_model: bool):
+    """(bundle dir, torch model or None): export if missing, else reuse and rebuild the model."""
+    from megaportraits_export.onnx_export import export_bundle, random_model
+
+    path = bundle_path(root, preset, seed)
+    if existing_bundle(path, preset, seed):
+        print(f"reusing {path}")
+        return path, (random_model(preset, seed)[0] if need_model else None)
+    model, config = random_model(preset, seed)
+    print(f"exporting {preset} (random weights, seed {seed}) to {path}; this can take minutes")
+    started = time.perf_counter()
+    export_bundle(model, config, path, preset=preset, provenance={"weights": "random-init", "seed": seed})
+    print(f"exported in {time.perf_counter() - started:.0f} s")
+    return path, (model if need_model else None)
+
+
+# ---- PyTorch eager, measured like the graphs ---------------------------------------------------
+class TorchEager:
+    """The exported model in PyTorch eager mode, fed exactly what the ONNX stages are fed."""
+
+    def __init__(self, model, manifest: mf.Manifest, bundle_dir: Path):
+        import torch
+        from megaportraits_export.model import folded_for_export
+
+        self.torch = torch
+        self.model = folded_for_export(model).eval()
+        self.manifest = manifest
+        self.book = CostBook(bundle_dir)
+
+    def results(self, stages: tuple, threads: int, batch: int, settings: RunSettings, peaks) -> list:
+        torch = self.torch
+        torch.set_num_threads(threads)
+        t = self._inputs(batch)
+        m = self.model
+
+        def per_frame():
+            motion = m.driver_branch(t["driver_image"])
+            return m.generator(t["canonical_volume"], t["global_descriptor"], t["pose"], motion.expression)
+
+        work = {
+            "source": (lambda: m.source_branch(t["source_image"]), ["source"]),
+            "driver": (lambda: m.driver_branch(t["driver_image"]), ["driver"]),
+            "generator": (lambda: m.generator(t["canonical_volume"], t["global_descriptor"], t["pose"],
+                                              t["expression"]), ["generator"]),
+            "per_frame": (per_frame, ["driver", "generator"]),
+        }
+        out = []
+        with torch.inference_mode():
+            for stage in (s for s in stages if s in work):
+                fn, roles = work[stage]
+                timing = settings.measure(fn)
+                costs = [self.book.graph(self.manifest.graphs[r].file, batch) for r in roles]
+                out.append(with_cost(stage, "torch", "cpu", threads, batch, timing, costs, peaks))
+            if "warp" in stages:
+                volume, grid = (torch.from_numpy(a) for a in warp_inputs(self.manifest, batch))
+                sample = torch.nn.functional.grid_sample
+                timing = settings.measure(lambda: sample(volume, grid, mode="bilinear", padding_mode="zeros",
+                                                         align_corners=False))
+                cost = count_graph(warp_model(tuple(volume.shape), tuple(grid.shape), custom=False), batch=batch)
+                out.append(with_cost("warp", "torch", "cpu", threads, batch, timing, [cost], peaks))
+        return out
+
+    def _inputs(self, batch: int) -> dict:
+        """The same arrays the ONNX graph stages use (same seed, same order of draws)."""
+        torch = self.torch
+        rng = np.random.default_rng(0)
+        graphs = self.manifest.graphs
+        source = random_feeds(graphs["source"].inputs, batch, rng)
+        driver = random_feeds(graphs["driver"].inputs, batch, rng)
+        with torch.inference_mode():
+            avatar = self.model.source_branch(torch.from_numpy(source["source_image"]))
+        return {"source_image": torch.from_numpy(source["source_image"]),
+                "driver_image": torch.from_numpy(driver["driver_image"]),
+                "canonical_volume": avatar.canonical_volume, "global_descriptor": avatar.global_descriptor,
+                "pose": torch.from_numpy(frontal_pose(batch)), "expression": avatar.expression}
+
+    def check_same_weights(self, bundle_dir: Path) -> float:
+        """Max |image difference| between PyTorch and our generator graph on the same inputs."""
+        import onnxruntime as ort
+        from megaportraits.benchmark.stages import custom_ops_library
+
+        t = self._inputs(1)
+        opts = ort.SessionOptions()
+        opts.register_custom_ops_library(custom_ops_library())
+        session = ort.InferenceSession(str(bundle_dir / self.manifest.graphs["generator"].file), opts,
+                                       providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        onnx_image = session.run(["image"], {n: t[n].numpy() for n in names})[0]
+        with self.torch.inference_mode():
+            torch_image = self.model.generator(*(t[n] for n in names)).numpy()
+        return float(np.abs(onnx_image - torch_image).max())
+
+
+# ---- command line ------------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", default="small256", help="comma-separated presets (default small256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--bundle-root", type=Path, default=Path("/tmp/megaportraits-bench"),
+                   help="where exported bundles are kept and reused (default /tmp/megaportraits-bench)")
+    p.add_argument("--threads", default="", help="comma-separated thread counts (default: all usable cores)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--stages", default=",".join(GRAPH_STAGES + ("warp",) + IO_STAGES))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--max-seconds", type=float, default=10.0)
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch eager even if torch is installed")
+    p.add_argument("--output-dir", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="", help="suffix for the result file names (e.g. the machine)")
+    return p.parse_args(argv)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import megaportraits_export.model  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    ints = lambda s: tuple(int(v) for v in s.split(",") if v.strip())  # noqa: E731
+    stages = tuple(s for s in args.stages.split(",") if s)
+    settings = RunSettings(warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds)
+    use_torch = not args.no_torch and torch_available()
+    if not use_torch and not args.no_torch:
+        print("torch or megaportraits_export is not installed: no PyTorch eager column, and only "
+              "bundles already exported under --bundle-root can be used")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for preset in (p for p in args.presets.split(",") if p):
+        path = bundle_path(args.bundle_root, preset, args.seed)
+        if use_torch:
+            path, model = prepare_bundle(args.bundle_root, preset, args.seed, need_model=True)
+        elif not existing_bundle(path, preset, args.seed):
+            print(f"no bundle for {preset} at {path}, and no torch to export one", file=sys.stderr)
+            return 1
+        else:
+            model = None
+        plan = BenchmarkPlan(bundle_dir=path, threads=ints(args.threads), batches=ints(args.batch),
+                             stages=stages, settings=settings)
+        extra = None
+        if model is not None:
+            def extra(report, peaks, model=model, path=path):
+                eager = TorchEager(model, mf.load_manifest(path), path)
+                diff = eager.check_same_weights(path)
+                report.notes.append(f"PyTorch eager runs the exported weights (folded like the export): "
+                                    f"generator image max |torch - onnx| = {diff:.1e}")
+                if diff > GENERATOR_AGREEMENT:
+                    report.notes.append("WARNING: PyTorch and ONNX disagree beyond "
+                                        f"{GENERATOR_AGREEMENT}: the torch column may not be the same model")
+                for threads in plan.thread_counts():
+                    for batch in plan.batches:
+                        print(f"measuring PyTorch eager: {threads} thread(s), batch {batch}")
+                        report.results += eager.results(stages, threads, batch, settings, peaks[threads])
+        report = run_benchmark(plan, extra_measurements=extra)
+        del model
+        gc.collect()
+        print(format_table(report))
+        stem = f"latency_{preset}_cpu" + (f"_{args.tag}" if args.tag else "")
+        report.write_json(args.output_dir / f"{stem}.json")
+        try:
+            write_png(report, args.output_dir / f"{stem}.png")
+        except ImportError as e:
+            print(f"no PNG: {e}")
+        print(f"wrote {args.output_dir / stem}.json/.png")
+        print(json.dumps(report.comparisons("per_frame"), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

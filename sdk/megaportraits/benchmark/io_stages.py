@@ -1,0 +1,140 @@
+"""The image-side work around the networks, timed with the SDK's own code: the driver frame's
+face crop (tracker + crop + tensor), paste-back into the source photo, and video decode and
+encode (PyAV, H.264), each per frame.
+
+No face video ships with the benchmark, so frames are synthetic: a smooth moving pattern with a
+little noise (so the encoder has real work) at a typical webcam size. The Haar detector finds no
+face in them, so the face-crop stage measures the tracker's worst case: a failed search near the
+last face, a full-frame scan, then the fallback crop. On a real face the near search usually
+succeeds and the stage is cheaper.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .. import manifest as mf
+from .machine import usable_cores
+from .report import StageResult
+from .stages import RunSettings
+from .stats import reset_peak_rss, peak_rss_mb, summarize
+
+FRAME_WIDTH, FRAME_HEIGHT = 1280, 720  # a typical driver video / webcam frame
+VIDEO_FRAMES = 48
+
+
+def synthetic_frames(count: int, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, seed: int = 0) -> list:
+    """RGB uint8 frames of a drifting colour pattern with mild noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = []
+    for i in range(count):
+        phase = 0.15 * i
+        r = 128 + 90 * np.sin(x / 53.0 + phase)
+        g = 128 + 90 * np.sin(y / 41.0 - phase)
+        b = 128 + 60 * np.sin((x + y) / 97.0 + 0.5 * phase)
+        rgb = np.stack([r, g, b], axis=-1) + rng.normal(0, 4, (height, width, 3))
+        frames.append(np.clip(rgb, 0, 255).astype(np.uint8))
+    return frames
+
+
+def _timed_per_call(fn, inputs, warmup: int) -> tuple:
+    """Call ``fn`` on each input; the first ``warmup`` calls are not timed."""
+    reset_peak_rss()
+    samples = []
+    for i, item in enumerate(inputs):
+        t0 = time.perf_counter()
+        fn(item)
+        if i >= warmup:
+            samples.append(time.perf_counter() - t0)
+    return samples, peak_rss_mb()
+
+
+def _result(stage: str, samples: list, warmup: int, peak: float | None, note: str) -> StageResult:
+    return StageResult(stage=stage, variant="ours", provider="cpu", threads=usable_cores(), batch=1,
+                       timing=summarize(samples, warmup=warmup, peak_rss_mb=peak), note=note)
+
+
+def _repeat(frames: list, settings: RunSettings) -> list:
+    wanted = settings.warmup + settings.runs
+    return [frames[i % len(frames)] for i in range(wanted)]
+
+
+def measure_face_crop(manifest: mf.Manifest, frames: list, settings: RunSettings) -> StageResult:
+    from ..animator import to_tensor
+    from ..faces import FaceTracker, HaarFaceDetector, centre_detector, cut_crop
+
+    tracker = FaceTracker(HaarFaceDetector(), fallback=centre_detector)
+    size = manifest.image_size
+    buffer = np.zeros((1, 3, size, size), np.float32)
+
+    def crop(frame):
+        to_tensor(cut_crop(frame, tracker.update(frame), size), out=buffer)
+
+    samples, peak = _timed_per_call(crop, _repeat(frames, settings), settings.warmup)
+    return _result("face_crop", samples, settings.warmup, peak,
+                   f"{FRAME_WIDTH}x{FRAME_HEIGHT} frames without a face: worst case (full-frame Haar scan)")
+
+
+def measure_paste_back(manifest: mf.Manifest, frames: list, settings: RunSettings) -> StageResult:
+    from ..animator import to_image
+    from ..faces import CropBox, PasteBack
+
+    side = int(0.8 * FRAME_HEIGHT)
+    source = frames[0]
+    paste = PasteBack(source, CropBox((FRAME_WIDTH - side) // 2, (FRAME_HEIGHT - side) // 2, side))
+    rng = np.random.default_rng(1)
+    size = manifest.image_size
+    outputs = [rng.random((1, 3, size, size), dtype=np.float32) for _ in range(4)]
+    wanted = settings.warmup + settings.runs
+    samples, peak = _timed_per_call(lambda image: paste(to_image(image)),
+                                    [outputs[i % len(outputs)] for i in range(wanted)], settings.warmup)
+    return _result("paste_back", samples, settings.warmup, peak,
+                   f"{size}px output into a {FRAME_WIDTH}x{FRAME_HEIGHT} photo, {side}px crop")
+
+
+def measure_video(frames: list, settings: RunSettings, stages: list) -> list:
+    """Encode the frames to an H.264 MP4 (per-frame write time; the encoder buffers, so some
+    writes are longer than others), then decode it again (per-frame read time)."""
+    from ..video import VideoReader, VideoWriter
+
+    results = []
+    warmup = min(settings.warmup, len(frames) // 4)
+    with tempfile.TemporaryDirectory(prefix="megaportraits-bench-") as tmp:
+        path = Path(tmp) / "frames.mp4"
+        writer = VideoWriter(path, Fraction(25), FRAME_WIDTH, FRAME_HEIGHT)
+        try:
+            samples, peak = _timed_per_call(writer.write, frames, warmup)
+            t0 = time.perf_counter()
+            writer.finish()
+            samples[-1] += time.perf_counter() - t0  # the flush belongs to the last frame
+        except BaseException:
+            writer.abort()
+            raise
+        if "video_encode" in stages:
+            results.append(_result("video_encode", samples, warmup, peak,
+                                   f"libx264 veryfast crf 18, {FRAME_WIDTH}x{FRAME_HEIGHT}, {len(frames)} frames"))
+        if "video_decode" in stages:
+            with VideoReader(path, "benchmark video") as reader:
+                frames_iter = iter(reader)
+                samples, peak = _timed_per_call(lambda _: next(frames_iter), range(len(frames)), warmup)
+            results.append(_result("video_decode", samples, warmup, peak,
+                                   f"H.264 {FRAME_WIDTH}x{FRAME_HEIGHT} to RGB, {len(frames)} frames"))
+    return results
+
+
+def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list, notes: list) -> list:
+    frames = synthetic_frames(VIDEO_FRAMES if any(s.startswith("video") for s in stages) else 4)
+    results = []
+    if "face_crop" in stages:
+        results.append(measure_face_crop(manifest, frames, settings))
+    if "paste_back" in stages:
+        results.append(measure_paste_back(manifest, frames, settings))
+    if any(s.startswith("video") for s in stages):
+        results += measure_video(frames, settings, stages)
+    notes.append("face crop, paste-back and video run on synthetic frames (see megaportraits.benchmark.io_stages)")
+    return results
