@@ -24,13 +24,15 @@ from .stats import measure
 class MachinePeaks:
     """Measured ceilings: GEMM throughput and memory bandwidth."""
 
-    threads: int
+    threads: int  # intra-op threads (0 on a GPU)
     gemm_gflops: float  # ONNX Runtime MatMul, float32, `threads` intra-op threads
     gemm_size: int  # square matrix side used
-    numpy_gemm_gflops: float  # numpy float32 matmul (its BLAS's own thread count)
+    numpy_gemm_gflops: float | None  # numpy float32 matmul (its BLAS's own thread count); CPU only
     bandwidth_gbs: float  # best of the two streaming measurements below, GB/s (1e9 bytes)
-    copy_gbs: float  # numpy copy of a large array: bytes read + bytes written
+    copy_gbs: float | None  # numpy copy of a large array: bytes read + bytes written; CPU only
     ort_stream_gbs: float  # ONNX Runtime elementwise Mul over a large tensor, same threads
+    device: str = "cpu"
+    gemm_fp16_gflops: float | None = None  # GPU only: the ceiling for fp16 bundles
 
     @property
     def gemm_flops_per_s(self) -> float:
@@ -56,9 +58,9 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 
 def _single_node_session(op_type: str, inputs: list, output_rank: int, threads: int,
-                         initializers: tuple = (), providers=("CPUExecutionProvider",)):
+                         initializers: tuple = (), providers=("CPUExecutionProvider",), fp16: bool = False):
     onnx = require_onnx()
-    h, f32 = onnx.helper, onnx.TensorProto.FLOAT
+    h, f32 = onnx.helper, (onnx.TensorProto.FLOAT16 if fp16 else onnx.TensorProto.FLOAT)
     graph = h.make_graph(
         [h.make_node(op_type, [name for name, _ in inputs] + [t.name for t in initializers], ["y"])],
         f"peak_{op_type.lower()}",
@@ -122,6 +124,39 @@ def measure_peaks(threads: int, gemm_size: int = 1536, runs: int = 5) -> Machine
         copy_gbs=copy_gbs,
         ort_stream_gbs=ort_gbs,
     )
+
+
+def measure_cuda_peaks(size: int = 4096, mib: int = 512, runs: int = 10) -> MachinePeaks:
+    """GPU ceilings through ONNX Runtime's CUDA provider, tensors resident on the device (no
+    host transfers inside the timing): MatMul fp32 and fp16, and a streaming Mul."""
+    onnx = require_onnx()
+    providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    rng = np.random.default_rng(0)
+
+    def device_run(session, feeds: dict):
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        binding.bind_output("y", "cuda")
+        return lambda: session.run_with_iobinding(binding)
+
+    gemm = {}
+    for fp16 in (False, True):
+        dtype = np.float16 if fp16 else np.float32
+        a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+        session = _single_node_session("MatMul", [("a", [size, size]), ("b", [size, size])], 2, 0,
+                                       providers=providers, fp16=fp16)
+        timing = measure(device_run(session, {"a": a, "b": b}), warmup=3, runs=runs)
+        gemm[fp16] = 2.0 * size ** 3 / (timing.min_ms * 1e-3) / 1e9
+    n = mib * (1 << 20) // 4
+    x = rng.standard_normal(n, dtype=np.float32)
+    two = onnx.helper.make_tensor("two", onnx.TensorProto.FLOAT, [], [2.0])
+    session = _single_node_session("Mul", [("x", [n])], 1, 0, initializers=(two,), providers=providers)
+    timing = measure(device_run(session, {"x": x}), warmup=3, runs=runs)
+    stream = 2.0 * x.nbytes / (timing.min_ms * 1e-3) / 1e9
+    return MachinePeaks(threads=0, gemm_gflops=gemm[False], gemm_size=size, numpy_gemm_gflops=None,
+                        bandwidth_gbs=stream, copy_gbs=None, ort_stream_gbs=stream, device="cuda",
+                        gemm_fp16_gflops=gemm[True])
 
 
 # ---- machine description -----------------------------------------------------------------------

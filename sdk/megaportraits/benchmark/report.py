@@ -174,12 +174,13 @@ def format_table(report: Report) -> str:
 
 def _machine_line(report: Report) -> str:
     m = report.machine
-    peaks = ", ".join(f"{p['threads']}thr GEMM {p['gemm_gflops']:.0f} GFLOP/s" for p in report.peaks)
-    bandwidth = max((p["bandwidth_gbs"] for p in report.peaks), default=None)
+    peaks = "; ".join(
+        (f"{p['threads']}thr" if p.get("device", "cpu") == "cpu" else p["device"])
+        + f" GEMM {p['gemm_gflops']:.0f} GFLOP/s, bandwidth {p['bandwidth_gbs']:.1f} GB/s"
+        for p in report.peaks)
     load = m.get("load_average")
     return (f"{m.get('cpu_model')} ({m.get('usable_cores')} cores), onnxruntime {m.get('onnxruntime')}; "
-            f"{peaks}; bandwidth {_fmt(bandwidth, '.1f')} GB/s"
-            + (f"; load {load[0]:.2f}" if load else "")
+            f"{peaks}" + (f"; load {load[0]:.2f}" if load else "")
             + f"\nbundle: {report.bundle.get('preset')} ({report.bundle.get('path')})")
 
 
@@ -226,14 +227,16 @@ def write_png(report: Report, path: str | os.PathLike) -> None:
 def report_from_dict(d: dict) -> Report:
     """Rebuild a :class:`Report` from its JSON form (e.g. to redraw a chart from a results file)."""
     check_report_dict(d)
-    peaks_by_threads = {p["threads"]: p["gemm_gflops"] for p in d["peaks"]}
+    peaks_by_threads = {p["threads"]: p["gemm_gflops"] for p in d["peaks"] if p.get("device", "cpu") == "cpu"}
+    gpu = [p["gemm_gflops"] for p in d["peaks"] if p.get("device", "cpu") != "cpu"]
     results = []
     for r in d["results"]:
         results.append(StageResult(
             stage=r["stage"], variant=r["variant"], provider=r["provider"], threads=r["threads"],
             batch=r["batch"], timing=Timing(**r["timing"]), flops=r["flops"],
             bytes_moved=r["bytes_moved"], floor_ms=r["floor_ms"],
-            peak_gflops=peaks_by_threads.get(r["threads"]), note=r["note"]))
+            peak_gflops=peaks_by_threads.get(r["threads"]) if r["provider"] == "cpu" else (gpu or [None])[0],
+            note=r["note"]))
     return Report(machine=d["machine"], peaks=d["peaks"], bundle=d["bundle"], settings=d["settings"],
                   results=results, notes=d["notes"])
 

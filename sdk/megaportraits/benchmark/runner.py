@@ -3,7 +3,7 @@ with the machine's ceilings measured first, collected into one :class:`Report`."
 from __future__ import annotations
 
 import gc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .. import manifest as mf
@@ -43,17 +43,19 @@ def run_benchmark(plan: BenchmarkPlan, extra_measurements=None, log=print) -> Re
     others, machine = OtherLoad(), machine_info()
     log(f"measuring the machine's GEMM and bandwidth ceilings at {plan.thread_counts()} thread(s)")
     peaks = {t: measure_peaks(t) for t in plan.thread_counts()}
-    report = Report(machine=machine, peaks=[p.to_dict() for p in peaks.values()],
+    gpu_peaks = _gpu_peaks(manifest) if "cuda" in plan.providers else None
+    all_peaks = [p.to_dict() for p in peaks.values()] + ([gpu_peaks.to_dict()] if gpu_peaks else [])
+    report = Report(machine=machine, peaks=all_peaks,
                     bundle=describe_bundle(bundle_dir, manifest), settings=_settings(plan))
     book = CostBook(bundle_dir)
     graph_stages = tuple(s for s in plan.stages if s in GRAPH_STAGES)
     for provider in plan.providers:
         for threads in plan.thread_counts():
-            cpu_peaks = peaks[threads] if provider == "cpu" else None
+            device_peaks = peaks[threads] if provider == "cpu" else gpu_peaks
             for batch in plan.batches:
                 for variant in plan.variants:
                     _measure_variant(report, bundle_dir, manifest, book, variant, provider, threads,
-                                     batch, graph_stages, plan, cpu_peaks, log)
+                                     batch, graph_stages, plan, device_peaks, log)
     if any(s in IO_STAGES for s in plan.stages):
         from .io_stages import measure_io_stages
 
@@ -94,6 +96,21 @@ def _measure_variant(report: Report, bundle_dir: Path, manifest: mf.Manifest, bo
                                                plan.settings, peaks))
     except UnavailableVariant as e:
         _note_once(report, f"{variant} not measured: {e}")
+
+
+def _gpu_peaks(manifest: mf.Manifest) -> MachinePeaks | None:
+    """CUDA ceilings; an fp16 bundle is compared with the fp16 GEMM ceiling. None if they
+    cannot be measured (the stages then show no floor)."""
+    from .machine import measure_cuda_peaks
+
+    try:
+        p = measure_cuda_peaks()
+    except Exception as e:  # a broken CUDA setup must not cost the whole run
+        print(f"could not measure the GPU's ceilings ({' '.join(str(e).split())[:200]})")
+        return None
+    if manifest.precision == "fp16" and p.gemm_fp16_gflops:
+        p = replace(p, gemm_gflops=p.gemm_fp16_gflops)
+    return p
 
 
 def open_manifest(bundle_dir: Path | None) -> tuple:
