@@ -186,7 +186,8 @@ class Performance:
         self._driver_input = np.zeros((1, 3, size, size), np.float32)
         self._tracker = None
         if options.crop:
-            self._tracker = FaceTracker(animator.detector, animator._geometry)
+            fallback = centre_detector if options.face_fallback == "centre" else None
+            self._tracker = FaceTracker(animator.detector, animator._geometry, fallback=fallback)
         self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
         self._relative = None
         self._binding = None

@@ -44,6 +44,7 @@ class AnimationInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, frames_written: int, path):
-        super().__init__(f"interrupted: wrote {frames_written} frame(s) to {path}")
+        super().__init__(f"interrupted: wrote {frames_written} frame(s) to {path}" if path is not None
+                         else "interrupted before any frame was written; no output file was made")
         self.frames_written = frames_written
         self.path = path

@@ -164,8 +164,10 @@ class FaceTracker:
     """
 
     def __init__(self, detector: FaceDetector, geometry: CropGeometry = CropGeometry(),
-                 margin: float = 0.06, follow: float = 0.5, search_side: int = 112):
+                 margin: float = 0.06, follow: float = 0.5, search_side: int = 96,
+                 fallback: FaceDetector | None = None):
         self.detector = detector
+        self.fallback = fallback
         self.geometry = geometry
         self.margin = margin
         self.follow = follow
@@ -179,6 +181,8 @@ class FaceTracker:
 
     def update(self, frame: np.ndarray) -> CropBox:
         face = self._detect(frame)
+        if face is None and self._current is None and self.fallback is not None:
+            face = largest(np.asarray(self.fallback(frame), dtype=np.float64).reshape(-1, 4))
         if face is None and self._current is None:
             raise NoFaceError("no face found in the driver's first frame; if the driver is "
                               "already cropped to the face, use --no-crop (crop=False)")

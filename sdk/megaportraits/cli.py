@@ -1,0 +1,281 @@
+"""The ``megaportraits`` command: animate, demo, info (and benchmark when installed).
+
+Every failure the user can cause prints one line, ``megaportraits: error: ...``, and exits 1
+without a traceback and without leaving an output file; Ctrl-C exits 130 after saving the
+frames done. Subcommands live in :data:`SUBCOMMANDS` (name -> (help, add_arguments, run));
+another part of the package adds one by providing a module with ``add_arguments(parser)`` and
+``run(args) -> int`` and listing it in :data:`EXTENSIONS`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import AnimationInterrupted, MegaportraitsError
+
+PROG = "megaportraits"
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_SOURCE = ASSETS / "demo_source.png"
+DEMO_DRIVER = ASSETS / "demo_driver.mp4"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, with where to look for help."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---- shared options ----------------------------------------------------------------------
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    from .providers import PROVIDER_CHOICES
+
+    p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
+                   help="ONNX Runtime execution provider (default: auto, CUDA when available)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for ONNX Runtime (default: 0, its own choice)")
+
+
+def _add_animation_options(p: argparse.ArgumentParser) -> None:
+    motion = p.add_mutually_exclusive_group()
+    motion.add_argument("--relative", dest="motion", action="store_const", const="relative",
+                        help="apply the driver's change since its first frame to the source's own pose "
+                             "and expression (default for a driver video)")
+    motion.add_argument("--absolute", dest="motion", action="store_const", const="absolute",
+                        help="use the driver's pose and expression as they are (default for a driver image)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="inputs are already cropped to the face: do not detect faces")
+    p.add_argument("--no-paste-back", action="store_true",
+                   help="output the animated face crop instead of the whole source photo")
+    p.add_argument("--centre-crop", action="store_true",
+                   help="when no face is found, crop the centre of the image instead of failing")
+    p.add_argument("--smooth", action="store_true", help="smooth pose and expression over time (One-Euro filter)")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N driver frames")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _animator(args, bundle, motion: str):
+    from .animator import Animator
+
+    return Animator(bundle, provider=args.provider, threads=args.threads, motion=motion,
+                    smooth=args.smooth, crop=not args.no_crop, paste_back=not args.no_paste_back,
+                    face_fallback="centre" if args.centre_crop else "error")
+
+
+# ---- animate -----------------------------------------------------------------------------
+def _animate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="portrait photo (PNG, JPEG, ...)")
+    p.add_argument("driver", help="driving video (any common format), or a single image")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .mp4 for a driving video, an image (.png, .jpg) for a driving image")
+    p.add_argument("--bundle", default=None, metavar="DIR", help="model bundle directory (default: the bundled demo model)")
+    _add_runtime_options(p)
+    _add_animation_options(p)
+
+
+def _animate(args) -> int:
+    return _run_animation(args, args.source, args.driver, args.output, args.bundle)
+
+
+def _run_animation(args, source, driver, output, bundle) -> int:
+    from .files import check_output_path, check_readable_file
+    from .images import IMAGE_EXTENSIONS, is_image_path, load_image, save_image
+
+    single_image = is_image_path(driver)
+    check_output_path(output, IMAGE_EXTENSIONS if single_image else (".mp4",))
+    check_readable_file(driver, "driver image" if single_image else "driver video")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise MegaportraitsError(f"--max-frames must be at least 1, not {args.max_frames}")
+    source_image = load_image(source, "source image")
+    driver_image = load_image(driver, "driver image") if single_image else None
+    motion = args.motion or ("absolute" if single_image else "relative")
+    with _animator(args, bundle, motion) as animator:
+        avatar = animator.prepare(source_image)
+        if single_image:
+            save_image(output, animator.animate_frame(avatar, driver_image))
+            print(f"{PROG}: wrote {output}", file=sys.stderr)
+            return 0
+        result = animator.animate_video(avatar, driver, output, max_frames=args.max_frames,
+                                        progress=not args.quiet)
+    audio = f", audio {result.audio}" if result.audio else ", no audio"
+    print(f"{PROG}: wrote {result.path} ({result.frames} frames at {float(result.fps):g} fps{audio})",
+          file=sys.stderr)
+    return 0
+
+
+# ---- demo --------------------------------------------------------------------------------
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", default="megaportraits_demo.mp4", help="output video (default: %(default)s)")
+    _add_runtime_options(p)
+    _add_animation_options(p)
+
+
+def _demo(args) -> int:
+    from .bundle import DEMO_BUNDLE
+    from .manifest import MANIFEST_NAME
+
+    missing = [p for p in (DEMO_BUNDLE / MANIFEST_NAME, DEMO_SOURCE, DEMO_DRIVER) if not p.is_file()]
+    if missing:
+        raise MegaportraitsError(f"the bundled demo model is not installed ({missing[0]} is missing); "
+                                 "run `megaportraits animate SOURCE DRIVER -o OUT --bundle DIR` with an exported bundle")
+    return _run_animation(args, DEMO_SOURCE, DEMO_DRIVER, args.output, None)
+
+
+# ---- info --------------------------------------------------------------------------------
+def _info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default=None, metavar="DIR", help="bundle to describe (default: the bundled demo model)")
+    p.add_argument("--provider", default="auto", help="provider choice to resolve (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _info(args) -> int:
+    info, ok = collect_info(args.bundle, args.provider)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0 if ok else 1
+
+
+def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
+    """Everything ``info`` reports, and whether the named bundle (if any) is usable."""
+    import onnxruntime as ort
+
+    from . import manifest as mf
+    from .bundle import DEMO_BUNDLE, _verify, Bundle, check_contract, custom_op_status
+    from .errors import ProviderError
+    from .providers import available_providers, resolve_providers
+
+    status = custom_op_status()
+    info = {
+        "megaportraits": __version__,
+        "onnxruntime": ort.__version__,
+        "providers_available": available_providers(),
+        "custom_op_library": {"available": status.available, "path": status.path, "reason": status.reason},
+    }
+    try:
+        info["provider"] = {"choice": provider, "providers": resolve_providers(provider)}
+    except ProviderError as e:
+        info["provider"] = {"choice": provider, "error": str(e)}
+    directory = Path(bundle_dir).resolve() if bundle_dir else DEMO_BUNDLE
+    entry = {"path": str(directory), "default": bundle_dir is None}
+    ok = True
+    if bundle_dir is None and not (directory / mf.MANIFEST_NAME).is_file():
+        entry["status"] = "not installed"
+    else:
+        try:
+            manifest = mf.load_manifest(directory)
+            check_contract(manifest)
+            roles = tuple(manifest.graphs)
+            _verify(Bundle(directory, manifest, [], portable=False if manifest.custom_op else True), roles)
+            if manifest.custom_op and manifest.has_portable:
+                _verify(Bundle(directory, manifest, [], portable=True), roles)
+            entry.update(status="ok", model=manifest.model_name, preset=manifest.preset,
+                         image_size=manifest.image_size, precision=manifest.precision,
+                         custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
+                         graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
+                         producer=manifest.producer, provenance=manifest.provenance)
+            if manifest.custom_op is None:
+                entry["runs_with"] = "portable graphs (no custom op needed)"
+            elif status.available:
+                entry["runs_with"] = "custom-op graphs"
+            else:
+                entry["runs_with"] = "portable graphs (custom-op library unavailable)" if manifest.has_portable \
+                    else "nothing: needs the custom-op library"
+        except (MegaportraitsError, mf.BundleError) as e:
+            entry.update(status="invalid", error=str(e))
+            ok = False
+    info["bundle"] = entry
+    return info, ok
+
+
+def _print_info(info: dict) -> None:
+    lib = info["custom_op_library"]
+    provider = info["provider"]
+    bundle = info["bundle"]
+    lines = [
+        f"megaportraits {info['megaportraits']}, onnxruntime {info['onnxruntime']}",
+        f"providers available: {', '.join(info['providers_available'])}",
+        f"provider {provider['choice']}: " + (', '.join(provider['providers']) if 'providers' in provider
+                                             else provider['error']),
+        "custom-op library: " + (lib["path"] if lib["available"] else f"unavailable ({lib['reason']})"),
+        f"bundle: {bundle['path']}" + (" (bundled demo model)" if bundle["default"] else ""),
+        f"  status: {bundle['status']}" + (f": {bundle['error']}" if "error" in bundle else ""),
+    ]
+    if bundle["status"] == "ok":
+        lines += [f"  model: {bundle['model']} ({bundle['preset']}), {bundle['image_size']}px, {bundle['precision']}",
+                  f"  custom op: {bundle['custom_op'] or 'none (portable bundle)'}; runs with {bundle['runs_with']}"]
+        lines += [f"  {role}: {g['file']}" + (f" (portable: {g['portable_file']})" if g["portable_file"] else "")
+                  for role, g in bundle["graphs"].items()]
+        if bundle["provenance"]:
+            lines.append(f"  provenance: {json.dumps(bundle['provenance'])}")
+    print("\n".join(lines))
+
+
+# ---- dispatch ----------------------------------------------------------------------------
+SUBCOMMANDS = {
+    "animate": ("animate a portrait with a driving video or image", _animate_arguments, _animate),
+    "demo": ("animate the bundled demo portrait with the bundled driving clip", _demo_arguments, _demo),
+    "info": ("show the bundle, the execution providers and the custom-op library status", _info_arguments, _info),
+}
+#: Subcommands provided by optional modules: name -> module with add_arguments(p) and run(args).
+EXTENSIONS = {"benchmark": "megaportraits.benchmark.cli"}
+
+
+def _subcommands() -> dict:
+    commands = dict(SUBCOMMANDS)
+    for name, module_name in EXTENSIONS.items():
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            module = importlib.import_module(module_name)
+            summary = (module.__doc__ or name).strip().splitlines()[0]
+            commands[name] = (summary, module.add_arguments, module.run)
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="One-shot neural head avatars: animate a portrait with a driving video.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for name, (summary, add_arguments, run) in _subcommands().items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except AnimationInterrupted as e:
+            print(f"{PROG}: {e}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except MegaportraitsError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        except MemoryError:
+            print(f"{PROG}: error: out of memory; use smaller inputs or a smaller model", file=sys.stderr)
+            return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
