@@ -9,7 +9,7 @@ The presets:
 - ``small256``: 256x256 output, CPU-friendly; the largest size the bundled demo model may take
   (fp32 bundle <= 25 MB with the pose and expression encoders in both the source and the driver
   graph).
-- ``demo128``: 128x128 output, about 1.5M parameters: the bundled demo model's size, trainable on
+- ``demo128``: 128x128 output, about 1.1M parameters and 1.7 GMAC per training sample: the bundled demo model's size, trainable on
   two CPU cores in about half an hour.
 - ``tiny``: 64x64 output, tiny widths; forward and backward in a fraction of a second on CPU,
   for tests.
@@ -192,7 +192,7 @@ PRESETS: dict[str, ModelConfig] = {
         appearance_stem_channels=32,
         appearance_channels=(64, 96, 128),
         appearance_3d_blocks=2,
-        descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 16),
+        descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 12),
         descriptor_input_size=128,
         descriptor_channels=128,
         descriptor_size=4,
@@ -200,13 +200,13 @@ PRESETS: dict[str, ModelConfig] = {
         pose_input_size=64,
         expression_backbone=BackboneConfig("basic", (1, 1, 1, 1), 16),
         expression_input_size=64,
-        expression_dim=128,
+        expression_dim=64,
         expression_crop_zoom=2.0,
-        warp_channels=(128, 64, 32, 16),
-        canonical_channels=(48, 96, 128),
-        image_channels=128,
+        warp_channels=(96, 48, 24, 16),
+        canonical_channels=(32, 48, 64),
+        image_channels=96,
         image_blocks=2,
-        image_up_channels=(96, 64, 32),
+        image_up_channels=(64, 48, 32),
     ),
     "demo128": ModelConfig(
         name="demo128",
@@ -214,8 +214,8 @@ PRESETS: dict[str, ModelConfig] = {
         volume_channels=16,
         volume_depth=8,
         volume_size=32,
-        appearance_stem_channels=32,
-        appearance_channels=(64, 96),
+        appearance_stem_channels=16,
+        appearance_channels=(32, 64),
         appearance_3d_blocks=1,
         descriptor_backbone=BackboneConfig("bottleneck", (1, 1, 1, 1), 8),
         descriptor_input_size=128,
@@ -227,11 +227,11 @@ PRESETS: dict[str, ModelConfig] = {
         expression_input_size=64,
         expression_dim=64,
         expression_crop_zoom=2.0,
-        warp_channels=(64, 32, 16, 16),
-        canonical_channels=(32, 64),
-        image_channels=96,
+        warp_channels=(64, 32, 16, 8),
+        canonical_channels=(16, 32),
+        image_channels=64,
         image_blocks=1,
-        image_up_channels=(64, 32),
+        image_up_channels=(32, 16),
     ),
     "tiny": ModelConfig(
         name="tiny",
@@ -247,9 +247,9 @@ PRESETS: dict[str, ModelConfig] = {
         descriptor_channels=16,
         descriptor_size=2,
         pose_backbone=BackboneConfig("basic", (1, 1, 1, 1), 4),
-        pose_input_size=32,
+        pose_input_size=64,
         expression_backbone=BackboneConfig("basic", (1, 1, 1, 1), 4),
-        expression_input_size=32,
+        expression_input_size=64,
         expression_dim=16,
         expression_crop_zoom=2.0,
         warp_channels=(16, 8, 8, 8),
