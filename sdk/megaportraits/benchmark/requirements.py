@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import MegaportraitsError
 
-class MissingDependency(ImportError):
+
+class MissingDependency(MegaportraitsError, ImportError):
     """An optional package that one benchmark feature needs is not installed."""
 
 

@@ -1,4 +1,8 @@
-"""``megaportraits benchmark``: latency of every stage of a bundle, with its work and its floor."""
+"""per-stage latency, FLOPs against measured machine ceilings, and peak memory
+
+``megaportraits benchmark`` (registered through ``megaportraits.cli.EXTENSIONS``, which takes the
+first docstring line above as its summary and calls :func:`add_arguments` and :func:`run`).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +12,6 @@ from pathlib import Path
 
 from ..errors import MegaportraitsError
 from .report import format_table, write_png
-from .requirements import MissingDependency
 from .runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
 from .stages import PROVIDERS, RunSettings
 
@@ -36,12 +39,10 @@ def _choices(allowed: tuple, what: str):
     return parse
 
 
-def build_parser(prog: str = "megaportraits benchmark") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Measure per-stage latency (median, p90, p99), FLOPs, achieved GFLOP/s against the "
-                    "machine's measured GEMM and bandwidth ceilings, and peak memory, for our custom-op "
-                    "graphs beside the bundle's portable (standard GridSample) twins.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Measure per-stage latency (median, p90, p99), FLOPs, achieved GFLOP/s against the "
+                     "machine's measured GEMM and bandwidth ceilings, and peak memory, for our custom-op "
+                     "graphs beside the bundle's portable (standard GridSample) twins.")
     p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the bundled demo model)")
     p.add_argument("--provider", type=_choices(tuple(PROVIDERS) + ("all",), "provider"), default=("cpu",),
                    help="cpu, cuda, or all available (comma-separated; default cpu)")
@@ -59,30 +60,33 @@ def build_parser(prog: str = "megaportraits benchmark") -> argparse.ArgumentPars
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.add_argument("--output", "-o", metavar="FILE.json", help="also write the JSON report to this file")
     p.add_argument("--png", metavar="FILE.png", help="also draw a per-stage bar chart (needs matplotlib)")
+
+
+def build_parser(prog: str = "megaportraits benchmark") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    add_arguments(p)
     return p
 
 
 def resolve_providers(requested: tuple) -> tuple:
-    import onnxruntime as ort
+    """``all``: the CPU and CUDA when this onnxruntime has it; ``cuda`` when it has not is the
+    SDK's one-line ProviderError, before anything is measured."""
+    from ..providers import available_providers, resolve_providers as sdk_providers
 
     if "all" in requested:
-        return ("cpu",) + (("cuda",) if "CUDAExecutionProvider" in ort.get_available_providers() else ())
+        return ("cpu",) + (("cuda",) if "CUDAExecutionProvider" in available_providers() else ())
+    for choice in requested:
+        sdk_providers(choice)
     return requested
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark for parsed arguments; errors are MegaportraitsError (one line)."""
     if args.warmup < 0 or args.runs < 1 or args.max_seconds <= 0:
-        print("megaportraits benchmark: error: --warmup >= 0, --runs >= 1 and --max-seconds > 0 are required",
-              file=sys.stderr)
-        return 2
+        raise MegaportraitsError("--warmup must be >= 0, --runs >= 1 and --max-seconds > 0")
     if args.png:  # fail before minutes of measuring, not after
-        try:
-            from .requirements import require_pyplot
-            require_pyplot()
-        except MissingDependency as e:
-            print(f"megaportraits benchmark: error: {e}", file=sys.stderr)
-            return 2
+        from .requirements import require_pyplot
+        require_pyplot()
     plan = BenchmarkPlan(
         bundle_dir=Path(args.bundle) if args.bundle else None,
         providers=resolve_providers(args.provider),
@@ -93,11 +97,7 @@ def main(argv=None) -> int:
         settings=RunSettings(warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds),
     )
     progress = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    try:
-        report = run_benchmark(plan, log=progress)
-    except (MegaportraitsError, MissingDependency) as e:
-        print(f"megaportraits benchmark: error: {e}", file=sys.stderr)
-        return 1
+    report = run_benchmark(plan, log=progress)
     if args.output:
         report.write_json(args.output)
     if args.png:
@@ -110,3 +110,14 @@ def main(argv=None) -> int:
         for path in filter(None, (args.output, args.png)):
             print(f"wrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    """Standalone entry (``python -m megaportraits.benchmark``); ``megaportraits benchmark`` is
+    the same through the SDK's command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except MegaportraitsError as e:
+        print(f"megaportraits benchmark: error: {e}", file=sys.stderr)
+        return 1
