@@ -24,7 +24,7 @@ import onnxruntime as ort
 from .bundle import Bundle, open_bundle
 from .errors import InputError, MegaportraitsError
 from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
-                    centre_detector, cut_crop, find_source_face)
+                    cut_crop, find_source_face)
 from .images import as_rgb_image, to_rgb8
 from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
@@ -131,7 +131,7 @@ class Animator:
         except InputError:
             if self.options.face_fallback != "centre":
                 raise
-            return find_source_face(image, centre_detector, self._geometry)
+            return CropBox.whole(*image.shape[:2])
 
     @property
     def detector(self) -> FaceDetector:
@@ -186,8 +186,8 @@ class Performance:
         self._driver_input = np.zeros((1, 3, size, size), np.float32)
         self._tracker = None
         if options.crop:
-            fallback = centre_detector if options.face_fallback == "centre" else None
-            self._tracker = FaceTracker(animator.detector, animator._geometry, fallback=fallback)
+            self._tracker = FaceTracker(animator.detector, animator._geometry,
+                                        centre_fallback=options.face_fallback == "centre")
         self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
         self._relative = None
         self._binding = None

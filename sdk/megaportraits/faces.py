@@ -46,14 +46,6 @@ class HaarFaceDetector:
         return boxes.astype(np.float64) / scale
 
 
-def centre_detector(rgb: np.ndarray) -> np.ndarray:
-    """A stand-in that 'finds' a face in the middle of every frame, for callers who ask for it
-    (``face_fallback="centre"``): the crop becomes the central square of the frame."""
-    h, w = rgb.shape[:2]
-    side = min(h, w) / CropGeometry().scale
-    return np.array([[(w - side) / 2, (h - side) / 2, side, side]])
-
-
 @dataclass(frozen=True)
 class CropGeometry:
     """How a head crop is framed around a detected face box: ``scale`` times the box's side,
@@ -157,19 +149,21 @@ class FaceTracker:
     """A steady crop for a stream of driver frames.
 
     The crop is held still while the detected face stays within ``margin`` (a fraction of the
-    crop) of where the crop was last aimed; past that it is re-aimed and eases there by
+    crop) of where the crop was last aimed and its size within ``size_margin`` (relative; the
+    cascade measures sizes in 10% steps); past that it is re-aimed and eases there by
     ``follow`` of the remaining distance per frame. A frame without a face keeps the last crop.
     Detection runs first on a small region around the last face (``search_side`` pixels), and
     on the whole frame only when the face is not there.
     """
 
     def __init__(self, detector: FaceDetector, geometry: CropGeometry = CropGeometry(),
-                 margin: float = 0.06, follow: float = 0.5, search_side: int = 96,
-                 fallback: FaceDetector | None = None):
+                 margin: float = 0.06, size_margin: float = 0.15, follow: float = 0.5,
+                 search_side: int = 112, centre_fallback: bool = False):
         self.detector = detector
-        self.fallback = fallback
+        self.centre_fallback = centre_fallback
         self.geometry = geometry
         self.margin = margin
+        self.size_margin = size_margin
         self.follow = follow
         self.search_side = search_side
         self.reset()
@@ -181,11 +175,12 @@ class FaceTracker:
 
     def update(self, frame: np.ndarray) -> CropBox:
         face = self._detect(frame)
-        if face is None and self._current is None and self.fallback is not None:
-            face = largest(np.asarray(self.fallback(frame), dtype=np.float64).reshape(-1, 4))
         if face is None and self._current is None:
-            raise NoFaceError("no face found in the driver's first frame; if the driver is "
-                              "already cropped to the face, use --no-crop (crop=False)")
+            if not self.centre_fallback:
+                raise NoFaceError("no face found in the driver's first frame; if the driver is "
+                                  "already cropped to the face, use --no-crop (crop=False)")
+            whole = CropBox.whole(*frame.shape[:2])
+            self._aim(np.array([whole.x + whole.side / 2, whole.y + whole.side / 2, whole.side], float))
         if face is not None:
             self._face = face
             self._aim(self.geometry.around(face))
@@ -197,9 +192,9 @@ class FaceTracker:
             self._target = wanted.copy()
             self._current = wanted.copy()
             return
-        shift = np.abs(wanted[:2] - self._target[:2]).max()
-        resize = abs(wanted[2] - self._target[2])
-        if max(shift, resize) > self.margin * self._target[2]:
+        shift = np.abs(wanted[:2] - self._target[:2]).max() / self._target[2]
+        resize = abs(wanted[2] / self._target[2] - 1.0)
+        if shift > self.margin or resize > self.size_margin:
             self._target = wanted
 
     def _detect(self, frame: np.ndarray):
@@ -210,7 +205,13 @@ class FaceTracker:
         boxes = np.asarray(self.detector(frame), dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             return None
-        return largest(boxes) if self._face is None else self._closest(boxes)
+        if self._face is not None:
+            return self._closest(boxes, self._face)
+        # measure the first face the way every later one is measured (near search), so the
+        # crop's scale does not jump between the first and second frame
+        face = largest(boxes)
+        refined = self._detect_near(frame, face)
+        return face if refined is None else refined
 
     def _detect_near(self, frame: np.ndarray, face: np.ndarray):
         """Search a square twice the last face's size around it, scaled to ``search_side``."""
@@ -223,10 +224,11 @@ class FaceTracker:
             return None
         scale = region.side / self.search_side
         boxes = boxes * scale + np.array([region.x, region.y, 0, 0])
-        return self._closest(boxes)
+        return self._closest(boxes, face)
 
-    def _closest(self, boxes: np.ndarray) -> np.ndarray:
-        x, y, w, h = self._face
+    @staticmethod
+    def _closest(boxes: np.ndarray, face: np.ndarray) -> np.ndarray:
+        x, y, w, h = face
         centres = boxes[:, :2] + boxes[:, 2:] / 2
         distance = np.linalg.norm(centres - np.array([x + w / 2, y + h / 2]), axis=1)
         return boxes[int(np.argmin(distance))]

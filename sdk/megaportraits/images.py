@@ -125,7 +125,10 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Encode, then write through a temporary file so a failure leaves nothing behind."""
     path = Path(path)
     ext = path.suffix.lower() or ".png"
-    ok, encoded = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]))
+    try:
+        ok, encoded = cv2.imencode(ext, np.ascontiguousarray(rgb[:, :, ::-1]))
+    except cv2.error:
+        ok = False
     if not ok:
         raise InputError(f"cannot write an image with extension {ext!r}; use .png or .jpg")
     with atomic_output(path) as tmp:
