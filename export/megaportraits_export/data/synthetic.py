@@ -43,6 +43,7 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
 
 EVAL_IDENTITY_SEED_OFFSET = 1_000_000
 """Identity seeds at or above this are held out for evaluation."""
@@ -807,13 +808,11 @@ def _identity(seed: int) -> Identity:
     return Identity.sample(seed)
 
 
-def _to_tensor(image: np.ndarray) -> "torch.Tensor":
-    import torch
-
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
-class SyntheticTalkingHeads:
+class SyntheticTalkingHeads(torch.utils.data.Dataset):
     """Training pairs rendered on the fly, the same items as the real-video datasets plus the
     ground truth behind them.
 
@@ -858,8 +857,6 @@ class SyntheticTalkingHeads:
             source_t, driver_t, driver_input_t, flipped = self.augmentation(source_t, driver_t, rng)
         if flipped:
             source_motion, driver_motion = source_motion.mirrored(), driver_motion.mirrored()
-        import torch
-
         return {
             prefix: source_t,
             second: driver_t,
@@ -871,8 +868,6 @@ class SyntheticTalkingHeads:
         }
 
     def __getitem__(self, index: int) -> dict:
-        import torch
-
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         rng = np.random.default_rng([self.seed, index])
