@@ -51,20 +51,29 @@ def existing_bundle(path: Path, preset: str, seed: int) -> bool:
             and manifest.provenance.get("seed") == seed and manifest.has_portable)
 
 
-def prepare_bundle(root: Path, preset: str, seed: int, need_model: bool):
-    """(bundle dir, torch model or None): export if missing, else reuse and rebuild the model."""
+def prepare_bundle(root: Path, preset: str, seed: int):
+    """(bundle dir, TorchEager of its weights, max |image difference| torch vs ONNX).
+
+    A bundle already under ``root`` is reused only if its generator reproduces the model that
+    ``random_model(preset, seed)`` builds now: presets change while a project grows, and a
+    stale bundle would compare different networks."""
     from megaportraits_export.onnx_export import export_bundle, random_model
 
     path = bundle_path(root, preset, seed)
-    if existing_bundle(path, preset, seed):
-        print(f"reusing {path}")
-        return path, (random_model(preset, seed)[0] if need_model else None)
     model, config = random_model(preset, seed)
+    if existing_bundle(path, preset, seed):
+        eager = TorchEager(model, mf.load_manifest(path), path)
+        diff = eager.check_same_weights(path)
+        if diff <= GENERATOR_AGREEMENT:
+            print(f"reusing {path} (generator matches the rebuilt model to {diff:.1e})")
+            return path, eager, diff
+        print(f"{path} was exported from another version of {preset}; exporting again")
     print(f"exporting {preset} (random weights, seed {seed}) to {path}; this can take minutes")
     started = time.perf_counter()
     export_bundle(model, config, path, preset=preset, provenance={"weights": "random-init", "seed": seed})
     print(f"exported in {time.perf_counter() - started:.0f} s")
-    return path, (model if need_model else None)
+    eager = TorchEager(model, mf.load_manifest(path), path)
+    return path, eager, eager.check_same_weights(path)
 
 
 # ---- PyTorch eager, measured like the graphs ---------------------------------------------------
@@ -128,20 +137,22 @@ class TorchEager:
                 "pose": torch.from_numpy(frontal_pose(batch)), "expression": avatar.expression}
 
     def check_same_weights(self, bundle_dir: Path) -> float:
-        """Max |image difference| between PyTorch and our generator graph on the same inputs."""
+        """Max |image difference| between PyTorch and the bundle's portable generator graph on
+        the same inputs; infinite when the two do not even have the same shapes."""
         import onnxruntime as ort
-        from megaportraits.benchmark.stages import custom_ops_library
 
-        t = self._inputs(1)
-        opts = ort.SessionOptions()
-        opts.register_custom_ops_library(custom_ops_library())
-        session = ort.InferenceSession(str(bundle_dir / self.manifest.graphs["generator"].file), opts,
-                                       providers=["CPUExecutionProvider"])
+        path = bundle_dir / self.manifest.graph_file("generator", portable=True)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
-        onnx_image = session.run(["image"], {n: t[n].numpy() for n in names})[0]
-        with self.torch.inference_mode():
-            torch_image = self.model.generator(*(t[n] for n in names)).numpy()
-        return float(np.abs(onnx_image - torch_image).max())
+        try:
+            t = self._inputs(1)
+            onnx_image = session.run(["image"], {n: t[n].numpy() for n in names})[0]
+            with self.torch.inference_mode():
+                torch_image = self.model.generator(*(t[n] for n in names)).numpy()
+            return float(np.abs(onnx_image - torch_image).max())
+        except Exception as e:  # noqa: BLE001  shapes of another architecture: ORT or torch errors
+            print(f"the bundle does not fit the model: {' '.join(str(e).split())[:160]}")
+            return float("inf")
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -184,20 +195,17 @@ def main(argv=None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for preset in (p for p in args.presets.split(",") if p):
         path = bundle_path(args.bundle_root, preset, args.seed)
+        eager, diff = None, None
         if use_torch:
-            path, model = prepare_bundle(args.bundle_root, preset, args.seed, need_model=True)
+            path, eager, diff = prepare_bundle(args.bundle_root, preset, args.seed)
         elif not existing_bundle(path, preset, args.seed):
             print(f"no bundle for {preset} at {path}, and no torch to export one", file=sys.stderr)
             return 1
-        else:
-            model = None
         plan = BenchmarkPlan(bundle_dir=path, threads=ints(args.threads), batches=ints(args.batch),
                              stages=stages, settings=settings)
         extra = None
-        if model is not None:
-            def extra(report, peaks, model=model, path=path):
-                eager = TorchEager(model, mf.load_manifest(path), path)
-                diff = eager.check_same_weights(path)
+        if eager is not None:
+            def extra(report, peaks, eager=eager, diff=diff, plan=plan):
                 report.notes.append(f"PyTorch eager runs the exported weights (folded like the export): "
                                     f"generator image max |torch - onnx| = {diff:.1e}")
                 if diff > GENERATOR_AGREEMENT:
@@ -208,7 +216,7 @@ def main(argv=None) -> int:
                         print(f"measuring PyTorch eager: {threads} thread(s), batch {batch}")
                         report.results += eager.results(stages, threads, batch, settings, peaks[threads])
         report = run_benchmark(plan, extra_measurements=extra)
-        del model
+        del eager, extra
         gc.collect()
         print(format_table(report))
         stem = f"latency_{preset}_cpu" + (f"_{args.tag}" if args.tag else "")
