@@ -9,12 +9,12 @@ import numpy as np
 
 
 def write_video(path, frames, fps=25, codec="libx264", audio: str | None = None,
-                audio_rate: int = 16000, pix_fmt="yuv420p") -> Path:
+                audio_rate: int = 16000, pix_fmt="yuv420p", options: dict | None = None) -> Path:
     """Encode RGB uint8 frames; optionally add a 440 Hz tone with the given audio codec."""
     path = Path(path)
     frames = list(frames)
     h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options=options or {}) as out:
         vs = out.add_stream(codec, rate=Fraction(fps))
         vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         a_stream = None
