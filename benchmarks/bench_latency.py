@@ -80,18 +80,31 @@ def prepare_bundle(root: Path, preset: str, seed: int):
 class TorchEager:
     """The exported model in PyTorch eager mode, fed exactly what the ONNX stages are fed."""
 
-    def __init__(self, model, manifest: mf.Manifest, bundle_dir: Path):
+    def __init__(self, model, manifest: mf.Manifest, bundle_dir: Path, device: str = "cpu"):
         import torch
         from megaportraits_export.model import folded_for_export
 
         self.torch = torch
-        self.model = folded_for_export(model).eval()
+        self.device = device
+        self.model = folded_for_export(model).eval().to(device)
         self.manifest = manifest
         self.book = CostBook(bundle_dir)
+
+    def _synchronised(self, fn):
+        """On a GPU, a call is done when the device is done, not when the kernels are queued."""
+        if self.device == "cpu":
+            return fn
+        sync = self.torch.cuda.synchronize
+
+        def run():
+            fn()
+            sync()
+        return run
 
     def results(self, stages: tuple, threads: int, batch: int, settings: RunSettings, peaks) -> list:
         torch = self.torch
         torch.set_num_threads(threads)
+        provider = "cpu" if self.device == "cpu" else "cuda"
         t = self._inputs(batch)
         m = self.model
 
@@ -110,16 +123,16 @@ class TorchEager:
         with torch.inference_mode():
             for stage in (s for s in stages if s in work):
                 fn, roles = work[stage]
-                timing = settings.measure(fn)
+                timing = settings.measure(self._synchronised(fn))
                 costs = [self.book.graph(self.manifest.graphs[r].file, batch) for r in roles]
-                out.append(with_cost(stage, "torch", "cpu", threads, batch, timing, costs, peaks))
+                out.append(with_cost(stage, "torch", provider, threads, batch, timing, costs, peaks))
             if "warp" in stages:
-                volume, grid = (torch.from_numpy(a) for a in warp_inputs(self.manifest, batch))
+                volume, grid = (torch.from_numpy(a).to(self.device) for a in warp_inputs(self.manifest, batch))
                 sample = torch.nn.functional.grid_sample
-                timing = settings.measure(lambda: sample(volume, grid, mode="bilinear", padding_mode="zeros",
-                                                         align_corners=False))
+                timing = settings.measure(self._synchronised(
+                    lambda: sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)))
                 cost = count_graph(warp_model(tuple(volume.shape), tuple(grid.shape), custom=False), batch=batch)
-                out.append(with_cost("warp", "torch", "cpu", threads, batch, timing, [cost], peaks))
+                out.append(with_cost("warp", "torch", provider, threads, batch, timing, [cost], peaks))
         return out
 
     def _inputs(self, batch: int) -> dict:
@@ -129,12 +142,12 @@ class TorchEager:
         graphs = self.manifest.graphs
         source = random_feeds(graphs["source"].inputs, batch, rng)
         driver = random_feeds(graphs["driver"].inputs, batch, rng)
+        put = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
         with torch.inference_mode():
-            avatar = self.model.source_branch(torch.from_numpy(source["source_image"]))
-        return {"source_image": torch.from_numpy(source["source_image"]),
-                "driver_image": torch.from_numpy(driver["driver_image"]),
+            avatar = self.model.source_branch(put(source["source_image"]))
+        return {"source_image": put(source["source_image"]), "driver_image": put(driver["driver_image"]),
                 "canonical_volume": avatar.canonical_volume, "global_descriptor": avatar.global_descriptor,
-                "pose": torch.from_numpy(frontal_pose(batch)), "expression": avatar.expression}
+                "pose": put(frontal_pose(batch)), "expression": avatar.expression}
 
     def check_same_weights(self, bundle_dir: Path) -> float:
         """Max |image difference| between PyTorch and the bundle's portable generator graph on
@@ -146,9 +159,9 @@ class TorchEager:
         names = [i.name for i in session.get_inputs()]
         try:
             t = self._inputs(1)
-            onnx_image = session.run(["image"], {n: t[n].numpy() for n in names})[0]
+            onnx_image = session.run(["image"], {n: t[n].cpu().numpy() for n in names})[0]
             with self.torch.inference_mode():
-                torch_image = self.model.generator(*(t[n] for n in names)).numpy()
+                torch_image = self.model.generator(*(t[n] for n in names)).cpu().numpy()
             return float(np.abs(onnx_image - torch_image).max())
         except Exception as e:  # noqa: BLE001  shapes of another architecture: ORT or torch errors
             print(f"the bundle does not fit the model: {' '.join(str(e).split())[:160]}")
