@@ -148,6 +148,8 @@ def test_dataset_items():
         assert item[key].shape == (3, 48, 48) and item[key].dtype == torch.float32
         assert 0.0 <= float(item[key].min()) and float(item[key].max()) <= 1.0
     assert item["driver_pose_params"].shape == (7,) and item["driver_expression_params"].shape == (6,)
+    for key in ("source_mask", "driver_mask", "source2_mask", "driver2_mask"):
+        assert item[key].shape == (1, 48, 48) and 0.0 <= float(item[key].min()) <= float(item[key].max()) <= 1.0
     assert int(item["identity"]) == 7 % 6 and int(item["identity2"]) != int(item["identity"])
     again = dataset[7]
     assert all(torch.equal(item[key], again[key]) for key in item)
@@ -192,3 +194,17 @@ def test_mirrored_pose_renders_the_mirror_image():
     mirrored = render(identity, pose.mirrored(), Expression(mouth_open=0.5), SIZE)
     a, b = centroid(colour_mask(flipped, MAGENTA)), centroid(colour_mask(mirrored, MAGENTA))
     assert a == pytest.approx(b, abs=0.6)
+
+
+def test_mask_is_the_foreground():
+    """Changing only the backdrop changes exactly the pixels the mask leaves uncovered."""
+    identity = Identity.sample(11)
+    pose, expression = Pose(yaw=0.3, tx=0.05), Expression(mouth_open=0.4)
+    image, mask = render(identity, pose, expression, SIZE, with_mask=True)
+    other = dataclasses.replace(identity, background=(255, 0, 0), background2=(0, 0, 255), background_texture="plain")
+    image_b, mask_b = render(other, pose, expression, SIZE, with_mask=True)
+    assert np.array_equal(mask, mask_b) and np.array_equal(image, render(identity, pose, expression, SIZE))
+    changed = np.abs(image.astype(int) - image_b.astype(int)).max(axis=-1) > 0
+    assert not changed[mask == 255].any(), "the person hides the backdrop completely"
+    assert changed[mask == 0].mean() > 0.99
+    assert 0.2 < (mask > 127).mean() < 0.7 and mask[0, 0] == 0 and mask[SIZE // 2, SIZE // 2] == 255

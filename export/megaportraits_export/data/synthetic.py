@@ -465,7 +465,7 @@ def _jaw_outline(identity: Identity, opening: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=512)
 def _background(identity: Identity, size: int) -> np.ndarray:
-    """The identity's backdrop at ``size``; cached because it never moves."""
+    """The identity's backdrop at ``size`` as RGBA with alpha 0; cached because it never moves."""
     rng = np.random.default_rng([_BACKGROUND_STREAM, identity.seed])
     coords = (np.arange(size) + 0.5) / size * 2 - 1
     xx, yy = np.meshgrid(coords, coords)
@@ -492,7 +492,8 @@ def _background(identity: Identity, size: int) -> np.ndarray:
         coarse = rng.normal(0, 1, (6, 6, 3)).astype(np.float32)
         clouds = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
         image += 18.0 * clouds
-    return np.clip(image, 0, 255).astype(np.uint8)
+    rgb = np.clip(image, 0, 255).astype(np.uint8)
+    return np.concatenate([rgb, np.zeros((size, size, 1), np.uint8)], axis=-1)
 
 
 class _Camera:
@@ -528,12 +529,15 @@ class _Camera:
         return float((self.rotation @ normal)[2])
 
 
+# The canvas is RGBA: the backdrop has alpha 0 and every shape of the person is drawn with
+# alpha 255, so the alpha channel ends up as the (anti-aliased) foreground mask for free.
+
 def _fill(canvas: np.ndarray, points: np.ndarray, colour) -> None:
-    cv2.fillPoly(canvas, [points.reshape(-1, 1, 2)], colour, cv2.LINE_AA, _SHIFT_BITS)
+    cv2.fillPoly(canvas, [points.reshape(-1, 1, 2)], (*colour, 255), cv2.LINE_AA, _SHIFT_BITS)
 
 
 def _line(canvas: np.ndarray, points: np.ndarray, colour, thickness: int, closed: bool = False) -> None:
-    cv2.polylines(canvas, [points.reshape(-1, 1, 2)], closed, colour, thickness, cv2.LINE_AA, _SHIFT_BITS)
+    cv2.polylines(canvas, [points.reshape(-1, 1, 2)], closed, (*colour, 255), thickness, cv2.LINE_AA, _SHIFT_BITS)
 
 
 def _shade(colour: Colour, factor: float) -> Colour:
@@ -586,7 +590,7 @@ def _draw_hair_cap(canvas, identity, geometry, camera):
     for wedge, seen in zip(pixels, visible):
         if seen.sum() >= 3:
             hull = cv2.convexHull(wedge[seen].reshape(-1, 1, 2))
-            cv2.fillConvexPoly(canvas, hull, identity.hair, cv2.LINE_AA, _SHIFT_BITS)
+            cv2.fillConvexPoly(canvas, hull, (*identity.hair, 255), cv2.LINE_AA, _SHIFT_BITS)
 def _draw_eyes(canvas, identity, expression, camera, glasses_points):
     for side in (-1.0, 1.0):
         sclera, iris, pupil, lid, openness = _eye_outlines(identity, side, expression)
@@ -666,10 +670,13 @@ def _draw_glasses(canvas, identity, camera, thickness):
 
 
 def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Expression(),
-           size: int = 128) -> np.ndarray:
+           size: int = 128, with_mask: bool = False):
     """``identity`` with ``pose`` and ``expression`` as a ``(size, size, 3)`` uint8 RGB image.
 
-    Deterministic: the same arguments always give the same bytes.
+    With ``with_mask``, returns ``(image, mask)``: ``mask`` (size, size) uint8 is the person's
+    coverage (255 on the head, hair, neck and shoulders, 0 on the backdrop, soft at edges), the
+    foreground the paper computes its losses on. Deterministic: the same arguments always give
+    the same bytes.
     """
     canvas_size = size * _SUPERSAMPLE
     canvas = _background(identity, canvas_size).copy()
@@ -700,7 +707,9 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
         _draw_nose(canvas, identity, geometry, camera)
         if identity.glasses:
             _draw_glasses(canvas, identity, camera, line_width + 1)
-    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    rgba = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+    image = np.ascontiguousarray(rgba[..., :3])
+    return (image, np.ascontiguousarray(rgba[..., 3])) if with_mask else image
 
 
 def cross_reenactment_ground_truth(identity: Identity, motion: HeadMotion, size: int = 128) -> np.ndarray:
@@ -821,7 +830,9 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
     cross pair ``source2``/``driver2`` for the cycle loss. Images are float32 (3, size, size) in
     [0, 1]. ``driver_input``/``driver2_input`` are what the motion encoder should see: the
     driver after the driver-only augmentation (equal to ``driver`` without augmentation); the
-    reconstruction target stays ``driver``. ``*_pose_params`` are (scale, yaw, pitch, roll, tx,
+    reconstruction target stays ``driver``. ``*_mask`` (1, size, size) in [0, 1] are the
+    foreground masks of ``source``/``driver``/... (the paper computes its losses on the
+    foreground). ``*_pose_params`` are (scale, yaw, pitch, roll, tx,
     ty, tz) of the model's theta (:meth:`Pose.model_parameters`), ``*_expression_params`` follow :data:`EXPRESSION_PARAMETER_NAMES`; both describe the
     images as returned (a flip mirrors them too).
     """
@@ -849,18 +860,22 @@ class SyntheticTalkingHeads(torch.utils.data.Dataset):
 
     def _pair(self, identity: Identity, rng: np.random.Generator, prefix: str, second: str) -> dict:
         source_motion, driver_motion = HeadMotion.random(rng), HeadMotion.random(rng)
-        source = render(identity, source_motion.pose, source_motion.expression, self.size)
-        driver = render(identity, driver_motion.pose, driver_motion.expression, self.size)
+        source, source_mask = render(identity, source_motion.pose, source_motion.expression, self.size, True)
+        driver, driver_mask = render(identity, driver_motion.pose, driver_motion.expression, self.size, True)
         source_t, driver_t = _to_tensor(source), _to_tensor(driver)
+        source_mask_t, driver_mask_t = _to_tensor(source_mask[..., None]), _to_tensor(driver_mask[..., None])
         driver_input_t, flipped = driver_t, False
         if self.augmentation is not None:
             source_t, driver_t, driver_input_t, flipped = self.augmentation(source_t, driver_t, rng)
         if flipped:
             source_motion, driver_motion = source_motion.mirrored(), driver_motion.mirrored()
+            source_mask_t, driver_mask_t = source_mask_t.flip(-1), driver_mask_t.flip(-1)
         return {
             prefix: source_t,
             second: driver_t,
             f"{second}_input": driver_input_t,
+            f"{prefix}_mask": source_mask_t,
+            f"{second}_mask": driver_mask_t,
             f"{prefix}_pose_params": torch.from_numpy(source_motion.pose.model_parameters()),
             f"{second}_pose_params": torch.from_numpy(driver_motion.pose.model_parameters()),
             f"{prefix}_expression_params": torch.from_numpy(source_motion.expression.as_array()),
