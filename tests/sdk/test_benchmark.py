@@ -244,3 +244,64 @@ def test_png_chart_is_written(tmp_path):
     path = tmp_path / "chart.png"
     rp.write_png(_report(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- a whole run, on the SDK's toy bundle (tests/sdk/toy_bundle.py) ---------------------------
+from megaportraits.benchmark.machine import MachinePeaks  # noqa: E402
+from megaportraits.benchmark.runner import BenchmarkPlan, run_benchmark  # noqa: E402
+from megaportraits.benchmark.stages import RunSettings  # noqa: E402
+
+# The toy generator at batch 1 (see toy_bundle.generator_graph), counted by hand:
+# ReduceMean over depth reads 3*2*8*8 = 384 elements, ReduceMean of the descriptor 3*4*4 = 48,
+# MatMul (1 x 19) @ (19 x 3) = 2*3*19 = 114, then Sub, Mul, Add, Sigmoid on 3*32*32 each;
+# Resize (nearest), Reshape, Concat, Unsqueeze: 0.
+TOY_GENERATOR_FLOPS = 384 + 48 + 114 + 4 * 3 * 32 * 32
+FAKE_PEAKS = MachinePeaks(threads=1, gemm_gflops=100.0, gemm_size=1, numpy_gemm_gflops=None,
+                          bandwidth_gbs=10.0, copy_gbs=None, ort_stream_gbs=10.0)
+
+
+def test_a_whole_run_has_every_stage_its_work_and_floor(toy_custom_bundle, tmp_path):
+    stages = ("source", "driver", "generator", "per_frame", "warp", "paste_back")
+    plan = BenchmarkPlan(bundle_dir=toy_custom_bundle, threads=(1,), batches=(1,), stages=stages,
+                         settings=RunSettings(warmup=1, runs=2, max_seconds=0.2))
+    report = run_benchmark(plan, log=lambda _: None, peaks={1: FAKE_PEAKS})
+    got = {(r.stage, r.variant) for r in report.results}
+    expected = {(s, v) for s in stages[:5] for v in ("ours", "portable")} | {("paste_back", "ours")}
+    if any("ours not measured" in n for n in report.notes):  # no custom-op library built here
+        expected = {k for k in expected if k[1] != "ours" or k[0] == "paste_back"}
+    assert got == expected
+    by_key = {(r.stage, r.variant): r for r in report.results}
+    generator, driver, frame = (by_key[(s, "portable")] for s in ("generator", "driver", "per_frame"))
+    assert generator.flops == TOY_GENERATOR_FLOPS
+    assert frame.flops == generator.flops + driver.flops
+    assert frame.peak_fraction == pytest.approx(frame.gflops_per_s / 100.0)
+    cost = flops.count_graph(toy_custom_bundle / "generator.portable.onnx")
+    assert generator.floor_ms == pytest.approx(1e3 * cost.floor_seconds(100e9, 10e9))
+    warp = by_key[("warp", "portable")]
+    assert warp.flops == 16 * 3 * 2 * 8 * 8  # trilinear: 8 MACs per output element of the 3x2x8x8 volume
+    path = tmp_path / "run.json"
+    report.write_json(path)
+    rp.check_report_dict(json.loads(path.read_text()))
+
+
+def test_the_sdk_command_line_runs_the_benchmark_as_json(toy_bundle, capsys):
+    from megaportraits import cli
+
+    code = cli.main(["benchmark", "--bundle", str(toy_bundle), "--stages", "driver,generator", "--threads", "1",
+                     "--runs", "1", "--warmup", "0", "--max-seconds", "0.1", "--json"])
+    assert code == 0
+    d = json.loads(capsys.readouterr().out)
+    rp.check_report_dict(d)
+    # A portable-only bundle has no custom-op graphs: only the portable variant, and a note saying so.
+    assert {r["variant"] for r in d["results"]} == {"portable"}
+    assert any("portable-only" in n for n in d["notes"])
+
+
+def test_the_command_line_refuses_unknown_stages_in_one_line(capsys):
+    from megaportraits import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["benchmark", "--stages", "driver,teleport"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown stage 'teleport'" in err and len(err.splitlines()) == 1

@@ -33,16 +33,22 @@ class BenchmarkPlan:
         return tuple(self.threads) or (usable_cores(),)
 
 
-def run_benchmark(plan: BenchmarkPlan, extra_measurements=None, log=print) -> Report:
+def run_benchmark(plan: BenchmarkPlan, extra_measurements=None, log=print, peaks: dict | None = None) -> Report:
     """Measure everything in ``plan``. ``extra_measurements(report, peaks_by_threads)`` may add
-    results measured outside the SDK (PyTorch eager in benchmarks/bench_latency.py)."""
+    results measured outside the SDK (PyTorch eager in benchmarks/bench_latency.py). ``peaks``
+    (threads -> MachinePeaks) replaces the measured CPU ceilings, e.g. with ones from an earlier
+    run on a quieter machine."""
     bundle_dir, manifest = open_manifest(plan.bundle_dir)
     for provider in plan.providers:
         if provider not in PROVIDERS:
             raise ValueError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
     others, machine = OtherLoad(), machine_info()
-    log(f"measuring the machine's GEMM and bandwidth ceilings at {plan.thread_counts()} thread(s)")
-    peaks = {t: measure_peaks(t) for t in plan.thread_counts()}
+    if peaks is None:
+        log(f"measuring the machine's GEMM and bandwidth ceilings at {plan.thread_counts()} thread(s)")
+        peaks = {t: measure_peaks(t) for t in plan.thread_counts()}
+    missing = [t for t in plan.thread_counts() if t not in peaks]
+    if missing:
+        raise ValueError(f"no machine ceilings given for {missing} thread(s)")
     gpu_peaks = _gpu_peaks(manifest) if "cuda" in plan.providers else None
     all_peaks = [p.to_dict() for p in peaks.values()] + ([gpu_peaks.to_dict()] if gpu_peaks else [])
     report = Report(machine=machine, peaks=all_peaks,
