@@ -284,17 +284,20 @@ def test_a_whole_run_has_every_stage_its_work_and_floor(toy_custom_bundle, tmp_p
     rp.check_report_dict(json.loads(path.read_text()))
 
 
-def test_the_sdk_command_line_runs_the_benchmark_as_json(toy_bundle, capsys):
+def test_the_sdk_command_line_runs_the_benchmark_as_json(toy_bundle, capsys, tmp_path):
     from megaportraits import cli
 
+    ceilings = tmp_path / "earlier.json"
+    ceilings.write_text(json.dumps({"peaks": [FAKE_PEAKS.to_dict()]}))
     code = cli.main(["benchmark", "--bundle", str(toy_bundle), "--stages", "driver,generator", "--threads", "1",
-                     "--runs", "1", "--warmup", "0", "--max-seconds", "0.1", "--json"])
+                     "--runs", "1", "--warmup", "0", "--max-seconds", "0.1", "--json", "--ceilings", str(ceilings)])
     assert code == 0
     d = json.loads(capsys.readouterr().out)
     rp.check_report_dict(d)
     # A portable-only bundle has no custom-op graphs: only the portable variant, and a note saying so.
     assert {r["variant"] for r in d["results"]} == {"portable"}
     assert any("portable-only" in n for n in d["notes"])
+    assert d["peaks"] == [FAKE_PEAKS.to_dict()]
 
 
 def test_the_command_line_refuses_unknown_stages_in_one_line(capsys):

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=20, help="timed runs per stage at most (default 20)")
     p.add_argument("--max-seconds", type=float, default=5.0,
                    help="time budget per stage; at least 3 runs are timed (default 5)")
+    p.add_argument("--ceilings", metavar="REPORT.json",
+                   help="take the machine's GEMM/bandwidth ceilings from an earlier report instead of "
+                        "measuring them (e.g. one made when the machine was quiet)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.add_argument("--output", "-o", metavar="FILE.json", help="also write the JSON report to this file")
     p.add_argument("--png", metavar="FILE.png", help="also draw a per-stage bar chart (needs matplotlib)")
@@ -80,6 +83,19 @@ def resolve_providers(requested: tuple) -> tuple:
     return requested
 
 
+def load_ceilings(path: str) -> dict:
+    """threads -> MachinePeaks from the ``peaks`` of an earlier JSON report (CPU entries)."""
+    from .machine import MachinePeaks
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)["peaks"]
+        return {int(p["threads"]): MachinePeaks(**p) for p in entries if p.get("device", "cpu") == "cpu"}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MegaportraitsError(f"cannot read machine ceilings from {path!r} ({e}); "
+                                 "give a report written by megaportraits benchmark --output") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark for parsed arguments; errors are MegaportraitsError (one line)."""
     if args.warmup < 0 or args.runs < 1 or args.max_seconds <= 0:
@@ -97,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         settings=RunSettings(warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds),
     )
     progress = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    report = run_benchmark(plan, log=progress)
+    peaks = load_ceilings(args.ceilings) if args.ceilings else None
+    report = run_benchmark(plan, log=progress, peaks=peaks)
     if args.output:
         report.write_json(args.output)
     if args.png:
