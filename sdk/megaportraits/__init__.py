@@ -17,6 +17,7 @@ _LAZY = {
     "MegaportraitsError": "errors", "InputError": "errors", "NoFaceError": "errors", "BundleError": "errors",
     "ProviderError": "errors", "PortableFallbackWarning": "errors", "AnimationInterrupted": "errors",
     "FaceDetector": "faces", "HaarFaceDetector": "faces",
+    "grid_sample_3d": "_native",
 }
 __all__ = ["__version__", "custom_ops_library", *_LAZY]
 
