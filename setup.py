@@ -116,7 +116,7 @@ setup(
     description="One-shot neural head avatars (MegaPortraits) on ONNX Runtime",
     python_requires=">=3.10",
     package_dir={"megaportraits": "sdk/megaportraits", "megaportraits_export": "export/megaportraits_export"},
-    packages=["megaportraits", "megaportraits_export", "megaportraits_export.networks",
+    packages=["megaportraits", "megaportraits.benchmark", "megaportraits_export", "megaportraits_export.networks",
               "megaportraits_export.data", "megaportraits_export.losses"],
     ext_modules=native_extensions(),
     cmdclass={"build_ext": BuildNative},
