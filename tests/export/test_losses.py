@@ -80,7 +80,7 @@ def test_feature_matching():
     torch.manual_seed(0)
     real = [[torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 3, 3)] for _ in range(2)]
     same = [[f.clone().requires_grad_() for f in scale] for scale in real]
-    assert float(feature_matching_loss(same, real)) == 0.0
+    assert float(feature_matching_loss(same, real).detach()) == 0.0
     shifted = [[f + 0.5 for f in scale[:-1]] + [scale[-1] + 7.0] for scale in real]  # logits ignored
     assert float(feature_matching_loss(shifted, real)) == pytest.approx(0.5)
     moved = [[f + 0.5 for f in scale] for scale in same]
@@ -156,15 +156,15 @@ def test_perceptual_loss(monkeypatch):
     assert float(same["perceptual"]) == 0.0 and float(same["face"]) == 0.0
     prediction = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
     terms = loss(prediction, target)
-    assert float(terms["perceptual"]) > 0.0
-    expected_face = torch.nn.functional.l1_loss(pooled(prediction)[0], pooled(target)[0])
-    assert float(terms["face"]) == pytest.approx(float(expected_face), rel=1e-6)
+    assert float(terms["perceptual"].detach()) > 0.0
+    expected_face = torch.nn.functional.l1_loss(pooled(prediction.detach())[0], pooled(target)[0])
+    assert float(terms["face"].detach()) == pytest.approx(float(expected_face), rel=1e-6)
     sum(terms.values()).backward()
     assert prediction.grad is not None and prediction.grad.abs().sum() > 0
     assert all(p.grad is None for p in loss.vgg.parameters())
     # more noise -> larger loss
     worse = loss((target + 0.3 * torch.randn_like(target)).clamp(0, 1), target)
-    assert float(worse["perceptual"]) > float(terms["perceptual"])
+    assert float(worse["perceptual"]) > float(terms["perceptual"].detach())
 
 
 def test_loss_weights_and_combination():

@@ -591,7 +591,7 @@ def _draw_hair_cap(canvas, identity, geometry, camera):
         if seen.sum() >= 3:
             hull = cv2.convexHull(wedge[seen].reshape(-1, 1, 2))
             cv2.fillConvexPoly(canvas, hull, (*identity.hair, 255), cv2.LINE_AA, _SHIFT_BITS)
-def _draw_eyes(canvas, identity, expression, camera, glasses_points):
+def _draw_eyes(canvas, identity, expression, camera):
     for side in (-1.0, 1.0):
         sclera, iris, pupil, lid, openness = _eye_outlines(identity, side, expression)
         centre = _face_surface(identity, np.array(side * identity.eye_spacing), np.array(identity.eye_height))
@@ -623,14 +623,12 @@ def _draw_mouth(canvas, identity, expression, camera):
 def _draw_nose(canvas, identity, geometry, camera):
     nose = geometry.nose
     light = np.asarray(identity.light)
-    faces = {
-        "left": np.stack([nose["bridge"], nose["left"], nose["tip"]]),
-        "right": np.stack([nose["bridge"], nose["tip"], nose["right"]]),
-        "under": np.stack([nose["left"], nose["base"], nose["right"], nose["tip"]]),
-    }
+    faces = [np.stack([nose["bridge"], nose["left"], nose["tip"]]),                 # left side
+             np.stack([nose["bridge"], nose["tip"], nose["right"]]),                # right side
+             np.stack([nose["left"], nose["base"], nose["right"], nose["tip"]])]    # underside
     inside = np.array([0.0, float(nose["base"][1]), 0.0])
     drawn = []
-    for face in faces.values():
+    for face in faces:
         normal = np.cross(face[1] - face[0], face[2] - face[0])
         normal *= np.sign(normal @ (face.mean(axis=0) - inside)) / np.linalg.norm(normal)  # outward
         normal = camera.rotation @ normal
@@ -702,7 +700,7 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
         _draw_ear(canvas, identity, camera, outline, sign)
     _draw_hair_cap(canvas, identity, geometry, camera)
     if camera.facing(np.array([0.0, 0.0, -1.0])) < 0.2:
-        _draw_eyes(canvas, identity, expression, camera, None)
+        _draw_eyes(canvas, identity, expression, camera)
         _draw_mouth(canvas, identity, expression, camera)
         _draw_nose(canvas, identity, geometry, camera)
         if identity.glasses:
