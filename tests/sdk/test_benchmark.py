@@ -308,3 +308,17 @@ def test_the_command_line_refuses_unknown_stages_in_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "unknown stage 'teleport'" in err and len(err.splitlines()) == 1
+
+
+def test_image_side_stages_run_the_sdk_code_per_frame(toy_bundle):
+    from megaportraits import manifest as mf
+    from megaportraits.benchmark.io_stages import measure_io_stages
+
+    notes = []
+    stages = ["face_crop", "paste_back", "video_encode", "video_decode"]
+    results = measure_io_stages(mf.load_manifest(toy_bundle), RunSettings(warmup=1, runs=3), stages, notes,
+                                frame_size=(160, 120), video_frames=6)
+    assert [r.stage for r in results] == stages
+    assert [r.timing.runs for r in results] == [3, 3, 5, 5]  # video: every frame but the warm-up one
+    assert all(r.flops is None and r.timing.min_ms > 0 for r in results)
+    assert "32px output into a 160x120 photo" in results[1].note and notes

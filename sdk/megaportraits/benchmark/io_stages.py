@@ -64,29 +64,65 @@ def _repeat(frames: list, settings: RunSettings) -> list:
     return [frames[i % len(frames)] for i in range(wanted)]
 
 
-def measure_face_crop(manifest: mf.Manifest, frames: list, settings: RunSettings) -> StageResult:
-    from ..animator import to_tensor
-    from ..faces import FaceTracker, HaarFaceDetector, centre_detector, cut_crop
+def demo_driver_frames(count: int) -> list:
+    """Up to ``count`` frames of the bundled demo driver video (a real tracking workload), or []."""
+    from ..errors import MegaportraitsError
+    from ..video import VideoReader
+    try:
+        from ..cli import DEMO_DRIVER
+    except ImportError:
+        return []
+    if not DEMO_DRIVER.is_file():
+        return []
+    frames = []
+    try:
+        with VideoReader(DEMO_DRIVER, "demo driver video") as reader:
+            for frame in reader:
+                frames.append(frame)
+                if len(frames) == count:
+                    break
+    except MegaportraitsError:
+        return []
+    return frames
 
-    tracker = FaceTracker(HaarFaceDetector(), fallback=centre_detector)
+
+def measure_face_crop(manifest: mf.Manifest, frames: list, settings: RunSettings) -> StageResult:
+    """Tracker + crop + tensor per driver frame, on the demo driver video when it is installed
+    and its first frame has a face; otherwise on the synthetic frames (worst case)."""
+    from ..animator import to_tensor
+    from ..errors import NoFaceError
+    from ..faces import FaceTracker, HaarFaceDetector, cut_crop
+
     size = manifest.image_size
     buffer = np.zeros((1, 3, size, size), np.float32)
+    demo = demo_driver_frames(settings.warmup + settings.runs)
+    for source, centre_fallback in ((demo, False), (frames, True)):
+        if not source:
+            continue
+        tracker = FaceTracker(HaarFaceDetector(), centre_fallback=centre_fallback)
 
-    def crop(frame):
-        to_tensor(cut_crop(frame, tracker.update(frame), size), out=buffer)
+        def crop(frame, tracker=tracker):
+            to_tensor(cut_crop(frame, tracker.update(frame), size), out=buffer)
 
-    samples, peak = _timed_per_call(crop, _repeat(frames, settings), settings.warmup)
-    return _result("face_crop", samples, settings.warmup, peak,
-                   f"{FRAME_WIDTH}x{FRAME_HEIGHT} frames without a face: worst case (full-frame Haar scan)")
+        try:
+            samples, peak = _timed_per_call(crop, _repeat(source, settings), settings.warmup)
+        except NoFaceError:
+            continue  # the demo video's first frame has no face the detector finds
+        h, w = source[0].shape[:2]
+        what = ("the demo driver video (tracking a real face)" if source is demo
+                else "synthetic frames without a face: worst case, a full-frame Haar scan per frame")
+        return _result("face_crop", samples, settings.warmup, peak, f"{w}x{h} {what}")
+    raise ValueError("no frames to measure the face crop on")
 
 
 def measure_paste_back(manifest: mf.Manifest, frames: list, settings: RunSettings) -> StageResult:
     from ..animator import to_image
     from ..faces import CropBox, PasteBack
 
-    side = int(0.8 * FRAME_HEIGHT)
     source = frames[0]
-    paste = PasteBack(source, CropBox((FRAME_WIDTH - side) // 2, (FRAME_HEIGHT - side) // 2, side))
+    height, width = source.shape[:2]
+    side = int(0.8 * height)
+    paste = PasteBack(source, CropBox((width - side) // 2, (height - side) // 2, side))
     rng = np.random.default_rng(1)
     size = manifest.image_size
     outputs = [rng.random((1, 3, size, size), dtype=np.float32) for _ in range(4)]
@@ -94,7 +130,7 @@ def measure_paste_back(manifest: mf.Manifest, frames: list, settings: RunSetting
     samples, peak = _timed_per_call(lambda image: paste(to_image(image)),
                                     [outputs[i % len(outputs)] for i in range(wanted)], settings.warmup)
     return _result("paste_back", samples, settings.warmup, peak,
-                   f"{size}px output into a {FRAME_WIDTH}x{FRAME_HEIGHT} photo, {side}px crop")
+                   f"{size}px output into a {width}x{height} photo, {side}px crop")
 
 
 def measure_video(frames: list, settings: RunSettings, stages: list) -> list:
@@ -104,9 +140,10 @@ def measure_video(frames: list, settings: RunSettings, stages: list) -> list:
 
     results = []
     warmup = min(settings.warmup, len(frames) // 4)
+    height, width = frames[0].shape[:2]
     with tempfile.TemporaryDirectory(prefix="megaportraits-bench-") as tmp:
         path = Path(tmp) / "frames.mp4"
-        writer = VideoWriter(path, Fraction(25), FRAME_WIDTH, FRAME_HEIGHT)
+        writer = VideoWriter(path, Fraction(25), width, height)
         try:
             samples, peak = _timed_per_call(writer.write, frames, warmup)
             t0 = time.perf_counter()
@@ -117,18 +154,21 @@ def measure_video(frames: list, settings: RunSettings, stages: list) -> list:
             raise
         if "video_encode" in stages:
             results.append(_result("video_encode", samples, warmup, peak,
-                                   f"libx264 veryfast crf 18, {FRAME_WIDTH}x{FRAME_HEIGHT}, {len(frames)} frames"))
+                                   f"libx264 veryfast crf 18, {width}x{height}, {len(frames)} frames"))
         if "video_decode" in stages:
             with VideoReader(path, "benchmark video") as reader:
                 frames_iter = iter(reader)
                 samples, peak = _timed_per_call(lambda _: next(frames_iter), range(len(frames)), warmup)
             results.append(_result("video_decode", samples, warmup, peak,
-                                   f"H.264 {FRAME_WIDTH}x{FRAME_HEIGHT} to RGB, {len(frames)} frames"))
+                                   f"H.264 {width}x{height} to RGB, {len(frames)} frames"))
     return results
 
 
-def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list, notes: list) -> list:
-    frames = synthetic_frames(VIDEO_FRAMES if any(s.startswith("video") for s in stages) else 4)
+def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list, notes: list,
+                      frame_size: tuple = (FRAME_WIDTH, FRAME_HEIGHT), video_frames: int = VIDEO_FRAMES) -> list:
+    """The requested image-side stages on synthetic frames of ``frame_size`` (width, height)."""
+    count = video_frames if any(s.startswith("video") for s in stages) else 4
+    frames = synthetic_frames(count, *frame_size)
     results = []
     if "face_crop" in stages:
         results.append(measure_face_crop(manifest, frames, settings))
@@ -136,5 +176,6 @@ def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list
         results.append(measure_paste_back(manifest, frames, settings))
     if any(s.startswith("video") for s in stages):
         results += measure_video(frames, settings, stages)
-    notes.append("face crop, paste-back and video run on synthetic frames (see megaportraits.benchmark.io_stages)")
+    notes.append("paste-back and video run on synthetic frames, the face crop on the demo driver video if "
+                 "installed (its note says which); see megaportraits.benchmark.io_stages")
     return results
