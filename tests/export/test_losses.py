@@ -173,11 +173,11 @@ def test_loss_weights_and_combination():
     assert (weights.adversarial, weights.feature_matching, weights.cycle) == (1.0, 40.0, 2.0)
     terms = {"perceptual": torch.tensor(0.5, requires_grad=True), "cycle": torch.tensor(1.5), "l1": torch.tensor(9.0)}
     total, logged = combine_losses(terms, weights)
-    assert float(total) == pytest.approx(20 * 0.5 + 2 * 1.5)  # l1 has weight 0 in the base model
+    assert float(total.detach()) == pytest.approx(20 * 0.5 + 2 * 1.5)  # l1 has weight 0 in the base model
     assert logged == pytest.approx({"perceptual": 10.0, "cycle": 3.0, "total": 13.0})
     total.backward()
     assert float(terms["perceptual"].grad) == 20.0
     total, _ = combine_losses(terms, LossWeights(l1=100.0))
-    assert float(total) == pytest.approx(913.0)
+    assert float(total.detach()) == pytest.approx(913.0)
     with pytest.raises(ValueError, match="unknown loss term 'perceptul'"):
         combine_losses({"perceptul": torch.tensor(1.0)})
