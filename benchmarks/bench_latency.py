@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from megaportraits import manifest as mf
-from megaportraits.benchmark.report import StageResult, format_table, write_png
+from megaportraits.benchmark.report import format_table, write_png
 from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
 from megaportraits.benchmark.stages import (CostBook, RunSettings, frontal_pose, random_feeds,
                                             warp_inputs, warp_model, with_cost)

@@ -3,7 +3,6 @@ known samples, and the JSON report's schema. Timings themselves are not tested (
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

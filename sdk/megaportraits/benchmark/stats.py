@@ -102,18 +102,6 @@ def peak_rss_mb() -> float | None:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
-def current_rss_mb() -> float | None:
-    """Resident set size now, in MiB (Linux only; None elsewhere)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0, writing 5 to clear_refs); False if the
     kernel does not allow it, in which case peaks are process-wide since start."""
