@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from megaportraits import manifest as mf
+from megaportraits.benchmark.cli import load_ceilings
 from megaportraits.benchmark.report import format_table, write_png
 from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
 from megaportraits.benchmark.stages import (CostBook, RunSettings, frontal_pose, random_feeds,
@@ -182,6 +183,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--max-seconds", type=float, default=10.0)
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch eager even if torch is installed")
+    p.add_argument("--ceilings", metavar="REPORT.json",
+                   help="machine ceilings from an earlier report (measured on a quiet machine)")
     p.add_argument("--output-dir", type=Path, default=RESULTS)
     p.add_argument("--tag", default="", help="suffix for the result file names (e.g. the machine)")
     return p.parse_args(argv)
@@ -228,7 +231,8 @@ def main(argv=None) -> int:
                     for batch in plan.batches:
                         print(f"measuring PyTorch eager: {threads} thread(s), batch {batch}")
                         report.results += eager.results(stages, threads, batch, settings, peaks[threads])
-        report = run_benchmark(plan, extra_measurements=extra)
+        peaks = load_ceilings(args.ceilings) if args.ceilings else None
+        report = run_benchmark(plan, extra_measurements=extra, peaks=peaks)
         del eager, extra
         gc.collect()
         print(format_table(report))
