@@ -38,6 +38,7 @@ class Timing:
     name: str
     median_ms: float
     p90_ms: float
+    cpu_ms: float  # median process CPU time (all threads) per run; robust to a busy machine
     effective_gb_s: float
     x_floor: float  # median time / memory-bandwidth floor
     max_abs_diff: float | None = None  # against the custom op's output
@@ -71,6 +72,7 @@ def machine_info() -> dict:
         "numpy": np.__version__,
         "onnxruntime": ort.__version__,
         "torch": torch.__version__ if torch is not None else None,
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     return info
 
@@ -115,16 +117,18 @@ def ort_session(custom: bool, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(grid_sample_model(custom), options, providers=["CPUExecutionProvider"])
 
 
-def time_runs(fn, warmup: int, repeats: int) -> tuple[list[float], np.ndarray]:
+def time_runs(fn, warmup: int, repeats: int) -> tuple[list[float], list[float], np.ndarray]:
+    """Wall-clock and process CPU seconds of each timed run, and the last result."""
     result = None
     for _ in range(warmup):
         result = fn()
-    seconds = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds, result
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu, result
 
 
 def p90(values: list[float]) -> float:
@@ -135,7 +139,7 @@ def memory_copy_gb_s(total_bytes: int, warmup: int, repeats: int) -> float:
     """Bandwidth of a numpy copy that reads and writes total_bytes in all (half each way)."""
     source = np.ones(total_bytes // 8, dtype=np.float32)
     target = np.empty_like(source)
-    seconds, _ = time_runs(lambda: np.copyto(target, source), warmup, repeats)
+    seconds, _, _ = time_runs(lambda: np.copyto(target, source), warmup, repeats)
     return 2 * source.nbytes / statistics.median(seconds) / 1e9
 
 
@@ -169,11 +173,12 @@ def run(args) -> Report:
 
     reference = None
     for name, fn in candidates.items():
-        seconds, y = time_runs(fn, args.warmup, args.repeats)
+        seconds, cpu_seconds, y = time_runs(fn, args.warmup, args.repeats)
         reference = y if reference is None else reference
         median = statistics.median(seconds)
         report.timings.append(Timing(
             name=name, median_ms=median * 1e3, p90_ms=p90(seconds) * 1e3,
+            cpu_ms=statistics.median(cpu_seconds) * 1e3,
             effective_gb_s=bytes_moved / median / 1e9, x_floor=median / floor_s,
             max_abs_diff=float(np.abs(y - reference).max())))
     return report
@@ -184,19 +189,23 @@ def print_table(report: Report) -> None:
     print(f"GridSample3D benchmark: X {tuple(report.shape['x'])} -> grid {tuple(report.shape['grid'])}, "
           f"{report.grid} grid, linear/zeros/align_corners=0")
     print(f"machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} cores; python {m['python']}, "
-          f"numpy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}")
+          f"numpy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}; load average "
+          f"{m['load_average_1min']}")
     print(f"threads {report.threads}, {report.repeats} timed runs after warm-up; bytes moved per warp "
           f"{report.bytes_moved / 1e6:.1f} MB; numpy copy {report.copy_gb_s:.1f} GB/s -> floor "
           f"{report.floor_ms:.2f} ms\n")
-    header = f"{'implementation':<30} {'median ms':>10} {'p90 ms':>10} {'GB/s':>7} {'x floor':>8} {'speed-up':>9} {'max|diff|':>10}"
+    header = (f"{'implementation':<30} {'median ms':>10} {'p90 ms':>10} {'cpu ms':>8} {'GB/s':>7} {'x floor':>8} "
+              f"{'speed-up':>9} {'max|diff|':>10}")
     print(header)
     print("-" * len(header))
     builtin = next((t.median_ms for t in report.timings if t.name.startswith("onnxruntime")), None)
     for t in report.timings:
         speedup = f"{builtin / t.median_ms:.1f}x" if builtin else "-"
-        print(f"{t.name:<30} {t.median_ms:>10.2f} {t.p90_ms:>10.2f} {t.effective_gb_s:>7.2f} {t.x_floor:>8.1f} "
+        print(f"{t.name:<30} {t.median_ms:>10.2f} {t.p90_ms:>10.2f} {t.cpu_ms:>8.2f} {t.effective_gb_s:>7.2f} {t.x_floor:>8.1f} "
               f"{speedup:>9} {t.max_abs_diff:>10.1e}")
-    print("\nspeed-up: against onnxruntime's built-in GridSample; x floor: median / memory-bandwidth floor")
+    print("\nspeed-up: against onnxruntime's built-in GridSample; x floor: median / memory-bandwidth floor;\n"
+          "cpu ms: CPU time of all threads per run (ORT's pool threads spin between tasks); on a busy machine\n"
+          "compare --threads 1 runs, where cpu ms is the time the warp takes when it has a core to itself")
 
 
 def parse_args(argv=None):
