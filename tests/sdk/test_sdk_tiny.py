@@ -1,0 +1,149 @@
+"""The SDK on the real tiny model (random weights, exported by tests/conftest.py), checked
+against the PyTorch model it was exported from; the custom-op flavour against its portable
+fallback; streaming memory; and the per-frame latency it reports."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from megaportraits import Animator
+from megaportraits import bundle as bundle_mod
+from megaportraits.bundle import custom_op_status
+from megaportraits.errors import PortableFallbackWarning
+
+torch = pytest.importorskip("torch", reason="the reference model needs torch (export extra)")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from megaportraits_export.onnx_export import random_model
+
+    net, config = random_model("tiny", 0)
+    return net, config.image_size
+
+
+def images(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size, size, 3)).astype(np.int16)
+    return [np.clip(base + rng.integers(-60, 61, base.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def as_torch(image):
+    return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def make(bundle, **options):
+    return Animator(bundle, provider="cpu", threads=1, crop=False, paste_back=False, **options)
+
+
+def torch_image(tensor):
+    return np.clip(tensor[0].permute(1, 2, 0).numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_absolute_motion_matches_pytorch(tiny_bundle, model):
+    net, size = model
+    source, driver = images(2, size)
+    with torch.no_grad():
+        expected = torch_image(net(as_torch(source), as_torch(driver))["image"])
+    a = make(tiny_bundle, motion="absolute")
+    got = a.animate_frame(a.prepare(source), driver)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_relative_motion_matches_pytorch_and_starts_at_the_source(tiny_bundle, model):
+    net, size = model
+    source, first, later = images(3, size, seed=1)
+    with torch.no_grad():
+        state = net.source_branch(as_torch(source))
+        pose_0, z_0 = net.driver_branch(as_torch(first))
+        pose_1, z_1 = net.driver_branch(as_torch(later))
+        h = lambda p: torch.cat([p.double(), torch.tensor([[[0, 0, 0, 1.0]]], dtype=torch.float64)], 1)  # noqa: E731
+        pose = (h(pose_1) @ torch.linalg.inv(h(pose_0)) @ h(state.pose))[:, :3].float()
+        z = state.expression + (z_1 - z_0)
+        want_first = torch_image(net.generator(state.canonical_volume, state.global_descriptor, state.pose,
+                                               state.expression))
+        want_later = torch_image(net.generator(state.canonical_volume, state.global_descriptor, pose, z))
+    a = make(tiny_bundle)
+    performance = a.performance(a.prepare(source))
+    assert np.abs(performance(first).astype(int) - want_first.astype(int)).max() <= 1
+    assert np.abs(performance(later).astype(int) - want_later.astype(int)).max() <= 1
+
+
+def test_source_graph_runs_once(tiny_bundle):
+    a = make(tiny_bundle)
+    runs = {"n": 0}
+    session = a.bundle.sessions["source"]
+
+    class Counting:
+        def run(self, *args):
+            runs["n"] += 1
+            return session.run(*args)
+    a.bundle.sessions["source"] = Counting()
+    avatar = a.prepare(images(1, a.image_size)[0])
+    for _ in a.stream(avatar, images(5, a.image_size, seed=2)):
+        pass
+    assert runs["n"] == 1
+
+
+@pytest.mark.skipif(not custom_op_status().available, reason="the custom-op library is not built")
+def test_portable_fallback_matches_the_custom_op(tiny_bundle, monkeypatch):
+    source, *drive = images(4, 64, seed=3)
+    custom = make(tiny_bundle)
+    assert not custom.bundle.portable
+    want = list(custom.stream(custom.prepare(source), drive))
+
+    def fails(options, path):
+        raise RuntimeError(f"{path}: cannot open shared object file")
+    monkeypatch.setattr(bundle_mod, "register_library", fails)
+    with pytest.warns(PortableFallbackWarning, match="using the bundle's portable graphs"):
+        portable = make(tiny_bundle)
+    assert portable.bundle.portable
+    got = list(portable.stream(portable.prepare(source), drive))
+    for w, g in zip(want, got):
+        assert np.abs(w.astype(int) - g.astype(int)).max() <= 1
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_streaming_memory_is_flat(tiny_bundle):
+    a = make(tiny_bundle)
+    size = a.image_size
+    avatar = a.prepare(images(1, size)[0])
+    rng = np.random.default_rng(5)
+
+    def webcam(n):
+        for _ in range(n):
+            yield rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+    stream = a.stream(avatar, webcam(600))
+    for _ in range(100):
+        next(stream)
+    before = rss_bytes()
+    for _ in stream:
+        pass
+    growth = rss_bytes() - before
+    assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 500 frames"
+
+
+@pytest.mark.parametrize("io_binding", [True, False])
+def test_per_frame_latency_is_reported(tiny_bundle, io_binding, capsys):
+    a = make(tiny_bundle, io_binding=io_binding)
+    frames = images(10, a.image_size, seed=6)
+    performance = a.performance(a.prepare(frames[0]))
+    for f in frames:
+        performance(f)
+    times = []
+    for i in range(60):
+        start = time.perf_counter()
+        performance(frames[i % 10])
+        times.append(time.perf_counter() - start)
+    with capsys.disabled():
+        print(f"\n[tiny, cpu, 1 thread, io_binding={io_binding}] per frame: median "
+              f"{np.median(times) * 1e3:.2f} ms, p90 {np.percentile(times, 90) * 1e3:.2f} ms")
+    assert np.median(times) < 1.0
