@@ -208,3 +208,21 @@ def test_mask_is_the_foreground():
     assert not changed[mask == 255].any(), "the person hides the backdrop completely"
     assert changed[mask == 0].mean() > 0.99
     assert 0.2 < (mask > 127).mean() < 0.7 and mask[0, 0] == 0 and mask[SIZE // 2, SIZE // 2] == 255
+
+
+def test_smile_brows_and_gaze_act_on_their_features():
+    identity = plain_identity(iris=MAGENTA, skin=(200, 160, 130))
+    neutral = render(identity, Pose(), Expression(), SIZE).astype(int)
+    eye_row = (synthetic._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
+               / synthetic._SHIFT_SCALE)[0, 1]
+
+    def changed_rows(expression):
+        diff = np.abs(render(identity, Pose(), expression, SIZE).astype(int) - neutral).max(axis=-1) > 20
+        assert diff.sum() > 10
+        return np.nonzero(diff)[0]
+
+    assert changed_rows(Expression(smile=1.0)).min() > eye_row + 8, "a smile changes the mouth, below the eyes"
+    assert changed_rows(Expression(brow_raise=1.0)).max() < eye_row, "raised brows change only what is above the eyes"
+    left = centroid(colour_mask(render(identity, Pose(), Expression(gaze_x=-1.0), SIZE), MAGENTA))[0]
+    right = centroid(colour_mask(render(identity, Pose(), Expression(gaze_x=1.0), SIZE), MAGENTA))[0]
+    assert right - left > 1.5, "positive gaze_x looks toward image right"
