@@ -222,6 +222,17 @@ def test_demo_without_the_bundled_model(monkeypatch, tmp_path, capsys):
     assert err.startswith("megaportraits: error: the bundled demo model is not installed")
 
 
+def test_demo_with_the_bundled_assets_in_place(media, toy_bundle, monkeypatch, tmp_path, capsys):
+    from megaportraits import bundle
+    monkeypatch.setattr(cli, "DEMO_SOURCE", media / "source.png")
+    monkeypatch.setattr(cli, "DEMO_DRIVER", media / "driver.mp4")
+    monkeypatch.setattr(bundle, "DEMO_BUNDLE", toy_bundle)
+    out = tmp_path / "demo.mp4"
+    code, _, err = run(capsys, "demo", "-o", out, "--quiet", "--max-frames", "3")
+    assert code == 0, err
+    assert probe(out)["video"]["frames"] == 3
+
+
 def test_real_process_prints_no_traceback(media, tmp_path):
     result = subprocess.run([sys.executable, "-m", "megaportraits", "animate", str(media / "source.png"),
                              str(media / "missing.mp4"), "-o", str(tmp_path / "o.mp4")],
