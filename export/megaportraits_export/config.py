@@ -206,7 +206,7 @@ PRESETS: dict[str, ModelConfig] = {
         canonical_channels=(32, 48, 64),
         image_channels=96,
         image_blocks=2,
-        image_up_channels=(64, 48, 32),
+        image_up_channels=(64, 32, 16),
     ),
     "demo128": ModelConfig(
         name="demo128",

@@ -12,6 +12,15 @@ from megaportraits_export.model import build_model
 from megaportraits_export.networks.blocks import count_parameters
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machines' two cores are shared: one intra-op thread avoids spin-wait stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _shapes(report):
     return {entry["tensor"]: tuple(entry["shape"]) for entry in report["data_flow"]}
 

@@ -14,6 +14,15 @@ from megaportraits_export.networks.blocks import (AdaptiveGroupNorm, WSConv2d, W
                                                   standardised_weight)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machines' two cores are shared: one intra-op thread avoids spin-wait stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
@@ -217,6 +226,17 @@ def test_the_expression_crop_is_a_2x_zoom_around_the_head_centre():
     # head centre = theta^-1(0) = -t: t = (-4/s, +2/s) moves it 2 pixels right and 1 up
     shifted = warp.pose_matrix(torch.ones(1, 3), torch.zeros(1, 3), torch.tensor([[-4 / s, 2 / s, 0.3]]))
     assert torch.allclose(encoder.aligned_crop(image, shifted), image[..., q - 1:s - q - 1, q + 2:s - q + 2], atol=1e-5)
+
+
+def test_the_expression_crop_box_filters_a_large_image_before_sampling_it():
+    # paper geometry: a 128x128 crop of a 512x512 image is sampled 1:1 from the image pooled to 256
+    config = get_config("tiny")
+    encoder = ExpressionEncoder(config.replace(expression_input_size=config.image_size // 4))
+    image = _images(config, 1, 16)
+    pooled = F.avg_pool2d(image, 2)
+    s, q = pooled.shape[-1], pooled.shape[-1] // 4
+    identity = warp.pose_matrix(torch.ones(1, 3), torch.zeros(1, 3), torch.zeros(1, 3))
+    assert torch.allclose(encoder.aligned_crop(image, identity), pooled[..., q:s - q, q:s - q], atol=1e-5)
 
 
 def test_pretrained_backbones_load_a_cached_torchvision_checkpoint(tmp_path, monkeypatch, caplog):

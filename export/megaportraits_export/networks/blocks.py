@@ -186,7 +186,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def downscale(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Average-pool a square image down to ``size`` (an exact divisor of its side).
+    """Average-pool a square image down by the integer factor side // size (none when below 2).
 
     Box filtering by an integer factor is alias-free, deterministic and a single ONNX AveragePool.
     """

@@ -2,9 +2,10 @@
 
 It reads a crop aligned by the predicted pose: a 2x zoom around the head centre, resampled to
 the encoder's input size (paper: 128x128). The head centre is where theta sends to the canonical
-origin, theta^-1(0), so the crop follows the head without a face detector. The crop is one 2-D
-bilinear GridSample (standard ONNX); the zoom is a scaled identity grid, what affine_grid
-would build for a scale-and-shift matrix.
+origin, theta^-1(0), so the crop follows the head without a face detector. The image is first
+box-filtered to the size at which the crop is sampled 1:1 (paper: 512 -> 256), so the bilinear
+resampling does not alias. The crop is one 2-D bilinear GridSample (standard ONNX); its grid is
+a scaled and shifted identity grid, what affine_grid builds for a scale-and-shift matrix.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..warp import invert_pose
+from .blocks import downscale
 from .resnet import build_trunk
 
 
@@ -33,7 +35,8 @@ class ExpressionEncoder(nn.Module):
         """(N, 3, s, s): the image around the head centre, zoomed by ``expression_crop_zoom``."""
         centre = invert_pose(pose)[:, :2, 3]
         grid = _square_grid(self.crop_size, image) / self.zoom + centre[:, None, None, :]
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        filtered = downscale(image, round(self.crop_size * self.zoom))
+        return F.grid_sample(filtered, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def _square_grid(size: int, like: torch.Tensor) -> torch.Tensor:
