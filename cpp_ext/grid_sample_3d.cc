@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -356,8 +357,13 @@ void GridSample3DProblem::sample(size_t task) const {
   const int64_t count = std::min(kSampleVoxels, out_voxels_ - first);
   // Whole cache lines of Y per channel: a multiple of 16 voxels, at least 16.
   const int64_t tile_voxels = std::min(count, std::max<int64_t>(16, kTileFloats / channels_ / 16 * 16));
-  const std::unique_ptr<float[]> tile(new float[tile_voxels * channels_]);
-  const std::unique_ptr<Corners[]> corners(new Corners[tile_voxels]);
+  // Tasks run on pool threads that must not see exceptions: a failed allocation is recorded.
+  const std::unique_ptr<float[]> tile(new (std::nothrow) float[tile_voxels * channels_]);
+  const std::unique_ptr<Corners[]> corners(new (std::nothrow) Corners[tile_voxels]);
+  if (!tile || !corners) {
+    out_of_memory_.store(true);
+    return;
+  }
 
   const float* volume = x_channels_last_ + n * in_voxels_ * channels_;
   const VolumeShape in{in_d_, in_h_, in_w_};

@@ -12,6 +12,7 @@
 // last voxel, -inf to the first (border) or the last (reflection), NaN to the last voxel.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -45,7 +46,7 @@ void output_shape(const int64_t* x_shape, const int64_t* grid_shape, int64_t* y_
 // scratch copy owned by the problem); kSample then computes, per tile of output voxels, each
 // voxel's corners and weights once and blends the corner rows across all channels at once.
 // Run every task of kChannelsLast before any of kSample; tasks within a phase may run on any
-// thread in any order.
+// thread in any order. The constructor throws std::bad_alloc when the scratch copy does not fit.
 class GridSample3DProblem {
  public:
   enum class Phase { kChannelsLast, kSample };
@@ -62,7 +63,9 @@ class GridSample3DProblem {
   GridSample3DProblem& operator=(const GridSample3DProblem&) = delete;
 
   size_t task_count(Phase phase) const;
+  // Never throws (tasks run on foreign thread pools); check out_of_memory() after a phase.
   void run_task(Phase phase, size_t task) const;
+  bool out_of_memory() const { return out_of_memory_.load(); }
 
  private:
   void to_channels_last(size_t task) const;
@@ -76,6 +79,7 @@ class GridSample3DProblem {
   int64_t batch_, channels_;
   int64_t in_d_, in_h_, in_w_, in_voxels_;
   int64_t out_voxels_;
+  mutable std::atomic<bool> out_of_memory_{false};
 };
 
 }  // namespace megaportraits

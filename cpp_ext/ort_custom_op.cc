@@ -12,6 +12,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -105,10 +106,16 @@ struct GridSample3DKernel {
     if (OrtStatus* status = api->GetTensorMutableData(const_cast<OrtValue*>(grid), &grid_data)) return status;
     if (OrtStatus* status = api->GetTensorMutableData(y, &y_data)) return status;
 
-    megaportraits::GridSample3DProblem problem(static_cast<const float*>(x_data), x_shape.data(),
-                                               static_cast<const float*>(grid_data), grid_shape.data(),
-                                               static_cast<float*>(y_data), options);
     using Problem = megaportraits::GridSample3DProblem;
+    std::unique_ptr<Problem> owned;
+    try {
+      owned = std::make_unique<Problem>(static_cast<const float*>(x_data), x_shape.data(),
+                                        static_cast<const float*>(grid_data), grid_shape.data(),
+                                        static_cast<float*>(y_data), options);
+    } catch (const std::bad_alloc&) {
+      return error_status(api, ORT_FAIL, "GridSample3D: out of memory for the channels-last copy of X");
+    }
+    const Problem& problem = *owned;
     struct PhaseOfProblem {
       const Problem* problem;
       Problem::Phase phase;
@@ -122,6 +129,7 @@ struct GridSample3DKernel {
       const size_t tasks = problem.task_count(phase);
       if (tasks == 0) continue;
       if (OrtStatus* status = api->KernelContext_ParallelFor(context, run_task, tasks, 0, &job)) return status;
+      if (problem.out_of_memory()) return error_status(api, ORT_FAIL, "GridSample3D: out of memory for a tile");
     }
     return nullptr;
   }

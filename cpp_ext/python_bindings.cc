@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <new>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,7 @@ py::array_t<float> grid_sample_3d(const py::array& x,
                                   [&](size_t task) { problem.run_task(phase, task); });
     }
   }
+  if (problem.out_of_memory()) throw std::bad_alloc();  // pybind11: MemoryError
   return y;
 }
 
