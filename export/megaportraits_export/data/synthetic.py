@@ -326,6 +326,10 @@ _UNIT_CIRCLE_12 = _UNIT_CIRCLE_24[::2]
 _T9 = np.linspace(-1.0, 1.0, 9)
 
 
+# Faces of the nose as indices into its corner points (bridge, left, right, base, tip).
+_NOSE_FACES = ((0, 1, 4), (0, 4, 2), (1, 3, 2, 4))  # left side, right side, underside
+
+
 @dataclasses.dataclass(frozen=True)
 class _StaticGeometry:
     """Parts of the head that do not move with the expression, computed once per identity."""
@@ -337,7 +341,8 @@ class _StaticGeometry:
     ears: tuple[np.ndarray, np.ndarray]  # left, right ear outlines (N, 3)
     neck: np.ndarray                  # (4, 3) top corners in the head frame (2) + body frame (2)
     body: np.ndarray                  # (N, 2) shoulders outline in the body frame
-    nose: dict[str, np.ndarray]
+    nose_points: np.ndarray           # (29, 3): bridge, left, right, base, tip, 2 x 12 nostril outline
+    nose_normals: np.ndarray          # (3, 3) outward normals of the _NOSE_FACES
 
 
 @functools.lru_cache(maxsize=4096)
@@ -382,16 +387,25 @@ def _static_geometry(identity: Identity) -> _StaticGeometry:
 
     eye_v, nose_v = identity.eye_height, identity.eye_height + identity.nose_length
     w = identity.nose_width
-    tip = _face_surface(identity, np.array(0.0), np.array(nose_v - 0.01)) + [0, 0, -identity.nose_protrusion]
-    nose = {
-        "bridge": _face_surface(identity, np.array(0.0), np.array(eye_v + 0.015)),
-        "left": _face_surface(identity, np.array(-w), np.array(nose_v)),
-        "right": _face_surface(identity, np.array(w), np.array(nose_v)),
-        "base": _face_surface(identity, np.array(0.0), np.array(nose_v + 0.012)),
-        "tip": tip,
-    }
+    surface = lambda u, v: _face_surface(identity, np.array(u), np.array(v))  # noqa: E731
+    bridge, left, right = surface(0.0, eye_v + 0.015), surface(-w, nose_v), surface(w, nose_v)
+    base = surface(0.0, nose_v + 0.012)
+    tip = surface(0.0, nose_v - 0.01) + [0, 0, -identity.nose_protrusion]
+    corners = np.stack([bridge, left, right, base, tip])
+    nostrils = []
+    for wing in (left, right):
+        centre = 0.5 * (base + wing) + np.array([0.0, 0.0, -identity.nose_protrusion * 0.25])
+        nostrils.append(centre + np.concatenate([_UNIT_CIRCLE_12 * np.array([0.008, 0.004]), np.zeros((12, 1))], 1))
+    nose_points = np.concatenate([corners] + nostrils)
+    inside = np.array([0.0, nose_v, 0.0])
+    nose_normals = []
+    for face in _NOSE_FACES:
+        a, b, c = corners[face[0]], corners[face[1]], corners[face[2]]
+        normal = np.cross(b - a, c - a)
+        centroid = corners[list(face)].mean(axis=0)
+        nose_normals.append(normal * np.sign(normal @ (centroid - inside)) / np.linalg.norm(normal))
     return _StaticGeometry(hair_cap, hair_cap_normals, hair_back, hair_bun, (ears[0], ears[1]),
-                           neck, body, nose)
+                           neck, body, nose_points, np.array(nose_normals))
 
 
 def _eye_outlines(identity: Identity, side: float, expression: Expression):
@@ -591,19 +605,28 @@ def _draw_hair_cap(canvas, identity, geometry, camera):
         if seen.sum() >= 3:
             hull = cv2.convexHull(wedge[seen].reshape(-1, 1, 2))
             cv2.fillConvexPoly(canvas, hull, (*identity.hair, 255), cv2.LINE_AA, _SHIFT_BITS)
+def _project_surface(identity: Identity, camera: "_Camera", outlines: list[np.ndarray]) -> list[np.ndarray]:
+    """Face-surface outlines (each (K, 2) in (u, v)) -> pixel polygons, in one projection:
+    per-call numpy overhead, not arithmetic, is what a frame of small polygons costs."""
+    uv = np.concatenate(outlines)
+    pixels = camera.head(_face_surface(identity, uv[:, 0], uv[:, 1]))
+    return np.split(pixels, np.cumsum([len(o) for o in outlines])[:-1])
+
+
 def _draw_eyes(canvas, identity, expression, camera):
     for side in (-1.0, 1.0):
         sclera, iris, pupil, lid, openness = _eye_outlines(identity, side, expression)
         centre = _face_surface(identity, np.array(side * identity.eye_spacing), np.array(identity.eye_height))
         if camera.facing(_surface_normal(identity, centre)) > -0.05:
             continue
-        surface = lambda uv: camera.head(_face_surface(identity, uv[:, 0], uv[:, 1]))  # noqa: E731
+        brow = _brow_outline(identity, side, expression)
+        sclera, iris, pupil, lid, brow = _project_surface(identity, camera, [sclera, iris, pupil, lid, brow])
         if openness > 0.04:
-            _fill(canvas, surface(sclera), (240, 238, 232))
-            _fill(canvas, surface(iris), identity.iris)
-            _fill(canvas, surface(pupil), (12, 10, 10))
-        _line(canvas, surface(lid), _shade(identity.brows, 0.6), 2)
-        _fill(canvas, surface(_brow_outline(identity, side, expression)), identity.brows)
+            _fill(canvas, sclera, (240, 238, 232))
+            _fill(canvas, iris, identity.iris)
+            _fill(canvas, pupil, (12, 10, 10))
+        _line(canvas, lid, _shade(identity.brows, 0.6), 2)
+        _fill(canvas, brow, identity.brows)
 
 
 def _draw_mouth(canvas, identity, expression, camera):
@@ -611,38 +634,28 @@ def _draw_mouth(canvas, identity, expression, camera):
     centre = _face_surface(identity, np.array(0.0), np.array(seam[4, 1]))
     if camera.facing(_surface_normal(identity, centre)) > -0.05:
         return
-    surface = lambda uv: camera.head(_face_surface(identity, uv[:, 0], uv[:, 1]))  # noqa: E731
-    _fill(canvas, surface(lips), identity.lips)
+    lips, inner, teeth, seam = _project_surface(identity, camera, [lips, inner, teeth, seam])
+    _fill(canvas, lips, identity.lips)
     if opening > 0.004:
-        _fill(canvas, surface(inner), (60, 18, 22))
-        _fill(canvas, surface(teeth), (236, 232, 220))
+        _fill(canvas, inner, (60, 18, 22))
+        _fill(canvas, teeth, (236, 232, 220))
     else:
-        _line(canvas, surface(seam), _shade(identity.lips, 0.6), 2)
+        _line(canvas, seam, _shade(identity.lips, 0.6), 2)
 
 
 def _draw_nose(canvas, identity, geometry, camera):
-    nose = geometry.nose
+    """Three shaded faces (the two sides, the underside), the one turned furthest away first,
+    then the nostrils when the underside can be seen."""
+    pixels = camera.head(geometry.nose_points)
+    normals = geometry.nose_normals @ camera.rotation.T
     light = np.asarray(identity.light)
-    faces = [np.stack([nose["bridge"], nose["left"], nose["tip"]]),                 # left side
-             np.stack([nose["bridge"], nose["tip"], nose["right"]]),                # right side
-             np.stack([nose["left"], nose["base"], nose["right"], nose["tip"]])]    # underside
-    inside = np.array([0.0, float(nose["base"][1]), 0.0])
-    drawn = []
-    for face in faces:
-        normal = np.cross(face[1] - face[0], face[2] - face[0])
-        normal *= np.sign(normal @ (face.mean(axis=0) - inside)) / np.linalg.norm(normal)  # outward
-        normal = camera.rotation @ normal
-        if normal[2] < 0.0:
-            drawn.append((normal[2], face, normal))
-    for _, face, normal in sorted(drawn, key=lambda item: -item[0]):  # far-turned faces first
-        brightness = 0.75 + 0.35 * max(0.0, float(-normal @ light))
-        _fill(canvas, camera.head(face), _shade(identity.skin, brightness))
-    for side in (-1.0, 1.0):
-        nostril = (nose["base"] * 0.5 + nose[("left" if side < 0 else "right")] * 0.5
-                   + np.array([0.0, 0.0, -identity.nose_protrusion * 0.25]))
-        ring = nostril + np.concatenate([_UNIT_CIRCLE_12 * np.array([0.008, 0.004]), np.zeros((12, 1))], 1)
-        if camera.facing(np.array([0.0, 0.6, -0.8])) < 0.0:
-            _fill(canvas, camera.head(ring), _shade(identity.skin, 0.45))
+    for index in np.argsort(-normals[:, 2]):
+        if normals[index, 2] < 0.0:
+            brightness = 0.75 + 0.35 * max(0.0, float(-normals[index] @ light))
+            _fill(canvas, pixels[list(_NOSE_FACES[index])], _shade(identity.skin, brightness))
+    if camera.facing(np.array([0.0, 0.6, -0.8])) < 0.0:
+        for nostril in (pixels[5:17], pixels[17:29]):
+            _fill(canvas, nostril, _shade(identity.skin, 0.45))
 
 
 def _glasses_rings(identity: Identity) -> list[np.ndarray]:
@@ -706,8 +719,8 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
         if identity.glasses:
             _draw_glasses(canvas, identity, camera, line_width + 1)
     rgba = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
-    image = np.ascontiguousarray(rgba[..., :3])
-    return (image, np.ascontiguousarray(rgba[..., 3])) if with_mask else image
+    image = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    return (image, cv2.extractChannel(rgba, 3)) if with_mask else image
 
 
 def cross_reenactment_ground_truth(identity: Identity, motion: HeadMotion, size: int = 128) -> np.ndarray:
