@@ -13,6 +13,18 @@ The presets:
   two CPU cores in about half an hour.
 - ``tiny``: 64x64 output, tiny widths; forward and backward in a fraction of a second on CPU,
   for tests.
+
+paper512 against the official code's counts (``python -m megaportraits_export describe --preset
+paper512`` prints them): E_app 11.61M (11.6M: 10.12M 2D + 1.49M 3D); e_s network 24.56M
+(ResNet-50 trunk 23.51M + the 1x1 conv 2048->512); head pose 11.18M and expression encoder
+11.44M (ResNet-18 trunks 11.18M + their linear heads); G3D 57.89M (57.8M). Where they differ:
+
+- each warping generator is 13.48M = 9.01M generator (9.0M) + 4.47M for its (z, e_s) embedding
+  (linear 512 -> 512x4x4 and the 1x1 conv), which the official count keeps outside it;
+- P + G2D is 36.88M (35.8M): 6 residual blocks at 64x64 like the official code (the paper's 8
+  would add 9.4M), then stages narrowing by ~1.5 (336, 224, 144: multiples of 16 for GroupNorm);
+- G3D's learned bottom tensor is 512x2x8x8 (official 512x8x8x8): our U-Net halves depth with
+  height and width instead of first growing the depth to 32.
 """
 from __future__ import annotations
 

@@ -49,6 +49,27 @@ def test_every_preset_builds_and_runs_on_the_meta_device_with_its_declared_shape
     assert out["source_deformation"].shape == out["driver_deformation"].shape == (2,) + config.warp_field_shape
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_no_group_norm_normalises_fewer_than_four_values(name):
+    # a group of one value normalises to 0 and stops gradients: small presets must keep trunks >= 2x2
+    config = get_config(name)
+    smallest = []
+
+    def record(module, inputs, output):
+        x = inputs[0]
+        groups = module.num_groups if isinstance(module, nn.GroupNorm) else module.groups
+        smallest.append((x.shape[1] // groups * x[0, 0].numel(), type(module).__name__, tuple(x.shape)))
+
+    with torch.device("meta"):
+        model = build_model(name)
+        for module in model.modules():
+            if isinstance(module, (nn.GroupNorm, AdaptiveGroupNorm)):
+                module.register_forward_hook(record)
+        image = torch.empty(1, 3, config.image_size, config.image_size)
+        model(image, image)
+    assert min(smallest)[0] >= 4, min(smallest)
+
+
 def test_paper512_has_the_papers_tensor_sizes_and_parameter_counts():
     config = get_config("paper512")
     assert config.volume_shape == (96, 16, 64, 64)
