@@ -9,6 +9,7 @@
 // session creation and at run time instead of crashes).
 #include <onnxruntime_c_api.h>
 
+#include <atomic>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -135,6 +136,53 @@ struct GridSample3DKernel {
   }
 };
 
+// The API of the runtime that registered the library, for shape inference (which gets none).
+std::atomic<const OrtApi*> registered_api{nullptr};
+
+// A 5-D input's dimensions, numeric (-1 when unknown) and symbolic; false when its rank is not 5.
+bool read_static_shape(const OrtApi* api, OrtShapeInferContext* context, size_t index, int64_t dims[5],
+                       std::string names[5]) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* status = api->ShapeInferContext_GetInputTypeShape(context, index, &info)) {
+    api->ReleaseStatus(status);
+    return false;
+  }
+  size_t rank = 0;
+  const char* symbols[5] = {};
+  bool ok = api->GetDimensionsCount(info, &rank) == nullptr && rank == 5 && api->GetDimensions(info, dims, 5) == nullptr &&
+            api->GetSymbolicDimensions(info, symbols, 5) == nullptr;
+  for (int i = 0; ok && i < 5; ++i) names[i] = symbols[i] ? symbols[i] : "";
+  return ok;  // `info` belongs to the context
+}
+
+// Y is (N, C) of X and (D', H', W') of grid, so graphs know Y's shape before running. Shapes it
+// cannot read (unknown rank) stay unknown here; the kernel reports bad shapes when it runs.
+// onnxruntime ignores the returned status, so this never fails.
+OrtStatus* ORT_API_CALL infer_output_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
+  const OrtApi* api = registered_api.load();
+  int64_t x_dims[5], grid_dims[5];
+  std::string x_names[5], grid_names[5];
+  if (api == nullptr || !read_static_shape(api, context, 0, x_dims, x_names) ||
+      !read_static_shape(api, context, 1, grid_dims, grid_names)) {
+    return nullptr;
+  }
+  const int64_t y_dims[5] = {x_dims[0], x_dims[1], grid_dims[1], grid_dims[2], grid_dims[3]};
+  const char* y_names[5] = {x_names[0].c_str(), x_names[1].c_str(), grid_names[1].c_str(), grid_names[2].c_str(),
+                            grid_names[3].c_str()};
+  OrtTensorTypeAndShapeInfo* y = nullptr;
+  if (OrtStatus* status = api->CreateTensorTypeAndShapeInfo(&y)) {
+    api->ReleaseStatus(status);
+    return nullptr;
+  }
+  OrtStatus* status = api->SetTensorElementType(y, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!status) status = api->SetDimensions(y, y_dims, 5);
+  if (!status) status = api->SetSymbolicDimensions(y, y_names, 5);
+  if (!status) status = api->ShapeInferContext_SetOutputTypeShape(context, 0, y);
+  if (status) api->ReleaseStatus(status);
+  api->ReleaseTensorTypeAndShapeInfo(y);
+  return nullptr;
+}
+
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
   std::string mode, padding_mode;
   int64_t align_corners = 0;
@@ -192,6 +240,7 @@ OrtCustomOp make_grid_sample_3d_op() {
   op.GetInputMemoryType = default_memory;
   op.CreateKernelV2 = create_kernel;
   op.KernelComputeV2 = compute_kernel;
+  op.InferOutputShapeFn = infer_output_shape;
   op.GetStartVersion = start_version;
   op.GetEndVersion = end_version;
   return op;
@@ -229,6 +278,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
                                 api_base->GetVersionString() + "; upgrade onnxruntime";
     return oldest->CreateStatus(ORT_FAIL, message.c_str());
   }
+  registered_api.store(api);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* status = api->CreateCustomOpDomain(kDomain, &domain)) return status;
   domain_keeper.keep(api, domain);

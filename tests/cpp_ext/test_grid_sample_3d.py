@@ -247,3 +247,17 @@ def test_missing_library_error_says_how_to_build_it(monkeypatch):
     monkeypatch.setattr(_native, "LIBRARY_NAME", "libnot_built.so")
     with pytest.raises(_native.NativeLibraryMissing, match="tools/fetch_onnxruntime_headers.sh"):
         megaportraits.custom_ops_library()
+
+
+def test_session_infers_the_output_shape_with_symbolic_dimensions():
+    node = helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=_native.OP_DOMAIN)
+    graph = helper.make_graph(
+        [node], "warp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 5, 4, 6, 7]),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["batch", 3, "height", 2, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(_native.OP_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(megaportraits.custom_ops_library())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].shape == ["batch", 5, 3, "height", 2]
