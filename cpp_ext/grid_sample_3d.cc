@@ -39,10 +39,10 @@ constexpr int64_t kTransposeVoxels = 256;  // input voxels per channels-last tas
 constexpr int64_t kSampleVoxels = 256;     // output voxels per sampling task
 constexpr int64_t kTileFloats = 8192;      // a tile (voxels x C floats) stays in L1/L2
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__) && \
-    defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && \
+    defined(__linux__) && defined(__GLIBC__)
 // Runtime dispatch by CPU: the shipped library must run on any x86-64, so the baseline clone
-// is plain SSE2 and the faster ones are picked at load time by an ifunc resolver.
+// is plain SSE2 and the faster ones are picked at load time by an ifunc resolver (glibc).
 #define MEGAPORTRAITS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MEGAPORTRAITS_CPU_CLONES
