@@ -156,12 +156,14 @@ class ResBlock(nn.Module):
         return F.avg_pool2d(x, 2) if self.dims == 2 else F.avg_pool3d(x, 2)
 
 
-def ResBlock2d(in_channels: int, out_channels: int, downsample: bool = False) -> ResBlock:
-    return ResBlock(2, in_channels, out_channels, downsample)
+class ResBlock2d(ResBlock):
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool = False):
+        super().__init__(2, in_channels, out_channels, downsample)
 
 
-def ResBlock3d(in_channels: int, out_channels: int, downsample: bool = False) -> ResBlock:
-    return ResBlock(3, in_channels, out_channels, downsample)
+class ResBlock3d(ResBlock):
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool = False):
+        super().__init__(3, in_channels, out_channels, downsample)
 
 
 class AdaptiveResBlock3d(nn.Module):
