@@ -60,6 +60,9 @@ class LossSection:
     weights: dict = field(default_factory=dict)   # fields of losses.LossWeights; empty: paper defaults
     gan_start_step: int = 0            # adversarial + feature matching from this main-stage step on
     cycle: bool = True                 # the cross-identity pass and its cycle loss
+    l1_scales: int = 1                 # pixel L1 averaged over this many pyramid levels (1: plain L1)
+    discriminator_channels: int = 64   # width of the first patch-discriminator layer
+    discriminator_scales: int = 2
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class TrainSection:
     seed: int = 0
     device: str = "auto"               # "auto", "cpu", "cuda"
     mixed_precision: bool = True       # autocast + GradScaler, used only on CUDA
+    threads: int = 0                   # CPU threads per process (torch.set_num_threads); 0: torch's default
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,6 @@ class LogSection:
     image_every: int = 100
     checkpoint_every: int = 500        # steps
     checkpoint_minutes: float = 0.0    # also checkpoint after this much wall time; 0: off
-    keep_last: int = 2
     progress: bool = True
 
 

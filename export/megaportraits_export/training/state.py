@@ -1,4 +1,4 @@
-"""Random-number-generator snapshots and crash-safe file writes for exact resume.
+"""Random-number-generator snapshots for exact resume.
 
 Exact resume means the run continued from a checkpoint draws the same random numbers as the
 uninterrupted run: python's ``random``, numpy's global generator and torch's CPU (and CUDA)
@@ -8,10 +8,7 @@ never executes code.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,25 +44,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    """Write to a temporary file in the same directory, then rename over the target.
-
-    A crash mid-write leaves the previous checkpoint intact: os.replace is atomic on POSIX
-    and Windows when both paths are on one file system.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

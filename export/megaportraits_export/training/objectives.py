@@ -1,0 +1,188 @@
+"""What one training step computes: the reenactment pass, the pose targets, the loss terms.
+
+The trainer owns the loop (optimisers, DDP, checkpoints); this module owns the maths of a step,
+so the two can be read separately:
+
+- :class:`ReenactmentPass`: the whole generator-side forward of a step as one module, so that
+  DDP wraps exactly one forward per backward. Self-reenactment (source -> driver of the same
+  identity) and, for the cycle loss, the second identity's source driven by the same driver
+  plus the motion codes the cycle loss compares.
+- :class:`PoseParameters`: the head-pose regressor's raw parameters, regressed against the
+  synthetic ground truth in the ``pretrain_pose`` stage.
+- :class:`LossComputer`: the weighted sum of the paper's losses (``losses`` package) and the
+  discriminator's hinge loss.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pose_regressor_of(model: nn.Module) -> nn.Module:
+    """The head-pose regressor inside the driver branch (pretrained first, then frozen)."""
+    return model.driver_branch.head_pose
+
+
+class PoseParameters(nn.Module):
+    """image -> (scale (N, 3), yaw/pitch/roll (N, 3), translation (N, 3)) of the pose regressor."""
+
+    def __init__(self, regressor: nn.Module):
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, image: torch.Tensor) -> tuple:
+        return self.regressor.pose_parameters(image)
+
+
+def pose_targets(batch: dict) -> tuple:
+    """Images and their ground-truth pose parameters, (scale, yaw, pitch, roll, tx, ty, tz).
+
+    Both frames of both pairs are used (four labelled images per item). The driver images are
+    the reconstruction targets, not the augmented motion inputs: their pose is the label.
+    """
+    images, params = [], []
+    for image_key in ("source", "driver", "source2", "driver2"):
+        label_key = f"{image_key}_pose_params"
+        if image_key in batch and label_key in batch:
+            images.append(batch[image_key])
+            params.append(batch[label_key])
+    if not images:
+        raise ValueError("pose pretraining needs ground-truth poses (*_pose_params): "
+                         "use synthetic data ([data] kind = \"synthetic\") for this stage")
+    return torch.cat(images), torch.cat(params)
+
+
+def pose_parameter_loss(predicted: tuple, target: torch.Tensor) -> torch.Tensor:
+    """L1 between predicted and true pose parameters (scale on a log scale, angles in radians)."""
+    scale, rotation, translation = predicted
+    true_scale = target[:, :1].expand_as(scale)
+    return (F.l1_loss(torch.log(scale), torch.log(true_scale))
+            + F.l1_loss(rotation, target[:, 1:4])
+            + F.l1_loss(translation, target[:, 4:7]))
+
+
+class ReenactmentPass(nn.Module):
+    """The generator side of one step, wrapped whole by DDP.
+
+    Returns ``prediction`` (source reenacted by its own identity's driver) and, with ``cycle``,
+    ``cross_prediction`` (the second identity's source driven by the same driver) plus the
+    motion codes of the cycle loss: z_{s->d} and z_{s*->d} (expression codes read back from the
+    two predictions), z_d and z_{d*} (of the two drivers).
+    """
+
+    def __init__(self, model: nn.Module, cycle: bool):
+        super().__init__()
+        self.model = model
+        self.cycle = cycle
+
+    def forward(self, batch: dict) -> dict:
+        driver_input = batch.get("driver_input", batch["driver"])
+        out = self.model(batch["source"], driver_input)
+        result = {"prediction": out["image"], "source_deformation": out["source_deformation"],
+                  "driver_deformation": out["driver_deformation"]}
+        if self.cycle:
+            driver = self.model.driver_branch
+            avatar2 = self.model.source_branch(batch["source2"])
+            cross = self.model.reenact(avatar2, out["motion"])
+            driver2_input = batch.get("driver2_input", batch["driver2"])
+            result.update({
+                "cross_prediction": cross,
+                "z_prediction": driver(out["image"]).expression,
+                "z_cross_prediction": driver(cross).expression,
+                "z_driver": out["driver_expression"],
+                "z_driver2": driver(driver2_input).expression,
+            })
+        return result
+
+
+class LossComputer:
+    """The weighted generator loss of a step and the discriminator's hinge loss.
+
+    Weights are :class:`losses.LossWeights` (the paper's defaults) overridden by the config's
+    ``[losses.weights]``; a term with weight 0 is not computed at all (the perceptual network
+    is not even built), which is what makes a cheap CPU recipe cheap.
+    """
+
+    def __init__(self, weights: dict, device: torch.device, l1_scales: int = 1):
+        from .. import losses
+
+        unknown = sorted(set(weights) - set(losses.TERM_NAMES))
+        if unknown:
+            raise ValueError(f"[losses.weights] has unknown term(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(losses.TERM_NAMES)}")
+        self.weights = losses.LossWeights(**{k: float(v) for k, v in weights.items()})
+        self.l1_scales = l1_scales
+        self.perceptual = None
+        if self.weights.perceptual:
+            self.perceptual = losses.PerceptualLoss().to(device)
+
+    def weights_dict(self) -> dict:
+        return self.weights.as_dict()
+
+    def weights_use_gan(self) -> bool:
+        return self.weights.adversarial > 0 or self.weights.feature_matching > 0
+
+    def pose(self, predicted: tuple, target: torch.Tensor) -> torch.Tensor:
+        return pose_parameter_loss(predicted, target)
+
+    def generator(self, outputs: dict, batch: dict, critic: nn.Module | None) -> tuple:
+        """(total loss, {term: weighted value}) of the generator side."""
+        from .. import losses
+
+        prediction, target = outputs["prediction"], batch["driver"]
+        terms = {}
+        if self.perceptual is not None:
+            terms.update(self.perceptual(prediction, target))
+        if self.weights.l1:
+            terms["l1"] = losses.multiscale_l1(prediction, target, scales=self.l1_scales)
+        if critic is not None:
+            fake = critic(prediction)
+            with torch.no_grad():
+                real = critic(target)
+            terms["adversarial"] = losses.generator_hinge_loss(fake)
+            terms["feature_matching"] = losses.feature_matching_loss(fake, real)
+        if "z_prediction" in outputs and self.weights.cycle:
+            terms["cycle"] = losses.motion_cycle_loss(outputs["z_prediction"], outputs["z_cross_prediction"],
+                                                      outputs["z_driver"], outputs["z_driver2"])
+        total, logged = losses.combine_losses(terms, self.weights)
+        logged["reconstruction_l1"] = float(F.l1_loss(prediction.detach(), target))
+        return total, logged
+
+    def discriminator(self, critic: nn.Module, outputs: dict, batch: dict) -> tuple:
+        """Hinge loss of the discriminator on real drivers and (detached) predictions."""
+        from .. import losses
+
+        real = critic(batch["driver"])
+        fake = critic(outputs["prediction"].detach())
+        loss = losses.discriminator_hinge_loss(real, fake)
+        return loss, {"discriminator": float(loss.detach())}
+
+    @staticmethod
+    def image_columns(outputs: dict, batch: dict) -> list:
+        """Columns of the logged image grid: source, driver, prediction (+ source2, cross)."""
+        columns = [batch["source"], batch["driver"], outputs["prediction"]]
+        if "cross_prediction" in outputs:
+            columns += [batch["source2"], outputs["cross_prediction"]]
+        return columns
+
+
+def build_discriminator(channels: int, scales: int, device: torch.device) -> nn.Module:
+    from ..losses import MultiScaleDiscriminator
+
+    return MultiScaleDiscriminator(num_scales=scales, base_channels=channels).to(device)
+
+
+def build_training_dataset(cfg, image_size: int):
+    """The training set the config names (synthetic heads or a folder of talking-head videos)."""
+    from ..data import SyntheticTalkingHeads
+
+    if cfg.data.kind == "synthetic":
+        augmentation = None
+        if cfg.data.augment:
+            from ..data.augment import PairAugmentation
+            augmentation = PairAugmentation()
+        return SyntheticTalkingHeads(num_identities=cfg.data.train_identities, size=image_size,
+                                     seed=cfg.data.seed, split="train", augmentation=augmentation)
+    from ..data.video import VideoPairs
+    return VideoPairs(cfg.data.root, size=image_size, augment=cfg.data.augment)
