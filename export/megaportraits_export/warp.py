@@ -81,7 +81,9 @@ def rotation_matrix(rotation: torch.Tensor) -> torch.Tensor:
     """(N, 3) yaw, pitch, roll in radians -> (N, 3, 3) R = R_roll(z) R_pitch(x) R_yaw(y).
 
     Yaw turns about the vertical (y) axis, pitch about the horizontal (x) axis, roll about the
-    viewing (z) axis; each is a right-handed rotation of the (x, y, z) coordinates.
+    viewing (z) axis; each is a right-handed rotation of the (x, y, z) coordinates, which are
+    image-aligned (x to the right, y down the rows, z along the volume's depth index). E.g. a yaw
+    of +90 degrees maps (x, y, z) to (z, y, -x).
     """
     yaw, pitch, roll = rotation.unbind(-1)
     one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
