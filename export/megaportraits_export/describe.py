@@ -29,10 +29,10 @@ NETWORKS = (
     ("source_branch.global_descriptor", "E_id", "global descriptor network (ResNet-50-style trunk)"),
     ("driver_branch.head_pose", "pose", "head-pose regressor (ResNet-18-style trunk)"),
     ("driver_branch.expression_encoder", "E_exp", "expression encoder (ResNet-18-style trunk)"),
-    ("source_branch.source_warp", "W_s->", "source warping generator"),
-    ("source_branch.source_warp.embedding", "W emb", "its (z, e_s) embedding"),
+    ("source_branch.source_warp", "W_s->", "source warping generator, with its embedding"),
+    ("source_branch.source_warp.embedding", "W emb", "its (z, e_s) embedding (outside the official 9.0M)"),
     ("source_branch.canonical_generator", "G3D", "canonical 3D U-Net"),
-    ("generator.driver_warp", "W_->d", "driver warping generator"),
+    ("generator.driver_warp", "W_->d", "driver warping generator, with its embedding"),
     ("generator.image_generator", "P+G2D", "projection and image generator"),
     ("generator.image_generator.projection", "P", "its projection"),
 )
