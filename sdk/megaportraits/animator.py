@@ -115,9 +115,9 @@ class Animator:
         image = as_rgb_image(source_image, "source image")
         box = self._source_crop(image)
         crop = cut_crop(image, box, self.image_size)
-        outputs = self._session("source").run(
-            ["canonical_volume", "global_descriptor", "pose", "expression"],
-            {"source_image": to_tensor(crop)})
+        outputs = run_graph(self._session("source"), "source",
+                            ["canonical_volume", "global_descriptor", "pose", "expression"],
+                            {"source_image": to_tensor(crop)})
         volume, descriptor, pose, expression = (np.ascontiguousarray(o, dtype=np.float32) for o in outputs)
         paste = PasteBack(image, box) if self.options.paste_back else None
         device_state = {}
@@ -224,20 +224,38 @@ class Performance:
         box = self._tracker.update(frame) if self._tracker is not None else CropBox.whole(*frame.shape[:2])
         crop = cut_crop(frame, box, self.animator.image_size)
         to_tensor(crop, out=self._driver_input)
-        pose, expression = self._driver.run(["pose", "expression"], {"driver_image": self._driver_input})
+        pose, expression = run_graph(self._driver, "driver", ["pose", "expression"],
+                                     {"driver_image": self._driver_input})
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
 
     def _generate(self, motion: Motion) -> np.ndarray:
         if self._binding is None:
-            return self._generator.run(["image"], {
+            return run_graph(self._generator, "generator", ["image"], {
                 "canonical_volume": self.avatar.canonical_volume,
                 "global_descriptor": self.avatar.global_descriptor,
                 "pose": motion.pose, "expression": motion.expression})[0]
         self._binding.bind_cpu_input("pose", np.ascontiguousarray(motion.pose))
         self._binding.bind_cpu_input("expression", np.ascontiguousarray(motion.expression))
         self._binding.bind_output("image", "cpu")
-        self._generator.run_with_iobinding(self._binding)
+        try:
+            self._generator.run_with_iobinding(self._binding)
+        except Exception as e:
+            raise _graph_failed("generator", e) from None
         return self._binding.get_outputs()[0].numpy()
+
+
+def run_graph(session, role: str, outputs: list, feeds: dict) -> list:
+    """``session.run``, with ONNX Runtime's failures (a graph that loads but cannot run on this
+    provider, say) turned into one-line errors."""
+    try:
+        return session.run(outputs, feeds)
+    except Exception as e:
+        raise _graph_failed(role, e) from None
+
+
+def _graph_failed(role: str, error: Exception) -> MegaportraitsError:
+    text = " ".join(str(error).split())[:300]
+    return MegaportraitsError(f"running the {role!r} graph failed in ONNX Runtime: {text}")
 
 
 def _rgb_frame(frame) -> np.ndarray:

@@ -100,7 +100,10 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     size = header_size(data)
     if size is not None:
         check_size(*size, what=f"{what} {str(path)!r}")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # e.g. beyond OpenCV's own pixel limit
+        decoded = None
     if decoded is None or decoded.size == 0:
         raise InputError(f"{what} {str(path)!r} is not an image this SDK can read "
                          f"(supported: {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")

@@ -185,3 +185,18 @@ def test_closed_animator_says_so(toy_bundle, rng):
         pass
     with pytest.raises(MegaportraitsError, match="closed"):
         a.prepare(frames(rng, 1)[0])
+
+
+def test_runtime_failures_become_one_line_errors(toy_bundle, rng):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    a = animator(toy_bundle)
+    avatar = a.prepare(frames(rng, 1)[0])
+
+    class Broken:
+        def run(self, *args):
+            raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running\nGridSample")
+    a.bundle.sessions["generator"] = Broken()
+    with pytest.raises(MegaportraitsError, match=r"^running the 'generator' graph failed in ONNX Runtime: "
+                                                 r"\[ONNXRuntimeError\] : 1 : FAIL : .* running GridSample$"):
+        a.animate_frame(avatar, frames(rng, 1)[0])
