@@ -24,8 +24,12 @@ Clips where no face is found are skipped and listed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import multiprocessing
 import sys
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -141,23 +145,57 @@ class _FrameWriter:
             self.video.finish()
 
 
-def preprocess_clip(clip: Clip, output: Path, size: int, box_mode: str, fmt: str, image_format: str,
-                    detector, geometry: CropGeometry, every: int, sigma: float) -> dict | None:
-    """Crop one clip into ``output``; returns its crops.jsonl record, or None without a face."""
-    crops, frames = detect_crops(clip, detector, geometry, every)
-    if np.isnan(crops).any(axis=1).all():
-        return None
-    boxes = np.repeat(clip_box(crops)[None], frames, axis=0) if box_mode == "clip" else smoothed_track(crops, sigma)
-    writer = _FrameWriter(output / clip.identity / clip.video / clip.name, fmt, image_format, clip_fps(clip), size)
-    for frame, (cx, cy, side) in zip(iter_frames(clip), boxes):
-        writer.write(cut_crop(frame, CropBox.from_centre(cx, cy, side), size))
-    writer.finish()
-    record = {"clip": clip.key, "frames": frames, "size": size, "mode": box_mode}
-    if box_mode == "clip":
-        record["box"] = [round(float(v), 2) for v in boxes[0]]
-    else:
-        record["boxes"] = [[round(float(v), 2) for v in row] for row in boxes]
-    return record
+@dataclass
+class ClipCropper:
+    """The settings of one run; calling it crops one clip and returns its crops.jsonl record
+    (None when no face is found). Picklable, so ``--workers`` can hand it to processes; each
+    process builds its own detector on first use."""
+
+    output: Path
+    size: int = 256
+    box_mode: str = "clip"
+    fmt: str = "frames"
+    image_format: str = "png"
+    detector_name: str = "haar"
+    geometry: CropGeometry = CropGeometry()
+    every: int = 5
+    sigma: float = 5.0
+    _detector: object = field(default=None, repr=False)
+
+    def detector(self):
+        if self._detector is None:
+            self._detector = (HaarFaceDetector() if self.detector_name == "haar"
+                              else functools.partial(centred_face, geometry=self.geometry))
+        return self._detector
+
+    def __call__(self, clip: Clip) -> dict | None:
+        crops, frames = detect_crops(clip, self.detector(), self.geometry, self.every)
+        if np.isnan(crops).any(axis=1).all():
+            return None
+        if self.box_mode == "clip":
+            boxes = np.repeat(clip_box(crops)[None], frames, axis=0)
+        else:
+            boxes = smoothed_track(crops, self.sigma)
+        destination = self.output / clip.identity / clip.video / clip.name
+        writer = _FrameWriter(destination, self.fmt, self.image_format, clip_fps(clip), self.size)
+        for frame, (cx, cy, side) in zip(iter_frames(clip), boxes):
+            writer.write(cut_crop(frame, CropBox.from_centre(cx, cy, side), self.size))
+        writer.finish()
+        record = {"clip": clip.key, "frames": frames, "size": self.size, "mode": self.box_mode}
+        if self.box_mode == "clip":
+            record["box"] = [round(float(v), 2) for v in boxes[0]]
+        else:
+            record["boxes"] = [[round(float(v), 2) for v in row] for row in boxes]
+        return record
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    if workers == 1:
+        yield None
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield pool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smooth", type=float, default=5.0, help="--box track: Gaussian smoothing in frames (5)")
     parser.add_argument("--scale", type=float, default=CropGeometry.scale, help="crop side / face box side (1.8)")
     parser.add_argument("--lift", type=float, default=CropGeometry.lift, help="crop moved up by this many face heights (0.1)")
+    parser.add_argument("--workers", type=int, default=1, help="clips cropped in parallel processes (1)")
     return parser
 
 
@@ -184,22 +223,21 @@ def main(argv=None) -> int:
     if not args.input.is_dir():
         print(f"error: input {args.input} is not a directory", file=sys.stderr)
         return 2
-    if args.size < 8 or args.detect_every < 1:
-        print("error: --size must be at least 8 and --detect-every at least 1", file=sys.stderr)
+    if args.size < 8 or args.detect_every < 1 or args.workers < 1:
+        print("error: --size must be at least 8, --detect-every and --workers at least 1", file=sys.stderr)
         return 2
     clips = find_clips(args.input)
     if not clips:
         print(f"error: no clips under {args.input} (expected id/video/clip.mp4 or id/video/clip/*.png|jpg)",
               file=sys.stderr)
         return 2
-    geometry = CropGeometry(scale=args.scale, lift=args.lift)
-    detector = HaarFaceDetector() if args.detector == "haar" else (lambda rgb: centred_face(rgb, geometry))
+    cropper = ClipCropper(args.output, args.size, args.box, args.format, args.image_format, args.detector,
+                          CropGeometry(scale=args.scale, lift=args.lift), args.detect_every, args.smooth)
     args.output.mkdir(parents=True, exist_ok=True)
     skipped = []
-    with open(args.output / "crops.jsonl", "w") as log:
-        for number, clip in enumerate(clips, 1):
-            record = preprocess_clip(clip, args.output, args.size, args.box, args.format, args.image_format,
-                                     detector, geometry, args.detect_every, args.smooth)
+    with open(args.output / "crops.jsonl", "w") as log, _pool(args.workers) as pool:
+        records = pool.imap(cropper, clips) if pool else map(cropper, clips)
+        for number, (clip, record) in enumerate(zip(clips, records), 1):
             if record is None:
                 skipped.append(clip.key)
                 print(f"[{number}/{len(clips)}] {clip.key}: no face found, skipped", file=sys.stderr)
