@@ -83,12 +83,13 @@ def load_model_from_checkpoint(path: str | os.PathLike):
     config_dict, state, provenance = _read(path)
     preset, config = _config_from_dict(config_dict, path)
     model = build_model(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # missing, unexpected or differently shaped weights
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:3])
         raise CheckpointError(
-            f"checkpoint {path.name} does not fit the {preset!r} architecture "
-            f"({len(missing)} missing weights, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
-            f"e.g. {unexpected[:3]}); was it written by another version of megaportraits_export?")
+            f"checkpoint {path.name} does not fit the {preset!r} architecture ({detail} ...); "
+            "was it written by another version of megaportraits_export?") from None
     provenance = {**provenance, "preset": preset,
                   "checkpoint": {"file": path.name, "sha256": sha256_file(path)}}
     return model.eval(), config, provenance

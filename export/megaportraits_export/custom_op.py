@@ -6,8 +6,9 @@ recently (REFERENCE.md), so the one big trilinear sample per frame is exported a
 
 * the ``torch.library`` op ``megaportraits::grid_sample_3d``: opaque to ``torch.export``, so the
   sample survives tracing as a single node instead of being decomposed;
-* its ONNX translations for the dynamo exporter: the custom node, or (portable flavour) the
-  standard ``GridSample``-20 with the same attributes, which DESIGN.md makes equivalent;
+* its ONNX translation for the dynamo exporter: the custom node, with the attributes of the
+  standard ``GridSample``-20 it equals (DESIGN.md), so the portable flavour of a graph is the
+  same graph with that node renamed (see ``onnx_export.custom_nodes_as_standard``);
 * an ``onnx.defs.OpSchema`` for the custom node, so ``onnx.checker`` (full check, custom domains
   included) and shape inference understand the graph.
 
@@ -21,7 +22,6 @@ import onnxscript
 import torch
 import torch.nn.functional as F
 from onnx.defs import OpSchema
-from onnxscript import opset20
 
 from megaportraits.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_VERSION
 
@@ -70,15 +70,10 @@ def _to_custom_node(volume, grid, mode: str = "bilinear", padding_mode: str = "z
     return _CUSTOM_OPSET.GridSample3D(volume, grid, **_onnx_attributes(mode, padding_mode, align_corners))
 
 
-def _to_standard_node(volume, grid, mode: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False):
-    return opset20.GridSample(volume, grid, **_onnx_attributes(mode, padding_mode, align_corners))
-
-
-def translation_table(portable: bool) -> dict:
+def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``."""
     register_onnx_schema()  # onnxscript looks the custom node up while translating
-    translate = _to_standard_node if portable else _to_custom_node
-    return {torch.ops.megaportraits.grid_sample_3d.default: translate}
+    return {torch.ops.megaportraits.grid_sample_3d.default: _to_custom_node}
 
 
 # ---- ONNX schema -------------------------------------------------------------------------------

@@ -77,9 +77,9 @@ class ExportError(RuntimeError):
 def export_graph(module: torch.nn.Module,
                  example_inputs: tuple,
                  input_names: tuple,
-                 output_names: tuple,
-                 portable: bool) -> torch.onnx.ONNXProgram:
-    """Trace ``module`` with the volume sample routed through our op, and translate it to ONNX."""
+                 output_names: tuple) -> torch.onnx.ONNXProgram:
+    """Trace ``module`` with the volume sample routed through our op, and translate it to ONNX
+    (custom-op flavour; :func:`save_standard_twin` makes the portable one from it)."""
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
     _quiet_exporter_logs()
     with use_volume_sampler(custom_op.volume_sampler), torch.no_grad():
@@ -91,25 +91,54 @@ def export_graph(module: torch.nn.Module,
             output_names=list(output_names),
             opset_version=OPSET,
             dynamic_shapes=tuple({0: batch} for _ in example_inputs),
-            custom_translation_table=custom_op.translation_table(portable),
+            custom_translation_table=custom_op.translation_table(),
             optimize=True,
             verbose=False,
         )
 
 
-def save_graph(program: torch.onnx.ONNXProgram, path: Path) -> list[str]:
-    """Save one graph (weights inline below 2 GB, else one external data file beside it);
-    check it, and return the names of the files written."""
-    program.save(path, external_data=None)
+def save_graph(program: torch.onnx.ONNXProgram, path: Path, external_data: bool | None = None) -> list[str]:
+    """Save one graph (weights inline below 2 GB, else one external data file beside it, as
+    ``external_data=None`` lets the exporter decide); check it, and return the names of the
+    files written."""
+    program.save(path, external_data=external_data)
     proto = onnx.load(path, load_external_data=False)
     data_files = sorted({entry.value for t in proto.graph.initializer
                          if t.data_location == onnx.TensorProto.EXTERNAL
                          for entry in t.external_data if entry.key == "location"})
     for name in data_files:
         mf.safe_name(name)  # the SDK will refuse anything else
+    _check_model(path)
+    return [path.name, *data_files]
+
+
+def save_standard_twin(graph_path: Path, twin_path: Path) -> None:
+    """Write the portable twin of a saved graph: the same nodes and weights, with every
+    GridSample3D turned into the standard GridSample-20 it equals by contract (DESIGN.md).
+
+    A graph whose weights are external shares its data file with its twin. ``twin_path`` may
+    be ``graph_path`` itself (a portable-only bundle).
+    """
+    proto = onnx.load(graph_path, load_external_data=False)
+    onnx.save(custom_nodes_as_standard(proto), twin_path)
+    _check_model(twin_path)
+
+
+def custom_nodes_as_standard(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy with every GridSample3D node turned into the standard GridSample-20 it equals."""
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for node in proto.graph.node:
+        if node.domain == mf.CUSTOM_OP_DOMAIN and node.op_type == custom_op.OP_NAME:
+            node.domain, node.op_type = "", "GridSample"
+    kept = [o for o in proto.opset_import if o.domain != mf.CUSTOM_OP_DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto
+
+
+def _check_model(path: Path) -> None:
     custom_op.register_onnx_schema()
     onnx.checker.check_model(path, full_check=True, check_custom_domain=True)
-    return [path.name, *data_files]
 
 
 def graph_summary(path: Path) -> tuple[list[mf.TensorSpec], list[mf.TensorSpec], dict]:
@@ -133,7 +162,8 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> mf.TensorSpec:
 
 
 def _check_graph(role: str, path: Path, portable: bool) -> tuple[list, list, bool]:
-    """The exported graph has exactly the names, batch axis and ops the bundle promises."""
+    """The saved graph has exactly the names, batch axis and ops the bundle promises; returns
+    its input and output specs and whether it holds a custom-op node."""
     inputs, outputs, ops = graph_summary(path)
     want_in, want_out = GRAPH_IO[role]
     got_in, got_out = tuple(t.name for t in inputs), tuple(t.name for t in outputs)
@@ -174,88 +204,31 @@ def example_inputs(model: torch.nn.Module, image_size: int, batch: int, seed: in
     }
 
 
-# ---- the bundle --------------------------------------------------------------------------------
-def export_bundle(model: torch.nn.Module,
-                  config,
-                  output: str | os.PathLike,
-                  preset: str,
-                  provenance: dict,
-                  portable: bool = False,
-                  verify: bool = False) -> Path:
-    """Write a complete bundle to ``output`` (replacing a bundle already there) and return its path.
+@dataclass
+class ExportedModel:
+    """The graphs of one model, exported (custom-op flavour) but not yet written: the slow
+    part of an export, from which bundles of either flavour are written."""
 
-    ``model`` is the trained (or randomly initialised) model; it is folded for export on a copy.
-    With ``verify``, every graph is compared with ``model`` in ONNX Runtime before the bundle is
-    put in place, and a mismatch raises :class:`ExportError`.
-    """
+    programs: dict  # role -> torch.onnx.ONNXProgram
+    preset: str
+    image_size: int
+    provenance: dict
+
+
+def export_graphs(model: torch.nn.Module, config, preset: str, provenance: dict) -> ExportedModel:
+    """Fold ``model`` for deployment (on a copy) and export its source, driver and generator."""
     from megaportraits_export.model import folded_for_export
 
-    output = Path(output)
-    _check_output_dir(output)
-    model = model.eval()
-    deploy = folded_for_export(model).eval()
+    deploy = folded_for_export(model.eval()).eval()
     inputs = example_inputs(deploy, config.image_size, EXAMPLE_BATCH, seed=0)
-    flavours = (True,) if portable else (False, True)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
-        graphs = {}
-        for role, module in role_modules(deploy).items():
-            graphs[role] = _export_role(role, module, inputs[role], staging, flavours)
-        manifest = mf.Manifest(
-            model_name=MODEL_NAME,
-            preset=preset,
-            image_size=int(config.image_size),
-            graphs=graphs,
-            files={},
-            opset=OPSET,
-            custom_op=None if portable else {"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION},
-            precision="fp32",
-            producer=producer_versions(),
-            provenance=dict(provenance),
-        )
-        manifest.files = {name: "" for name in _data_files(staging)}
-        mf.write_manifest(staging, manifest)
-        if verify:
-            report = verify_bundle(staging, model)
-            print(format_report(report))
-            failed = [r for r in report if not r.ok]
-            if failed:
-                raise ExportError(f"{len(failed)} output(s) of the exported graphs differ from PyTorch "
-                                  f"beyond tolerance (first: {failed[0].describe()}); the bundle was not written")
-        _move_into_place(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return output
-
-
-def _export_role(role: str, module: torch.nn.Module, inputs: tuple, staging: Path, flavours: tuple) -> mf.GraphSpec:
-    """Export one role in the requested flavours; a graph with no custom node is its own twin."""
-    in_names, out_names = GRAPH_IO[role]
-    _check_output_order(role, module, inputs, out_names)
-    files = {}
-    for portable in flavours:
-        path = staging / (f"{role}.portable.onnx" if portable and len(flavours) == 2 else f"{role}.onnx")
+    programs = {}
+    for role, module in role_modules(deploy).items():
         started = time.perf_counter()
-        program = export_graph(module, inputs, in_names, out_names, portable)
-        save_graph(program, path)
-        del program
-        specs_in, specs_out, uses_custom_op = _check_graph(role, path, portable)
-        log.info("exported %s (%s) in %.1f s", path.name, "portable" if portable else "custom op",
-                 time.perf_counter() - started)
-        files[portable] = path.name
-        if not portable and not uses_custom_op:
-            break  # nothing to make portable: the graph already is
-    if True in files and False in files:
-        twin = files[True]
-    elif False in files:
-        twin = files[False]
-    else:
-        twin = None  # portable-only bundle: the one file is standard ONNX already
-    return mf.GraphSpec(file=files.get(False, files.get(True)), inputs=tuple(specs_in),
-                        outputs=tuple(specs_out), portable_file=twin)
+        _check_output_order(role, module, inputs[role], GRAPH_IO[role][1])
+        programs[role] = export_graph(module, inputs[role], *GRAPH_IO[role])
+        log.info("exported the %s graph in %.1f s", role, time.perf_counter() - started)
+    return ExportedModel(programs=programs, preset=preset, image_size=int(config.image_size),
+                         provenance=dict(provenance))
 
 
 def _check_output_order(role: str, module: torch.nn.Module, inputs: tuple, out_names: tuple) -> None:
@@ -266,6 +239,83 @@ def _check_output_order(role: str, module: torch.nn.Module, inputs: tuple, out_n
     if fields is not None and tuple(fields) != tuple(out_names):
         raise ExportError(f"{role} module returns {type(result).__name__}{tuple(fields)}, but the {role} "
                           f"graph's outputs are {out_names}; update docs/interfaces.md and the exporter together")
+
+
+# ---- the bundle --------------------------------------------------------------------------------
+def export_bundle(model: torch.nn.Module,
+                  config,
+                  output: str | os.PathLike,
+                  preset: str,
+                  provenance: dict,
+                  portable: bool = False,
+                  verify: bool = False) -> Path:
+    """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
+    _check_output_dir(Path(output))
+    exported = export_graphs(model, config, preset, provenance)
+    return write_bundle(exported, output, portable=portable, verify_against=model if verify else None)
+
+
+def write_bundle(exported: ExportedModel,
+                 output: str | os.PathLike,
+                 portable: bool = False,
+                 verify_against: torch.nn.Module | None = None) -> Path:
+    """Write a bundle to ``output`` (replacing a bundle already there) and return its path.
+
+    Default flavour: each graph with the custom op plus its portable twin; ``portable``: the
+    standard-ops graphs only. With ``verify_against`` (the PyTorch model), every graph file is
+    compared with it in ONNX Runtime before the bundle is put in place, and a mismatch raises
+    :class:`ExportError` and writes nothing.
+    """
+    output = Path(output)
+    _check_output_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        graphs = {role: _write_role(role, program, staging, portable)
+                  for role, program in exported.programs.items()}
+        manifest = mf.Manifest(
+            model_name=MODEL_NAME,
+            preset=exported.preset,
+            image_size=exported.image_size,
+            graphs=graphs,
+            files={name: "" for name in _data_files(staging)},  # write_manifest hashes them
+            opset=OPSET,
+            custom_op=None if portable else {"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION},
+            precision="fp32",
+            producer=producer_versions(),
+            provenance=dict(exported.provenance),
+        )
+        mf.write_manifest(staging, manifest)
+        if verify_against is not None:
+            _verify_or_raise(staging, verify_against)
+        _move_into_place(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def _write_role(role: str, program: torch.onnx.ONNXProgram, staging: Path, portable: bool) -> mf.GraphSpec:
+    """Write one role's graph file(s); a graph with no custom node is its own portable twin."""
+    path = staging / f"{role}.onnx"
+    save_graph(program, path)
+    inputs, outputs, uses_custom_op = _check_graph(role, path, portable=False)
+    twin = path
+    if uses_custom_op:
+        twin = path if portable else staging / f"{role}.portable.onnx"
+        save_standard_twin(path, twin)
+        _check_graph(role, twin, portable=True)
+    return mf.GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs),
+                        portable_file=None if portable else twin.name)
+
+
+def _verify_or_raise(bundle: Path, model: torch.nn.Module) -> None:
+    report = verify_bundle(bundle, model)
+    print(format_report(report))
+    failed = [r for r in report if not r.ok]
+    if failed:
+        raise ExportError(f"{len(failed)} output(s) of the exported graphs differ from PyTorch beyond "
+                          f"tolerance (first: {failed[0].describe()}); the bundle was not written")
 
 
 def _data_files(staging: Path) -> list[str]:
@@ -365,22 +415,18 @@ def verify_bundle(bundle_dir: str | os.PathLike,
             if role not in modules:
                 continue
             with torch.no_grad():
-                expected = _as_tuple(modules[role](*inputs[role]))
+                expected = outputs_as_tuple(modules[role](*inputs[role]))
             feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs[role])}
             for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
                 session, how = ort_session(bundle_dir / file)
                 got = session.run(list(GRAPH_IO[role][1]), feeds)
                 for name, ref, out in zip(GRAPH_IO[role][1], expected, got):
-                    report.append(_compare(file, name, batch, ref.numpy(), out, how))
+                    report.append(compare_outputs(file, name, batch, ref.numpy(), out, how))
     return report
 
 
 def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, actual: np.ndarray,
                     checked_with: str = "") -> OutputError:
-    return _compare(file, name, batch, reference, actual, checked_with)
-
-
-def _compare(file, name, batch, reference, actual, checked_with) -> OutputError:
     if reference.shape != actual.shape:
         raise ExportError(f"{file}: output {name} has shape {actual.shape} at batch {batch}; "
                           f"PyTorch gives {reference.shape}")
@@ -393,7 +439,7 @@ def _compare(file, name, batch, reference, actual, checked_with) -> OutputError:
                        checked_with=checked_with)
 
 
-def _as_tuple(result) -> tuple:
+def outputs_as_tuple(result) -> tuple:
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
@@ -429,18 +475,6 @@ def ort_session(path: Path, threads: int = 2):
     return session, f"onnxruntime, GridSample3D run as GridSample ({reason})"
 
 
-def custom_nodes_as_standard(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every GridSample3D node turned into the standard GridSample-20 it equals."""
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    for node in proto.graph.node:
-        if node.domain == mf.CUSTOM_OP_DOMAIN and node.op_type == custom_op.OP_NAME:
-            node.domain, node.op_type = "", "GridSample"
-    kept = [o for o in proto.opset_import if o.domain != mf.CUSTOM_OP_DOMAIN]
-    del proto.opset_import[:]
-    proto.opset_import.extend(kept)
-    return proto
-
-
 def format_report(report: list[OutputError]) -> str:
     lines = [f"{'file':<24} {'output':<18} {'batch':>5} {'max abs':>10} {'max rel':>10}  ok"]
     for r in report:
@@ -461,6 +495,18 @@ def random_model(preset: str, seed: int):
     config = get_config(preset)
     torch.manual_seed(seed)
     return build_model(config).eval(), config
+
+
+def export_random_init(preset: str,
+                       seed: int,
+                       output: str | os.PathLike,
+                       portable: bool = False,
+                       verify: bool = False) -> Path:
+    """Export randomly initialised weights of a preset (tests, benchmarks at any size)."""
+    model, config = random_model(preset, seed)
+    return export_bundle(model, config, output, preset=preset,
+                         provenance={"weights": "random-init", "seed": seed},
+                         portable=portable, verify=verify)
 
 
 def _parse_args(argv) -> argparse.Namespace:
@@ -497,13 +543,12 @@ def main(argv=None) -> int:
             from megaportraits_export.checkpoint import load_model_from_checkpoint
 
             model, config, provenance = load_model_from_checkpoint(args.checkpoint)
-            preset = provenance.get("preset") or getattr(config, "name", "custom")
+            out = export_bundle(model, config, args.output, preset=provenance["preset"],
+                                provenance=provenance, portable=args.portable, verify=args.verify)
         else:
-            model, config = random_model(args.preset, args.seed)
-            preset, provenance = args.preset, {"weights": "random-init", "seed": args.seed}
-        out = export_bundle(model, config, args.output, preset=preset, provenance=provenance,
-                            portable=args.portable, verify=args.verify)
-    except (ExportError, mf.BundleError, KeyError, ValueError, OSError) as e:
+            out = export_random_init(args.preset, args.seed, args.output,
+                                     portable=args.portable, verify=args.verify)
+    except (ExportError, mf.BundleError, ValueError, OSError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     size = sum(p.stat().st_size for p in out.iterdir())
