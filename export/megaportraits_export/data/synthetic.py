@@ -339,52 +339,57 @@ class _StaticGeometry:
     hair_back: np.ndarray | None      # (N, 3) polygon behind the head (long hair)
     hair_bun: tuple[np.ndarray, float] | None
     ears: tuple[np.ndarray, np.ndarray]  # left, right ear outlines (N, 3)
-    neck: np.ndarray                  # (4, 3) top corners in the head frame (2) + body frame (2)
+    neck: np.ndarray                  # (2, 3) top corners of the neck, in the head frame
     body: np.ndarray                  # (N, 2) shoulders outline in the body frame
     nose_points: np.ndarray           # (29, 3): bridge, left, right, base, tip, 2 x 12 nostril outline
     nose_normals: np.ndarray          # (3, 3) outward normals of the _NOSE_FACES
 
 
-@functools.lru_cache(maxsize=4096)
-def _static_geometry(identity: Identity) -> _StaticGeometry:
+def _hair_geometry(identity: Identity):
+    """(cap wedges, their normals, long hair behind the head, bun) in the head frame."""
+    if identity.hair_style == "bald":
+        return None, None, None, None
     a, b, c = identity.head_width, identity.head_height, identity.head_depth
     radii = np.array([a, b, c])
+    volume = identity.hair_volume * (1.12 if identity.hair_style == "curly" else 1.0)
+    coverage = identity.hair_coverage + (0.15 if identity.hair_style == "curly" else 0.0)
+    # The cap: directions within ``coverage`` radians of an axis tilted back from the crown.
+    axis = np.array([0.0, -math.cos(identity.hair_tilt), math.sin(identity.hair_tilt)])
+    side = np.array([1.0, 0.0, 0.0])
+    other = np.cross(axis, side)
+    around = np.linspace(0, 2 * np.pi, 24, endpoint=False)[:, None, None]
+    fractions = np.linspace(1.0, 0.0, 6)[None, :, None]
+    unit = (np.cos(coverage * fractions) * axis
+            + np.sin(coverage * fractions) * (np.cos(around) * side + np.sin(around) * other))
+    # Overlapping wedges from hairline to crown (3 sectors each, overlapping by one): the
+    # visible part of a thin wedge is nearly convex, and overlaps leave no anti-aliasing seams.
+    wedges = np.stack([np.roll(unit, -2 * k, axis=0)[:3] for k in range(12)])  # (12, 3, 6, 3)
+    cap = wedges.reshape(12, -1, 3) * radii * volume
+    back = bun = None
+    if identity.hair_style == "long":
+        back = np.array([[-a * 1.05, -b * 0.3, c * 0.2], [a * 1.05, -b * 0.3, c * 0.2],
+                         [a * 1.25, b * 1.45, c * 0.35], [a * 0.6, b * 1.6, c * 0.35],
+                         [-a * 0.6, b * 1.6, c * 0.35], [-a * 1.25, b * 1.45, c * 0.35]])
+    if identity.hair_style == "bun":
+        bun = (np.array([0.0, -b * 0.85, c * 0.75]), 0.12)
+    return cap, cap / radii ** 2, back, bun
 
-    hair_cap = hair_cap_normals = hair_back = hair_bun = None
-    if identity.hair_style != "bald":
-        volume = identity.hair_volume * (1.12 if identity.hair_style == "curly" else 1.0)
-        coverage = identity.hair_coverage + (0.15 if identity.hair_style == "curly" else 0.0)
-        axis = np.array([0.0, -math.cos(identity.hair_tilt), math.sin(identity.hair_tilt)])
-        side = np.array([1.0, 0.0, 0.0])
-        other = np.cross(axis, side)
-        around = np.linspace(0, 2 * np.pi, 24, endpoint=False)[:, None, None]
-        fractions = np.linspace(1.0, 0.0, 6)[None, :, None]
-        unit = (np.cos(coverage * fractions) * axis
-                + np.sin(coverage * fractions) * (np.cos(around) * side + np.sin(around) * other))
-        # Overlapping wedges from hairline to crown (3 sectors each, overlapping by one): the
-        # visible part of a thin wedge is nearly convex, and overlaps leave no anti-aliasing seams.
-        wedges = np.stack([np.roll(unit, -2 * k, axis=0)[:3] for k in range(12)])  # (12, 3, 6, 3)
-        hair_cap = wedges.reshape(12, -1, 3) * radii * volume
-        hair_cap_normals = hair_cap / radii ** 2
-        if identity.hair_style == "long":
-            hair_back = np.array([[-a * 1.05, -b * 0.3, c * 0.2], [a * 1.05, -b * 0.3, c * 0.2],
-                                  [a * 1.25, b * 1.45, c * 0.35], [a * 0.6, b * 1.6, c * 0.35],
-                                  [-a * 0.6, b * 1.6, c * 0.35], [-a * 1.25, b * 1.45, c * 0.35]])
-        if identity.hair_style == "bun":
-            hair_bun = (np.array([0.0, -b * 0.85, c * 0.75]), 0.12)
 
+def _ear_outlines(identity: Identity) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right ear outlines (12, 3): ovals on the sides of the skull."""
     ears = []
     for sign in (-1.0, 1.0):
-        outline = np.stack([np.full(12, sign * a * 0.97),
+        outline = np.stack([np.full(12, sign * identity.head_width * 0.97),
                             0.03 + identity.ear_size * _UNIT_CIRCLE_12[:, 1],
                             0.01 + identity.ear_size * 0.6 * _UNIT_CIRCLE_12[:, 0]], axis=-1)
         outline[:, 0] += sign * 0.02 * (1 + _UNIT_CIRCLE_12[:, 0])  # ears stand out toward the back
         ears.append(outline)
+    return ears[0], ears[1]
 
-    neck = np.array([[-0.13, 0.25, 0.1], [0.13, 0.25, 0.1]])
-    body = np.array([[-0.16, 0.62], [0.16, 0.62], [0.75, 0.80], [1.05, 0.95], [1.2, 1.3],
-                     [-1.2, 1.3], [-1.05, 0.95], [-0.75, 0.80]])
 
+def _nose_geometry(identity: Identity) -> tuple[np.ndarray, np.ndarray]:
+    """Nose points (corners of :data:`_NOSE_FACES` + two nostril outlines) and the faces'
+    outward normals. The tip stands out of the skull's surface: that is the parallax cue."""
     eye_v, nose_v = identity.eye_height, identity.eye_height + identity.nose_length
     w = identity.nose_width
     surface = lambda u, v: _face_surface(identity, np.array(u), np.array(v))  # noqa: E731
@@ -396,16 +401,25 @@ def _static_geometry(identity: Identity) -> _StaticGeometry:
     for wing in (left, right):
         centre = 0.5 * (base + wing) + np.array([0.0, 0.0, -identity.nose_protrusion * 0.25])
         nostrils.append(centre + np.concatenate([_UNIT_CIRCLE_12 * np.array([0.008, 0.004]), np.zeros((12, 1))], 1))
-    nose_points = np.concatenate([corners] + nostrils)
     inside = np.array([0.0, nose_v, 0.0])
-    nose_normals = []
+    normals = []
     for face in _NOSE_FACES:
-        a, b, c = corners[face[0]], corners[face[1]], corners[face[2]]
-        normal = np.cross(b - a, c - a)
+        first, second, third = corners[face[0]], corners[face[1]], corners[face[2]]
+        normal = np.cross(second - first, third - first)
         centroid = corners[list(face)].mean(axis=0)
-        nose_normals.append(normal * np.sign(normal @ (centroid - inside)) / np.linalg.norm(normal))
-    return _StaticGeometry(hair_cap, hair_cap_normals, hair_back, hair_bun, (ears[0], ears[1]),
-                           neck, body, nose_points, np.array(nose_normals))
+        normals.append(normal * np.sign(normal @ (centroid - inside)) / np.linalg.norm(normal))
+    return np.concatenate([corners] + nostrils), np.array(normals)
+
+
+@functools.lru_cache(maxsize=4096)
+def _static_geometry(identity: Identity) -> _StaticGeometry:
+    hair_cap, hair_cap_normals, hair_back, hair_bun = _hair_geometry(identity)
+    neck = np.array([[-0.13, 0.25, 0.1], [0.13, 0.25, 0.1]])
+    body = np.array([[-0.16, 0.62], [0.16, 0.62], [0.75, 0.80], [1.05, 0.95], [1.2, 1.3],
+                     [-1.2, 1.3], [-1.05, 0.95], [-0.75, 0.80]])
+    nose_points, nose_normals = _nose_geometry(identity)
+    return _StaticGeometry(hair_cap, hair_cap_normals, hair_back, hair_bun, _ear_outlines(identity),
+                           neck, body, nose_points, nose_normals)
 
 
 def _eye_outlines(identity: Identity, side: float, expression: Expression):
