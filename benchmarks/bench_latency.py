@@ -169,6 +169,21 @@ class TorchEager:
             return float("inf")
 
 
+def add_generator_profiles(report, bundle_dir: Path, threads: int, runs: int) -> None:
+    """Per-op-type time of the generator graph, ours and portable, into the report."""
+    from megaportraits.benchmark.profile import format_profile, profile_generator
+
+    manifest = mf.load_manifest(bundle_dir)
+    for variant in ("ours", "portable"):
+        file = manifest.graph_file("generator", portable=variant == "portable")
+        cost = count_graph(bundle_dir / file, batch=1)
+        print(f"profiling the {variant} generator ({runs} runs, {threads} threads)")
+        rows = profile_generator(bundle_dir, manifest, variant, threads, runs=runs, cost=cost)
+        title = f"generator {variant}, cpu, {threads} thread(s), batch 1"
+        report.profiles[title] = [r.to_dict() for r in rows]
+        print(format_profile(title, rows))
+
+
 # ---- command line ------------------------------------------------------------------------------
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -183,6 +198,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--max-seconds", type=float, default=10.0)
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch eager even if torch is installed")
+    p.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                   help="also profile the generator graph (ours and portable) per op type over RUNS runs")
     p.add_argument("--ceilings", metavar="REPORT.json",
                    help="machine ceilings from an earlier report (measured on a quiet machine)")
     p.add_argument("--output-dir", type=Path, default=RESULTS)
@@ -233,6 +250,8 @@ def main(argv=None) -> int:
                         report.results += eager.results(stages, threads, batch, settings, peaks[threads])
         peaks = load_ceilings(args.ceilings) if args.ceilings else None
         report = run_benchmark(plan, extra_measurements=extra, peaks=peaks)
+        if args.profile:
+            add_generator_profiles(report, path, max(plan.thread_counts()), args.profile)
         del eager, extra
         gc.collect()
         print(format_table(report))

@@ -207,7 +207,8 @@ def test_json_report_schema_round_trips(tmp_path):
     d = json.loads(path.read_text())
     rp.check_report_dict(d)
     assert d["schema"] == rp.SCHEMA
-    assert set(d) == {"schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes"}
+    assert set(d) == {"schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes",
+                      "profiles"}
     first = d["results"][0]
     assert set(first["timing"]) == {"median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup",
                                     "peak_rss_mb"}
@@ -321,3 +322,28 @@ def test_image_side_stages_run_the_sdk_code_per_frame(toy_bundle):
     assert [r.timing.runs for r in results] == [3, 3, 5, 5]  # video: every frame but the warm-up one
     assert all(r.flops is None and r.timing.min_ms > 0 for r in results)
     assert "32px output into a 160x120 photo" in results[1].note and notes
+
+
+def test_profile_summary_sums_kernel_time_by_op_type():
+    from megaportraits.benchmark.profile import summarize_profile
+
+    def node(op, us, name="n"):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    events = [node("Conv", 3000, "a"), node("FusedConv", 1000, "b"), node("Relu", 1000),
+              {"cat": "Node", "name": "a_fence_before", "dur": 999, "args": {"op_name": "Conv"}},
+              {"cat": "Session", "name": "model_run", "dur": 99999}]
+    cost = flops.GraphCost(nodes=[flops.NodeCost("a", "Conv", 8_000_000_000, 0)], batch=1)
+    conv, relu = summarize_profile(events, runs=2, cost=cost)
+    assert (conv.op_type, conv.ms_per_run, conv.share) == ("Conv", 2.0, 0.8)
+    assert conv.gflops_per_s == pytest.approx(8.0 / 2e-3)
+    assert (relu.ms_per_run, relu.flops, relu.gflops_per_s) == (0.5, 0, None)
+
+
+def test_profiling_a_real_session_finds_its_nodes(toy_bundle):
+    from megaportraits import manifest as mf
+    from megaportraits.benchmark.profile import profile_generator
+
+    rows = profile_generator(toy_bundle, mf.load_manifest(toy_bundle), "portable", threads=1, runs=2)
+    assert {"MatMul", "Sigmoid"} <= {r.op_type for r in rows}
+    assert sum(r.share for r in rows) == pytest.approx(1.0)

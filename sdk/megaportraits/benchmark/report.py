@@ -79,6 +79,7 @@ class Report:
     settings: dict
     results: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    profiles: dict = field(default_factory=dict)  # title -> [OpTime.to_dict()] (optional)
 
     def find(self, stage: str, variant: str, provider: str, threads: int, batch: int):
         for r in self.results:
@@ -107,7 +108,7 @@ class Report:
                 "settings": self.settings, "results": [r.to_dict() for r in self.results],
                 "comparisons": [row for stage in ("per_frame", "warp", "generator")
                                 for row in self.comparisons(stage)],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "profiles": dict(self.profiles)}
 
     def write_json(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
@@ -238,7 +239,7 @@ def report_from_dict(d: dict) -> Report:
             peak_gflops=peaks_by_threads.get(r["threads"]) if r["provider"] == "cpu" else (gpu or [None])[0],
             note=r["note"]))
     return Report(machine=d["machine"], peaks=d["peaks"], bundle=d["bundle"], settings=d["settings"],
-                  results=results, notes=d["notes"])
+                  results=results, notes=d["notes"], profiles=d.get("profiles", {}))
 
 
 __all__ = ["SCHEMA", "StageResult", "Report", "check_report_dict", "format_table", "write_png",
