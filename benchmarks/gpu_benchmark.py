@@ -72,7 +72,8 @@ def cuda_problem() -> str | None:
 def default_bundles(root: Path, seed: int) -> list:
     from bench_latency import bundle_path, existing_bundle
 
-    found = [bundle_path(root, p, seed) for p in DEFAULT_PRESETS if existing_bundle(bundle_path(root, p, seed), p, seed)]
+    found = [bundle_path(root, p, seed) for p in DEFAULT_PRESETS
+             if existing_bundle(bundle_path(root, p, seed), p, seed)]
     if found:
         return found
     from megaportraits.bundle import DEMO_BUNDLE

@@ -9,7 +9,8 @@ GridSample); ``benchmarks/bench_latency.py`` adds PyTorch eager with the same we
 
 Modules: :mod:`flops` (work in a graph), :mod:`machine` (ceilings, machine description),
 :mod:`stats` (timing runner, percentiles, peak RSS), :mod:`stages` and :mod:`io_stages` (what
-is timed), :mod:`profile` (time per op type), :mod:`runner` (one whole run), :mod:`report` (table, JSON, PNG), :mod:`cli` (the subcommand).
+is timed), :mod:`profile` (time per op type), :mod:`runner` (one whole run), :mod:`report`
+(table, JSON, PNG), :mod:`cli` (the subcommand).
 Like the rest of the SDK it never imports torch; ``onnx`` (FLOPs) and ``matplotlib`` (PNG) are
 optional, in the ``[dev]`` extra.
 """
