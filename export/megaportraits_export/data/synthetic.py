@@ -627,7 +627,7 @@ def _project_surface(identity: Identity, camera: "_Camera", outlines: list[np.nd
     return np.split(pixels, np.cumsum([len(o) for o in outlines])[:-1])
 
 
-def _draw_eyes(canvas, identity, expression, camera):
+def _draw_eyes(canvas, identity, expression, camera, line_width):
     for side in (-1.0, 1.0):
         sclera, iris, pupil, lid, openness = _eye_outlines(identity, side, expression)
         centre = _face_surface(identity, np.array(side * identity.eye_spacing), np.array(identity.eye_height))
@@ -639,11 +639,11 @@ def _draw_eyes(canvas, identity, expression, camera):
             _fill(canvas, sclera, (240, 238, 232))
             _fill(canvas, iris, identity.iris)
             _fill(canvas, pupil, (12, 10, 10))
-        _line(canvas, lid, _shade(identity.brows, 0.6), 2)
+        _line(canvas, lid, _shade(identity.brows, 0.6), line_width)
         _fill(canvas, brow, identity.brows)
 
 
-def _draw_mouth(canvas, identity, expression, camera):
+def _draw_mouth(canvas, identity, expression, camera, line_width):
     lips, inner, teeth, seam, opening = _mouth_outlines(identity, expression)
     centre = _face_surface(identity, np.array(0.0), np.array(seam[4, 1]))
     if camera.facing(_surface_normal(identity, centre)) > -0.05:
@@ -654,7 +654,7 @@ def _draw_mouth(canvas, identity, expression, camera):
         _fill(canvas, inner, (60, 18, 22))
         _fill(canvas, teeth, (236, 232, 220))
     else:
-        _line(canvas, seam, _shade(identity.lips, 0.6), 2)
+        _line(canvas, seam, _shade(identity.lips, 0.6), line_width)
 
 
 def _draw_nose(canvas, identity, geometry, camera):
@@ -694,6 +694,38 @@ def _draw_glasses(canvas, identity, camera, thickness):
     _line(canvas, camera.head(bridge), identity.glasses_colour, thickness)
 
 
+def _draw_body(canvas, identity, geometry, camera):
+    """Shoulders, neck, and the hair that hangs behind the head."""
+    neck = np.concatenate([camera.head(geometry.neck), camera.body(np.array([[0.16, 0.7], [-0.16, 0.7]]))])
+    _fill(canvas, camera.body(geometry.body), identity.clothing)
+    _fill(canvas, neck, _shade(identity.skin, 0.8))
+    _draw_hair_behind(canvas, identity, geometry, camera)
+
+
+def _draw_head(canvas, identity, geometry, camera, expression):
+    """Skull, jaw (dropping with the mouth), ears behind or in front of it, the hair cap."""
+    ears_in_front = []
+    for sign, outline in zip((-1.0, 1.0), geometry.ears):
+        if camera.facing(np.array([sign, 0.0, 0.0])) < -0.25:
+            ears_in_front.append((sign, outline))
+        else:
+            _draw_ear(canvas, identity, camera, outline, sign)
+    opening = 0.075 * float(np.clip(expression.mouth_open, 0.0, 1.0))
+    _fill(canvas, _silhouette(identity, camera), identity.skin)
+    _fill(canvas, camera.head(_jaw_outline(identity, opening)), identity.skin)
+    for sign, outline in ears_in_front:
+        _draw_ear(canvas, identity, camera, outline, sign)
+    _draw_hair_cap(canvas, identity, geometry, camera)
+
+
+def _draw_face(canvas, identity, geometry, camera, expression, line_width):
+    _draw_eyes(canvas, identity, expression, camera, line_width)
+    _draw_mouth(canvas, identity, expression, camera, line_width)
+    _draw_nose(canvas, identity, geometry, camera)
+    if identity.glasses:
+        _draw_glasses(canvas, identity, camera, line_width + 1)
+
+
 def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Expression(),
            size: int = 128, with_mask: bool = False):
     """``identity`` with ``pose`` and ``expression`` as a ``(size, size, 3)`` uint8 RGB image.
@@ -707,31 +739,10 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
     canvas = _background(identity, canvas_size).copy()
     camera = _Camera(pose, canvas_size)
     geometry = _static_geometry(identity)
-    line_width = max(1, round(canvas_size / 128))
-
-    neck = np.concatenate([camera.head(geometry.neck), camera.body(np.array([[0.16, 0.7], [-0.16, 0.7]]))])
-    _fill(canvas, camera.body(geometry.body), identity.clothing)
-    _fill(canvas, neck, _shade(identity.skin, 0.8))
-    _draw_hair_behind(canvas, identity, geometry, camera)
-    ears_in_front = []
-    for sign, outline in zip((-1.0, 1.0), geometry.ears):
-        if camera.facing(np.array([sign, 0.0, 0.0])) < -0.25:
-            ears_in_front.append((sign, outline))
-        else:
-            _draw_ear(canvas, identity, camera, outline, sign)
-
-    opening = 0.075 * float(np.clip(expression.mouth_open, 0.0, 1.0))
-    _fill(canvas, _silhouette(identity, camera), identity.skin)
-    _fill(canvas, camera.head(_jaw_outline(identity, opening)), identity.skin)
-    for sign, outline in ears_in_front:
-        _draw_ear(canvas, identity, camera, outline, sign)
-    _draw_hair_cap(canvas, identity, geometry, camera)
+    _draw_body(canvas, identity, geometry, camera)
+    _draw_head(canvas, identity, geometry, camera, expression)
     if camera.facing(np.array([0.0, 0.0, -1.0])) < 0.2:
-        _draw_eyes(canvas, identity, expression, camera)
-        _draw_mouth(canvas, identity, expression, camera)
-        _draw_nose(canvas, identity, geometry, camera)
-        if identity.glasses:
-            _draw_glasses(canvas, identity, camera, line_width + 1)
+        _draw_face(canvas, identity, geometry, camera, expression, line_width=max(1, round(canvas_size / 128)))
     rgba = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     image = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     return (image, cv2.extractChannel(rgba, 3)) if with_mask else image
