@@ -42,15 +42,20 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for ONNX Runtime (default: 0, its own choice)")
 
 
-def _add_animation_options(p: argparse.ArgumentParser) -> None:
+def _add_animation_options(p: argparse.ArgumentParser, crop_by_default: bool = True) -> None:
     motion = p.add_mutually_exclusive_group()
     motion.add_argument("--relative", dest="motion", action="store_const", const="relative",
                         help="apply the driver's change since its first frame to the source's own pose "
                              "and expression (default for a driver video)")
     motion.add_argument("--absolute", dest="motion", action="store_const", const="absolute",
                         help="use the driver's pose and expression as they are (default for a driver image)")
-    p.add_argument("--no-crop", action="store_true",
-                   help="inputs are already cropped to the face: do not detect faces")
+    if crop_by_default:
+        p.add_argument("--no-crop", action="store_true",
+                       help="inputs are already cropped to the face: do not detect faces")
+    else:
+        p.add_argument("--crop", dest="no_crop", action="store_false",
+                       help="detect and crop the faces (the bundled clips are already framed like the training data)")
+        p.set_defaults(no_crop=True)
     p.add_argument("--no-paste-back", action="store_true",
                    help="output the animated face crop instead of the whole source photo")
     p.add_argument("--centre-crop", action="store_true",
@@ -113,7 +118,7 @@ def _run_animation(args, source, driver, output, bundle) -> int:
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="megaportraits_demo.mp4", help="output video (default: %(default)s)")
     _add_runtime_options(p)
-    _add_animation_options(p)
+    _add_animation_options(p, crop_by_default=False)
 
 
 def _demo(args) -> int:

@@ -231,6 +231,10 @@ def test_demo_with_the_bundled_assets_in_place(media, toy_bundle, monkeypatch, t
     code, _, err = run(capsys, "demo", "-o", out, "--quiet", "--max-frames", "3")
     assert code == 0, err
     assert probe(out)["video"]["frames"] == 3
+    assert (probe(out)["video"]["width"], probe(out)["video"]["height"]) == (302, 258)  # uncropped source
+    code, _, err = run(capsys, "demo", "-o", out, "--quiet", "--max-frames", "2", "--crop", "--no-paste-back")
+    assert code == 0, err
+    assert probe(out)["video"]["frames"] == 2 and probe(out)["video"]["width"] == 32
 
 
 def test_real_process_prints_no_traceback(media, tmp_path):
