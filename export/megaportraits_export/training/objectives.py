@@ -175,14 +175,10 @@ def build_discriminator(channels: int, scales: int, device: torch.device) -> nn.
 
 def build_training_dataset(cfg, image_size: int):
     """The training set the config names (synthetic heads or a folder of talking-head videos)."""
-    from ..data import SyntheticTalkingHeads
+    from ..data import PairAugmentation, SyntheticTalkingHeads, TalkingHeadVideos
 
+    augmentation = PairAugmentation() if cfg.data.augment else None
     if cfg.data.kind == "synthetic":
-        augmentation = None
-        if cfg.data.augment:
-            from ..data.augment import PairAugmentation
-            augmentation = PairAugmentation()
         return SyntheticTalkingHeads(num_identities=cfg.data.train_identities, size=image_size,
                                      seed=cfg.data.seed, split="train", augmentation=augmentation)
-    from ..data.video import VideoPairs
-    return VideoPairs(cfg.data.root, size=image_size, augment=cfg.data.augment)
+    return TalkingHeadVideos(cfg.data.root, size=image_size, seed=cfg.data.seed, augmentation=augmentation)
