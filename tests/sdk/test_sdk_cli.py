@@ -250,3 +250,41 @@ def test_import_does_not_pull_torch():
             "megaportraits.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'megaportraits_export' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_real_ctrl_c_in_a_real_process(media, toy_bundle, tmp_path):
+    """SIGINT to a running `python -m megaportraits animate`: exit 130, a playable partial file."""
+    import signal
+    import threading
+    import time
+
+    frames = [draw_face(size=128, cx=64 + (i % 5), cy=64, scale=0.5, noise_seed=None) for i in range(400)]
+    driver = write_video(tmp_path / "long.mp4", frames, fps=25, audio="aac")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "o.mp4"
+    process = subprocess.Popen([sys.executable, "-m", "megaportraits", "animate", str(media / "source.png"), str(driver),
+                                "-o", str(out), "--bundle", str(toy_bundle), "--threads", "1"],
+                               stderr=subprocess.PIPE, text=True)
+    seen = []
+
+    def read():
+        while True:
+            chunk = process.stderr.read(1)
+            if not chunk:
+                return
+            seen.append(chunk)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while "2/400" not in "".join(seen) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    reader.join(timeout=10)
+    last_line = "".join(seen).strip().splitlines()[-1].split("\r")[-1].strip()
+    written = int(last_line.split("wrote ")[1].split(" ")[0])
+    assert last_line == f"megaportraits: interrupted: wrote {written} frame(s) to {out}"
+    assert 2 <= written < 400
+    assert probe(out)["video"]["frames"] == written
+    assert only(out_dir) == ["o.mp4"]
