@@ -69,3 +69,135 @@ def test_metric_accumulator_averages_per_image():
 def test_metrics_refuse_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
         metrics.l1(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+# ---- the evaluation protocol ---------------------------------------------------------------------
+import json  # noqa: E402
+
+from megaportraits_export import evaluate  # noqa: E402
+from megaportraits_export.data import synthetic  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These machines are shared: one intra-op thread per process avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _random_pose(n, generator):
+    from megaportraits_export.warp import pose_matrix
+
+    return pose_matrix(0.8 + 0.4 * torch.rand(n, 3, generator=generator),
+                       0.5 * torch.randn(n, 3, generator=generator), 0.1 * torch.randn(n, 3, generator=generator))
+
+
+def test_relative_motion_is_the_documented_matrix_product():
+    g = torch.Generator().manual_seed(2)
+    s, d, r = (_random_pose(3, g).double() for _ in range(3))
+    zs, zd, zr = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    pose, z = evaluate.relative_motion((s, zs), (d, zd), (r, zr))
+
+    def h(m):
+        return np.vstack([m.numpy(), [0, 0, 0, 1]])
+
+    for n in range(3):
+        expected = h(d[n]) @ np.linalg.inv(h(r[n])) @ h(s[n])
+        assert np.allclose(pose[n].numpy(), expected[:3], atol=1e-10)
+    assert torch.allclose(z, zs + zd - zr)
+    # a driver at the source's own motion reproduces the driver's motion exactly
+    pose, z = evaluate.relative_motion((s, zs), (d, zd), (s, zs))
+    assert torch.allclose(pose, d, atol=1e-10) and torch.allclose(z, zd)
+
+
+def test_heldout_pairs_use_unseen_identities_and_exact_targets():
+    pairs = evaluate.heldout_pairs(3, 64, seed=5, identities=4)
+    for a, b in pairs.identities:
+        assert a != b and min(a, b) >= synthetic.EVAL_IDENTITY_SEED_OFFSET
+    assert pairs.source.shape == (3, 3, 64, 64)
+    assert torch.equal(pairs.target, pairs.self_driver)
+    assert not torch.equal(pairs.cross_driver, pairs.target)
+    again = evaluate.heldout_pairs(3, 64, seed=5, identities=4)
+    assert torch.equal(again.cross_reference, pairs.cross_reference)
+
+
+class _Oracle:
+    """Returns the ground truth (perfect model) or the source (the baseline) for plumbing checks."""
+
+    image_size = 64
+
+    def __init__(self, pairs, answer):
+        self.pairs, self.answer = pairs, answer
+
+    def reenact(self, source, driver, reference):
+        return self.pairs.target.clone() if self.answer == "target" else source.clone()
+
+
+def test_evaluate_scores_the_model_and_the_baseline_on_the_same_targets():
+    pairs = evaluate.heldout_pairs(2, 64, seed=1, identities=3)
+    perfect = evaluate.evaluate(_Oracle(pairs, "target"), pairs)
+    for task in evaluate.TASKS:
+        assert perfect["model"][task]["psnr"] == pytest.approx(100.0)
+        assert perfect["model"][task]["ssim"] == pytest.approx(1.0)
+        assert perfect["model"][task]["l1"] == 0.0
+    copy = evaluate.evaluate(_Oracle(pairs, "source"), pairs)
+    assert copy["model"] == copy["source_unchanged"]
+    assert copy["source_unchanged"]["self"]["l1"] > 0.0
+    table = evaluate.format_table(copy, "header")
+    assert "source unchanged" in table and "LPIPS not computed" in table
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from megaportraits_export.checkpoint import save_checkpoint
+    from megaportraits_export.onnx_export import random_model
+
+    model, config = random_model("tiny", 0)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, model, config, "tiny", {"data": "none: random weights", "steps": 0})
+    return path, model
+
+
+def test_relative_and_absolute_agree_on_self_reenactment(tiny_checkpoint):
+    _, model = tiny_checkpoint
+    pairs = evaluate.heldout_pairs(2, 64, seed=2, identities=3)
+    reenactor = evaluate.CheckpointReenactor(model)
+    absolute = reenactor.reenact(pairs.source, pairs.self_driver, None)
+    relative = reenactor.reenact(pairs.source, pairs.self_driver, pairs.source)
+    assert torch.allclose(absolute, relative, atol=1e-4)
+    with torch.no_grad():
+        direct = model(pairs.source, pairs.self_driver)["image"].clamp(0, 1)
+    assert torch.allclose(absolute, direct, atol=1e-6)
+
+
+def test_cli_prints_json_and_writes_provenance(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from megaportraits_export.checkpoint import load_model_from_checkpoint
+
+    path = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint[0], path)
+    assert evaluate.main(["--checkpoint", str(path), "--pairs", "2", "--identities", "3",
+                          "--json", "--write-provenance"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert set(results["model"]) == {"self", "cross"}
+    assert results["protocol"]["motion"] == "relative" and results["protocol"]["pairs"] == 2
+    _, _, provenance = load_model_from_checkpoint(path)
+    assert provenance["metrics"]["evaluation"]["model"] == results["model"]
+    assert provenance["data"] == "none: random weights"
+
+
+def test_bundle_through_the_sdk_matches_the_checkpoint(bundle_factory):
+    """The same random weights as a bundle (SDK, ONNX Runtime, uint8 frames) and in PyTorch."""
+    from megaportraits_export.onnx_export import random_model
+
+    model, _ = random_model("tiny", 0)
+    pairs = evaluate.heldout_pairs(2, 64, seed=4, identities=3)
+    through_sdk = evaluate.BundleReenactor(str(bundle_factory("tiny", portable=True)))
+    in_torch = evaluate.CheckpointReenactor(model)
+    for reference in (None, pairs.cross_reference):
+        expected = in_torch.reenact(pairs.source, pairs.cross_driver, reference)
+        got = through_sdk.reenact(pairs.source, pairs.cross_driver, reference)
+        assert (got - expected).abs().max() < 3 / 255
