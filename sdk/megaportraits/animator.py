@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle, open_bundle
-from .errors import InputError, MegaportraitsError
+from .errors import MegaportraitsError, NoFaceError
 from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
                     cut_crop, find_source_face)
 from .images import as_rgb_image, to_rgb8
@@ -31,6 +31,7 @@ from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
 
 FACE_FALLBACKS = ("error", "centre")
+_ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Animator:
         self._io_binding = options.io_binding if options.io_binding is not None else self._device != "cpu"
         self._detector = None
         self._geometry = CropGeometry(scale=options.crop_scale)
+        self.input_dtypes = {role: {i.name: _ORT_FLOATS.get(i.type, np.float32) for i in session.get_inputs()}
+                             for role, session in self.bundle.sessions.items()}
 
     @classmethod
     def create_from_options(cls, bundle: str | Path | None, options: AnimatorOptions) -> "Animator":
@@ -115,10 +118,14 @@ class Animator:
         image = as_rgb_image(source_image, "source image")
         box = self._source_crop(image)
         crop = cut_crop(image, box, self.image_size)
-        outputs = run_graph(self._session("source"), "source",
-                            ["canonical_volume", "global_descriptor", "pose", "expression"],
-                            {"source_image": to_tensor(crop)})
-        volume, descriptor, pose, expression = (np.ascontiguousarray(o, dtype=np.float32) for o in outputs)
+        source_input = to_tensor(crop).astype(self.input_dtypes["source"]["source_image"], copy=False)
+        volume, descriptor, pose, expression = run_graph(
+            self._session("source"), "source", ["canonical_volume", "global_descriptor", "pose", "expression"],
+            {"source_image": source_input})
+        generator = self.input_dtypes["generator"]  # an fp16 bundle keeps its volume in fp16
+        volume = np.ascontiguousarray(volume, dtype=generator["canonical_volume"])
+        descriptor = np.ascontiguousarray(descriptor, dtype=generator["global_descriptor"])
+        pose, expression = (np.ascontiguousarray(x, dtype=np.float32) for x in (pose, expression))
         paste = PasteBack(image, box) if self.options.paste_back else None
         device_state = {}
         if self._io_binding:
@@ -131,7 +138,7 @@ class Animator:
             return CropBox.whole(*image.shape[:2])
         try:
             return find_source_face(image, self.detector, self._geometry)
-        except InputError:
+        except NoFaceError:
             if self.options.face_fallback != "centre":
                 raise
             return CropBox.whole(*image.shape[:2])
@@ -186,7 +193,8 @@ class Performance:
         size = animator.image_size
         self._driver = animator._session("driver")
         self._generator = animator._session("generator")
-        self._driver_input = np.zeros((1, 3, size, size), np.float32)
+        self._driver_input = np.zeros((1, 3, size, size), animator.input_dtypes["driver"]["driver_image"])
+        self._motion_dtypes = (animator.input_dtypes["generator"]["pose"], animator.input_dtypes["generator"]["expression"])
         self._tracker = None
         if options.crop:
             self._tracker = FaceTracker(animator.detector, animator._geometry,
@@ -229,6 +237,8 @@ class Performance:
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
 
     def _generate(self, motion: Motion) -> np.ndarray:
+        motion = Motion(motion.pose.astype(self._motion_dtypes[0], copy=False),
+                        motion.expression.astype(self._motion_dtypes[1], copy=False))
         if self._binding is None:
             return run_graph(self._generator, "generator", ["image"], {
                 "canonical_volume": self.avatar.canonical_volume,
@@ -275,5 +285,5 @@ def to_tensor(crop: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 def to_image(tensor: np.ndarray) -> np.ndarray:
     """float (1, 3, S, S) in [0, 1] -> RGB uint8 (S, S, 3)."""
-    image = np.clip(tensor[0].transpose(1, 2, 0) * 255.0 + 0.5, 0.0, 255.0)
+    image = np.clip(tensor[0].transpose(1, 2, 0).astype(np.float32) * 255.0 + 0.5, 0.0, 255.0)
     return image.astype(np.uint8)

@@ -200,3 +200,19 @@ def test_runtime_failures_become_one_line_errors(toy_bundle, rng):
     with pytest.raises(MegaportraitsError, match=r"^running the 'generator' graph failed in ONNX Runtime: "
                                                  r"\[ONNXRuntimeError\] : 1 : FAIL : .* running GridSample$"):
         a.animate_frame(avatar, frames(rng, 1)[0])
+
+
+def test_fp16_bundle_io(toy_bundle, tmp_path, rng):
+    from toy_bundle import make_toy_bundle
+
+    half = make_toy_bundle(tmp_path / "fp16", fp16=True)
+    source, first, later = frames(rng, 3)
+    outputs = []
+    for bundle in (toy_bundle, half):
+        a = animator(bundle)
+        avatar = a.prepare(source)
+        outputs.append(list(a.stream(avatar, [first, later])))
+        if bundle == half:
+            assert avatar.canonical_volume.dtype == np.float16 and avatar.motion.pose.dtype == np.float32
+    for full, reduced in zip(*outputs):
+        assert np.abs(full.astype(int) - reduced.astype(int)).max() <= 3

@@ -142,22 +142,47 @@ def _model(graph) -> onnx.ModelProto:
 GRAPHS = {"source": source_graph, "driver": driver_graph, "generator": generator_graph}
 
 
+def with_fp16_io(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with float16 inputs and outputs (Cast at the boundary), as an fp16
+    bundle's graphs present themselves to the SDK."""
+    graph = model.graph
+    casts_in, casts_out = [], []
+    for value in graph.input:
+        inner = value.name + "_f32"
+        for node in graph.node:
+            node.input[:] = [inner if n == value.name else n for n in node.input]
+        casts_in.append(helper.make_node("Cast", [value.name], [inner], to=TensorProto.FLOAT))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for value in graph.output:
+        inner = value.name + "_f32"
+        for node in graph.node:
+            node.output[:] = [inner if n == value.name else n for n in node.output]
+        casts_out.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT16))
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    nodes = casts_in + list(graph.node) + casts_out
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
 def _spec(model: onnx.ModelProto, file: str, portable_file: str | None) -> mf.GraphSpec:
     def tensors(values):
-        return tuple(mf.TensorSpec(v.name, tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim))
-                     for v in values)
+        dtype = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+        return tuple(mf.TensorSpec(v.name, tuple(d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim),
+                                   dtype[v.type.tensor_type.elem_type]) for v in values)
     return mf.GraphSpec(file=file, inputs=tensors(model.graph.input), outputs=tensors(model.graph.output),
                         portable_file=portable_file)
 
 
-def make_toy_bundle(directory, custom_op: bool = False) -> Path:
+def make_toy_bundle(directory, custom_op: bool = False, fp16: bool = False) -> Path:
     """Write the toy bundle. ``custom_op=True`` declares the custom op and gives each graph a
     byte-different but equivalent portable twin, to exercise the SDK's flavour choice."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for role, build in GRAPHS.items():
-        model = build()
+        model = with_fp16_io(build()) if fp16 else build()
         onnx.save(model, str(directory / f"{role}.onnx"))
         portable = None
         if custom_op:
@@ -169,6 +194,7 @@ def make_toy_bundle(directory, custom_op: bool = False) -> Path:
     manifest = mf.Manifest(
         model_name="toy", preset="toy", image_size=SIZE, graphs=graphs, files={}, opset=18,
         custom_op={"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION} if custom_op else None,
+        precision="fp16" if fp16 else "fp32",
         producer={"tests": "toy_bundle.py"}, provenance={"weights": "hand-made"})
     mf.write_manifest(directory, manifest)
     return directory
