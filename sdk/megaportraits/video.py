@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -82,6 +83,9 @@ def _reason(error: BaseException) -> str:
     return " ".join(str(error).split())[:200]
 
 
+class AudioWarning(UserWarning):
+    """The driver's audio could not be kept (the video is written without it, or with part)."""
+
 class AudioCopy:
     """The driver's first audio track, copied (or transcoded to AAC) into the output in step
     with the video: :meth:`until` writes everything before a time, so the file stays
@@ -110,7 +114,16 @@ class AudioCopy:
         return "copied" if self.copied else "transcoded to AAC"
 
     def until(self, seconds: float) -> None:
-        """Write the audio that starts before ``seconds`` of output time."""
+        """Write the audio that starts before ``seconds`` of output time. Damaged audio ends the
+        sound track with a warning; it never costs the video."""
+        try:
+            self._copy_until(seconds)
+        except av.FFmpegError as e:
+            self._done = True
+            warnings.warn(f"the driver's audio could not be read past {seconds:.1f} s ({_reason(e)}); "
+                          "the rest of the output is silent", AudioWarning, stacklevel=3)
+
+    def _copy_until(self, seconds: float) -> None:
         while not self._done:
             packet = self._pending or self._next_packet()
             if packet is None:
@@ -129,6 +142,7 @@ class AudioCopy:
                 self._output.mux(self._stream.encode(frame))
             self._output.mux(self._stream.encode(None))
         self._input.close()
+
 
     def _next_packet(self):
         for packet in self._packets:
@@ -152,6 +166,15 @@ class AudioCopy:
                 self._output.mux(self._stream.encode(frame))
 
 
+def _open_audio(driver: Path, output, video_start: float) -> AudioCopy | None:
+    try:
+        return AudioCopy(driver, output, video_start)
+    except (av.FFmpegError, ValueError) as e:
+        warnings.warn(f"the driver's audio track cannot be kept ({_reason(e)}); the output is silent",
+                      AudioWarning, stacklevel=3)
+        return None
+
+
 def _seconds(packet) -> float:
     return float(packet.pts * packet.time_base)
 
@@ -169,11 +192,15 @@ class VideoWriter:
         self._tmp = temporary_sibling(self.path)
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
-            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            try:
+                self._stream = self._container.add_stream("libx264", rate=self.fps)
+            except (av.FFmpegError, ValueError) as e:
+                raise InputError(f"this PyAV build cannot encode H.264 with libx264 ({_reason(e)}); "
+                                 "install the PyAV wheel from PyPI: pip install --force-reinstall av") from None
             self._stream.width, self._stream.height = self.size
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(crf), "preset": "veryfast"}
-            self._audio = AudioCopy(audio_from, self._container, video_start) if audio_from else None
+            self._audio = _open_audio(audio_from, self._container, video_start) if audio_from else None
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise

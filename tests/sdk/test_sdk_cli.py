@@ -288,3 +288,19 @@ def test_real_ctrl_c_in_a_real_process(media, toy_bundle, tmp_path):
     assert 2 <= written < 400
     assert probe(out)["video"]["frames"] == written
     assert only(out_dir) == ["o.mp4"]
+
+
+def test_audio_that_cannot_be_kept_costs_only_the_sound(media, toy_bundle, tmp_path, capsys, monkeypatch):
+    from megaportraits import video
+
+    def unsupported(self, *args):
+        raise ValueError("no encoder for this layout")
+    monkeypatch.setattr(video.AudioCopy, "__init__", unsupported)
+    out = tmp_path / "out.mp4"
+    code, _, err = run(capsys, "animate", media / "source.png", media / "driver.mp4", "-o", out,
+                       "--bundle", toy_bundle, "--quiet", "--max-frames", "3")
+    assert code == 0
+    assert err.splitlines() == [
+        "megaportraits: warning: the driver's audio track cannot be kept (no encoder for this layout); the output is silent",
+        f"megaportraits: wrote {out} (3 frames at 25 fps, no audio)"]
+    assert probe(out)["audio"] is None
