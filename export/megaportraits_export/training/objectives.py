@@ -182,3 +182,19 @@ def build_training_dataset(cfg, image_size: int):
         return SyntheticTalkingHeads(num_identities=cfg.data.train_identities, size=image_size,
                                      seed=cfg.data.seed, split="train", augmentation=augmentation)
     return TalkingHeadVideos(cfg.data.root, size=image_size, seed=cfg.data.seed, augmentation=augmentation)
+
+
+def build_pose_dataset(cfg, image_size: int, training_set):
+    """What the head-pose regressor is pretrained on: images with ground-truth poses.
+
+    Synthetic heads carry them, so they are their own pose set. Real videos do not (the paper
+    fitted poses to 3D landmarks, which is not available here), so with video data the
+    regressor is pretrained on synthetic heads of the same size; use ``main_stage = "low_lr"``
+    to let it adapt to real faces during the main stage.
+    """
+    if cfg.data.kind == "synthetic" or cfg.pose_pretrain.steps == 0:
+        return training_set
+    from ..data import SyntheticTalkingHeads
+
+    return SyntheticTalkingHeads(num_identities=max(2, cfg.data.train_identities), size=image_size,
+                                 seed=cfg.data.seed, split="train")

@@ -35,6 +35,7 @@ from .objectives import (
     PoseParameters,
     ReenactmentPass,
     build_discriminator,
+    build_pose_dataset,
     build_training_dataset,
     pose_regressor_of,
     pose_targets,
@@ -75,7 +76,8 @@ class Trainer:
         self.history: dict = {}
         self.main_stream = DataStream(self.dataset, cfg.train.batch_size, ctx.rank, ctx.world_size,
                                       cfg.data.seed, cfg.data.num_workers)
-        self.pose_stream = DataStream(self.dataset, cfg.pose_pretrain.batch_size, ctx.rank,
+        pose_set = build_pose_dataset(cfg, self.model_config.image_size, self.dataset)
+        self.pose_stream = DataStream(pose_set, cfg.pose_pretrain.batch_size, ctx.rank,
                                       ctx.world_size, cfg.data.seed + 1, cfg.data.num_workers)
         self._build_pose_stage()
         self._build_main_stage()
