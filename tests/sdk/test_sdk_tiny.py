@@ -147,3 +147,23 @@ def test_per_frame_latency_is_reported(tiny_bundle, io_binding, capsys):
         print(f"\n[tiny, cpu, 1 thread, io_binding={io_binding}] per frame: median "
               f"{np.median(times) * 1e3:.2f} ms, p90 {np.percentile(times, 90) * 1e3:.2f} ms")
     assert np.median(times) < 1.0
+
+
+def test_cli_end_to_end_on_the_tiny_model(tiny_bundle, tmp_path, capsys):
+    import cv2
+
+    from drawn_faces import draw_face
+    from media import probe, write_video
+    from megaportraits import cli
+
+    cv2.imwrite(str(tmp_path / "source.png"), cv2.cvtColor(draw_face(size=240, width=320, cx=170, cy=120, scale=0.9),
+                                                           cv2.COLOR_RGB2BGR))
+    frames = [draw_face(size=256, cx=128 + 3 * (i % 3), noise_seed=i) for i in range(8)]
+    write_video(tmp_path / "driver.mp4", frames, fps=30, audio="aac")
+    out = tmp_path / "out.mp4"
+    code = cli.main(["animate", str(tmp_path / "source.png"), str(tmp_path / "driver.mp4"), "-o", str(out),
+                     "--bundle", str(tiny_bundle), "--provider", "cpu", "--smooth", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    info = probe(out)
+    assert info["video"]["frames"] == 8 and (info["video"]["width"], info["video"]["height"]) == (320, 240)
+    assert info["audio"]["codec"] == "aac"
