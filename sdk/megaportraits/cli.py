@@ -94,6 +94,9 @@ def _run_animation(args, source, driver, output, bundle) -> int:
 
     single_image = is_image_path(driver)
     check_output_path(output, IMAGE_EXTENSIONS if single_image else (".mp4",))
+    for name, path in (("source", source), ("driver", driver)):
+        if Path(output).resolve() == Path(path).resolve():
+            raise MegaportraitsError(f"the output {str(output)!r} would overwrite the {name}; choose another name")
     check_readable_file(driver, "driver image" if single_image else "driver video")
     if args.max_frames is not None and args.max_frames < 1:
         raise MegaportraitsError(f"--max-frames must be at least 1, not {args.max_frames}")

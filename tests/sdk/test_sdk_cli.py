@@ -146,6 +146,14 @@ def test_output_problems(media, toy_bundle, tmp_path, capsys):
     assert only(tmp_path) == []
 
 
+def test_output_must_not_overwrite_an_input(media, toy_bundle, capsys):
+    before = (media / "driver.mp4").read_bytes()
+    code, _, err = run(capsys, "animate", media / "source.png", media / "driver.mp4", "-o", media / "driver.mp4",
+                       "--bundle", toy_bundle)
+    assert code == 1 and "would overwrite the driver" in err
+    assert (media / "driver.mp4").read_bytes() == before
+
+
 def test_bad_bundle_and_provider(media, toy_bundle, bundle_copy, tmp_path, capsys):
     bad = bundle_copy(toy_bundle)
     with open(bad / "generator.onnx", "ab") as f:
