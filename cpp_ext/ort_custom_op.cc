@@ -169,6 +169,11 @@ OrtStatus* ORT_API_CALL infer_output_shape(const OrtCustomOp*, OrtShapeInferCont
   const int64_t y_dims[5] = {x_dims[0], x_dims[1], grid_dims[1], grid_dims[2], grid_dims[3]};
   const char* y_names[5] = {x_names[0].c_str(), x_names[1].c_str(), grid_names[1].c_str(), grid_names[2].c_str(),
                             grid_names[3].c_str()};
+  // The API cannot leave a dimension unset: an unknown, unnamed one would become a fixed -1 that
+  // every run then contradicts. Then Y's shape stays unknown altogether.
+  for (int i = 0; i < 5; ++i) {
+    if (y_dims[i] < 0 && y_names[i][0] == '\0') return nullptr;
+  }
   OrtTensorTypeAndShapeInfo* y = nullptr;
   if (OrtStatus* status = api->CreateTensorTypeAndShapeInfo(&y)) {
     api->ReleaseStatus(status);

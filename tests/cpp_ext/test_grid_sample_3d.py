@@ -261,3 +261,21 @@ def test_session_infers_the_output_shape_with_symbolic_dimensions():
     options.register_custom_ops_library(megaportraits.custom_ops_library())
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].shape == ["batch", 5, 3, "height", 2]
+
+
+def test_unknown_dimensions_stay_unknown_without_shape_warnings(capfd):
+    """Declared-unknown dims must not become a fixed -1 that every run contradicts (and logs)."""
+    node = helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=_native.OP_DOMAIN)
+    graph = helper.make_graph(
+        [node], "warp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None] * 5),
+         helper.make_tensor_value_info("grid", TensorProto.FLOAT, [None] * 5)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 5)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(_native.OP_DOMAIN, 1)])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(megaportraits.custom_ops_library())
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    capfd.readouterr()
+    x, grid = np.ones((1, 2, 3, 4, 5), np.float32), np.zeros((1, 2, 2, 2, 3), np.float32)
+    assert session.run(None, {"X": x, "grid": grid})[0].shape == (1, 2, 2, 2, 2)
+    assert "does not match actual shape" not in capfd.readouterr().err
