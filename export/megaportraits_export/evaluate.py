@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class PairSet:
     cross_reference: torch.Tensor     # B performing the source's motion: d0 for relative motion
     target: torch.Tensor
     identities: list                  # (A, B) seeds per pair
+    source_pose: torch.Tensor         # (N, 7) ground truth of the model's theta (Pose.model_parameters)
+    driver_pose: torch.Tensor         # (N, 7) for the drivers of both tasks
 
 
 def heldout_pairs(pairs: int, size: int, seed: int = 0,
@@ -70,7 +73,7 @@ def heldout_pairs(pairs: int, size: int, seed: int = 0,
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
 
     images = {k: [] for k in ("source", "self_driver", "cross_driver", "cross_reference")}
-    chosen = []
+    chosen, poses = [], {"source_pose": [], "driver_pose": []}
     for k in range(pairs):
         a = seeds[k % len(seeds)]
         b = seeds[(k % len(seeds) + 1 + int(rng.integers(len(seeds) - 1))) % len(seeds)]
@@ -81,7 +84,10 @@ def heldout_pairs(pairs: int, size: int, seed: int = 0,
         images["cross_driver"].append(synthetic.render(id_b, m_d.pose, m_d.expression, size))
         images["cross_reference"].append(synthetic.render(id_b, m_s.pose, m_s.expression, size))
         chosen.append((a, b))
+        poses["source_pose"].append(torch.from_numpy(m_s.pose.model_parameters()))
+        poses["driver_pose"].append(torch.from_numpy(m_d.pose.model_parameters()))
     stacked = {k: torch.stack([tensor(i) for i in v]) for k, v in images.items()}
+    stacked.update({k: torch.stack(v) for k, v in poses.items()})
     return PairSet(target=stacked["self_driver"], identities=chosen, **stacked)
 
 
@@ -122,6 +128,18 @@ class CheckpointReenactor:
                 motion = relative_motion((avatar.pose, avatar.expression), motion, base)
             outputs.append(self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion))
         return torch.cat(outputs).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def pose_errors(self, pairs: PairSet) -> dict:
+        """Mean absolute error of the head-pose regressor on the held-out frames."""
+        images = torch.cat((pairs.source, pairs.self_driver, pairs.cross_driver))
+        truth = torch.cat((pairs.source_pose, pairs.driver_pose, pairs.driver_pose)).double()
+        scale, rotation, translation = (t.double() for t in
+                                        self.model.driver_branch.head_pose.pose_parameters(images))
+        degrees = (rotation - truth[:, 1:4]).abs().mean(0) * 180.0 / math.pi
+        return {"yaw_deg": float(degrees[0]), "pitch_deg": float(degrees[1]), "roll_deg": float(degrees[2]),
+                "translation": float((translation - truth[:, 4:7]).abs().mean()),
+                "scale_relative": float(((scale.mean(1) - truth[:, 0]).abs() / truth[:, 0]).mean())}
 
 
 # ---- reenactment through a bundle (the SDK) -------------------------------------------------------
@@ -189,6 +207,8 @@ def format_table(results: dict, header: str) -> str:
 def run_evaluation(reenactor, pairs: int, seed: int, identities: int, motion: str) -> dict:
     pair_set = heldout_pairs(pairs, reenactor.image_size, seed=seed, identities=identities)
     results = evaluate(reenactor, pair_set, motion=motion)
+    if hasattr(reenactor, "pose_errors"):
+        results["head_pose_error"] = reenactor.pose_errors(pair_set)
     results["protocol"] = {
         "data": "synthetic held-out identities (seeds >= EVAL_IDENTITY_SEED_OFFSET)",
         "pairs": pairs, "heldout_identities": identities, "seed": seed, "motion": motion,
@@ -247,6 +267,11 @@ def main(argv=None) -> int:
         p = results["protocol"]
         print(format_table(results, f"{subject}: {p['pairs']} pairs of {p['heldout_identities']} held-out "
                                     f"synthetic identities at {p['image_size']}px, {p['motion']} motion"))
+        if "head_pose_error" in results:
+            e = results["head_pose_error"]
+            print(f"head-pose regressor, mean absolute error: yaw {e['yaw_deg']:.2f} deg, pitch "
+                  f"{e['pitch_deg']:.2f} deg, roll {e['roll_deg']:.2f} deg, translation {e['translation']:.4f}, "
+                  f"scale {100 * e['scale_relative']:.2f} %")
     if args.write_provenance:
         write_metrics_to_checkpoint(args.checkpoint, results)
     return 0

@@ -201,3 +201,15 @@ def test_bundle_through_the_sdk_matches_the_checkpoint(bundle_factory):
         expected = in_torch.reenact(pairs.source, pairs.cross_driver, reference)
         got = through_sdk.reenact(pairs.source, pairs.cross_driver, reference)
         assert (got - expected).abs().max() < 3 / 255
+
+
+def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint):
+    _, model = tiny_checkpoint
+    pairs = evaluate.heldout_pairs(2, 64, seed=3, identities=3)
+    errors = evaluate.CheckpointReenactor(model).pose_errors(pairs)
+    with torch.no_grad():
+        _, rotation, _ = model.driver_branch.head_pose.pose_parameters(pairs.source)
+    # an untrained regressor predicts about zero rotation: its yaw error is the true |yaw| on average
+    truth = torch.cat((pairs.source_pose, pairs.driver_pose, pairs.driver_pose))
+    assert errors["yaw_deg"] == pytest.approx(float(truth[:, 1].abs().mean()) * 180 / math.pi, abs=2.0)
+    assert rotation.shape == (2, 3) and set(errors) >= {"yaw_deg", "pitch_deg", "roll_deg", "translation"}

@@ -358,7 +358,7 @@ class Trainer:
                 minutes = cfg.log.checkpoint_minutes
                 timed = minutes > 0 and time.monotonic() - last_save > minutes * 60
                 if self.ctx.enabled and minutes > 0:   # every process must agree to save
-                    flag = torch.tensor([1.0 if timed else 0.0])
+                    flag = torch.tensor([1.0 if timed else 0.0], device=self.device)
                     dist.broadcast(flag, 0)
                     timed = bool(flag.item())
                 if self.step % cfg.log.checkpoint_every == 0 or timed:
@@ -375,7 +375,7 @@ class Trainer:
         for k, v in scalars.items():
             self.history[f"{stage}/{k}"] = v
         if step % self.cfg.log.log_every == 0 or step == 1:
-            averaged = {k: float(mean_across_processes(torch.tensor(float(v)), self.ctx))
+            averaged = {k: float(mean_across_processes(torch.tensor(float(v), device=self.device), self.ctx))
                         for k, v in scalars.items()}
             self.logger.scalars(averaged, step, prefix=f"{stage}/")
             if bar is not None:
