@@ -28,13 +28,23 @@ class FaceDetector(Protocol):
 
 class HaarFaceDetector:
     """The default detector: OpenCV's frontal-face Haar cascade, run on a copy of the frame
-    downscaled to ``max_side`` (faces in portraits and talking-head videos are large)."""
+    downscaled to ``max_side`` (faces in portraits and talking-head videos are large).
 
-    def __init__(self, max_side: int = 256, scale_factor: float = 1.1, min_neighbors: int = 3):
+    ``face_range`` bounds the face side as fractions of the image's shorter side; the tracker's
+    search near the last face knows the size to expect, and skipping the other scales halves
+    the work."""
+
+    def __init__(self, max_side: int = 256, scale_factor: float = 1.1, min_neighbors: int = 3,
+                 face_range: tuple = (0.0, 1.0), cascade: HaarCascade | None = None):
         self.max_side = max_side
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
-        self._cascade = HaarCascade()
+        self.face_range = face_range
+        self._cascade = cascade or HaarCascade()
+
+    def sized(self, face_range: tuple) -> "HaarFaceDetector":
+        """The same detector (sharing the parsed cascade) looking only for faces of that size."""
+        return HaarFaceDetector(self.max_side, self.scale_factor, self.min_neighbors, face_range, self._cascade)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -42,7 +52,10 @@ class HaarFaceDetector:
         if scale < 1.0:
             gray = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
                               interpolation=cv2.INTER_AREA)
-        boxes = self._cascade.detect(gray, self.scale_factor, self.min_neighbors)
+        short = min(gray.shape)
+        boxes = self._cascade.detect(gray, self.scale_factor, self.min_neighbors,
+                                     min_size=int(self.face_range[0] * short),
+                                     max_size=int(np.ceil(self.face_range[1] * short)))
         return boxes.astype(np.float64) / scale
 
 
@@ -152,14 +165,18 @@ class FaceTracker:
     crop) of where the crop was last aimed and its size within ``size_margin`` (relative; the
     cascade measures sizes in 10% steps); past that it is re-aimed and eases there by
     ``follow`` of the remaining distance per frame. A frame without a face keeps the last crop.
-    Detection runs first on a small region around the last face (``search_side`` pixels), and
-    on the whole frame only when the face is not there.
+    Detection runs first on a small region around the last face (``search_side`` pixels, with
+    ``near_detector``: by default the detector itself, or for the Haar detector one that only
+    looks for faces of about the last one's size), and on the whole frame only when the face
+    is not there.
     """
 
     def __init__(self, detector: FaceDetector, geometry: CropGeometry = CropGeometry(),
                  margin: float = 0.06, size_margin: float = 0.15, follow: float = 0.5,
-                 search_side: int = 112, centre_fallback: bool = False):
+                 search_side: int = 112, centre_fallback: bool = False,
+                 near_detector: FaceDetector | None = None):
         self.detector = detector
+        self.near_detector = near_detector or _near_detector(detector)
         self.centre_fallback = centre_fallback
         self.geometry = geometry
         self.margin = margin
@@ -219,7 +236,7 @@ class FaceTracker:
         side = 2.0 * max(w, h)
         region = CropBox.from_centre(x + w / 2, y + h / 2, side)
         patch = cut_crop(frame, region, self.search_side)
-        boxes = np.asarray(self.detector(patch), dtype=np.float64).reshape(-1, 4)
+        boxes = np.asarray(self.near_detector(patch), dtype=np.float64).reshape(-1, 4)
         if len(boxes) == 0:
             return None
         scale = region.side / self.search_side
@@ -232,3 +249,11 @@ class FaceTracker:
         centres = boxes[:, :2] + boxes[:, 2:] / 2
         distance = np.linalg.norm(centres - np.array([x + w / 2, y + h / 2]), axis=1)
         return boxes[int(np.argmin(distance))]
+
+
+def _near_detector(detector: FaceDetector) -> FaceDetector:
+    """In the search region (twice the last face) the face spans about half the side; allow
+    it to have grown or shrunk by half."""
+    if isinstance(detector, HaarFaceDetector):
+        return detector.sized((0.3, 0.85))
+    return detector

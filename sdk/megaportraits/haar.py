@@ -88,7 +88,7 @@ class HaarCascade:
         self._stride = stride
 
     def detect(self, gray: np.ndarray, scale_factor: float = 1.1, min_neighbors: int = 3,
-               min_size: int = 0) -> np.ndarray:
+               min_size: int = 0, max_size: int | None = None) -> np.ndarray:
         """Face boxes (N, 4) as x, y, w, h in ``gray``'s pixels, like OpenCV's detectMultiScale."""
         if gray.ndim != 2 or gray.dtype != np.uint8:
             raise ValueError("HaarCascade.detect takes a 2-D uint8 grayscale image")
@@ -96,7 +96,8 @@ class HaarCascade:
         win_w, win_h = self.window
         stride = width + 1
         layers, factor = [], 1.0
-        while round(width / factor) >= win_w + 1 and round(height / factor) >= win_h + 1:
+        while (round(width / factor) >= win_w + 1 and round(height / factor) >= win_h + 1
+               and (max_size is None or round(win_w * factor) <= max_size)):
             if round(win_w * factor) >= min_size:
                 layers.append(factor)
             factor *= scale_factor

@@ -106,19 +106,30 @@ def test_tracker_first_frame_without_face():
 
 
 def test_tracker_searches_near_the_last_face_first():
-    detector = HaarFaceDetector()
-    tracker = FaceTracker(detector)
+    tracker = FaceTracker(HaarFaceDetector())
+    assert tracker.near_detector.face_range == (0.3, 0.85)
     calls = []
-    original = detector.__call__
 
     class Spy:
+        def __init__(self, name, detector):
+            self.name, self.detector = name, detector
+
         def __call__(self, rgb):
-            calls.append(rgb.shape[:2])
-            return original(rgb)
-    tracker.detector = Spy()
-    for dx in (0, 4, 8):
-        tracker.update(draw_face(size=256, cx=128 + dx))
-    assert calls == [(256, 256), (112, 112), (112, 112), (112, 112)]
+            calls.append((self.name, rgb.shape[:2]))
+            return self.detector(rgb)
+    tracker.detector = Spy("full", tracker.detector)
+    tracker.near_detector = Spy("near", tracker.near_detector)
+    boxes = [tracker.update(draw_face(size=256, cx=128 + dx)) for dx in (0, 4, 8)]
+    assert calls == [("full", (256, 256))] + [("near", (112, 112))] * 3
+    assert len(set(boxes)) == 1
+
+
+def test_sized_detector_finds_only_faces_of_that_size():
+    image = draw_face(size=256, scale=1.0)  # face box about 167 px
+    detector = HaarFaceDetector()
+    assert len(detector.sized((0.5, 0.8))(image)) == 1
+    assert len(detector.sized((0.0, 0.4))(image)) == 0
+    assert len(detector.sized((0.8, 1.0))(image)) == 0
 
 
 def test_drawn_face_video_gives_a_steady_crop():
