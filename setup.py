@@ -117,7 +117,9 @@ setup(
     python_requires=">=3.10",
     package_dir={"megaportraits": "sdk/megaportraits", "megaportraits_export": "export/megaportraits_export"},
     packages=["megaportraits", "megaportraits.benchmark", "megaportraits_export", "megaportraits_export.networks",
-              "megaportraits_export.data", "megaportraits_export.losses"],
+              "megaportraits_export.data", "megaportraits_export.losses", "megaportraits_export.training"],
+    # the bundled demo: model bundle, source portrait and driving clip (tools/make_demo_assets.py)
+    package_data={"megaportraits": ["assets/*.png", "assets/*.mp4", "assets/demo_bundle/*"]},
     ext_modules=native_extensions(),
     cmdclass={"build_ext": BuildNative},
     # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; [gpu] users replace
