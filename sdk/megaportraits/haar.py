@@ -146,7 +146,7 @@ class HaarCascade:
         for stage in self._stages:
             if index.size == 0:
                 break
-            corners = integral[base[index][:, None] + stage.offsets[None, :]]
+            corners = np.take(integral, base[index][:, None] + stage.offsets[None, :])
             corners = corners.reshape(index.size, -1, 3, 4)
             rect_sums = (corners[..., 0] - corners[..., 1] - corners[..., 2] + corners[..., 3])
             feature = np.einsum("nkr,kr->nk", rect_sums.astype(np.float32), stage.weights)
@@ -157,7 +157,7 @@ class HaarCascade:
 
 
 def _corner_sums(table: np.ndarray, base: np.ndarray, corners: np.ndarray) -> np.ndarray:
-    c = table[base[:, None] + corners[None, :]]
+    c = np.take(table, base[:, None] + corners[None, :])
     return c[:, 0] - c[:, 1] - c[:, 2] + c[:, 3]
 
 
