@@ -146,6 +146,16 @@ def test_output_problems(media, toy_bundle, tmp_path, capsys):
     assert only(tmp_path) == []
 
 
+def test_centre_crop_only_when_asked(media, toy_bundle, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code, _, err = run(capsys, "animate", media / "noise.png", media / "driver.png", "-o", out, "--bundle", toy_bundle)
+    assert code == 1 and "no face found in the source image" in err
+    code, _, err = run(capsys, "animate", media / "noise.png", media / "noise.png", "-o", out, "--bundle", toy_bundle,
+                       "--centre-crop")
+    assert code == 0, err
+    assert cv2.imread(str(out)).shape == (128, 128, 3)
+
+
 def test_output_must_not_overwrite_an_input(media, toy_bundle, capsys):
     before = (media / "driver.mp4").read_bytes()
     code, _, err = run(capsys, "animate", media / "source.png", media / "driver.mp4", "-o", media / "driver.mp4",
