@@ -279,3 +279,13 @@ def test_unknown_dimensions_stay_unknown_without_shape_warnings(capfd):
     x, grid = np.ones((1, 2, 3, 4, 5), np.float32), np.zeros((1, 2, 2, 2, 3), np.float32)
     assert session.run(None, {"X": x, "grid": grid})[0].shape == (1, 2, 2, 2, 2)
     assert "does not match actual shape" not in capfd.readouterr().err
+
+
+def test_pybind11_accepts_non_contiguous_views():
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal((2, 6, 5, 4, 7), dtype=np.float32)
+    x = base[:, ::2]  # strided channels
+    grid = np.asfortranarray(rng.uniform(-1.5, 1.5, (2, 3, 4, 5, 3)).astype(np.float32))
+    y = megaportraits.grid_sample_3d(x, grid, mode="linear", padding_mode="border", align_corners=True)
+    expected = run_torch(np.ascontiguousarray(x), np.ascontiguousarray(grid), "linear", "border", 1)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=TOLERANCE)
