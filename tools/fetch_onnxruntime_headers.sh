@@ -17,6 +17,14 @@ if [[ -f "$dest/include/onnxruntime_c_api.h" ]]; then
     exit 0
 fi
 
+for tool in apt-get dpkg; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "error: $tool not found (this script is for Debian/Ubuntu); set ONNXRUNTIME_DIR to an unpacked" \
+             "onnxruntime release (https://github.com/microsoft/onnxruntime/releases) instead." >&2
+        exit 1
+    fi
+done
+
 suite="${MEGAPORTRAITS_ORT_DEBIAN_SUITE:-trixie}"
 mirror="${MEGAPORTRAITS_ORT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 keyring="/usr/share/keyrings/debian-archive-${suite}-stable.gpg"
