@@ -167,3 +167,23 @@ def test_cli_end_to_end_on_the_tiny_model(tiny_bundle, tmp_path, capsys):
     info = probe(out)
     assert info["video"]["frames"] == 8 and (info["video"]["width"], info["video"]["height"]) == (320, 240)
     assert info["audio"]["codec"] == "aac"
+
+
+def test_per_frame_latency_with_face_tracking_and_paste_back(tiny_bundle, capsys):
+    from drawn_faces import draw_face
+
+    a = Animator(tiny_bundle, provider="cpu", threads=1)
+    performance = a.performance(a.prepare(draw_face(size=512, cx=256, cy=250, scale=1.6)))
+    frames = [draw_face(size=480, width=640, cx=320 + 8 * np.sin(i / 3), cy=240, scale=1.4, noise_seed=i)
+              for i in range(20)]
+    for f in frames[:5]:
+        performance(f)
+    times = []
+    for i in range(40):
+        start = time.perf_counter()
+        out = performance(frames[i % 20])
+        times.append(time.perf_counter() - start)
+    assert out.shape == (512, 512, 3)
+    with capsys.disabled():
+        print(f"\n[tiny, cpu, 1 thread, 640x480 driver, face tracking + paste-back into 512x512] per frame: "
+              f"median {np.median(times) * 1e3:.2f} ms, p90 {np.percentile(times, 90) * 1e3:.2f} ms")
