@@ -50,6 +50,7 @@ class Report:
     shape: dict
     grid: str
     threads: int
+    spinning: bool
     repeats: int
     machine: dict
     bytes_moved: int
@@ -109,10 +110,11 @@ def grid_sample_model(custom: bool) -> bytes:
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
-def ort_session(custom: bool, threads: int) -> ort.InferenceSession:
+def ort_session(custom: bool, threads: int, spinning: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if custom:
         options.register_custom_ops_library(megaportraits.custom_ops_library())
     return ort.InferenceSession(grid_sample_model(custom), options, providers=["CPUExecutionProvider"])
@@ -153,13 +155,13 @@ def run(args) -> Report:
     copy_gb_s = memory_copy_gb_s(bytes_moved, args.warmup, args.repeats)
     floor_s = bytes_moved / (copy_gb_s * 1e9)
     report = Report(shape={"x": list(x.shape), "grid": list(grid.shape)}, grid=args.grid, threads=args.threads,
-                    repeats=args.repeats, machine=machine_info(), bytes_moved=bytes_moved,
+                    spinning=args.spinning, repeats=args.repeats, machine=machine_info(), bytes_moved=bytes_moved,
                     copy_gb_s=copy_gb_s, floor_ms=floor_s * 1e3)
 
     candidates = {}
-    custom = ort_session(custom=True, threads=args.threads)
+    custom = ort_session(custom=True, threads=args.threads, spinning=args.spinning)
     candidates["GridSample3D (ORT custom op)"] = lambda: custom.run(None, {"X": x, "grid": grid})[0]
-    builtin = ort_session(custom=False, threads=args.threads)
+    builtin = ort_session(custom=False, threads=args.threads, spinning=args.spinning)
     candidates["onnxruntime GridSample-20"] = lambda: builtin.run(None, {"X": x, "grid": grid})[0]
     if torch is not None:
         torch.set_num_threads(args.threads)
@@ -192,7 +194,8 @@ def print_table(report: Report) -> None:
     print(f"machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} cores; python {m['python']}, "
           f"numpy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}; load average "
           f"{m['load_average_1min']}")
-    print(f"threads {report.threads}, {report.repeats} timed runs after warm-up; bytes moved per warp "
+    print(f"threads {report.threads} (onnxruntime pool spinning {'on' if report.spinning else 'off'}), "
+          f"{report.repeats} timed runs after warm-up; bytes moved per warp "
           f"{report.bytes_moved / 1e6:.1f} MB; numpy copy {report.copy_gb_s:.1f} GB/s -> floor "
           f"{report.floor_ms:.2f} ms\n")
     header = (f"{'implementation':<30} {'median ms':>10} {'p90 ms':>10} {'min ms':>8} {'cpu ms':>8} {'GB/s':>7} {'x floor':>8} "
@@ -214,6 +217,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every implementation "
                         "(default: all cores)")
     parser.add_argument("--grid", choices=["random", "smooth"], default="random")
+    parser.add_argument("--no-spinning", dest="spinning", action="store_false",
+                        help="onnxruntime pool threads sleep instead of spinning between tasks (kinder to a busy machine)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--channels", type=int, default=96)
