@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -116,10 +116,11 @@ setup(
     description="One-shot neural head avatars (MegaPortraits) on ONNX Runtime",
     python_requires=">=3.10",
     package_dir={"megaportraits": "sdk/megaportraits", "megaportraits_export": "export/megaportraits_export"},
-    packages=["megaportraits", "megaportraits.benchmark", "megaportraits_export", "megaportraits_export.networks",
-              "megaportraits_export.data", "megaportraits_export.losses", "megaportraits_export.training"],
-    # the bundled demo: model bundle, source portrait and driving clip (tools/make_demo_assets.py)
-    package_data={"megaportraits": ["assets/*.png", "assets/*.mp4", "assets/demo_bundle/*"]},
+    # every subpackage under the two roots, so a new one can never be left out of a wheel
+    packages=find_packages("sdk") + find_packages("export"),
+    # the face cascade, and the bundled demo: model bundle, source portrait and driving clip
+    package_data={"megaportraits": ["data/*.xml", "assets/*.png", "assets/*.mp4", "assets/*.md",
+                                    "assets/demo_bundle/*"]},
     ext_modules=native_extensions(),
     cmdclass={"build_ext": BuildNative},
     # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; [gpu] users replace
