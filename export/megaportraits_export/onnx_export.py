@@ -408,20 +408,24 @@ def verify_bundle(bundle_dir: str | os.PathLike,
     mf.verify_files(bundle_dir, manifest)
     model = model.eval()
     modules = role_modules(model)
-    report = []
+    cases = []  # (batch, role, feeds, PyTorch outputs)
     for batch in batch_sizes:
         inputs = example_inputs(model, manifest.image_size, batch, seed=seed + batch)
-        for role, spec in manifest.graphs.items():
-            if role not in modules:
-                continue
-            with torch.no_grad():
-                expected = outputs_as_tuple(modules[role](*inputs[role]))
-            feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs[role])}
-            for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
-                session, how = ort_session(bundle_dir / file)
-                got = session.run(list(GRAPH_IO[role][1]), feeds)
-                for name, ref, out in zip(GRAPH_IO[role][1], expected, got):
-                    report.append(compare_outputs(file, name, batch, ref.numpy(), out, how))
+        for role in manifest.graphs:
+            if role in modules:
+                with torch.no_grad():
+                    expected = outputs_as_tuple(modules[role](*inputs[role]))
+                feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs[role])}
+                cases.append((batch, role, feeds, expected))
+    report = []
+    for role, spec in manifest.graphs.items():
+        for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
+            session, how = ort_session(bundle_dir / file)
+            for batch, case_role, feeds, expected in cases:
+                if case_role == role:
+                    got = session.run(list(GRAPH_IO[role][1]), feeds)
+                    report.extend(compare_outputs(file, name, batch, ref.numpy(), out, how)
+                                  for name, ref, out in zip(GRAPH_IO[role][1], expected, got))
     return report
 
 

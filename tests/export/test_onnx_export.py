@@ -7,6 +7,7 @@ each preset and flavour is exported once.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -78,15 +79,15 @@ def test_every_graph_file_matches_pytorch_at_batch_1_and_3(model, default_bundle
             assert checked == set(outputs)
 
 
-def test_verification_notices_a_wrong_model(default_bundle, preset):
-    other = onnx_export.random_model(preset, SEED + 1)[0]
-    report = onnx_export.verify_bundle(default_bundle, other, batch_sizes=(1,))
+def test_verification_notices_a_wrong_model(bundle_factory):
+    other = onnx_export.random_model("tiny", SEED + 1)[0]
+    report = onnx_export.verify_bundle(bundle_factory("tiny", portable=True, seed=SEED), other, batch_sizes=(1,))
     assert any(not r.ok for r in report if r.output == "image")
 
 
 def test_the_two_flavours_agree(default_bundle, portable_bundle, model):
     manifest = mf.load_manifest(default_bundle)
-    inputs = onnx_export.example_inputs(model, manifest.image_size, batch=3, seed=7)
+    inputs = onnx_export.example_inputs(model, manifest.image_size, batch=2, seed=7)
     for role, spec in manifest.graphs.items():
         in_names, out_names = GRAPH_IO[role]
         feeds = {n: t.numpy() for n, t in zip(in_names, inputs[role])}
@@ -264,12 +265,21 @@ def test_large_graphs_keep_their_weights_in_plain_named_files(tmp_path):
 
 
 # ---- command line and checkpoints -------------------------------------------------------------
-def test_export_command_exports_a_checkpoint_verifies_and_replaces_a_bundle(tmp_path, capsys, bundle_factory):
-    model, config = onnx_export.random_model("tiny", 12)
+def test_export_command_exports_a_checkpoint_verifies_and_replaces_a_bundle(
+        tmp_path, capsys, monkeypatch, bundle_factory, graphs_factory):
+    model, config = onnx_export.random_model("tiny", SEED)
     ckpt = save_checkpoint(tmp_path / "ckpt.pt", model, config, "tiny", {"data": "d", "steps": 3})
     out = tmp_path / "bundle"
-    shutil.copytree(bundle_factory("tiny", portable=True, seed=SEED), out)
+    shutil.copytree(bundle_factory("tiny", portable=False, seed=SEED), out)
+    exported = graphs_factory("tiny", SEED)  # before export_graphs is patched
 
+    def cached_export(model, config, preset, provenance):
+        """The session's export of these very weights (tracing is the slow part, tested above)."""
+        reference = onnx_export.random_model("tiny", SEED)[0].state_dict()
+        assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+        return dataclasses.replace(exported, preset=preset, provenance=provenance)
+
+    monkeypatch.setattr(onnx_export, "export_graphs", cached_export)
     assert onnx_export.main(["--checkpoint", str(ckpt), "--portable", "--verify", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "generator.onnx" in printed and "image" in printed and " NO" not in printed
@@ -277,8 +287,18 @@ def test_export_command_exports_a_checkpoint_verifies_and_replaces_a_bundle(tmp_
     assert manifest["provenance"]["steps"] == 3
     assert manifest["provenance"]["checkpoint"]["file"] == "ckpt.pt"
     assert manifest["model"]["preset"] == "tiny"
+    assert manifest["custom_op"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "ckpt.pt"]  # no staging or old copy left
     assert sorted(p.name for p in out.iterdir()) == ["driver.onnx", "generator.onnx", "manifest.json", "source.onnx"]
+
+
+def test_export_command_refuses_a_failed_verification(tmp_path, capsys, monkeypatch, graphs_factory):
+    exported = graphs_factory("tiny", SEED)  # before export_graphs is patched
+    monkeypatch.setattr(onnx_export, "export_graphs", lambda model, config, preset, provenance: exported)
+    argv = ["--preset", "tiny", "--random-init", "--seed", str(SEED + 1), "--output", str(tmp_path / "b")]
+    assert onnx_export.main(argv + ["--verify", "--portable"]) == 1
+    assert "differ from PyTorch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_refuses_to_overwrite_a_directory_that_is_not_a_bundle(tmp_path, capsys):
