@@ -14,8 +14,8 @@
 //
 // Measured on one core (Zen 4, 1x96x16x64x64 to a 16x64x64 smooth grid): blending straight
 // from NCDHW with per-block corner tables (channels outer, voxels inner) took 22 ms; this
-// layout takes 2.4 ms (transpose) + 3.9 ms (sample). Software prefetch of corner rows, column
-// blocking of the input transpose and streaming stores for X's copy measured no gain or a loss.
+// layout takes 1.4 ms (channels-last copy) + 3.9 ms (sample). Software prefetch of corner rows,
+// column blocking of the input transpose and a staged streaming copy measured no gain or a loss.
 #include "grid_sample_3d.h"
 
 #include <algorithm>
@@ -38,6 +38,8 @@ namespace {
 constexpr int64_t kTransposeVoxels = 256;  // input voxels per channels-last task
 constexpr int64_t kSampleVoxels = 256;     // output voxels per sampling task
 constexpr int64_t kTileFloats = 8192;      // a tile (voxels x C floats) stays in L1/L2
+constexpr int64_t kLineFloats = 16;        // floats per 64-byte cache line
+constexpr std::align_val_t kLineAlignment{64};
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) && \
     defined(__linux__) && defined(__GLIBC__)
@@ -225,6 +227,26 @@ void transpose(const float* __restrict src, int64_t src_stride, float* __restric
     for (int64_t i = 0; i < rows4; ++i) dst[j * dst_stride + i] = src[i * src_stride + j];
 }
 
+// Channels-last copy when C is a multiple of 16 and the copy is 64-byte aligned: 16 channel
+// rows at a time, four voxels at a time, so each destination cache line (16 channels of one
+// voxel) is written whole by four consecutive 4x4 blocks and can be streamed to memory without
+// first being read (half the cost of the generic transpose here: 1.4 vs 2.4 ms for 25 MB).
+void to_channels_last_by_lines(const float* source, int64_t source_stride, float* target, int64_t channels,
+                               int64_t voxels) {
+  const int64_t voxels4 = voxels & ~int64_t{3};
+  for (int64_t c0 = 0; c0 < channels; c0 += kLineFloats) {
+    for (int64_t v = 0; v < voxels4; v += 4) {
+      for (int64_t q = 0; q < kLineFloats; q += 4) {  // a constant trip count: fully unrolled
+        transpose4x4<true>(source + (c0 + q) * source_stride + v, source_stride, target + v * channels + c0 + q,
+                           channels);
+      }
+    }
+  }
+  for (int64_t v = voxels4; v < voxels; ++v) {
+    for (int64_t c = 0; c < channels; ++c) target[v * channels + c] = source[c * source_stride + v];
+  }
+}
+
 // row[c] = sum_k w_k * corner_k[c] over the eight corner rows of a channels-last volume.
 MEGAPORTRAITS_CPU_CLONES
 void blend_eight(const float* __restrict volume, int64_t channels, const Corners& corners, float* __restrict row) {
@@ -320,10 +342,15 @@ GridSample3DProblem::GridSample3DProblem(const float* x,
       in_w_(x_shape[4]),
       in_voxels_(in_d_ * in_h_ * in_w_),
       out_voxels_(grid_shape[1] * grid_shape[2] * grid_shape[3]) {
-  if (batch_ * channels_ * out_voxels_ > 0) x_channels_last_ = new float[batch_ * channels_ * in_voxels_];
+  if (batch_ * channels_ * out_voxels_ > 0) {
+    const size_t bytes = static_cast<size_t>(batch_ * channels_ * in_voxels_) * sizeof(float);
+    x_channels_last_ = static_cast<float*>(::operator new(bytes, kLineAlignment));
+  }
 }
 
-GridSample3DProblem::~GridSample3DProblem() { delete[] x_channels_last_; }
+GridSample3DProblem::~GridSample3DProblem() {
+  if (x_channels_last_ != nullptr) ::operator delete(x_channels_last_, kLineAlignment);
+}
 
 size_t GridSample3DProblem::task_count(Phase phase) const {
   if (x_channels_last_ == nullptr) return 0;  // empty output: nothing to do
@@ -347,7 +374,12 @@ void GridSample3DProblem::to_channels_last(size_t task) const {
   const int64_t count = std::min(kTransposeVoxels, in_voxels_ - first);
   const float* source = x_ + n * channels_ * in_voxels_ + first;
   float* target = x_channels_last_ + (n * in_voxels_ + first) * channels_;
-  transpose(source, in_voxels_, target, channels_, channels_, count, LongStride::kSource);
+  if (channels_ % kLineFloats == 0) {
+    to_channels_last_by_lines(source, in_voxels_, target, channels_, count);
+  } else {
+    transpose(source, in_voxels_, target, channels_, channels_, count, LongStride::kSource);
+  }
+  MEGAPORTRAITS_STORE_FENCE();
 }
 
 void GridSample3DProblem::sample(size_t task) const {

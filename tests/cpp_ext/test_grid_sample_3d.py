@@ -94,9 +94,11 @@ def test_matches_torch_on_random_shapes_and_far_grids(front_end, mode, padding_m
 
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
-@pytest.mark.parametrize("channels,in_size,out_size", [(37, (3, 9, 11), (3, 10, 11)), (200, (2, 5, 4), (1, 17, 19))])
+@pytest.mark.parametrize("channels,in_size,out_size", [
+    (37, (3, 9, 11), (3, 10, 11)), (200, (2, 5, 4), (1, 17, 19)), (48, (3, 7, 13), (2, 9, 13))])
 def test_matches_torch_across_tile_and_task_edges(front_end, channels, in_size, out_size):
-    """Channel counts and voxel counts that are not multiples of the kernel's tiles and tasks."""
+    """Channel and voxel counts that are not multiples of the kernel's tiles and tasks; a multiple
+    of 16 channels takes the cache-line copy path, other counts the generic transpose."""
     rng = np.random.default_rng(channels)
     x = rng.standard_normal((2, channels) + in_size, dtype=np.float32)
     grid = rng.uniform(-1.2, 1.2, (2,) + out_size + (3,)).astype(np.float32)
