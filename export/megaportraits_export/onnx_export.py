@@ -373,7 +373,7 @@ def _quiet_exporter_logs() -> None:
 
 # ---- verification against PyTorch -------------------------------------------------------------
 @dataclass(frozen=True)
-class OutputError:
+class OutputComparison:
     """How far one output of one graph file is from PyTorch at one batch size."""
 
     file: str
@@ -396,7 +396,7 @@ class OutputError:
 def verify_bundle(bundle_dir: str | os.PathLike,
                   model: torch.nn.Module,
                   batch_sizes: tuple = VERIFY_BATCH_SIZES,
-                  seed: int = 1234) -> list[OutputError]:
+                  seed: int = 1234) -> list[OutputComparison]:
     """Run every graph file of the bundle in ONNX Runtime and compare it with ``model``.
 
     Custom-op graphs run with the op library when it can be loaded; without it they run with
@@ -430,7 +430,7 @@ def verify_bundle(bundle_dir: str | os.PathLike,
 
 
 def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, actual: np.ndarray,
-                    checked_with: str = "") -> OutputError:
+                    checked_with: str = "") -> OutputComparison:
     if reference.shape != actual.shape:
         raise ExportError(f"{file}: output {name} has shape {actual.shape} at batch {batch}; "
                           f"PyTorch gives {reference.shape}")
@@ -438,7 +438,7 @@ def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, act
     scale = float(np.abs(reference).max()) if reference.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     tolerance = IMAGE_ATOL if name in IMAGE_OUTPUTS else FEATURE_RTOL * max(scale, 1.0)
-    return OutputError(file=file, output=name, batch=batch, max_abs=max_abs,
+    return OutputComparison(file=file, output=name, batch=batch, max_abs=max_abs,
                        max_rel=max_abs / scale if scale > 0 else max_abs, tolerance=tolerance,
                        checked_with=checked_with)
 
@@ -479,7 +479,7 @@ def ort_session(path: Path, threads: int = 2):
     return session, f"onnxruntime, GridSample3D run as GridSample ({reason})"
 
 
-def format_report(report: list[OutputError]) -> str:
+def format_report(report: list[OutputComparison]) -> str:
     lines = [f"{'file':<24} {'output':<18} {'batch':>5} {'max abs':>10} {'max rel':>10}  ok"]
     for r in report:
         lines.append(f"{r.file:<24} {r.output:<18} {r.batch:>5} {r.max_abs:>10.2e} {r.max_rel:>10.2e}  "

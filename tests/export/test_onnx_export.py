@@ -358,3 +358,15 @@ def test_files_that_are_not_checkpoints_are_refused(tmp_path):
                tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="does not fit the 'tiny' architecture"):
         load_model_from_checkpoint(tmp_path / "mismatch.pt")
+
+
+def test_graphs_that_break_the_interface_are_refused(tmp_path, default_bundle):
+    proto = onnx.load(default_bundle / "generator.onnx")
+    proto.graph.output[0].name = "rgb"
+    producer = next(n for n in proto.graph.node if "image" in n.output)
+    producer.output[list(producer.output).index("image")] = "rgb"
+    onnx.save(proto, tmp_path / "renamed.onnx")
+    with pytest.raises(ExportError, match=r"outputs \('rgb',\).*\('image',\)"):
+        onnx_export._check_graph("generator", tmp_path / "renamed.onnx", portable=False)
+    with pytest.raises(ExportError, match="portable generator graph still contains a com.megaportraits node"):
+        onnx_export._check_graph("generator", default_bundle / "generator.onnx", portable=True)
