@@ -83,7 +83,7 @@ def export_graph(module: torch.nn.Module,
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
     _quiet_exporter_logs()
     with use_volume_sampler(custom_op.volume_sampler), torch.no_grad():
-        return torch.onnx.export(
+        program = torch.onnx.export(
             module,
             example_inputs,
             dynamo=True,
@@ -95,6 +95,18 @@ def export_graph(module: torch.nn.Module,
             optimize=True,
             verbose=False,
         )
+    _strip_trace_metadata(program)
+    return program
+
+
+def _strip_trace_metadata(program: torch.onnx.ONNXProgram) -> None:
+    """Drop the exporter's per-node debugging metadata (Python stack traces with this machine's
+    paths, FX node text, module hierarchy): most of a small graph's bytes, none of its meaning."""
+    graph = program.model.graph
+    for node in graph:
+        node.metadata_props.clear()
+    for value in (*graph.inputs, *graph.initializers.values(), *(v for n in graph for v in n.outputs)):
+        value.metadata_props.clear()
 
 
 def save_graph(program: torch.onnx.ONNXProgram, path: Path, external_data: bool | None = None) -> list[str]:
@@ -248,30 +260,36 @@ def export_bundle(model: torch.nn.Module,
                   preset: str,
                   provenance: dict,
                   portable: bool = False,
-                  verify: bool = False) -> Path:
+                  verify: bool = False,
+                  external_weights: bool = False) -> Path:
     """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
     _check_output_dir(Path(output))
     exported = export_graphs(model, config, preset, provenance)
-    return write_bundle(exported, output, portable=portable, verify_against=model if verify else None)
+    return write_bundle(exported, output, portable=portable, verify_against=model if verify else None,
+                        external_weights=external_weights)
 
 
 def write_bundle(exported: ExportedModel,
                  output: str | os.PathLike,
                  portable: bool = False,
-                 verify_against: torch.nn.Module | None = None) -> Path:
+                 verify_against: torch.nn.Module | None = None,
+                 external_weights: bool = False) -> Path:
     """Write a bundle to ``output`` (replacing a bundle already there) and return its path.
 
     Default flavour: each graph with the custom op plus its portable twin; ``portable``: the
-    standard-ops graphs only. With ``verify_against`` (the PyTorch model), every graph file is
-    compared with it in ONNX Runtime before the bundle is put in place, and a mismatch raises
-    :class:`ExportError` and writes nothing.
+    standard-ops graphs only. Weights are stored inside each .onnx file (below 2 GB), so a twin
+    repeats its graph's weights; with ``external_weights`` each graph keeps them in a
+    ``<file>.data`` beside it that its twin shares, which nearly halves a default bundle.
+    With ``verify_against`` (the PyTorch model), every graph file is compared with it in ONNX
+    Runtime before the bundle is put in place, and a mismatch raises :class:`ExportError` and
+    writes nothing.
     """
     output = Path(output)
     _check_output_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        graphs = {role: _write_role(role, program, staging, portable)
+        graphs = {role: _write_role(role, program, staging, portable, external_weights)
                   for role, program in exported.programs.items()}
         manifest = mf.Manifest(
             model_name=MODEL_NAME,
@@ -295,10 +313,14 @@ def write_bundle(exported: ExportedModel,
     return output
 
 
-def _write_role(role: str, program: torch.onnx.ONNXProgram, staging: Path, portable: bool) -> mf.GraphSpec:
+def _write_role(role: str,
+                program: torch.onnx.ONNXProgram,
+                staging: Path,
+                portable: bool,
+                external_weights: bool) -> mf.GraphSpec:
     """Write one role's graph file(s); a graph with no custom node is its own portable twin."""
     path = staging / f"{role}.onnx"
-    save_graph(program, path)
+    save_graph(program, path, external_data=True if external_weights else None)
     inputs, outputs, uses_custom_op = _check_graph(role, path, portable=False)
     twin = path
     if uses_custom_op:
@@ -505,12 +527,13 @@ def export_random_init(preset: str,
                        seed: int,
                        output: str | os.PathLike,
                        portable: bool = False,
-                       verify: bool = False) -> Path:
+                       verify: bool = False,
+                       external_weights: bool = False) -> Path:
     """Export randomly initialised weights of a preset (tests, benchmarks at any size)."""
     model, config = random_model(preset, seed)
     return export_bundle(model, config, output, preset=preset,
                          provenance={"weights": "random-init", "seed": seed},
-                         portable=portable, verify=verify)
+                         portable=portable, verify=verify, external_weights=external_weights)
 
 
 def _parse_args(argv) -> argparse.Namespace:
@@ -525,6 +548,9 @@ def _parse_args(argv) -> argparse.Namespace:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to write")
     p.add_argument("--portable", action="store_true",
                    help="standard ONNX ops only (no custom-op graphs) for runtimes without our library")
+    p.add_argument("--external-weights", action="store_true",
+                   help="keep each graph's weights in a .data file beside it, shared with its portable twin "
+                        "(a default bundle then holds each weight once)")
     p.add_argument("--verify", action="store_true",
                    help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
     args = p.parse_args(argv)
@@ -548,10 +574,11 @@ def main(argv=None) -> int:
 
             model, config, provenance = load_model_from_checkpoint(args.checkpoint)
             out = export_bundle(model, config, args.output, preset=provenance["preset"],
-                                provenance=provenance, portable=args.portable, verify=args.verify)
+                                provenance=provenance, portable=args.portable, verify=args.verify,
+                                external_weights=args.external_weights)
         else:
-            out = export_random_init(args.preset, args.seed, args.output,
-                                     portable=args.portable, verify=args.verify)
+            out = export_random_init(args.preset, args.seed, args.output, portable=args.portable,
+                                     verify=args.verify, external_weights=args.external_weights)
     except (ExportError, mf.BundleError, ValueError, OSError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1

@@ -160,6 +160,7 @@ def test_graphs_are_clean_for_deployment(default_bundle, model):
             onnx.checker.check_model(default_bundle / file, full_check=True, check_custom_domain=True)
             inputs, outputs, ops = onnx_export.graph_summary(default_bundle / file)
             assert not set(ops) & onnx_export.SLOW_OPS
+            assert b"stack_trace" not in (default_bundle / file).read_bytes()  # no debugging metadata
             assert "Constant" not in ops  # folded into initializers
             assert tuple(t.name for t in inputs) == GRAPH_IO[role][0]
             assert tuple(t.name for t in outputs) == GRAPH_IO[role][1]
@@ -370,3 +371,23 @@ def test_graphs_that_break_the_interface_are_refused(tmp_path, default_bundle):
         onnx_export._check_graph("generator", tmp_path / "renamed.onnx", portable=False)
     with pytest.raises(ExportError, match="portable generator graph still contains a com.megaportraits node"):
         onnx_export._check_graph("generator", default_bundle / "generator.onnx", portable=True)
+
+
+def test_external_weights_are_shared_by_a_graph_and_its_twin(tmp_path, graphs_factory, bundle_factory):
+    inline = bundle_factory("tiny", portable=False, seed=SEED)
+    shared = onnx_export.write_bundle(graphs_factory("tiny", SEED), tmp_path / "b", external_weights=True)
+    manifest = mf.load_manifest(shared)
+    assert sorted(manifest.files) == sorted(p.name for p in shared.iterdir() if p.name != "manifest.json")
+    assert {"source.onnx.data", "driver.onnx.data", "generator.onnx.data"} <= set(manifest.files)
+    mf.verify_files(shared, manifest)
+
+    for role in ("source", "generator"):
+        twin = onnx.load(shared / f"{role}.portable.onnx", load_external_data=False)
+        locations = {e.value for t in twin.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locations == {f"{role}.onnx.data"}  # the twin reads its graph's weights file
+        assert (shared / f"{role}.portable.onnx").stat().st_size < 0.5 * (shared / f"{role}.onnx.data").stat().st_size
+    inline_size = sum(p.stat().st_size for p in inline.iterdir())
+    assert sum(p.stat().st_size for p in shared.iterdir()) < inline_size
+    model = onnx_export.random_model("tiny", SEED)[0]
+    report = onnx_export.verify_bundle(shared, model, batch_sizes=(2,))
+    assert report and all(r.ok for r in report)
