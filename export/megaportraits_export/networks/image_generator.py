@@ -39,7 +39,10 @@ class ImageGenerator(nn.Module):
         self.up_stages = nn.ModuleList(
             nn.Sequential(ResBlock2d(in_channels, out_channels), ResBlock2d(out_channels, out_channels))
             for in_channels, out_channels in zip(widths[:-1], widths[1:]))
-        self.to_rgb = nn.Sequential(group_norm(widths[-1]), nn.ReLU(), plain_conv(2, widths[-1], 3, 1))
+        # One group over all channels here: with one channel per group (the default for narrow
+        # widths) the norm would remove each channel's per-image mean, i.e. the image's global
+        # colour, which the last conv then cannot restore (demo128 training stalled at L1 0.2).
+        self.to_rgb = nn.Sequential(nn.GroupNorm(1, widths[-1]), nn.ReLU(), plain_conv(2, widths[-1], 3, 1))
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.projection(volume))
