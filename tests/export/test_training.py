@@ -110,7 +110,9 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     cfg = tiny_config(out_dir, train={"steps": 2, "batch_size": 1, "grad_accum": 1, "device": "cpu"},
-                      pose_pretrain={"steps": 1, "batch_size": 1})
+                      pose_pretrain={"steps": 1, "batch_size": 1},
+                      losses={"gan_start_step": 1, "cycle": True, "discriminator_channels": 8,
+                              "weights": {"perceptual": 0.0, "l1": 10.0}})   # GAN + cycle, no VGG
     ctx = setup("cpu")
     try:
         trainer = Trainer(cfg, ctx, dataset=tiny_heads(8))
