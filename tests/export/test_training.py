@@ -154,3 +154,15 @@ def test_config_rejects_unknown_keys_and_bad_choices():
 def test_every_shipped_config_parses():
     for path in sorted((REPO / "configs").glob("*.toml")):
         load_config(path)
+
+
+def test_train_command_resumes_its_own_run(tmp_path, capsys):
+    from megaportraits_export import train
+
+    base = ["--config", str(TINY_CONFIG), "--out-dir", str(tmp_path), "--no-progress"]
+    assert train.main(base + ["--steps", "1"]) == 0
+    assert train.main(base + ["--steps", "2", "--resume", "auto"]) == 0
+    state = torch.load(tmp_path / "state_last.pt", weights_only=True)
+    assert state["training"]["step"] == 2 and state["training"]["pose_step"] == 2
+    assert "done: 2 pose-pretraining steps, 2 main steps" in capsys.readouterr().out
+    assert train.main(["--config", str(tmp_path / "missing.toml")]) == 2
