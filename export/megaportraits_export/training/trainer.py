@@ -40,7 +40,7 @@ from .objectives import (
     pose_regressor_of,
     pose_targets,
 )
-from .optim import build_adamw, clip_gradients, cosine_schedule, trainable
+from .optim import build_adamw, clip_gradients, cosine_schedule
 from .state import capture_rng, restore_rng, seed_everything
 
 STATE_FORMAT = "megaportraits-train-state"
@@ -144,16 +144,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
     def _micro_batches(self, stream: DataStream, wrappers: list):
-        """Yield (batch, is_last); gradient all-reduce only on the last micro-batch."""
+        """Yield the step's micro-batches; DDP all-reduces gradients only after the last one."""
         n = self.cfg.train.grad_accum
         for i in range(n):
-            last = i == n - 1
             with contextlib.ExitStack() as stack:
-                if not last:
+                if i < n - 1:
                     for w in wrappers:
                         if isinstance(w, DDP):
                             stack.enter_context(w.no_sync())
-                yield self._to_device(stream.next()), last
+                yield self._to_device(stream.next())
 
     def _to_device(self, batch: dict) -> dict:
         def move(v):
@@ -169,7 +168,7 @@ class Trainer:
         self.pose_optimizer.zero_grad(set_to_none=True)
         total = 0.0
         n = self.cfg.train.grad_accum
-        for batch, _ in self._micro_batches(self.pose_stream, [self.pose_net]):
+        for batch in self._micro_batches(self.pose_stream, [self.pose_net]):
             images, target = pose_targets(batch)
             with self._autocast():
                 predicted = self.pose_net(images)
@@ -197,7 +196,7 @@ class Trainer:
             self.d_optimizer.zero_grad(set_to_none=True)
         scalars: dict = {}
         wrappers = [self.reenact] + ([self.critic] if gan else [])
-        for batch, _ in self._micro_batches(self.main_stream, wrappers):
+        for batch in self._micro_batches(self.main_stream, wrappers):
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(False)
             with self._autocast():
