@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ def profile_graph(path: Path, feeds: dict, threads: int, runs: int = 3, provider
 
     opts = session_options(threads)
     opts.enable_profiling = True
-    opts.profile_file_prefix = f"megaportraits_profile_{os.getpid()}"
+    # In the temporary directory, not the caller's working directory (deleted below).
+    opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"megaportraits_profile_{os.getpid()}")
     if needs_custom_op:
         opts.register_custom_ops_library(custom_ops_library())
     session = ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
