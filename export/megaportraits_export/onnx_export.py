@@ -9,7 +9,10 @@ docs/interfaces.md.
 Two flavours of the same weights exist. The default sends the heavy volume sample through the
 ``com.megaportraits::GridSample3D`` custom op (see :mod:`custom_op`) and also carries a
 *portable twin* of every graph that holds that op, so the SDK can fall back to standard ONNX
-when the op library cannot be loaded; ``--portable`` writes standard-ops graphs only.
+when the op library cannot be loaded; ``--portable`` writes standard-ops graphs only. Each
+graph is traced once: its twin is the same graph with that node renamed to the standard
+GridSample-20 it equals by contract. Twins repeat their graph's weights (about +85% bundle
+size) unless ``--external-weights`` puts each graph's weights in one data file both share.
 
 A bundle is written into a temporary directory next to the output and renamed into place at
 the end, so an interrupted export never leaves a half-written bundle behind. The manifest is
