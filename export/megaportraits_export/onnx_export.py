@@ -212,16 +212,23 @@ def role_modules(model: torch.nn.Module) -> dict:
 def example_inputs(model: torch.nn.Module, image_size: int, batch: int, seed: int) -> dict:
     """Random images for the branches, and the generator's inputs computed from them by the
     model itself, so every graph sees realistic values."""
+    return {role: inputs for role, (inputs, _) in _reference_run(model, image_size, batch, seed, False).items()}
+
+
+def _reference_run(model: torch.nn.Module, image_size: int, batch: int, seed: int, with_image: bool) -> dict:
+    """role -> (inputs, PyTorch outputs) on random images (the generator's output only if asked)."""
     g = torch.Generator().manual_seed(seed)
     source_image = torch.rand(batch, 3, image_size, image_size, generator=g)
     driver_image = torch.rand(batch, 3, image_size, image_size, generator=g)
     with torch.no_grad():
         avatar = model.source_branch(source_image)
         motion = model.driver_branch(driver_image)
+        generator_inputs = (avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression)
+        image = model.generator(*generator_inputs) if with_image else None
     return {
-        "source": (source_image,),
-        "driver": (driver_image,),
-        "generator": (avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression),
+        "source": ((source_image,), tuple(avatar)),
+        "driver": ((driver_image,), tuple(motion)),
+        "generator": (generator_inputs, (image,)),
     }
 
 
@@ -439,15 +446,13 @@ def verify_bundle(bundle_dir: str | os.PathLike,
     manifest = mf.load_manifest(bundle_dir)
     mf.verify_files(bundle_dir, manifest)
     model = model.eval()
-    modules = role_modules(model)
     cases = []  # (batch, role, feeds, PyTorch outputs)
     for batch in batch_sizes:
-        inputs = example_inputs(model, manifest.image_size, batch, seed=seed + batch)
+        run = _reference_run(model, manifest.image_size, batch, seed + batch, with_image=True)
         for role in manifest.graphs:
-            if role in modules:
-                with torch.no_grad():
-                    expected = outputs_as_tuple(modules[role](*inputs[role]))
-                feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs[role])}
+            if role in run:  # later roles (enhancer, student) come from other models
+                inputs, expected = run[role]
+                feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs)}
                 cases.append((batch, role, feeds, expected))
     report = []
     for role, spec in manifest.graphs.items():
@@ -473,10 +478,6 @@ def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, act
     return OutputComparison(file=file, output=name, batch=batch, max_abs=max_abs,
                        max_rel=max_abs / scale if scale > 0 else max_abs, tolerance=tolerance,
                        checked_with=checked_with)
-
-
-def outputs_as_tuple(result) -> tuple:
-    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
 def custom_ops_library() -> tuple[str | None, str]:
