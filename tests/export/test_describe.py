@@ -12,13 +12,7 @@ from megaportraits_export.model import build_model
 from megaportraits_export.networks.blocks import count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machines' two cores are shared: one intra-op thread avoids spin-wait stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _shapes(report):

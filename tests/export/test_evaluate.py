@@ -78,13 +78,7 @@ from megaportraits_export import evaluate  # noqa: E402
 from megaportraits_export.data import synthetic  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These machines are shared: one intra-op thread per process avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_pose(n, generator):

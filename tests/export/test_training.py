@@ -17,13 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny_test.toml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These machines are shared: one intra-op thread per process avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(out_dir, **sections):
