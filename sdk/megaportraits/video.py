@@ -12,8 +12,11 @@ transcoded to AAC otherwise; it is cut where the video ends.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -251,6 +254,27 @@ class WriteResult:
     audio: str | None  # "copied", "transcoded to AAC", or None when the driver has no audio
 
 
+@contextlib.contextmanager
+def _interrupt_between_frames():
+    """Turn Ctrl-C into a flag that the frame loop checks between frames.
+
+    A KeyboardInterrupt raised wherever the signal happens to land (inside PyAV's or ONNX
+    Runtime's callbacks, say) can be swallowed there, and the job then runs to the end; a flag
+    stops it at a frame boundary, with every finished frame safely in the encoder. Off the main
+    thread signal handlers cannot be set, and a process that ignores SIGINT keeps ignoring it.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # ours to keep, not to catch
+        yield lambda: False
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def animate_file(animator, avatar, driver: str | os.PathLike, output: str | os.PathLike,
                  max_frames: int | None = None, progress: bool = True) -> WriteResult:
     """Animate ``avatar`` with every frame of the video ``driver`` into the MP4 ``output``."""
@@ -265,16 +289,19 @@ def animate_file(animator, avatar, driver: str | os.PathLike, output: str | os.P
         writer = None
         bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr, leave=False)
         try:
-            for index, frame in enumerate(reader):
-                if max_frames is not None and index >= max_frames:
-                    break
-                animated = performance(frame)
-                if writer is None:
-                    writer = VideoWriter(output, reader.fps, animated.shape[1], animated.shape[0],
-                                         audio_from=reader.path if reader.has_audio else None,
-                                         video_start=reader.start_seconds)
-                writer.write(animated)
-                bar.update(1)
+            with _interrupt_between_frames() as interrupted:
+                for index, frame in enumerate(reader):
+                    if interrupted():
+                        raise KeyboardInterrupt
+                    if max_frames is not None and index >= max_frames:
+                        break
+                    animated = performance(frame)
+                    if writer is None:
+                        writer = VideoWriter(output, reader.fps, animated.shape[1], animated.shape[0],
+                                             audio_from=reader.path if reader.has_audio else None,
+                                             video_start=reader.start_seconds)
+                    writer.write(animated)
+                    bar.update(1)
         except KeyboardInterrupt:
             bar.close()
             if writer is None or writer.frames == 0:
