@@ -27,7 +27,7 @@ import numpy as np
 
 from megaportraits import manifest as mf
 from megaportraits.benchmark.cli import load_ceilings
-from megaportraits.benchmark.report import format_table, write_png
+from megaportraits.benchmark.report import format_table, save_report
 from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
 from megaportraits.benchmark.stages import (CostBook, RunSettings, frontal_pose, random_feeds,
                                             warp_inputs, warp_model, with_cost)
@@ -256,12 +256,7 @@ def main(argv=None) -> int:
         gc.collect()
         print(format_table(report))
         stem = f"latency_{preset}_cpu" + (f"_{args.tag}" if args.tag else "")
-        report.write_json(args.output_dir / f"{stem}.json")
-        try:
-            write_png(report, args.output_dir / f"{stem}.png")
-        except ImportError as e:
-            print(f"no PNG: {e}")
-        print(f"wrote {args.output_dir / stem}.json/.png")
+        save_report(report, args.output_dir, stem)
         print(json.dumps(report.comparisons("per_frame"), indent=1))
     return 0
 

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from megaportraits import manifest as mf  # noqa: E402
-from megaportraits.benchmark.report import format_table, write_png  # noqa: E402
+from megaportraits.benchmark.report import format_table, save_report  # noqa: E402
 from megaportraits.benchmark.runner import BenchmarkPlan, run_benchmark  # noqa: E402
 from megaportraits.benchmark.stages import RunSettings  # noqa: E402
 
@@ -169,12 +169,7 @@ def main(argv=None) -> int:
         report.notes += notes
         print(format_table(report))
         stem = f"gpu_{manifest.preset}_{manifest.precision}" + ("_cpu_dry_run" if args.cpu_dry_run else "")
-        report.write_json(args.output_dir / f"{stem}.json")
-        try:
-            write_png(report, args.output_dir / f"{stem}.png")
-        except ImportError as e:
-            say(f"no PNG: {e}")
-        say(f"wrote {args.output_dir / stem}.json/.png")
+        save_report(report, args.output_dir, stem, log=say)
     if skipped:
         say(f"budget spent: not measured: {', '.join(skipped)}")
     say(f"done in {time.monotonic() - started:.0f} s")

@@ -225,6 +225,20 @@ def write_png(report: Report, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def save_report(report: Report, output_dir: str | os.PathLike, stem: str, log=print) -> None:
+    """Write ``stem.json`` and, when matplotlib is installed, ``stem.png`` beside it: the JSON
+    is the record, so a missing plotting library costs only the chart."""
+    from pathlib import Path
+
+    output_dir = Path(output_dir)
+    report.write_json(output_dir / f"{stem}.json")
+    try:
+        write_png(report, output_dir / f"{stem}.png")
+    except ImportError as e:
+        log(f"no PNG: {e}")
+    log(f"wrote {output_dir / stem}.json/.png")
+
+
 def report_from_dict(d: dict) -> Report:
     """Rebuild a :class:`Report` from its JSON form (e.g. to redraw a chart from a results file)."""
     check_report_dict(d)
@@ -243,4 +257,4 @@ def report_from_dict(d: dict) -> Report:
 
 
 __all__ = ["SCHEMA", "StageResult", "Report", "check_report_dict", "format_table", "write_png",
-           "report_from_dict"]
+           "save_report", "report_from_dict"]
