@@ -3,8 +3,10 @@
 
 Reproduces everything under ``sdk/megaportraits/assets/`` from nothing but this repository:
 
-1. train ``configs/demo128_synthetic.toml`` (skipped with ``--checkpoint``; ``--resume``
-   continues an interrupted run exactly);
+1. train in two stages (skipped with ``--checkpoint``; ``--resume`` continues an interrupted
+   run exactly): ``configs/demo128_synthetic.toml`` (whole images, one process), then
+   ``configs/demo128_matte.toml`` (fine-tuned on the foreground with a matte, two processes
+   under torchrun);
 2. evaluate the checkpoint on held-out synthetic identities against the "source unchanged"
    baseline and store the numbers in its provenance (which the exporter copies into the
    bundle's manifest);
@@ -14,8 +16,8 @@ Reproduces everything under ``sdk/megaportraits/assets/`` from nothing but this 
 5. render ``demo_source.png`` (a held-out identity, framed like the training data, 256x256) and
    ``demo_driver.mp4`` (another held-out identity talking and turning, 5 s at 25 fps, H.264).
 
-    python tools/make_demo_assets.py                      # all of it (about an hour on 2 cores)
-    python tools/make_demo_assets.py --checkpoint runs/demo128/model_last.pt
+    python tools/make_demo_assets.py                      # all of it (about 2.5 hours on 2 cores)
+    python tools/make_demo_assets.py --checkpoint runs/demo128_matte/model_last.pt
     python tools/make_demo_assets.py --clips-only          # only step 5
 
 Every step is a public command (``python -m megaportraits_export train|evaluate|export``); this
@@ -37,7 +39,10 @@ ASSETS = REPO / "sdk" / "megaportraits" / "assets"
 BUNDLE = ASSETS / "demo_bundle"
 SOURCE_PNG = ASSETS / "demo_source.png"
 DRIVER_MP4 = ASSETS / "demo_driver.mp4"
-CONFIG = REPO / "configs" / "demo128_synthetic.toml"
+STAGES = (  # (config, processes, where its last weights land)
+    (REPO / "configs" / "demo128_synthetic.toml", 1, REPO / "runs" / "demo128" / "model_last.pt"),
+    (REPO / "configs" / "demo128_matte.toml", 2, REPO / "runs" / "demo128_matte" / "model_last.pt"),
+)
 MAX_BUNDLE_BYTES = 25 * 1024 * 1024
 
 CLIP_SIZE = 256
@@ -107,9 +112,11 @@ def main(argv=None) -> int:
         return 0
     checkpoint = args.checkpoint
     if checkpoint is None:
-        train = ["megaportraits_export", "train", "--config", str(CONFIG)]
-        run(*train, *(["--resume", "auto"] if args.resume else []))
-        checkpoint = str(REPO / "runs" / "demo128" / "model_last.pt")
+        for config, processes, weights in STAGES:
+            launcher = ["torch.distributed.run", f"--nproc_per_node={processes}", "-m"] if processes > 1 else []
+            train = [*launcher, "megaportraits_export", "train", "--config", str(config)]
+            run(*train, *(["--resume", "auto"] if args.resume else []))
+            checkpoint = str(weights)
     run("megaportraits_export", "evaluate", "--checkpoint", checkpoint, "--pairs", str(EVAL_PAIRS),
         "--write-provenance")
     staging = BUNDLE.with_name(".demo_bundle.new")

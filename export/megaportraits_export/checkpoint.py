@@ -15,7 +15,7 @@ trained. Two containers hold the same three parts:
        ...}                                  # other keys (optimizer state, ...) are ignored here
 
 ``config`` is the preset name plus every field of ``ModelConfig`` (``ModelConfig.to_dict``); fields
-missing from an older checkpoint take the preset's values. ``provenance`` is free-form JSON that says where the weights
+missing from an older checkpoint take the preset's values (``matte``, added later: False). ``provenance`` is free-form JSON that says where the weights
 came from (data set, steps, metrics); the exporter copies it into the bundle's manifest.
 ``model`` is the plain ``state_dict`` of :class:`megaportraits_export.model.MegaPortraits`
 (not of a DDP or EMA wrapper), loaded strictly.
@@ -141,7 +141,42 @@ def _config_from_dict(config_dict: dict, path: Path):
                               "it was written by a newer megaportraits_export")
     preset = config_dict.get("preset") or values.get("name") or "custom"
     base = PRESETS[preset].to_dict() if preset in PRESETS else {}
+    base["matte"] = False  # added later than the rest: a checkpoint without the field has no matte
     try:
         return preset, ModelConfig.from_dict({**base, **values})
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path.name}: its {preset!r} config is incomplete or invalid ({e})") from None
+
+
+def initialise_from_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> dict:
+    """Start ``model`` from the weights of another run (fine-tuning), not an exact resume.
+
+    The architectures may differ where a fine-tuning changes them: a weight of the same shape is
+    copied; a weight whose output channels (dimension 0) grew, such as G2D's last conv when a
+    matte channel is added, gets the old channels copied and keeps its fresh initialisation for
+    the new ones; anything else keeps its initialisation. Returns what was done (for the
+    provenance and the log): ``{"checkpoint", "sha256", "provenance", "copied", "grown", "kept"}``.
+    """
+    from megaportraits.manifest import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"init_from checkpoint {str(path)!r} does not exist")
+    _, old, provenance = _read(path)
+    copied, grown, kept = 0, [], []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            source = old.get(name)
+            if source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                copied += 1
+            elif (source is not None and source.dim() == tensor.dim() and source.shape[1:] == tensor.shape[1:]
+                  and source.shape[0] < tensor.shape[0]):
+                tensor[:source.shape[0]].copy_(source)
+                grown.append(name)
+            else:
+                kept.append(name)
+    if not copied:
+        raise CheckpointError(f"init_from checkpoint {path.name} shares no weights with this model")
+    return {"checkpoint": path.name, "sha256": sha256_file(path), "provenance": provenance,
+            "copied": copied, "grown": grown, "kept": kept}

@@ -12,7 +12,10 @@ The presets:
 - ``demo128``: 128x128 output, about 1.1M parameters and 1.7 GMAC per training sample: the bundled demo model's size, trainable on
   two CPU cores in about half an hour.
 - ``tiny``: 64x64 output, tiny widths; forward and backward in a fraction of a second on CPU,
-  for tests.
+  for tests (``tiny_matte``: the same with a matte output).
+
+``demo128`` predicts a matte (``matte``): the paper computes its losses on the foreground and
+composites the background afterwards; the matte lets the runtime do that compositing.
 
 paper512 against the official code's counts (``python -m megaportraits_export describe --preset
 paper512`` prints them): E_app 11.61M (11.6M: 10.12M 2D + 1.49M 3D); e_s network 24.56M
@@ -91,6 +94,11 @@ class ModelConfig:
     image_up_channels: tuple            # one upsampling stage (2 residual blocks) per entry
     # optional ImageNet initialisation of the ResNet trunks (offline-safe, see networks.resnet)
     pretrained_backbones: bool = False
+    # G2D also predicts the person's matte (a 4th output channel): the paper trains on the
+    # foreground only and composites the background afterwards; with a matte the runtime can do
+    # that compositing itself (sdk/megaportraits/compositing.py). Needs foreground masks in the
+    # training data (the synthetic heads have them).
+    matte: bool = False
 
     def __post_init__(self) -> None:
         _check_power_of_two_ratio(
@@ -244,6 +252,7 @@ PRESETS: dict[str, ModelConfig] = {
         image_channels=64,
         image_blocks=1,
         image_up_channels=(32, 16),
+        matte=True,
     ),
     "tiny": ModelConfig(
         name="tiny",
@@ -271,6 +280,10 @@ PRESETS: dict[str, ModelConfig] = {
         image_up_channels=(16, 8),
     ),
 }
+
+
+# tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
+PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
 
 
 def get_config(name: str) -> ModelConfig:

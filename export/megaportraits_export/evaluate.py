@@ -22,6 +22,13 @@ through the motion code.
 The trivial baseline "output the source unchanged" is scored on the same targets; since the
 two tasks share their targets, its numbers are the same for both.
 
+Every metric is reported twice, as the paper does: on the whole image ("raw") and on the
+foreground only ("masked": prediction and target multiplied by the target's person mask,
+which the synthetic renderer gives exactly). A model with a matte is scored on what a user sees:
+its rendering composited over the source's inpainted backdrop
+(:mod:`megaportraits.compositing`, the same code the SDK runs); ``--background generated``
+scores the raw rendering instead.
+
 Inputs: a training checkpoint (``--checkpoint``, run in PyTorch) or an exported bundle
 (``--bundle``, run through the SDK's Animator on already-cropped frames: no face crop, no
 paste-back). LPIPS is not reported: its pretrained weights are not available here.
@@ -54,6 +61,7 @@ class PairSet:
     cross_driver: torch.Tensor
     cross_reference: torch.Tensor     # B performing the source's motion: d0 for relative motion
     target: torch.Tensor
+    target_mask: torch.Tensor         # (N, 1, S, S) the target's person mask, for masked metrics
     identities: list                  # (A, B) seeds per pair
     source_pose: torch.Tensor         # (N, 7) ground truth of the model's theta (Pose.model_parameters)
     driver_pose: torch.Tensor         # (N, 7) for the drivers of both tasks
@@ -73,6 +81,7 @@ def heldout_pairs(pairs: int, size: int, seed: int = 0,
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
 
     images = {k: [] for k in ("source", "self_driver", "cross_driver", "cross_reference")}
+    masks = []
     chosen, poses = [], {"source_pose": [], "driver_pose": []}
     for k in range(pairs):
         a = seeds[k % len(seeds)]
@@ -80,7 +89,9 @@ def heldout_pairs(pairs: int, size: int, seed: int = 0,
         id_a, id_b = synthetic.Identity.sample(a), synthetic.Identity.sample(b)
         m_s, m_d = synthetic.HeadMotion.random(rng), synthetic.HeadMotion.random(rng)
         images["source"].append(synthetic.render(id_a, m_s.pose, m_s.expression, size))
-        images["self_driver"].append(synthetic.render(id_a, m_d.pose, m_d.expression, size))
+        target, mask = synthetic.render(id_a, m_d.pose, m_d.expression, size, with_mask=True)
+        images["self_driver"].append(target)
+        masks.append(torch.from_numpy(mask).float().div(255.0)[None])
         images["cross_driver"].append(synthetic.render(id_b, m_d.pose, m_d.expression, size))
         images["cross_reference"].append(synthetic.render(id_b, m_s.pose, m_s.expression, size))
         chosen.append((a, b))
@@ -88,7 +99,7 @@ def heldout_pairs(pairs: int, size: int, seed: int = 0,
         poses["driver_pose"].append(torch.from_numpy(m_d.pose.model_parameters()))
     stacked = {k: torch.stack([tensor(i) for i in v]) for k, v in images.items()}
     stacked.update({k: torch.stack(v) for k, v in poses.items()})
-    return PairSet(target=stacked["self_driver"], identities=chosen, **stacked)
+    return PairSet(target=stacked["self_driver"], target_mask=torch.stack(masks), identities=chosen, **stacked)
 
 
 # ---- reenactment through a checkpoint (PyTorch) ------------------------------------------------
@@ -108,13 +119,21 @@ def relative_motion(source_motion, driver_motion, reference_motion) -> tuple:
     return pose, expression
 
 
-class CheckpointReenactor:
-    """A PyTorch model from a checkpoint, reenacting batches of already-cropped frames."""
+BACKGROUNDS = ("source", "generated")
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 8):
+
+class CheckpointReenactor:
+    """A PyTorch model from a checkpoint, reenacting batches of already-cropped frames.
+
+    A matte model's renderings are composited over the source's inpainted backdrop with the
+    SDK's own compositing code (``background="source"``, what the SDK shows), or returned raw
+    (``"generated"``)."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 8, background: str = "source"):
         self.model = model.eval()
         self.batch_size = batch_size
         self.image_size = model.config.image_size
+        self.background = background
 
     @torch.no_grad()
     def reenact(self, source: torch.Tensor, driver: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
@@ -126,8 +145,25 @@ class CheckpointReenactor:
             if reference is not None:
                 base = tuple(self.model.driver_branch(reference[part]))
                 motion = relative_motion((avatar.pose, avatar.expression), motion, base)
-            outputs.append(self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion))
+            rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion)
+            outputs.append(self._shown(rendering, avatar, source[part]))
         return torch.cat(outputs).clamp(0.0, 1.0)
+
+    def _shown(self, rendering: torch.Tensor, avatar, source: torch.Tensor) -> torch.Tensor:
+        """The image a user sees: the rendering, composited over the backdrop for a matte model."""
+        from megaportraits.compositing import background_plate, composite
+
+        from .model import split_matte
+
+        image, matte = split_matte(rendering)
+        if matte is None or self.background == "generated":
+            return image
+        # the backdrop is cut out with the matte of the source re-rendered with its own motion,
+        # as the SDK does when it prepares an avatar
+        own = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, avatar.pose, avatar.expression)
+        source_matte = split_matte(own)[1].numpy()
+        plates = np.stack([background_plate(s.numpy(), m) for s, m in zip(source, source_matte)])
+        return torch.from_numpy(composite(image.numpy(), matte.numpy(), plates))
 
     @torch.no_grad()
     def pose_errors(self, pairs: PairSet) -> dict:
@@ -147,13 +183,13 @@ class BundleReenactor:
     """An exported bundle run by ``megaportraits.Animator`` on already-cropped frames
     (``crop=False``, ``paste_back=False``), one pair at a time as a user would."""
 
-    def __init__(self, bundle: str, provider: str = "cpu"):
+    def __init__(self, bundle: str, provider: str = "cpu", background: str = "source"):
         import megaportraits
 
         self.bundle = bundle
         self.provider = provider
         self.animators = {mode: megaportraits.Animator(bundle, provider=provider, motion=mode, crop=False,
-                                                       paste_back=False)
+                                                       paste_back=False, background=background)
                           for mode in ("relative", "absolute")}
         self.image_size = self.animators["relative"].image_size
 
@@ -176,35 +212,43 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 # ---- the evaluation -------------------------------------------------------------------------------
 def evaluate(reenactor, pairs: PairSet, motion: str = "relative") -> dict:
     """Metrics of the model and of the "source unchanged" baseline, per task."""
-    results = {"model": {}, "source_unchanged": {}}
-    baseline = metrics.MetricAccumulator()
-    baseline.add(pairs.source, pairs.target)
+    def scores(prediction: torch.Tensor) -> tuple:
+        raw, masked = metrics.MetricAccumulator(), metrics.MetricAccumulator()
+        raw.add(prediction, pairs.target)
+        masked.add(prediction * pairs.target_mask, pairs.target * pairs.target_mask)
+        return raw.means(), masked.means()
+
+    results = {"model": {}, "source_unchanged": {}, "masked": {"model": {}, "source_unchanged": {}}}
+    baseline = scores(pairs.source)
     for task in TASKS:
         driver = pairs.self_driver if task == "self" else pairs.cross_driver
         reference = None
         if motion == "relative":
             reference = pairs.source if task == "self" else pairs.cross_reference
-        prediction = reenactor.reenact(pairs.source, driver, reference)
-        acc = metrics.MetricAccumulator()
-        acc.add(prediction, pairs.target)
-        results["model"][task] = acc.means()
-        results["source_unchanged"][task] = baseline.means()
+        model = scores(reenactor.reenact(pairs.source, driver, reference))
+        for row, (raw, masked) in (("model", model), ("source_unchanged", baseline)):
+            results[row][task] = raw
+            results["masked"][row][task] = masked
     return results
 
 
 def format_table(results: dict, header: str) -> str:
     names = [("l1", "L1", "{:.4f}"), ("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}")]
     lines = [header,
-             f"{'':18}" + "".join(f"{t + '-reenactment':^27}" for t in TASKS),
-             f"{'':18}" + "".join(f"{label:>9}" for _ in TASKS for _, label, _ in names)]
-    for row, label in (("model", "model"), ("source_unchanged", "source unchanged")):
-        cells = "".join(f"{fmt.format(results[row][t][key]):>9}" for t in TASKS for key, _, fmt in names)
-        lines.append(f"{label:18}{cells}")
-    lines.append("L1 lower is better; PSNR (dB) and SSIM higher are better. " + metrics.LPIPS_UNAVAILABLE + ".")
+             f"{'':27}" + "".join(f"{t + '-reenactment':^27}" for t in TASKS),
+             f"{'':27}" + "".join(f"{label:>9}" for _ in TASKS for _, label, _ in names)]
+    for scope, table in (("raw", results), ("masked", results.get("masked"))):
+        if table is None:
+            continue
+        for row, label in (("model", "model"), ("source_unchanged", "source unchanged")):
+            cells = "".join(f"{fmt.format(table[row][t][key]):>9}" for t in TASKS for key, _, fmt in names)
+            lines.append(f"{label + ' (' + scope + ')':27}{cells}")
+    lines.append("L1 lower is better; PSNR (dB) and SSIM higher are better; masked: the target's person "
+                 "only (both images times its mask). " + metrics.LPIPS_UNAVAILABLE + ".")
     return "\n".join(lines)
 
 
-def run_evaluation(reenactor, pairs: int, seed: int, identities: int, motion: str) -> dict:
+def run_evaluation(reenactor, pairs: int, seed: int, identities: int, motion: str, background: str = "source") -> dict:
     pair_set = heldout_pairs(pairs, reenactor.image_size, seed=seed, identities=identities)
     results = evaluate(reenactor, pair_set, motion=motion)
     if hasattr(reenactor, "pose_errors"):
@@ -212,7 +256,8 @@ def run_evaluation(reenactor, pairs: int, seed: int, identities: int, motion: st
     results["protocol"] = {
         "data": "synthetic held-out identities (seeds >= EVAL_IDENTITY_SEED_OFFSET)",
         "pairs": pairs, "heldout_identities": identities, "seed": seed, "motion": motion,
-        "image_size": reenactor.image_size, "lpips": None,
+        "image_size": reenactor.image_size, "lpips": None, "background": background,
+        "masked": "prediction and target times the target's person mask",
     }
     return results
 
@@ -230,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--motion", choices=("relative", "absolute"), default="relative",
                         help="motion transfer (default relative; see the module docstring)")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="source",
+                        help="matte models: score the rendering composited over the source's inpainted "
+                             "backdrop as the SDK shows it (source, default) or the raw rendering (generated)")
     parser.add_argument("--provider", default="cpu", help="bundle only: SDK provider (auto, cpu, cuda)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--write-provenance", action="store_true",
@@ -252,15 +300,15 @@ def main(argv=None) -> int:
         except CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        reenactor = CheckpointReenactor(model)
+        reenactor = CheckpointReenactor(model, background=args.background)
         subject = f"checkpoint {args.checkpoint}"
     else:
         if args.write_provenance:
             print("error: --write-provenance needs --checkpoint", file=sys.stderr)
             return 2
-        reenactor = BundleReenactor(args.bundle, provider=args.provider)
+        reenactor = BundleReenactor(args.bundle, provider=args.provider, background=args.background)
         subject = f"bundle {args.bundle}"
-    results = run_evaluation(reenactor, args.pairs, args.seed, args.identities, args.motion)
+    results = run_evaluation(reenactor, args.pairs, args.seed, args.identities, args.motion, args.background)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -6,7 +6,9 @@
   global descriptor e_s, the source's pose and expression). Run once per avatar:
   c_s = G3D(sample(v_s, g_s)), g_s from theta_s and W_s->(z_s, e_s).
 - :class:`Generator`: (c_s, e_s, theta_d, z_d) -> image: W_->d(z_d, e_s) gives the driver
-  field, one volume sample gives v_d, and P + G2D render it.
+  field, one volume sample gives v_d, and P + G2D render it. A model with ``config.matte``
+  renders RGBA: the fourth channel is the person's matte (:func:`split_matte` separates them),
+  because the paper trains on the foreground only and composites the background afterwards.
 
 :class:`MegaPortraits` composes the three for training; nothing is computed twice. For
 cross-reenactment, give the generator the avatar of one source and the motion of another
@@ -79,8 +81,18 @@ class SourceBranch(nn.Module):
         return AvatarState(canonical, descriptor, pose, expression), deformation
 
 
+def split_matte(rendering: torch.Tensor) -> tuple:
+    """A generator's output -> (RGB image (N, 3, S, S), matte (N, 1, S, S) or None)."""
+    if rendering.shape[1] == 4:
+        return rendering[:, :3], rendering[:, 3:]
+    return rendering, None
+
+
 class Generator(nn.Module):
-    """(canonical volume, global descriptor, pose, expression) -> image (W_->d, one warp, P + G2D)."""
+    """(canonical volume, global descriptor, pose, expression) -> image (W_->d, one warp, P + G2D).
+
+    The image is RGB, or RGBA with the person's matte as A for a model with ``config.matte``.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -116,15 +128,18 @@ class MegaPortraits(nn.Module):
     def forward(self, source_image: torch.Tensor, driver_image: torch.Tensor) -> dict:
         """Self-reenactment when source and driver are frames of one video (training).
 
-        Returns ``image`` (N, 3, s, s), ``avatar`` (AvatarState), ``motion`` (the driver's
+        Returns ``image`` (N, 3, s, s), ``matte`` (N, 1, s, s) or None, ``avatar`` (AvatarState), ``motion`` (the driver's
         Motion), ``driver_expression`` (z_d, for the cycle-consistency loss),
         ``source_deformation`` and ``driver_deformation`` (N, D, H, W, 3) (for warp regularisers).
         """
         avatar, source_deformation = self.source_branch.encode(source_image)
         motion = self.driver_branch(driver_image)
-        image, driver_deformation = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion)
+        rendering, driver_deformation = self.generator.render(avatar.canonical_volume, avatar.global_descriptor,
+                                                              *motion)
+        image, matte = split_matte(rendering)
         return {
             "image": image,
+            "matte": matte,
             "avatar": avatar,
             "motion": motion,
             "driver_expression": motion.expression,
@@ -133,7 +148,8 @@ class MegaPortraits(nn.Module):
         }
 
     def reenact(self, avatar: AvatarState, motion: Motion) -> torch.Tensor:
-        """The image of ``avatar`` moved by ``motion`` (from any driver: cross-reenactment)."""
+        """The image of ``avatar`` moved by ``motion`` (from any driver: cross-reenactment);
+        RGBA for a matte model (see :func:`split_matte`)."""
         return self.generator(avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression)
 
 

@@ -62,9 +62,11 @@ GRAPH_IO = {
     "driver": (("driver_image",), ("pose", "expression")),
     "generator": (("canonical_volume", "global_descriptor", "pose", "expression"), ("image",)),
 }
+# A model with a matte (ModelConfig.matte) has a second generator output, the person's matte.
+MATTE_OUTPUT = "matte"
 # Outputs that are images in [0, 1]: held to an absolute tolerance; the rest (volumes, codes,
 # poses of random networks, whose scale is arbitrary) to a tolerance relative to their scale.
-IMAGE_OUTPUTS = ("image",)
+IMAGE_OUTPUTS = ("image", MATTE_OUTPUT)
 IMAGE_ATOL = 1e-4
 FEATURE_RTOL = 1e-4
 
@@ -81,6 +83,27 @@ log = logging.getLogger("megaportraits_export.onnx_export")
 
 class ExportError(RuntimeError):
     """The model cannot be exported, or the export does not match PyTorch."""
+
+
+def graph_io(role: str, matte: bool = False) -> tuple:
+    """(input names, output names) of a role's graph; a matte model's generator adds ``matte``."""
+    inputs, outputs = GRAPH_IO[role]
+    return inputs, outputs + ((MATTE_OUTPUT,) if matte and role == "generator" else ())
+
+
+class GeneratorGraph(torch.nn.Module):
+    """What a matte model's generator graph computes: its RGBA rendering as two named outputs,
+    ``image`` and ``matte``, so a runtime that knows nothing of mattes still finds ``image``."""
+
+    def __init__(self, generator: torch.nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
+                expression: torch.Tensor) -> tuple:
+        from megaportraits_export.model import split_matte
+
+        return split_matte(self.generator(canonical_volume, global_descriptor, pose, expression))
 
 
 # ---- one graph ---------------------------------------------------------------------------------
@@ -183,11 +206,11 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> mf.TensorSpec:
     return mf.TensorSpec(name=value.name, shape=shape, dtype=_ONNX_DTYPES[t.elem_type])
 
 
-def _check_graph(role: str, path: Path, portable: bool) -> tuple[list, list, bool]:
+def _check_graph(role: str, path: Path, portable: bool, matte: bool = False) -> tuple[list, list, bool]:
     """The saved graph has exactly the names, batch axis and ops the bundle promises; returns
     its input and output specs and whether it holds a custom-op node."""
     inputs, outputs, ops = graph_summary(path)
-    want_in, want_out = GRAPH_IO[role]
+    want_in, want_out = graph_io(role, matte)
     got_in, got_out = tuple(t.name for t in inputs), tuple(t.name for t in outputs)
     if (got_in, got_out) != (want_in, want_out):
         raise ExportError(f"{role} graph has inputs {got_in} and outputs {got_out}; "
@@ -266,7 +289,8 @@ def with_stable_group_norms(module: torch.nn.Module) -> torch.nn.Module:
 
 # ---- the model's three graphs ------------------------------------------------------------------
 def role_modules(model: torch.nn.Module) -> dict:
-    return {"source": model.source_branch, "driver": model.driver_branch, "generator": model.generator}
+    generator = GeneratorGraph(model.generator).eval() if model.config.matte else model.generator
+    return {"source": model.source_branch, "driver": model.driver_branch, "generator": generator}
 
 
 def example_inputs(model: torch.nn.Module, image_size: int, batch: int, seed: int) -> dict:
@@ -284,11 +308,11 @@ def _reference_run(model: torch.nn.Module, image_size: int, batch: int, seed: in
         avatar = model.source_branch(source_image)
         motion = model.driver_branch(driver_image)
         generator_inputs = (avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression)
-        image = model.generator(*generator_inputs) if with_image else None
+        rendering = role_modules(model)["generator"](*generator_inputs) if with_image else None
     return {
         "source": ((source_image,), tuple(avatar)),
         "driver": ((driver_image,), tuple(motion)),
-        "generator": (generator_inputs, (image,)),
+        "generator": (generator_inputs, rendering if isinstance(rendering, tuple) else (rendering,)),
     }
 
 
@@ -301,6 +325,7 @@ class ExportedModel:
     preset: str
     image_size: int
     provenance: dict
+    matte: bool = False  # the generator graph also outputs the matte
 
 
 def export_graphs(model: torch.nn.Module, config, preset: str, provenance: dict) -> ExportedModel:
@@ -313,10 +338,10 @@ def export_graphs(model: torch.nn.Module, config, preset: str, provenance: dict)
     programs = {}
     for role, module in role_modules(deploy).items():
         started = time.perf_counter()
-        programs[role] = export_graph(module, inputs[role], *GRAPH_IO[role])
+        programs[role] = export_graph(module, inputs[role], *graph_io(role, config.matte))
         log.info("exported the %s graph in %.1f s", role, time.perf_counter() - started)
     return ExportedModel(programs=programs, preset=preset, image_size=int(config.image_size),
-                         provenance=dict(provenance))
+                         provenance=dict(provenance), matte=bool(config.matte))
 
 
 def _check_output_order() -> None:
@@ -366,7 +391,7 @@ def write_bundle(exported: ExportedModel,
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        graphs = {role: _write_role(role, program, staging, portable, external_weights)
+        graphs = {role: _write_role(role, program, staging, portable, external_weights, exported.matte)
                   for role, program in exported.programs.items()}
         manifest = mf.Manifest(
             model_name=MODEL_NAME,
@@ -394,16 +419,17 @@ def _write_role(role: str,
                 program: torch.onnx.ONNXProgram,
                 staging: Path,
                 portable: bool,
-                external_weights: bool) -> mf.GraphSpec:
+                external_weights: bool,
+                matte: bool = False) -> mf.GraphSpec:
     """Write one role's graph file(s); a graph with no custom node is its own portable twin."""
     path = staging / f"{role}.onnx"
     save_graph(program, path, external_data=True if external_weights else None)
-    inputs, outputs, uses_custom_op = _check_graph(role, path, portable=False)
+    inputs, outputs, uses_custom_op = _check_graph(role, path, portable=False, matte=matte)
     twin = path
     if uses_custom_op:
         twin = path if portable else staging / f"{role}.portable.onnx"
         save_standard_twin(path, twin)
-        _check_graph(role, twin, portable=True)
+        _check_graph(role, twin, portable=True, matte=matte)
     return mf.GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs),
                         portable_file=None if portable else twin.name)
 
@@ -514,15 +540,17 @@ def verify_bundle(bundle_dir: str | os.PathLike,
                 inputs, expected = run[role]
                 feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role][0], inputs)}
                 cases.append((batch, role, feeds, expected))
+    matte = bool(model.config.matte)
     report = []
     for role, spec in manifest.graphs.items():
         for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
             session, how = ort_session(bundle_dir / file)
             for batch, case_role, feeds, expected in cases:
                 if case_role == role:
-                    got = session.run(list(GRAPH_IO[role][1]), feeds)
+                    names = list(graph_io(role, matte)[1])
+                    got = session.run(names, feeds)
                     report.extend(compare_outputs(file, name, batch, ref.numpy(), out, how)
-                                  for name, ref, out in zip(GRAPH_IO[role][1], expected, got))
+                                  for name, ref, out in zip(names, expected, got))
     return report
 
 

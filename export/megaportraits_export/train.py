@@ -56,9 +56,15 @@ def main(argv=None) -> int:
         # thread: one thread per process can be several times faster.
         torch.set_num_threads(cfg.train.threads)
 
+    from .checkpoint import CheckpointError
+
     ctx = setup(cfg.train.device)
     try:
-        trainer = Trainer(cfg, ctx, config_path=str(args.config))
+        try:
+            trainer = Trainer(cfg, ctx, config_path=str(args.config))
+        except (CheckpointError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         resume = args.resume
         if resume == "auto":
             candidate = Path(cfg.log.out_dir) / "state_last.pt"

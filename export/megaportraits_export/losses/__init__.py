@@ -26,7 +26,9 @@ class LossWeights:
     """The paper's weights of the base model's generator losses.
 
     ``l1`` is 0: the base model trains without a pixel loss; the 1024 enhancer uses 100
-    (``LossWeights(l1=100.0, feature_matching=100.0)``).
+    (``LossWeights(l1=100.0, feature_matching=100.0)``). ``matte`` weighs the one term the
+    paper does not have: a model that predicts its matte (``ModelConfig.matte``) learns it from
+    the foreground masks, because it is trained, like the paper's, on the foreground only.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -36,6 +38,7 @@ class LossWeights:
     feature_matching: float = 40.0  # lambda_FM
     cycle: float = 2.0             # lambda_cos: CosFace cycle loss on motion codes
     l1: float = 0.0
+    matte: float = 1.0             # not the paper's: pyramid L1 of a matte model's matte to the mask
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

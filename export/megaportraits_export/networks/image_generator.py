@@ -4,7 +4,8 @@ P folds the depth into the channels (paper: 96x16 -> 1536 channels at 64x64) and
 narrows them (to 512). G2D refines at that resolution with residual blocks (paper: 8;
 EMOPortraits: 6, used here), then upsamples (nearest, 2x) in stages of two residual blocks
 each, narrowing about 1.5x per stage, and ends with GN, ReLU, a 1x1 conv to RGB and a sigmoid,
-so images come out in [0, 1] (paper: 512x512).
+so images come out in [0, 1] (paper: 512x512). A model with ``matte`` has a fourth output
+channel: the person's matte, in [0, 1] like the colours.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class ImageGenerator(nn.Module):
         # One group over all channels here: with one channel per group (the default for narrow
         # widths) the norm would remove each channel's per-image mean, i.e. the image's global
         # colour, which the last conv then cannot restore (demo128 training stalled at L1 0.2).
-        self.to_rgb = nn.Sequential(nn.GroupNorm(1, widths[-1]), nn.ReLU(), plain_conv(2, widths[-1], 3, 1))
+        self.to_rgb = nn.Sequential(nn.GroupNorm(1, widths[-1]), nn.ReLU(),
+                                    plain_conv(2, widths[-1], 4 if config.matte else 3, 1))
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.projection(volume))

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelSection:
     preset: str = "tiny"
+    init_from: str = ""                # fine-tune: start from this checkpoint's weights (not a resume)
 
 
 @dataclass(frozen=True)

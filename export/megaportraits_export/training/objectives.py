@@ -11,6 +11,10 @@ so the two can be read separately:
   synthetic ground truth in the ``pretrain_pose`` stage.
 - :class:`LossComputer`: the weighted sum of the paper's losses (``losses`` package) and the
   discriminator's hinge loss.
+
+A model with a matte (``ModelConfig.matte``) is trained as the paper trains: every image loss
+sees the foreground only (prediction and target multiplied by the driver's foreground mask),
+and the matte itself learns the mask; the background is composited at inference.
 """
 from __future__ import annotations
 
@@ -62,13 +66,28 @@ def pose_parameter_loss(predicted: tuple, target: torch.Tensor) -> torch.Tensor:
             + F.l1_loss(translation, target[:, 4:7]))
 
 
+def foreground_mask(batch: dict, key: str = "driver") -> torch.Tensor:
+    """The (N, 1, S, S) foreground mask of ``batch[key]``, which a matte model cannot train without."""
+    mask = batch.get(f"{key}_mask")
+    if mask is None:
+        raise ValueError(f"a model with a matte trains on the foreground only and needs foreground masks "
+                         f"({key}_mask) in its data: the synthetic heads have them, video folders do not")
+    return mask
+
+
+def composite(image: torch.Tensor, matte: torch.Tensor | None, background: torch.Tensor) -> torch.Tensor:
+    """``image`` over ``background`` through ``matte``; ``image`` itself for a model without one."""
+    return image if matte is None else matte * image + (1 - matte) * background
+
+
 class ReenactmentPass(nn.Module):
     """The generator side of one step, wrapped whole by DDP.
 
     Returns ``prediction`` (source reenacted by its own identity's driver) and, with ``cycle``,
     ``cross_prediction`` (the second identity's source driven by the same driver) plus the
     motion codes of the cycle loss: z_{s->d} and z_{s*->d} (expression codes read back from the
-    two predictions), z_d and z_{d*} (of the two drivers).
+    two predictions), z_d and z_{d*} (of the two drivers). A matte model's predictions are read
+    back composited over their own source, as the runtime would show them.
     """
 
     def __init__(self, model: nn.Module, cycle: bool):
@@ -79,16 +98,19 @@ class ReenactmentPass(nn.Module):
     def forward(self, batch: dict) -> dict:
         driver_input = batch.get("driver_input", batch["driver"])
         out = self.model(batch["source"], driver_input)
-        result = {"prediction": out["image"], "source_deformation": out["source_deformation"],
-                  "driver_deformation": out["driver_deformation"]}
+        result = {"prediction": out["image"], "matte": out["matte"],
+                  "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"]}
         if self.cycle:
+            from ..model import split_matte
+
             driver = self.model.driver_branch
             avatar2 = self.model.source_branch(batch["source2"])
-            cross = self.model.reenact(avatar2, out["motion"])
+            cross, cross_matte = split_matte(self.model.reenact(avatar2, out["motion"]))
+            cross = composite(cross, cross_matte, batch["source2"])
             driver2_input = batch.get("driver2_input", batch["driver2"])
             result.update({
                 "cross_prediction": cross,
-                "z_prediction": driver(out["image"]).expression,
+                "z_prediction": driver(composite(out["image"], out["matte"], batch["source"])).expression,
                 "z_cross_prediction": driver(cross).expression,
                 "z_driver": out["driver_expression"],
                 "z_driver2": driver(driver2_input).expression,
@@ -130,8 +152,13 @@ class LossComputer:
         """(total loss, {term: weighted value}) of the generator side."""
         from .. import losses
 
-        prediction, target = outputs["prediction"], batch["driver"]
+        prediction, target, matte = outputs["prediction"], batch["driver"], outputs.get("matte")
         terms = {}
+        if matte is not None:
+            foreground = foreground_mask(batch)
+            if self.weights.matte:
+                terms["matte"] = losses.multiscale_l1(matte, foreground, scales=self.l1_scales)
+            prediction, target = prediction * foreground, target * foreground
         if self.perceptual is not None:
             terms.update(self.perceptual(prediction, target))
         if self.weights.l1:
@@ -146,22 +173,32 @@ class LossComputer:
             terms["cycle"] = losses.motion_cycle_loss(outputs["z_prediction"], outputs["z_cross_prediction"],
                                                       outputs["z_driver"], outputs["z_driver2"])
         total, logged = losses.combine_losses(terms, self.weights)
-        logged["reconstruction_l1"] = float(F.l1_loss(prediction.detach(), target))
+        # the error of the image a user sees: for a matte model composited over the true background
+        shown = composite(outputs["prediction"].detach(), None if matte is None else matte.detach(), batch["driver"])
+        logged["reconstruction_l1"] = float(F.l1_loss(shown, batch["driver"]))
         return total, logged
 
     def discriminator(self, critic: nn.Module, outputs: dict, batch: dict) -> tuple:
         """Hinge loss of the discriminator on real drivers and (detached) predictions."""
         from .. import losses
 
-        real = critic(batch["driver"])
-        fake = critic(outputs["prediction"].detach())
+        real, fake = batch["driver"], outputs["prediction"].detach()
+        if outputs.get("matte") is not None:   # the foreground only, as the generator's losses
+            foreground = foreground_mask(batch)
+            real, fake = real * foreground, fake * foreground
+        real, fake = critic(real), critic(fake)
         loss = losses.discriminator_hinge_loss(real, fake)
         return loss, {"discriminator": float(loss.detach())}
 
     @staticmethod
     def image_columns(outputs: dict, batch: dict) -> list:
-        """Columns of the logged image grid: source, driver, prediction (+ source2, cross)."""
-        columns = [batch["source"], batch["driver"], outputs["prediction"]]
+        """Columns of the logged image grid: source, driver, prediction (+ matte; + source2, cross).
+
+        A matte model's prediction is shown composited over its source, with its matte beside it."""
+        matte = outputs.get("matte")
+        columns = [batch["source"], batch["driver"], composite(outputs["prediction"], matte, batch["source"])]
+        if matte is not None:
+            columns.append(matte.expand(-1, 3, -1, -1))
         if "cross_prediction" in outputs:
             columns += [batch["source2"], outputs["cross_prediction"]]
         return columns

@@ -60,7 +60,13 @@ class Trainer:
         from ..model import build_model
 
         self.model_config = get_config(cfg.model.preset)
+        if self.model_config.matte and cfg.data.kind != "synthetic":
+            raise ValueError(f"the {cfg.model.preset} preset predicts a matte and trains on the foreground only, "
+                             "which needs foreground masks: the synthetic heads have them, video folders do not")
         self.model = build_model(self.model_config).to(self.device)
+        self.initialised_from = None
+        if cfg.model.init_from:
+            self.initialised_from = model_checkpoint.initialise_from_checkpoint(self.model, cfg.model.init_from)
         self.losses = LossComputer(cfg.losses.weights, self.device, cfg.losses.l1_scales)
         self.use_gan = self.losses.weights_use_gan()
         self.discriminator = None
@@ -103,11 +109,12 @@ class Trainer:
         cfg = self.cfg
         regressor = pose_regressor_of(self.model)
         pose_ids = {id(p) for p in regressor.parameters()}
-        frozen = cfg.pose_pretrain.steps > 0 and cfg.pose_pretrain.main_stage == "frozen"
+        pretrained = cfg.pose_pretrain.steps > 0 or bool(cfg.model.init_from)
+        frozen = pretrained and cfg.pose_pretrain.main_stage == "frozen"
         other = [p for p in self.model.parameters() if id(p) not in pose_ids]
         groups = [{"params": other, "lr": cfg.optim.lr}]
         if not frozen:
-            scale = cfg.pose_pretrain.main_lr_scale if cfg.pose_pretrain.steps > 0 else 1.0
+            scale = cfg.pose_pretrain.main_lr_scale if pretrained else 1.0
             groups.append({"params": list(regressor.parameters()), "lr": cfg.optim.lr * scale})
         self.pose_frozen_in_main = frozen
         self.optimizer = build_adamw(groups, cfg.optim.betas, cfg.optim.weight_decay)
@@ -251,6 +258,8 @@ class Trainer:
                        "gan": self.use_gan, "gan_start_step": cfg.losses.gan_start_step,
                        "cycle": cfg.losses.cycle},
             "config_file": self.config_path,
+            "initialised_from": self.initialised_from and {
+                k: self.initialised_from[k] for k in ("checkpoint", "sha256", "provenance", "grown")},
             "final_losses": {k: round(v, 6) for k, v in self.history.items()},
         }
 
