@@ -11,6 +11,10 @@ volume and descriptor are placed on the device once and bound to the generator o
 (IOBinding), so a frame does not re-upload 25 MB; on the CPU a plain run already reads them in
 place (measured: no faster with IOBinding). The driver's input buffer is reused, and the
 paste-back mask and region are computed once per avatar.
+
+A bundle whose generator also outputs a ``matte`` renders only the person; with
+``background="source"`` (the default) each frame is composited onto the source's own backdrop,
+inpainted where the person was (:mod:`megaportraits.compositing`), made once per avatar.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle, open_bundle
+from .compositing import background_plate, composite
 from .errors import MegaportraitsError, NoFaceError
 from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
                     cut_crop, find_source_face)
@@ -31,6 +36,7 @@ from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
 
 FACE_FALLBACKS = ("error", "centre")
+BACKGROUNDS = ("source", "generated")
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -52,6 +58,9 @@ class AnimatorOptions:
     detector: FaceDetector | None = None  # default: the bundled Haar cascade
     io_binding: bool | None = None    # bind the avatar's tensors to the device once per stream;
                                       # None: only on a GPU (on the CPU plain run is as fast)
+    background: str = "source"        # source | generated: for a model with a matte, composite the
+                                      # person onto the source's inpainted backdrop, or keep the
+                                      # generator's image as it is (models without a matte: always)
 
     def validate(self) -> "AnimatorOptions":
         if self.motion not in MOTION_MODES:
@@ -59,6 +68,8 @@ class AnimatorOptions:
         if self.face_fallback not in FACE_FALLBACKS:
             raise MegaportraitsError(f"face_fallback must be one of {', '.join(FACE_FALLBACKS)}, "
                                      f"not {self.face_fallback!r}")
+        if self.background not in BACKGROUNDS:
+            raise MegaportraitsError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
         if not self.crop_scale > 0:
             raise MegaportraitsError(f"crop_scale must be positive, not {self.crop_scale!r}")
         if not (self.smooth_min_cutoff > 0 and self.smooth_beta >= 0):
@@ -79,6 +90,8 @@ class Avatar:
     crop: CropBox                  # where the face crop sits in ``image``
     paste: PasteBack | None        # None when results are returned as crops
     device_state: dict             # OrtValues of the volume and descriptor on the session device
+    backdrop: np.ndarray | None = None  # (3, S, S) float32: the source crop without the person,
+                                        # for matte models with background="source"; else None
 
 
 class Animator:
@@ -96,6 +109,9 @@ class Animator:
         self._geometry = CropGeometry(scale=options.crop_scale)
         self.input_dtypes = {role: {i.name: _ORT_FLOATS.get(i.type, np.float32) for i in session.get_inputs()}
                              for role, session in self.bundle.sessions.items()}
+        #: the generator renders a matte too (see megaportraits.compositing)
+        self.has_matte = "matte" in {o.name for o in self.bundle.sessions["generator"].get_outputs()}
+        self.composites = self.has_matte and options.background == "source"
 
     @classmethod
     def create_from_options(cls, bundle: str | Path | None, options: AnimatorOptions) -> "Animator":
@@ -131,7 +147,19 @@ class Animator:
         if self._io_binding:
             device_state = {"canonical_volume": ort.OrtValue.ortvalue_from_numpy(volume, self._device, 0),
                             "global_descriptor": ort.OrtValue.ortvalue_from_numpy(descriptor, self._device, 0)}
-        return Avatar(volume, descriptor, Motion(pose, expression), image, box, paste, device_state)
+        motion = Motion(pose, expression)
+        backdrop = self._backdrop(crop, volume, descriptor, motion) if self.composites else None
+        return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop)
+
+    def _backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion) -> np.ndarray:
+        """The source crop without the person. The person is cut out along the model's own matte
+        of the source (re-rendered with the source's motion), so plate and frames agree on it."""
+        generator = self.input_dtypes["generator"]
+        (matte,) = run_graph(self._session("generator"), "generator", ["matte"], {
+            "canonical_volume": volume, "global_descriptor": descriptor,
+            "pose": motion.pose.astype(generator["pose"], copy=False),
+            "expression": motion.expression.astype(generator["expression"], copy=False)})
+        return background_plate(to_tensor(crop)[0], matte[0].astype(np.float32, copy=False))
 
     def _source_crop(self, image: np.ndarray) -> CropBox:
         if not self.options.crop:
@@ -201,6 +229,13 @@ class Performance:
                                         centre_fallback=options.face_fallback == "centre")
         self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
         self._relative = None
+        self._composites = animator.composites
+        self._outputs = ["image", "matte"] if self._composites else ["image"]
+        if self._composites:
+            if avatar.backdrop is None:
+                raise MegaportraitsError("this avatar has no backdrop to composite onto; prepare it with "
+                                         "an Animator whose background is 'source'")
+            self._frame = np.empty((1, 3, size, size), np.float32)  # the composited frame, reused
         self._binding = None
         if animator._io_binding:
             self._binding = self._generator.io_binding()
@@ -237,21 +272,31 @@ class Performance:
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
 
     def _generate(self, motion: Motion) -> np.ndarray:
+        """The generator's frame (1, 3, S, S), composited onto the avatar's backdrop for a
+        matte model with background="source"."""
+        outputs = self._run_generator(motion)
+        if not self._composites:
+            return outputs[0]
+        image, matte = outputs
+        return composite(image, matte, self.avatar.backdrop, out=self._frame)
+
+    def _run_generator(self, motion: Motion) -> list:
         motion = Motion(motion.pose.astype(self._motion_dtypes[0], copy=False),
                         motion.expression.astype(self._motion_dtypes[1], copy=False))
         if self._binding is None:
-            return run_graph(self._generator, "generator", ["image"], {
+            return run_graph(self._generator, "generator", self._outputs, {
                 "canonical_volume": self.avatar.canonical_volume,
                 "global_descriptor": self.avatar.global_descriptor,
-                "pose": motion.pose, "expression": motion.expression})[0]
+                "pose": motion.pose, "expression": motion.expression})
         self._binding.bind_cpu_input("pose", np.ascontiguousarray(motion.pose))
         self._binding.bind_cpu_input("expression", np.ascontiguousarray(motion.expression))
-        self._binding.bind_output("image", "cpu")
+        for name in self._outputs:  # get_outputs() follows this order
+            self._binding.bind_output(name, "cpu")
         try:
             self._generator.run_with_iobinding(self._binding)
         except Exception as e:
             raise _graph_failed("generator", e) from None
-        return self._binding.get_outputs()[0].numpy()
+        return [value.numpy() for value in self._binding.get_outputs()]
 
 
 def run_graph(session, role: str, outputs: list, feeds: dict) -> list:

@@ -61,6 +61,10 @@ def _add_animation_options(p: argparse.ArgumentParser, crop_by_default: bool = T
     p.add_argument("--centre-crop", action="store_true",
                    help="when no face is found, crop the centre of the image instead of failing")
     p.add_argument("--smooth", action="store_true", help="smooth pose and expression over time (One-Euro filter)")
+    p.add_argument("--background", default="source", choices=("source", "generated"),
+                   help="for a model that predicts a matte: put the animated person on the source photo's own "
+                        "backdrop, inpainted where the person was (source, the default), or keep the "
+                        "generator's background (generated); models without a matte always do the latter")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N driver frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -70,7 +74,7 @@ def _animator(args, bundle, motion: str):
 
     return Animator(bundle, provider=args.provider, threads=args.threads, motion=motion,
                     smooth=args.smooth, crop=not args.no_crop, paste_back=not args.no_paste_back,
-                    face_fallback="centre" if args.centre_crop else "error")
+                    face_fallback="centre" if args.centre_crop else "error", background=args.background)
 
 
 # ---- animate -----------------------------------------------------------------------------
