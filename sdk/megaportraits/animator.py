@@ -128,7 +128,8 @@ class Animator:
 
     # ---- avatars -------------------------------------------------------------------------
     def prepare(self, source_image) -> Avatar:
-        """Run the SOURCE graph once on a photo (path or RGB/RGBA/gray array) -> Avatar.
+        """Run the SOURCE graph once on a photo (path or RGB/RGBA/gray array) -> Avatar. For a
+        matte model with background="source" the generator also runs once, for the backdrop.
 
         Raises InputError for unreadable images and NoFaceError when no face is found."""
         image = as_rgb_image(source_image, "source image")

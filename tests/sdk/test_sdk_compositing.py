@@ -164,10 +164,10 @@ def test_generated_background_is_the_generators_image(matte_bundle, rng):
     assert np.array_equal(a.animate_frame(avatar, driver), to_image(image))
 
 
-def test_a_bundle_without_matte_ignores_the_option(tiny_bundle, rng):
-    outputs = []
+def test_a_bundle_without_matte_ignores_the_option(toy_bundle, rng):
+    outputs = []  # the toy bundle (tests/sdk/toy_bundle.py): real graphs, no matte, no export to wait for
     for background in ("source", "generated"):
-        a = animator(tiny_bundle, background=background)
+        a = animator(toy_bundle, background=background)
         assert not a.has_matte and not a.composites
         source, driver = images(np.random.default_rng(1), a.image_size, 2)
         avatar = a.prepare(source)
