@@ -170,3 +170,21 @@ def test_a_video_config_for_a_matte_preset_is_refused(tmp_path):
                             "log": {"out_dir": str(tmp_path / "run")}})
     with pytest.raises(ValueError, match="foreground masks"):
         Trainer(cfg, DistributedContext())
+
+
+def test_a_training_config_can_switch_the_presets_matte(tmp_path):
+    from megaportraits_export.training.config import ConfigError, config_from_dict
+    from megaportraits_export.training.distributed import DistributedContext
+    from megaportraits_export.training.trainer import Trainer
+
+    def trainer(**model):
+        cfg = config_from_dict({"model": {"preset": "tiny_matte", **model}, "log": {"out_dir": str(tmp_path)},
+                                "data": {"train_identities": 4}})
+        return Trainer(cfg, DistributedContext())
+
+    assert trainer().model_config.matte is True
+    plain = trainer(matte=False)
+    assert plain.model_config.matte is False
+    assert plain.model.generator.image_generator.to_rgb[2].out_channels == 3
+    with pytest.raises(ConfigError, match="true or false"):
+        config_from_dict({"model": {"preset": "tiny", "matte": "yes"}})

@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 class ModelSection:
     preset: str = "tiny"
     init_from: str = ""                # fine-tune: start from this checkpoint's weights (not a resume)
+    matte: bool | None = None          # override the preset's ModelConfig.matte; None: the preset's
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"[{section}] {key} must be at least 1")
     if cfg.optim.lr_min > cfg.optim.lr:
         raise ConfigError("[optim] lr_min must not exceed lr")
+    if cfg.model.matte is not None and not isinstance(cfg.model.matte, bool):
+        raise ConfigError(f"[model] matte = {cfg.model.matte!r} should be true or false")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
 

@@ -60,6 +60,8 @@ class Trainer:
         from ..model import build_model
 
         self.model_config = get_config(cfg.model.preset)
+        if cfg.model.matte is not None:
+            self.model_config = self.model_config.replace(matte=cfg.model.matte)
         if self.model_config.matte and cfg.data.kind != "synthetic":
             raise ValueError(f"the {cfg.model.preset} preset predicts a matte and trains on the foreground only, "
                              "which needs foreground masks: the synthetic heads have them, video folders do not")
