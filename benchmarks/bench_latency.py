@@ -152,7 +152,8 @@ class TorchEager:
 
     def check_same_weights(self, bundle_dir: Path) -> float:
         """Max |image difference| between PyTorch and the bundle's portable generator graph on
-        the same inputs; infinite when the two do not even have the same shapes."""
+        the same inputs; infinite when the two do not even have the same shapes. A matte
+        model's graph splits its RGBA rendering into ``image`` and ``matte``: both are compared."""
         import onnxruntime as ort
 
         path = bundle_dir / self.manifest.graph_file("generator", portable=True)
@@ -160,7 +161,8 @@ class TorchEager:
         names = [i.name for i in session.get_inputs()]
         try:
             t = self._inputs(1)
-            onnx_image = session.run(["image"], {n: t[n].cpu().numpy() for n in names})[0]
+            outputs = [o.name for o in session.get_outputs()]  # image (+ matte), in that order
+            onnx_image = np.concatenate(session.run(outputs, {n: t[n].cpu().numpy() for n in names}), axis=1)
             with self.torch.inference_mode():
                 torch_image = self.model.generator(*(t[n] for n in names)).cpu().numpy()
             return float(np.abs(onnx_image - torch_image).max())

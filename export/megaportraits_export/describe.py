@@ -68,7 +68,7 @@ FLOW = (
     ("sampler", 1, "g_d", "canonical -> driver sampling grid"),
     ("sampler", 1, "v_d", "driver volume (one volume sample)"),
     ("generator.image_generator.projection", 0, "P(v_d)", "depth folded into channels, 1x1 conv"),
-    ("generator.image_generator", 0, "image", "output image"),
+    ("generator.image_generator", 0, "image", "output image (RGB, or RGBA: A the matte)"),
 )
 TRUNK_INPUTS = {"driver_branch.expression_encoder.trunk"}
 
