@@ -192,6 +192,7 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
                          image_size=manifest.image_size, precision=manifest.precision,
                          custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
                          graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
+                         matte="matte" in {t.name for t in manifest.graphs["generator"].outputs},
                          producer=manifest.producer, provenance=manifest.provenance)
             if manifest.custom_op is None:
                 entry["runs_with"] = "portable graphs (no custom op needed)"
@@ -222,7 +223,9 @@ def _print_info(info: dict) -> None:
     ]
     if bundle["status"] == "ok":
         lines += [f"  model: {bundle['model']} ({bundle['preset']}), {bundle['image_size']}px, {bundle['precision']}",
-                  f"  custom op: {bundle['custom_op'] or 'none (portable bundle)'}; runs with {bundle['runs_with']}"]
+                  f"  custom op: {bundle['custom_op'] or 'none (portable bundle)'}; runs with {bundle['runs_with']}",
+                  "  matte: " + ("yes (composited onto the source's backdrop unless --background generated)"
+                                 if bundle["matte"] else "no (the generator's image is shown as it is)")]
         lines += [f"  {role}: {g['file']}" + (f" (portable: {g['portable_file']})" if g["portable_file"] else "")
                   for role, g in bundle["graphs"].items()]
         if bundle["provenance"]:
