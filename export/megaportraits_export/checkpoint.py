@@ -161,7 +161,8 @@ def initialise_from_checkpoint(model: torch.nn.Module, path: str | os.PathLike) 
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"init_from checkpoint {str(path)!r} does not exist")
+        raise CheckpointError(f"init_from checkpoint {str(path)!r} does not exist; train the run it comes from "
+                              "first, or point [model] init_from at its model_*.pt (relative to the working directory)")
     _, old, provenance = _read(path)
     copied, grown, kept = 0, [], []
     with torch.no_grad():
@@ -177,6 +178,7 @@ def initialise_from_checkpoint(model: torch.nn.Module, path: str | os.PathLike) 
             else:
                 kept.append(name)
     if not copied:
-        raise CheckpointError(f"init_from checkpoint {path.name} shares no weights with this model")
+        raise CheckpointError(f"init_from checkpoint {path.name} shares no weights with this model; "
+                              "fine-tune from a checkpoint of the same preset")
     return {"checkpoint": path.name, "sha256": sha256_file(path), "provenance": provenance,
             "copied": copied, "grown": grown, "kept": kept}

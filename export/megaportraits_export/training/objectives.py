@@ -173,8 +173,12 @@ class LossComputer:
             terms["cycle"] = losses.motion_cycle_loss(outputs["z_prediction"], outputs["z_cross_prediction"],
                                                       outputs["z_driver"], outputs["z_driver2"])
         total, logged = losses.combine_losses(terms, self.weights)
-        # the error of the image a user sees: for a matte model composited over the true background
-        shown = composite(outputs["prediction"].detach(), None if matte is None else matte.detach(), batch["driver"])
+        # the error of the image a user sees: for a matte model composited over the true background,
+        # the driver with its person removed (over the whole driver, a matte of 0 would let the
+        # true person through and score a perfect reconstruction)
+        shown = outputs["prediction"].detach()
+        if matte is not None:
+            shown = composite(shown, matte.detach(), batch["driver"] * (1 - foreground))
         logged["reconstruction_l1"] = float(F.l1_loss(shown, batch["driver"]))
         return total, logged
 
