@@ -98,4 +98,4 @@ def test_the_package_dispatcher_runs_describe():
     result = subprocess.run([sys.executable, "-m", "megaportraits_export", "describe", "--preset", "demo128", "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert _shapes(json.loads(result.stdout))["image"] == (1, 3, 128, 128)
+    assert _shapes(json.loads(result.stdout))["image"] == (1, 4, 128, 128)  # RGBA: demo128 predicts a matte
