@@ -9,8 +9,9 @@ The presets:
 - ``small256``: 256x256 output, CPU-friendly; the largest size the bundled demo model may take
   (fp32 bundle <= 25 MB with the pose and expression encoders in both the source and the driver
   graph).
-- ``demo128``: 128x128 output, about 1.1M parameters and 1.7 GMAC per training sample: the bundled demo model's size, trainable on
-  two CPU cores in about half an hour.
+- ``demo128``: 128x128 output, about 1.1M parameters and 1.7 GMAC per training sample: the
+  bundled demo model (trained on two CPU cores in about two and a half hours, see
+  ``configs/demo128_*.toml``).
 - ``tiny``: 64x64 output, tiny widths; forward and backward in a fraction of a second on CPU,
   for tests (``tiny_matte``: the same with a matte output).
 

@@ -188,3 +188,14 @@ def test_a_training_config_can_switch_the_presets_matte(tmp_path):
     assert plain.model.generator.image_generator.to_rgb[2].out_channels == 3
     with pytest.raises(ConfigError, match="true or false"):
         config_from_dict({"model": {"preset": "tiny", "matte": "yes"}})
+
+
+def test_a_matte_model_whose_matte_weight_is_zero_is_refused(tmp_path):
+    from megaportraits_export.training.config import config_from_dict
+    from megaportraits_export.training.distributed import DistributedContext
+    from megaportraits_export.training.trainer import Trainer
+
+    cfg = config_from_dict({"model": {"preset": "tiny_matte"}, "log": {"out_dir": str(tmp_path)},
+                            "data": {"train_identities": 4}, "losses": {"weights": {"matte": 0.0}}})
+    with pytest.raises(ValueError, match="never learn"):
+        Trainer(cfg, DistributedContext())

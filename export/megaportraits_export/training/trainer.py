@@ -69,7 +69,15 @@ class Trainer:
         self.initialised_from = None
         if cfg.model.init_from:
             self.initialised_from = model_checkpoint.initialise_from_checkpoint(self.model, cfg.model.init_from)
+            if ctx.is_main:
+                report = self.initialised_from
+                print(f"initialised from {report['checkpoint']}: {report['copied']} weights copied, "
+                      f"{len(report['grown'])} grown ({', '.join(report['grown']) or 'none'}), "
+                      f"{len(report['kept'])} left at their initialisation")
         self.losses = LossComputer(cfg.losses.weights, self.device, cfg.losses.l1_scales)
+        if self.model_config.matte and not self.losses.weights.matte:
+            raise ValueError(f"the {cfg.model.preset} model predicts a matte but [losses.weights] matte is 0, so it "
+                             "would never learn it: give it a weight (1.0) or set [model] matte = false")
         self.use_gan = self.losses.weights_use_gan()
         self.discriminator = None
         if self.use_gan:
