@@ -347,3 +347,25 @@ def test_profiling_a_real_session_finds_its_nodes(toy_bundle):
     rows = profile_generator(toy_bundle, mf.load_manifest(toy_bundle), "portable", threads=1, runs=2)
     assert {"MatMul", "Sigmoid"} <= {r.op_type for r in rows}
     assert sum(r.share for r in rows) == pytest.approx(1.0)
+
+
+def test_compositing_stages_are_measured_for_matte_bundles_only(toy_bundle):
+    import dataclasses
+
+    from megaportraits import manifest as mf
+    from megaportraits.benchmark.io_stages import measure_io_stages
+
+    plain = mf.load_manifest(toy_bundle)
+    generator = plain.graphs["generator"]
+    image = next(t for t in generator.outputs if t.name == "image")
+    matte_output = dataclasses.replace(image, name="matte", shape=(image.shape[0], 1, *image.shape[2:]))
+    with_matte = dataclasses.replace(plain, graphs={
+        **plain.graphs, "generator": dataclasses.replace(generator, outputs=(*generator.outputs, matte_output))})
+    stages = ["backdrop", "composite"]
+    notes = []
+    results = measure_io_stages(with_matte, RunSettings(warmup=1, runs=3), stages, notes, frame_size=(160, 120))
+    assert [r.stage for r in results] == stages
+    assert all(r.timing.runs == 3 and r.timing.min_ms > 0 for r in results)
+    notes = []
+    assert measure_io_stages(plain, RunSettings(warmup=1, runs=3), stages, notes, frame_size=(160, 120)) == []
+    assert any("no matte" in n for n in notes)

@@ -15,6 +15,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .. import manifest as mf
@@ -133,6 +134,39 @@ def measure_paste_back(manifest: mf.Manifest, frames: list, settings: RunSetting
                    f"{size}px output into a {width}x{height} photo, {side}px crop")
 
 
+def has_matte(manifest: mf.Manifest) -> bool:
+    """Whether the bundle's generator renders a matte, so the SDK composites its frames."""
+    return any(t.name == "matte" for t in manifest.graphs["generator"].outputs)
+
+
+def measure_compositing(manifest: mf.Manifest, frames: list, settings: RunSettings, stages: list) -> list:
+    """A matte model's two extra costs (megaportraits.compositing): the backdrop, made once per
+    avatar (the source without the person, inpainted), and the composite of every frame. The
+    person is a disc over 28% of the crop, about what a portrait crop holds."""
+    from ..compositing import background_plate, composite
+
+    size = manifest.image_size
+    source = cv2.resize(frames[0], (size, size), interpolation=cv2.INTER_AREA)
+    source = source.transpose(2, 0, 1).astype(np.float32) / 255.0
+    yy, xx = np.mgrid[:size, :size]
+    matte = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.3 * size) ** 2).astype(np.float32)[None]
+    wanted = settings.warmup + settings.runs
+    results = []
+    if "backdrop" in stages:
+        samples, peak = _timed_per_call(lambda _: background_plate(source, matte), range(wanted), settings.warmup)
+        results.append(_result("backdrop", samples, settings.warmup, peak,
+                               f"once per avatar: {size}px source, Telea inpainting of the person"))
+    if "composite" in stages:
+        rng = np.random.default_rng(2)
+        plate = background_plate(source, matte)
+        images = [rng.random((1, 3, size, size), dtype=np.float32) for _ in range(4)]
+        out = np.empty((1, 3, size, size), np.float32)
+        samples, peak = _timed_per_call(lambda image: composite(image, matte[None], plate, out=out),
+                                        [images[i % len(images)] for i in range(wanted)], settings.warmup)
+        results.append(_result("composite", samples, settings.warmup, peak, f"per frame: {size}px"))
+    return results
+
+
 def measure_video(frames: list, settings: RunSettings, stages: list) -> list:
     """Encode the frames to an H.264 MP4 (per-frame write time; the encoder buffers, so some
     writes are longer than others), then decode it again (per-frame read time)."""
@@ -174,6 +208,12 @@ def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list
         results.append(measure_face_crop(manifest, frames, settings))
     if "paste_back" in stages:
         results.append(measure_paste_back(manifest, frames, settings))
+    if {"backdrop", "composite"} & set(stages):
+        if has_matte(manifest):
+            results += measure_compositing(manifest, frames, settings, stages)
+        else:
+            notes.append("backdrop and composite not measured: this bundle has no matte, so the SDK "
+                         "does not composite its frames")
     if any(s.startswith("video") for s in stages):
         results += measure_video(frames, settings, stages)
     notes.append("paste-back and video run on synthetic frames, the face crop on the demo driver video if "

@@ -15,8 +15,8 @@ from .stats import Timing
 
 SCHEMA = "megaportraits-benchmark/1"
 VARIANTS = ("ours", "portable", "torch")  # custom-op graphs, standard-op twins, PyTorch eager
-STAGES = ("source", "driver", "generator", "per_frame", "warp", "face_crop", "paste_back",
-          "video_decode", "video_encode")
+STAGES = ("source", "driver", "generator", "per_frame", "warp", "face_crop", "paste_back", "backdrop",
+          "composite", "video_decode", "video_encode")
 _REPORT_KEYS = ("schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes")
 _RESULT_KEYS = ("stage", "variant", "provider", "threads", "batch", "timing", "flops", "bytes_moved",
                 "floor_ms", "gflops_per_s", "peak_fraction", "x_floor", "note")

@@ -13,7 +13,7 @@ from .stages import (PROVIDERS, BundleVariant, CostBook, RunSettings, Unavailabl
                      measure_graph_stages, measure_warp)
 
 GRAPH_STAGES = ("source", "driver", "generator", "per_frame")
-IO_STAGES = ("face_crop", "paste_back", "video_decode", "video_encode")
+IO_STAGES = ("face_crop", "paste_back", "backdrop", "composite", "video_decode", "video_encode")
 BUSY_CORES = 0.25  # CPU used by other processes during the run above which timings are flagged
 
 
