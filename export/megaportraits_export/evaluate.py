@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megaportraits.animator import BACKGROUNDS  # the SDK's choices: the evaluation scores what it shows
+
 from . import metrics
 
 TASKS = ("self", "cross")
@@ -119,9 +121,6 @@ def relative_motion(source_motion, driver_motion, reference_motion) -> tuple:
     return pose, expression
 
 
-BACKGROUNDS = ("source", "generated")
-
-
 class CheckpointReenactor:
     """A PyTorch model from a checkpoint, reenacting batches of already-cropped frames.
 
@@ -133,6 +132,8 @@ class CheckpointReenactor:
         self.model = model.eval()
         self.batch_size = batch_size
         self.image_size = model.config.image_size
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, not {background!r}")
         self.background = background
 
     @torch.no_grad()

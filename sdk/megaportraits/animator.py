@@ -110,7 +110,7 @@ class Animator:
         self.input_dtypes = {role: {i.name: _ORT_FLOATS.get(i.type, np.float32) for i in session.get_inputs()}
                              for role, session in self.bundle.sessions.items()}
         #: the generator renders a matte too (see megaportraits.compositing)
-        self.has_matte = "matte" in {o.name for o in self.bundle.sessions["generator"].get_outputs()}
+        self.has_matte = self.bundle.manifest.has_matte
         self.composites = self.has_matte and options.background == "source"
 
     @classmethod

@@ -192,7 +192,7 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
                          image_size=manifest.image_size, precision=manifest.precision,
                          custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
                          graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
-                         matte="matte" in {t.name for t in manifest.graphs["generator"].outputs},
+                         matte=manifest.has_matte,
                          producer=manifest.producer, provenance=manifest.provenance)
             if manifest.custom_op is None:
                 entry["runs_with"] = "portable graphs (no custom op needed)"

@@ -175,6 +175,12 @@ class Manifest:
         return g.file
 
     @property
+    def has_matte(self) -> bool:
+        """True when the generator also renders the person's matte (a second output, ``matte``),
+        so the SDK composites its frames onto the source's backdrop (megaportraits.compositing)."""
+        return any(t.name == "matte" for t in self.graphs["generator"].outputs)
+
+    @property
     def has_portable(self) -> bool:
         """True when every graph can run without the custom-op library."""
         return self.custom_op is None or all(g.portable_file for g in self.graphs.values())

@@ -199,3 +199,8 @@ def test_a_matte_model_whose_matte_weight_is_zero_is_refused(tmp_path):
                             "data": {"train_identities": 4}, "losses": {"weights": {"matte": 0.0}}})
     with pytest.raises(ValueError, match="never learn"):
         Trainer(cfg, DistributedContext())
+
+
+def test_an_unknown_background_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="background must be one of source, generated"):
+        evaluate.CheckpointReenactor(_model("tiny_matte", 0), background="transparent")

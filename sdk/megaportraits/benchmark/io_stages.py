@@ -134,11 +134,6 @@ def measure_paste_back(manifest: mf.Manifest, frames: list, settings: RunSetting
                    f"{size}px output into a {width}x{height} photo, {side}px crop")
 
 
-def has_matte(manifest: mf.Manifest) -> bool:
-    """Whether the bundle's generator renders a matte, so the SDK composites its frames."""
-    return any(t.name == "matte" for t in manifest.graphs["generator"].outputs)
-
-
 def measure_compositing(manifest: mf.Manifest, frames: list, settings: RunSettings, stages: list) -> list:
     """A matte model's two extra costs (megaportraits.compositing): the backdrop, made once per
     avatar (the source without the person, inpainted), and the composite of every frame. The
@@ -209,7 +204,7 @@ def measure_io_stages(manifest: mf.Manifest, settings: RunSettings, stages: list
     if "paste_back" in stages:
         results.append(measure_paste_back(manifest, frames, settings))
     if {"backdrop", "composite"} & set(stages):
-        if has_matte(manifest):
+        if manifest.has_matte:
             results += measure_compositing(manifest, frames, settings, stages)
         else:
             notes.append("backdrop and composite not measured: this bundle has no matte, so the SDK "
