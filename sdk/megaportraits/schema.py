@@ -1,0 +1,45 @@
+"""The bundle's vocabulary, defined once: graph roles, their tensor names, the custom op's identity.
+
+Every other part of the project (the SDK, the exporter, the benchmarks, the evaluation) imports
+these names instead of spelling them; the C++ op library keeps its own copy of the op identity,
+and a test checks that it matches this module. This module imports nothing else from the SDK,
+so anything may import it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class GraphIO(NamedTuple):
+    """The tensor names of one graph role: required inputs, required outputs, optional outputs."""
+
+    inputs: tuple
+    outputs: tuple
+    optional_outputs: tuple = ()
+
+
+# The person's matte (N, 1, S, S) in [0, 1]: an optional second output of a generator whose
+# model renders only the person (docs/design.md, "Mattes and compositing").
+MATTE_OUTPUT = "matte"
+
+SOURCE, DRIVER, GENERATOR = "source", "driver", "generator"
+
+GRAPH_IO = {
+    SOURCE: GraphIO(("source_image",), ("canonical_volume", "global_descriptor", "pose", "expression")),
+    DRIVER: GraphIO(("driver_image",), ("pose", "expression")),
+    GENERATOR: GraphIO(("canonical_volume", "global_descriptor", "pose", "expression"), ("image",),
+                       optional_outputs=(MATTE_OUTPUT,)),
+}
+ROLES = tuple(GRAPH_IO)
+BASE_ROLES = (SOURCE, DRIVER, GENERATOR)
+
+
+class CustomOp(NamedTuple):
+    """Identity of the native volumetric sampler: an ONNX Runtime custom op (cpp_ext)."""
+
+    domain: str
+    name: str
+    version: int
+
+
+GRID_SAMPLE_3D = CustomOp(domain="com.megaportraits", name="GridSample3D", version=1)
