@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from megaportraits_export.data import synthetic
+from megaportraits_export.data.synthetic import camera as synthetic_camera
+from megaportraits_export.data.synthetic import geometry, rendering
 from megaportraits_export.data.synthetic import (
     EVAL_IDENTITY_SEED_OFFSET,
     Expression,
@@ -44,8 +45,8 @@ def test_same_arguments_give_identical_bytes():
     identity = Identity.sample(123)
     pose, expression = Pose(yaw=0.3, pitch=-0.1, tx=0.05), Expression(mouth_open=0.6, smile=0.4)
     first = render(identity, pose, expression, SIZE)
-    synthetic._background.cache_clear()
-    synthetic._static_geometry.cache_clear()
+    rendering._background.cache_clear()
+    geometry._static_geometry.cache_clear()
     second = render(Identity.sample(123), pose, expression, SIZE)
     assert first.dtype == np.uint8 and first.shape == (SIZE, SIZE, 3)
     assert first.tobytes() == second.tobytes()
@@ -86,8 +87,8 @@ def test_eye_closure_changes_the_eye_region():
     changed = np.abs(opened - closed).max(axis=-1) > 20
     ys, xs = np.nonzero(changed)
     assert changed.sum() > 20
-    band = (synthetic._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
-            / synthetic._SHIFT_SCALE)[0, 1]
+    band = (synthetic_camera._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
+            / synthetic_camera._SHIFT_SCALE)[0, 1]
     assert np.abs(ys - band).max() < SIZE * 0.06, "only pixels around the eyes may change"
     left, right = (xs < SIZE / 2).sum(), (xs >= SIZE / 2).sum()
     assert left > 5 and right > 5, "both eyes close"
@@ -177,11 +178,11 @@ def test_pose_parameters_are_the_models_theta():
     pose = Pose(scale=1.1, yaw=0.4, pitch=-0.2, roll=0.15, tx=0.05, ty=-0.03, tz=0.02)
     params = torch.from_numpy(pose.model_parameters())[None].double()
     theta = pose_matrix(params[:, :1].expand(-1, 3), params[:, 1:4], params[:, 4:7])[0].numpy()
-    camera = synthetic._Camera(pose, SIZE)
+    camera = synthetic_camera._Camera(pose, SIZE)
     head_points = np.random.default_rng(0).normal(size=(10, 3))
     camera_points = camera.to_camera(head_points)  # X = scale * HEAD_UNIT * R P + t
     canonical = camera_points @ theta[:, :3].T + theta[:, 3]
-    np.testing.assert_allclose(canonical, head_points * synthetic.HEAD_UNIT, atol=1e-6)  # float32 parameters
+    np.testing.assert_allclose(canonical, head_points * synthetic_camera.HEAD_UNIT, atol=1e-6)  # float32 parameters
     round_trip = Pose.from_model_parameters(pose.model_parameters())
     np.testing.assert_allclose(round_trip.as_array(), pose.as_array(), atol=1e-6)
 
@@ -213,8 +214,8 @@ def test_mask_is_the_foreground():
 def test_smile_brows_and_gaze_act_on_their_features():
     identity = plain_identity(iris=MAGENTA, skin=(200, 160, 130))
     neutral = render(identity, Pose(), Expression(), SIZE).astype(int)
-    eye_row = (synthetic._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
-               / synthetic._SHIFT_SCALE)[0, 1]
+    eye_row = (synthetic_camera._Camera(Pose(), SIZE).head(np.array([[0.0, identity.eye_height, -identity.head_depth]]))
+               / synthetic_camera._SHIFT_SCALE)[0, 1]
 
     def changed_rows(expression):
         diff = np.abs(render(identity, Pose(), expression, SIZE).astype(int) - neutral).max(axis=-1) > 20
