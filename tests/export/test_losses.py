@@ -1,6 +1,7 @@
 """Losses: values checked by hand, gradients, the discriminator's spectral norm, the weights."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,15 +78,28 @@ def test_hinge_losses_by_hand():
 
 
 def test_feature_matching():
+    """Every layer of every scale counts, each as its own mean, logits excluded: per-layer and
+    per-scale differences of different sizes, expected values computed with numpy."""
     torch.manual_seed(0)
-    real = [[torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4), torch.randn(2, 1, 3, 3)] for _ in range(2)]
+    shapes = [(2, 4, 8, 8), (2, 8, 4, 4), (2, 1, 3, 3)]  # two feature maps, then the logits
+    real = [[torch.randn(*shape) for shape in shapes] for _ in range(2)]
     same = [[f.clone().requires_grad_() for f in scale] for scale in real]
     assert float(feature_matching_loss(same, real).detach()) == 0.0
-    shifted = [[f + 0.5 for f in scale[:-1]] + [scale[-1] + 7.0] for scale in real]  # logits ignored
-    assert float(feature_matching_loss(shifted, real)) == pytest.approx(0.5)
-    moved = [[f + 0.5 for f in scale] for scale in same]
-    feature_matching_loss(moved, real).backward()
-    assert same[0][0].grad is not None and same[0][-1].grad is None
+    # a different offset per (scale, layer) and random per-element noise; logits moved a lot
+    offsets = [[0.1, 0.4, 7.0], [0.9, 1.6, -5.0]]
+    noise = [[0.3 * torch.randn(*shape) for shape in shapes] for _ in range(2)]
+    fake = [[f + o + n for f, o, n in zip(scale, scale_offsets, scale_noise)]
+            for scale, scale_offsets, scale_noise in zip(same, offsets, noise)]
+    per_layer = [[np.abs((o + n).numpy()).mean() for o, n in zip(scale_offsets[:-1], scale_noise[:-1])]
+                 for scale_offsets, scale_noise in zip(offsets, noise)]
+    expected = np.mean([np.mean(layers) for layers in per_layer])
+    assert 0.5 < expected < 1.2 and len({round(v, 2) for layers in per_layer for v in layers}) == 4
+    loss = feature_matching_loss(fake, real)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    loss.backward()
+    for scale in same:
+        assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in scale[:-1])
+        assert scale[-1].grad is None
 
 
 def test_discriminator_spectral_norm_is_active():
@@ -141,12 +155,58 @@ def test_missing_imagenet_weights(tmp_path, monkeypatch):
     assert VGG19Features("auto").pretrained
 
 
+def _pyramid_l1(prediction, target, scales=4):
+    """The multi-scale L1 written out in numpy: 2x2 block means by reshaping, L1 per level."""
+    a, b = prediction.double().numpy(), target.double().numpy()
+    levels = []
+    for _ in range(scales):
+        levels.append(np.abs(a - b).mean())
+        n, c, h, w = a.shape
+        a = a.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+        b = b.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+    return float(np.mean(levels))
+
+
 def test_multiscale_l1_by_hand():
-    a = torch.zeros(1, 3, 16, 16)
-    assert float(multiscale_l1(a + 0.1, a)) == pytest.approx(0.1)
+    # the error is a one-pixel checkerboard of 0.2 plus a two-pixel checkerboard of 0.08:
+    # full resolution |+-0.2 +-0.08| averages 0.2; at 1/2 the first cancels and 0.08 is left;
+    # at 1/4 and 1/8 both cancel. So (0.2 + 0.08 + 0 + 0) / 4 = 0.07 (a plain L1 gives 0.2).
+    y, x = np.mgrid[:16, :16]
+    error = 0.2 * (-1.0) ** (x + y) + 0.08 * (-1.0) ** (x // 2 + y // 2)
+    torch.manual_seed(3)
+    target = 0.3 + 0.4 * torch.rand(2, 3, 16, 16)
+    prediction = target + torch.from_numpy(error).float()
+    assert float(multiscale_l1(prediction, target)) == pytest.approx(0.07, abs=1e-6)
+    assert float(multiscale_l1(prediction, target, scales=2)) == pytest.approx(0.14, abs=1e-6)
+    # and on random images, the numpy pyramid
+    other = torch.rand(2, 3, 32, 32)
+    noisy = (other + 0.2 * torch.randn(2, 3, 32, 32)).clamp(0, 1)
+    assert float(multiscale_l1(noisy, other)) == pytest.approx(_pyramid_l1(noisy, other), rel=1e-5)
 
 
-def test_perceptual_loss(monkeypatch):
+def _vgg_by_hand(vgg, image):
+    """relu1_1, relu2_1, ..., relu5_1 computed with F.conv2d/relu/max_pool2d from the convs'
+    weights, following VGG19's blocks (2, 2, 4, 4, 4 convs, a 2x2 max-pool between blocks)."""
+    convs = iter([m for m in vgg.features if isinstance(m, torch.nn.Conv2d)])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x, firsts = (image - mean) / std, []
+    for block, depth in enumerate((2, 2, 4, 4, 4)):
+        if block:
+            x = torch.nn.functional.max_pool2d(x, 2)
+        for layer in range(depth):
+            conv = next(convs)
+            x = torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+            if layer == 0:
+                firsts.append(x)
+            if block == 4:
+                break  # relu5_1 is the last one used
+    return firsts
+
+
+def test_perceptual_loss(tmp_path):
+    """Weighted VGG19 feature L1 (pix2pixHD's 1/32 .. 1 per layer), plus the multi-scale L1
+    with the random-weight fallback only; expected values computed by hand from the weights."""
     torch.manual_seed(0)
     target = torch.rand(2, 3, 32, 32)
     pooled = lambda image: [torch.nn.functional.avg_pool2d(image, 4)]  # noqa: E731
@@ -156,7 +216,15 @@ def test_perceptual_loss(monkeypatch):
     assert float(same["perceptual"]) == 0.0 and float(same["face"]) == 0.0
     prediction = (target + 0.1 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
     terms = loss(prediction, target)
-    assert float(terms["perceptual"].detach()) > 0.0
+    layer_weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    with torch.no_grad():
+        per_layer = [float((p - t).abs().mean()) for p, t in
+                     zip(_vgg_by_hand(loss.vgg, prediction), _vgg_by_hand(loss.vgg, target))]
+    features = sum(w * d for w, d in zip(layer_weights, per_layer))
+    # every layer differs, and no single layer dominates the weighted sum
+    assert min(per_layer) > 0 and max(w * d for w, d in zip(layer_weights, per_layer)) < 0.9 * features
+    expected = features + _pyramid_l1(prediction.detach(), target)
+    assert float(terms["perceptual"].detach()) == pytest.approx(expected, rel=1e-5)
     expected_face = torch.nn.functional.l1_loss(pooled(prediction.detach())[0], pooled(target)[0])
     assert float(terms["face"].detach()) == pytest.approx(float(expected_face), rel=1e-6)
     sum(terms.values()).backward()
@@ -165,6 +233,12 @@ def test_perceptual_loss(monkeypatch):
     # more noise -> larger loss
     worse = loss((target + 0.3 * torch.randn_like(target)).clamp(0, 1), target)
     assert float(worse["perceptual"]) > float(terms["perceptual"].detach())
+    # with weights from a file ("pretrained") the multi-scale L1 is not added
+    path = tmp_path / "vgg19-test.pth"
+    torch.save({f"features.{k}": v for k, v in loss.vgg.features.state_dict().items()}, path)
+    loaded = PerceptualLoss(vgg_weights=path)
+    assert loaded.vgg.pretrained
+    assert float(loaded(prediction.detach(), target)["perceptual"]) == pytest.approx(features, rel=1e-5)
 
 
 def test_loss_weights_and_combination():
