@@ -43,3 +43,26 @@ class CustomOp(NamedTuple):
 
 
 GRID_SAMPLE_3D = CustomOp(domain="com.megaportraits", name="GridSample3D", version=1)
+
+
+# ---- model families --------------------------------------------------------------------------
+# A bundle's family says which networks made it and so how the SDK composes motion between the
+# driver and generator graphs: one motion module per representation (docs/design.md, "Families").
+MEGAPORTRAITS, LIVEPORTRAIT = "megaportraits", "liveportrait"
+FAMILIES = (MEGAPORTRAITS, LIVEPORTRAIT)
+MOTION_REPRESENTATIONS = {
+    MEGAPORTRAITS: "pose_expression",      # 3x4 head pose + expression code (megaportraits.motion)
+    LIVEPORTRAIT: "implicit_keypoints",    # binned angles, t, scale, deltas, canonical keypoints
+}                                          # (megaportraits.motion_liveportrait)
+
+# LivePortrait's motion extractor, as its source and driver graphs return it: head pose as
+# 66-bin logits (N, 66) each, translation (N, 3), expression deltas (N, K, 3), scale (N, 1),
+# canonical keypoints (N, K, 3).
+LIVEPORTRAIT_MOTION = ("pitch", "yaw", "roll", "translation", "expression", "scale", "canonical_keypoints")
+LIVEPORTRAIT_GRAPH_IO = {
+    SOURCE: GraphIO(("source_image",), ("feature_volume",) + LIVEPORTRAIT_MOTION),
+    DRIVER: GraphIO(("driver_image",), LIVEPORTRAIT_MOTION),
+    # keypoints (N, K, 3) composed by the SDK; the graph stitches, warps and decodes
+    GENERATOR: GraphIO(("feature_volume", "source_keypoints", "driving_keypoints"), ("image",)),
+}
+FAMILY_GRAPH_IO = {MEGAPORTRAITS: GRAPH_IO, LIVEPORTRAIT: LIVEPORTRAIT_GRAPH_IO}
