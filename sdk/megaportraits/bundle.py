@@ -1,55 +1,215 @@
 """Opening a model bundle: validate everything, then create one ONNX Runtime session per graph.
 
-The order matters because a bundle is untrusted input. Before any session exists: the manifest
-is parsed and checked against this SDK's contract (roles, tensor names), every file's sha256 is
-checked, and every graph is scanned for external-data references, each of which must be a plain
-file name inside the bundle that the manifest hashes. Only then does ONNX Runtime open a file.
+The order matters because a bundle is untrusted input. :func:`validate_bundle` checks the whole
+directory before any session exists: the manifest is parsed and checked against this SDK's
+contract (roles, tensor names, image format), every file's sha256 is checked, every graph file
+is read at the protobuf level (its inputs and outputs must be the ones its manifest entry
+declares, its image sizes the manifest's ``image_size``, its operators the ones the manifest's
+``custom_op`` allows), and every external-data reference must be a plain file name inside the
+bundle that the manifest hashes. Only then does :func:`open_bundle` let ONNX Runtime open a file.
 
-Graphs that use the custom op (``com.megaportraits::GridSample3D``) need the native library;
-when it cannot be loaded, the bundle's portable graphs (standard ONNX GridSample) are used
-instead, with a one-line :class:`PortableFallbackWarning`.
+``megaportraits info``, ``megaportraits benchmark``, the :class:`~megaportraits.Animator` (via
+:func:`open_bundle`) and the exporter's verifier all call :func:`validate_bundle`, so "ok" from
+one means the others run the bundle.
+
+Graphs that use the custom op need the native library; when it cannot be loaded, the bundle's
+portable graphs (standard ONNX GridSample) are used instead, with a one-line
+:class:`PortableFallbackWarning` (:mod:`megaportraits.sessions` decides).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
 
 from . import manifest as mf
-from .errors import BundleError, PortableFallbackWarning
-from .onnx_refs import ModelFileError, external_data_refs
+from .errors import BundleError, CustomOpError
+from .onnx_refs import ModelFileError, external_data_refs, model_interface
 from .providers import resolve_providers
+from .schema import BASE_ROLES, GRAPH_IO, GRID_SAMPLE_3D, MATTE_OUTPUT
+from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
+                       fall_back, session_options, warn_fallback)
 
 DEMO_BUNDLE = Path(__file__).resolve().parent / "assets" / "demo_bundle"
-GRAPH_IO = {  # docs/interfaces.md: the names every bundle's graphs must use
-    "source": (("source_image",), ("canonical_volume", "global_descriptor", "pose", "expression")),
-    "driver": (("driver_image",), ("pose", "expression")),
-    "generator": (("canonical_volume", "global_descriptor", "pose", "expression"), ("image",)),
-}
+# Tensors whose last two dims are the image side (manifest image_size).
+_IMAGE_TENSORS = ("source_image", "driver_image", "image", MATTE_OUTPUT)
 
 
+# ---- where the bundle is -----------------------------------------------------------------
+def demo_bundle_installed() -> bool:
+    return (DEMO_BUNDLE / mf.MANIFEST_NAME).is_file()
+
+
+def find_bundle(directory: str | Path | None = None) -> Path:
+    """The bundle directory: ``directory``, or the bundled demo model when None. Raises the one
+    :class:`BundleError` for a demo model that is not installed."""
+    if directory is None:
+        if not demo_bundle_installed():
+            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); "
+                              "pass a bundle directory with --bundle DIR (Animator(bundle=DIR))")
+        return DEMO_BUNDLE
+    return Path(directory).resolve()
+
+
+# ---- validation --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class CustomOpStatus:
-    """Whether the native custom-op library can be used here, and if not, why."""
+class BundleReport:
+    """What :func:`validate_bundle` found. ``ok`` exactly when :func:`open_bundle` would open
+    the bundle here (barring ONNX Runtime refusing a well-formed graph, which only a session
+    can tell). ``problems`` are one-line messages, the first one the most basic; ``manifest``
+    is None when it could not be read; ``flavour`` says which graphs would run here."""
 
-    available: bool
-    path: str | None = None
-    reason: str | None = None
+    directory: Path
+    manifest: mf.Manifest | None = None
+    problems: tuple = ()
+    flavour: Flavour | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def runs_with(self) -> str:
+        if not self.ok or self.flavour is None:
+            return "nothing: the bundle is invalid"
+        if self.manifest.custom_op is None:
+            return "portable graphs (no custom op needed)"
+        if not self.flavour.portable:
+            return "custom-op graphs"
+        if self.flavour.fallback_reason is not None:
+            return "portable graphs (custom-op library unavailable)"
+        return "portable graphs (requested)"
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`BundleError` with the first problem (and how many more there are)."""
+        if self.problems:
+            more = len(self.problems) - 1
+            raise BundleError(self.problems[0] + (f" (and {more} more problem(s): megaportraits info "
+                                                  "--bundle DIR lists them)" if more else ""))
 
 
-def custom_op_status() -> CustomOpStatus:
+def validate_bundle(directory: str | Path | None = None, portable: bool = False) -> BundleReport:
+    """Check the bundle at ``directory`` (default: the bundled demo model) completely, without
+    creating an inference session. Never raises for a bad bundle: the report lists what is
+    wrong (``report.raise_for_problems()`` turns it into a :class:`BundleError`). ``portable``:
+    the caller will ask for the portable graphs."""
     try:
-        from . import _native
-    except ImportError as e:
-        return CustomOpStatus(False, reason=f"the native extension is not part of this installation ({e})")
+        directory = find_bundle(directory)
+        manifest = mf.load_manifest(directory)
+    except BundleError as e:
+        return BundleReport(Path(directory) if directory is not None else DEMO_BUNDLE, problems=(str(e),))
+    problems = contract_problems(manifest)
+    problems += _file_problems(directory, manifest)
+    flavour = choose_flavour(manifest, portable)
+    if flavour.problem:
+        problems.append(flavour.problem)
+    return BundleReport(directory, manifest, tuple(dict.fromkeys(problems)), flavour)
+
+
+def check_contract(manifest: mf.Manifest) -> None:
+    """The bundle speaks this SDK's language: image format and graph tensor names."""
+    problems = contract_problems(manifest)
+    if problems:
+        raise BundleError(problems[0])
+
+
+def contract_problems(manifest: mf.Manifest) -> list:
+    problems = []
+    if not 16 <= manifest.image_size <= 4096:
+        problems.append(f"manifest image_size {manifest.image_size!r} is not a size this SDK supports "
+                        "(16 to 4096)")
+    if tuple(manifest.value_range) != (0.0, 1.0) or manifest.channel_order != "RGB":
+        problems.append(f"bundle expects {manifest.channel_order} images in {list(manifest.value_range)}; "
+                        "this SDK feeds RGB in [0, 1]: re-export the bundle")
+    for role, io in GRAPH_IO.items():
+        graph = manifest.graphs[role]
+        got_in = tuple(t.name for t in graph.inputs)
+        got_out = tuple(t.name for t in graph.outputs)
+        allowed_out = set(io.outputs) | set(io.optional_outputs)
+        if set(got_in) != set(io.inputs) or not set(io.outputs) <= set(got_out) or not set(got_out) <= allowed_out:
+            problems.append(f"the {role!r} graph has inputs {list(got_in)} and outputs {list(got_out)}, but this "
+                            f"SDK needs {list(io.inputs)} -> {list(io.outputs)}"
+                            + (f" (optionally also {list(io.optional_outputs)})" if io.optional_outputs else "")
+                            + "; the bundle is incompatible")
+    return problems
+
+
+def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
+    """Hashes of every file, then each graph file's contents against its manifest entry."""
+    problems, intact = [], set()
+    for name in manifest.files:
+        try:
+            mf.verify_files(directory, manifest, names=[name])
+            intact.add(name)
+        except BundleError as e:
+            problems.append(str(e))
+    for role, spec in manifest.graphs.items():
+        for name, is_twin in ((spec.file, False), (spec.portable_file, True)):
+            if name is not None and name in intact:
+                problems += _graph_problems(directory, manifest, role, spec, name,
+                                            twin=is_twin and name != spec.file, intact=intact)
+    return problems
+
+
+def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.GraphSpec, name: str,
+                    twin: bool, intact: set) -> list:
+    path = directory / name
     try:
-        return CustomOpStatus(True, path=str(_native.custom_ops_library()))
-    except Exception as e:  # the library's own error says how to build it
-        return CustomOpStatus(False, reason=_one_line(e))
+        refs = external_data_refs(path)
+        interface = model_interface(path)
+    except ModelFileError as e:
+        return [f"bundle file {name!r} is not a valid ONNX model ({e})"]
+    problems = []
+    for location in dict.fromkeys(r.location for r in refs):
+        try:
+            mf.safe_name(location)
+        except BundleError:
+            problems.append(f"bundle file {name!r} refers to external data {location!r} outside the "
+                            "bundle directory; the bundle is refused")
+            continue
+        if location not in manifest.files:
+            problems.append(f"bundle file {name!r} uses external data {location!r} that the manifest "
+                            "does not hash; the bundle is refused")
+    declared = ({t.name: t.dtype for t in spec.inputs}, {t.name: t.dtype for t in spec.outputs})
+    found = ({v.name: v.dtype for v in interface.inputs}, {v.name: v.dtype for v in interface.outputs})
+    if declared != found:
+        problems.append(f"the {role!r} graph file {name!r} has inputs {_names(found[0])} and outputs "
+                        f"{_names(found[1])}, not what its manifest entry says ({_names(declared[0])} -> "
+                        f"{_names(declared[1])}); the bundle is incompatible")
+    for value in interface.inputs + interface.outputs:
+        if value.name in _IMAGE_TENSORS and value.shape and len(value.shape) == 4:
+            side = [d for d in value.shape[2:] if isinstance(d, int)]
+            if any(d != manifest.image_size for d in side):
+                problems.append(f"manifest image_size {manifest.image_size} does not match the {role!r} graph "
+                                f"file {name!r}, whose {value.name} is {value.shape[2]}x{value.shape[3]}; "
+                                "the bundle is incompatible")
+    problems += _operator_problems(manifest, role, name, interface, twin)
+    return problems
 
 
+def _operator_problems(manifest: mf.Manifest, role: str, name: str, interface, twin: bool) -> list:
+    custom = sorted(op for domain, op in interface.ops if domain == GRID_SAMPLE_3D.domain)
+    if not custom:
+        return []
+    if twin:
+        return [f"the portable twin {name!r} of the {role!r} graph uses the custom op "
+                f"{GRID_SAMPLE_3D.domain}::{custom[0]}, so it cannot run without the library; re-export the bundle"]
+    if manifest.custom_op is None:
+        return [f"the {role!r} graph file {name!r} uses the custom op {GRID_SAMPLE_3D.domain}::{custom[0]}, but "
+                "the manifest's custom_op is null; re-export the bundle"]
+    unknown = [op for op in custom if op != GRID_SAMPLE_3D.name]
+    if unknown:
+        return [f"the {role!r} graph file {name!r} uses {GRID_SAMPLE_3D.domain}::{unknown[0]}, which the "
+                "custom-op library does not provide; the bundle is incompatible"]
+    return []
+
+
+def _names(tensors: dict) -> list:
+    return sorted(tensors)
+
+
+# ---- opening -----------------------------------------------------------------------------
 @dataclass
 class Bundle:
     """A validated bundle with its sessions open. ``portable`` tells which flavour runs."""
@@ -73,162 +233,36 @@ def open_bundle(directory: str | Path | None = None,
                 provider: str = "auto",
                 threads: int = 0,
                 portable: bool = False,
-                roles: tuple = ("source", "driver", "generator")) -> Bundle:
+                roles: tuple = BASE_ROLES) -> Bundle:
     """Validate the bundle at ``directory`` (default: the bundled demo model) and open its
     sessions. Raises :class:`BundleError` or :class:`ProviderError` with the reason."""
-    directory = _bundle_directory(directory)
-    manifest = _load_manifest(directory)
-    check_contract(manifest)
+    report = validate_bundle(directory, portable=portable)
+    report.raise_for_problems()
+    manifest, flavour = report.manifest, report.flavour
     providers = resolve_providers(provider)
-    use_portable, library = _choose_flavour(manifest, portable)
-    bundle = Bundle(directory, manifest, providers, use_portable, custom_op_library=library)
-    _verify(bundle, roles)
-    options = _session_options(threads)
-    if library is not None and not _register(options, library, manifest):
-        bundle.portable, bundle.custom_op_library = True, None
-        _verify(bundle, roles)
-        options = _session_options(threads)
+    try:
+        options = session_options(threads, flavour.library)
+    except CustomOpError as e:
+        flavour = fall_back(manifest, str(e))
+        if flavour.problem:
+            raise BundleError(flavour.problem) from None
+        options = session_options(threads)
+    if flavour.fallback_reason is not None:
+        warn_fallback(flavour.fallback_reason)
+    bundle = Bundle(report.directory, manifest, providers, flavour.portable, custom_op_library=flavour.library)
     for role in roles:
         bundle.sessions[role] = _open_session(bundle, role, options)
     return bundle
 
 
-def _bundle_directory(directory) -> Path:
-    if directory is None:
-        if not (DEMO_BUNDLE / mf.MANIFEST_NAME).is_file():
-            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); "
-                              "pass a bundle directory with --bundle DIR (Animator(bundle=DIR))")
-        return DEMO_BUNDLE
-    return Path(directory).resolve()
-
-
-def _load_manifest(directory: Path) -> mf.Manifest:
-    try:
-        return mf.load_manifest(directory)
-    except mf.BundleError as e:
-        raise BundleError(str(e)) from None
-    except (TypeError, ValueError, AttributeError) as e:  # wrong JSON types inside the manifest
-        raise BundleError(f"{directory / mf.MANIFEST_NAME} is malformed ({e})") from None
-
-
-def check_contract(manifest: mf.Manifest) -> None:
-    """The bundle speaks this SDK's language: image format and graph tensor names."""
-    if not isinstance(manifest.image_size, int) or not 16 <= manifest.image_size <= 4096:
-        raise BundleError(f"manifest image_size {manifest.image_size!r} is not a size this SDK supports")
-    if tuple(manifest.value_range) != (0.0, 1.0) or manifest.channel_order != "RGB":
-        raise BundleError(f"bundle expects {manifest.channel_order} images in {list(manifest.value_range)}; "
-                          "this SDK feeds RGB in [0, 1]: re-export the bundle")
-    for role, (inputs, outputs) in GRAPH_IO.items():
-        graph = manifest.graphs[role]
-        got_in = tuple(t.name for t in graph.inputs)
-        got_out = tuple(t.name for t in graph.outputs)
-        if set(got_in) != set(inputs) or not set(outputs) <= set(got_out):
-            raise BundleError(f"the {role!r} graph has inputs {list(got_in)} and outputs {list(got_out)}, "
-                              f"but this SDK needs {list(inputs)} -> {list(outputs)}; the bundle is incompatible")
-
-
-def _choose_flavour(manifest: mf.Manifest, portable: bool) -> tuple[bool, str | None]:
-    """(use the portable graphs?, custom-op library path or None)."""
-    if manifest.custom_op is None:
-        return True, None
-    if portable:
-        if not manifest.has_portable:
-            raise BundleError("portable graphs were requested but this bundle has none; re-export with --portable")
-        return True, None
-    domain, version = manifest.custom_op.get("domain"), manifest.custom_op.get("version")
-    if domain != mf.CUSTOM_OP_DOMAIN or not isinstance(version, int) or version > mf.CUSTOM_OP_VERSION:
-        reason = f"it uses custom op {domain} v{version}, which this SDK does not provide"
-    else:
-        status = custom_op_status()
-        if status.available:
-            return False, status.path
-        reason = status.reason
-    return _fall_back(manifest, reason), None
-
-
-def _fall_back(manifest: mf.Manifest, reason: str) -> bool:
-    if not manifest.has_portable:
-        raise BundleError(f"this bundle needs the custom-op library, which cannot be used: {reason}; "
-                          "build it, or use a bundle exported with --portable")
-    warnings.warn(f"custom-op library unavailable ({reason}); using the bundle's portable graphs (slower)",
-                  PortableFallbackWarning, stacklevel=4)
-    return True
-
-
-def _register(options: ort.SessionOptions, library: str, manifest: mf.Manifest) -> bool:
-    """Register the op library; on failure, fall back (True if registered)."""
-    try:
-        register_library(options, library)
-        return True
-    except Exception as e:
-        _fall_back(manifest, f"loading {library} failed: {_one_line(e)}")
-        return False
-
-
-def register_library(options: ort.SessionOptions, library: str) -> None:
-    """A seam of its own so tests can simulate a library that fails to load."""
-    options.register_custom_ops_library(library)
-
-
-def _verify(bundle: Bundle, roles: tuple) -> None:
-    """Hashes of every file in use, and containment of every external-data reference."""
-    manifest = bundle.manifest
-    graph_files = [manifest.graph_file(role, portable=bundle.portable) for role in roles]
-    try:
-        mf.verify_files(bundle.directory, manifest, names=list(dict.fromkeys(graph_files)))
-    except mf.BundleError as e:
-        raise BundleError(str(e)) from None
-    for name in dict.fromkeys(graph_files):
-        try:
-            refs = external_data_refs(bundle.directory / name)
-        except ModelFileError as e:
-            raise BundleError(f"bundle file {name!r} is not a valid ONNX model ({e})") from None
-        for location in dict.fromkeys(r.location for r in refs):
-            try:
-                mf.safe_name(location)
-            except mf.BundleError:
-                raise BundleError(f"bundle file {name!r} refers to external data {location!r} outside the "
-                                  "bundle directory; the bundle is refused") from None
-            if location not in manifest.files:
-                raise BundleError(f"bundle file {name!r} uses external data {location!r} that the manifest "
-                                  "does not hash; the bundle is refused")
-            try:
-                mf.verify_files(bundle.directory, manifest, names=[location])
-            except mf.BundleError as e:
-                raise BundleError(str(e)) from None
-
-
-def _session_options(threads: int) -> ort.SessionOptions:
-    if not isinstance(threads, int) or threads < 0:
-        raise BundleError(f"threads must be a whole number >= 0 (0: let ONNX Runtime choose), not {threads!r}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: the CLI's stderr is for the user
-    # Each session owns an intra-op pool; a frame runs the driver then the generator, and a
-    # spinning idle pool of one steals the cores the other needs (small256, 2 threads:
-    # driver + generator 55 ms spinning vs 35 ms not). So idle threads sleep.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
 def _open_session(bundle: Bundle, role: str, options: ort.SessionOptions) -> ort.InferenceSession:
     path = bundle.graph_path(role)
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=bundle.providers)
-    except Exception as e:
-        raise BundleError(f"ONNX Runtime cannot load the {role!r} graph {path.name!r}: {_one_line(e)}") from None
-    inputs, outputs = GRAPH_IO[role]
-    got_in = {i.name for i in session.get_inputs()}
-    got_out = {o.name for o in session.get_outputs()}
-    if got_in != set(inputs) or not set(outputs) <= got_out:
-        raise BundleError(f"the {role!r} graph file {path.name!r} has inputs {sorted(got_in)} and outputs "
-                          f"{sorted(got_out)}, not what its manifest entry says; the bundle is incompatible")
+    session = create_session(path, bundle.providers, options, what=f"the {role!r} graph {path.name!r}")
+    io = GRAPH_IO.get(role)
+    if io is not None:  # validated from the file already; ONNX Runtime must agree
+        got_in = {i.name for i in session.get_inputs()}
+        got_out = {o.name for o in session.get_outputs()}
+        if got_in != set(io.inputs) or not set(io.outputs) <= got_out:
+            raise BundleError(f"the {role!r} graph file {path.name!r} has inputs {sorted(got_in)} and outputs "
+                              f"{sorted(got_out)}, not what its manifest entry says; the bundle is incompatible")
     return session
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= 300 else text[:297] + "..."

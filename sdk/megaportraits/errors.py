@@ -3,10 +3,11 @@
 Everything a user can get wrong (a file, a bundle, a provider, a photo without a face) raises a
 :class:`MegaportraitsError`; the CLI prints its message as ``megaportraits: error: ...`` and
 exits non-zero without a traceback. Anything else escaping the SDK is a bug.
+
+This module imports nothing else from the SDK, so every module (the manifest included) may
+import it.
 """
 from __future__ import annotations
-
-from .manifest import BundleError as _ManifestBundleError
 
 
 class MegaportraitsError(Exception):
@@ -21,16 +22,20 @@ class NoFaceError(InputError):
     """No face was found where one is needed (the source, or the driver's first frame)."""
 
 
-class BundleError(MegaportraitsError, _ManifestBundleError):
+class BundleError(MegaportraitsError, ValueError):
     """A model bundle is missing, malformed, tampered with, or incompatible with this SDK.
 
-    Also a :class:`megaportraits.manifest.BundleError`, so code written against the manifest
-    module keeps catching it.
+    The one bundle error: ``megaportraits.manifest.BundleError`` is this class. A ValueError
+    too, as the manifest's error always was, so older ``except ValueError`` code keeps working.
     """
 
 
 class ProviderError(MegaportraitsError):
     """The requested ONNX Runtime execution provider is unknown or not available here."""
+
+
+class CustomOpError(MegaportraitsError):
+    """The native custom-op library cannot be found, or ONNX Runtime refused to load it."""
 
 
 class PortableFallbackWarning(RuntimeWarning):

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import BundleError
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 CUSTOM_OP_DOMAIN = "com.megaportraits"
@@ -25,10 +27,6 @@ CUSTOM_OP_VERSION = 1
 ROLES = ("source", "driver", "generator", "enhancer", "student")
 REQUIRED_ROLES = ("source", "driver", "generator")
 DTYPES = ("float32", "float16", "int64")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, tampered with, or made for another SDK version."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""Find every external-data file an ONNX model refers to, without the ``onnx`` package.
+"""Read what the SDK must know about an ONNX model file, without the ``onnx`` package.
+
+Two questions are answered at the protobuf wire level, before any session exists:
+:func:`external_data_refs` (every external-data file the model refers to) and
+:func:`model_interface` (the graph's inputs and outputs with their dtypes and shapes, and the
+operator domains its nodes use), so a bundle can be checked against its manifest without
+ONNX Runtime opening anything.
 
 A bundle is untrusted: an initializer's ``external_data`` ``location`` could name
 ``../../etc/passwd`` or an absolute path, and ONNX Runtime would read it when the session is
@@ -37,19 +43,151 @@ class ExternalRef:
     location: str
 
 
+@dataclass(frozen=True)
+class ValueInfo:
+    """One graph input or output: its name, ONNX element type name, and dims (int, or a str
+    for a named dynamic axis, or None where the file leaves the dim unknown)."""
+
+    name: str
+    dtype: str | None
+    shape: tuple | None
+
+
+@dataclass(frozen=True)
+class ModelInterface:
+    """A model file's graph inputs (initializers excluded) and outputs, and the ``(domain,
+    op_type)`` of every node anywhere in it (subgraphs and model-local functions included)."""
+
+    inputs: tuple
+    outputs: tuple
+    ops: frozenset
+
+    def domains(self) -> set:
+        return {domain for domain, _ in self.ops}
+
+
+# ONNX TensorProto.DataType numbers -> the manifest's dtype names (others keep their number).
+_ELEM_TYPES = {1: "float32", 10: "float16", 7: "int64", 11: "float64", 6: "int32", 9: "bool"}
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 5, 11, 12
+_NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 4, 5, 7
+_ATTR_GRAPH, _ATTR_GRAPHS = 6, 11
+
+
 def external_data_refs(path: str | os.PathLike) -> list[ExternalRef]:
     """Every (tensor name, external-data location) in the model file at ``path``."""
+    def walk(view):
+        refs: list[ExternalRef] = []
+        _walk(view, "Model", refs, depth=0)
+        return refs
+    return _with_model_bytes(path, walk)
+
+
+def model_interface(path: str | os.PathLike) -> ModelInterface:
+    """The main graph's inputs and outputs and every node's operator, read from the file."""
+    return _with_model_bytes(path, _interface)
+
+
+def _with_model_bytes(path, read):
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise ModelFileError("the file is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             try:
-                refs: list[ExternalRef] = []
-                _walk(view, "Model", refs, depth=0)
-                return refs
+                return read(view)
             finally:
                 view.release()
+
+
+def _interface(model: memoryview) -> ModelInterface:
+    ops: set = set()
+    graph = None
+    for number, wire, value in _fields(model):
+        if wire != 2:
+            continue
+        if number == 7:
+            graph = value
+        elif number == 25:  # a model-local function: its nodes run too
+            for n, w, v in _fields(value):
+                if n == 7 and w == 2:
+                    _node_ops(v, ops, depth=1)
+    if graph is None:
+        raise ModelFileError("the file holds no graph")
+    inputs, outputs, initializers = [], [], set()
+    for number, wire, value in _fields(graph):
+        if wire != 2:
+            continue
+        if number == _GRAPH_NODE:
+            _node_ops(value, ops, depth=1)
+        elif number == _GRAPH_INITIALIZER:
+            initializers.add(_string_field(value, _TENSOR_NAME))
+        elif number == _GRAPH_INPUT:
+            inputs.append(_value_info(value))
+        elif number == _GRAPH_OUTPUT:
+            outputs.append(_value_info(value))
+    return ModelInterface(inputs=tuple(v for v in inputs if v.name not in initializers),
+                          outputs=tuple(outputs), ops=frozenset(ops))
+
+
+def _node_ops(node: memoryview, ops: set, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ModelFileError("nesting is deeper than any real model's")
+    op_type = domain = ""
+    for number, wire, value in _fields(node):
+        if wire != 2:
+            continue
+        if number == _NODE_OP_TYPE:
+            op_type = bytes(value).decode("utf-8", "replace")
+        elif number == _NODE_DOMAIN:
+            domain = bytes(value).decode("utf-8", "replace")
+        elif number == _NODE_ATTRIBUTE:
+            for n, w, v in _fields(value):
+                if w == 2 and n in (_ATTR_GRAPH, _ATTR_GRAPHS):
+                    for gn, gw, gv in _fields(v):
+                        if gn == _GRAPH_NODE and gw == 2:
+                            _node_ops(gv, ops, depth + 1)
+    ops.add(("" if domain == "ai.onnx" else domain, op_type))
+
+
+def _value_info(buf: memoryview) -> ValueInfo:
+    name, dtype, shape = "", None, None
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 2:
+            name = bytes(value).decode("utf-8", "replace")
+        elif number == 2 and wire == 2:  # TypeProto
+            for n, w, tensor in _fields(value):
+                if n == 1 and w == 2:  # tensor_type
+                    dtype, shape = _tensor_type(tensor)
+    return ValueInfo(name, dtype, shape)
+
+
+def _tensor_type(buf: memoryview) -> tuple:
+    dtype, dims = None, None
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 0:
+            dtype = _ELEM_TYPES.get(value, str(value))
+        elif number == 2 and wire == 2:  # TensorShapeProto
+            dims = []
+            for n, w, dim in _fields(value):
+                if n == 1 and w == 2:
+                    dims.append(_dimension(dim))
+    return dtype, None if dims is None else tuple(dims)
+
+
+def _dimension(buf: memoryview):
+    for number, wire, value in _fields(buf):
+        if number == 1 and wire == 0:
+            return value
+        if number == 2 and wire == 2:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def _string_field(buf: memoryview, field: int) -> str:
+    for number, wire, value in _fields(buf):
+        if number == field and wire == 2:
+            return bytes(value).decode("utf-8", "replace")
+    return ""
 
 
 def _walk(buf: memoryview, kind: str, refs: list, depth: int) -> None:

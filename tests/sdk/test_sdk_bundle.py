@@ -13,8 +13,9 @@ import pytest
 
 from megaportraits import bundle as bundle_mod
 from megaportraits import manifest as mf
+from megaportraits import sessions
 from megaportraits.bundle import CustomOpStatus, open_bundle
-from megaportraits.errors import BundleError, PortableFallbackWarning, ProviderError
+from megaportraits.errors import BundleError, MegaportraitsError, PortableFallbackWarning, ProviderError
 from megaportraits.onnx_refs import external_data_refs
 from megaportraits.providers import resolve_providers
 
@@ -191,8 +192,8 @@ def test_missing_directory_and_demo(tmp_path, monkeypatch):
 def _library(monkeypatch, available: bool):
     status = CustomOpStatus(True, path="/fake/libops.so") if available else \
         CustomOpStatus(False, reason="libmegaportraits_ops.so was not built")
-    monkeypatch.setattr(bundle_mod, "custom_op_status", lambda: status)
-    monkeypatch.setattr(bundle_mod, "register_library", lambda options, path: None)
+    monkeypatch.setattr(sessions, "custom_op_status", lambda: status)
+    monkeypatch.setattr(sessions, "register_library", lambda options, path: None)
 
 
 def _outputs(b):
@@ -222,11 +223,11 @@ def test_portable_fallback_warns_once_and_matches(toy_custom_bundle, monkeypatch
 
 
 def test_library_that_fails_to_load_falls_back(toy_custom_bundle, monkeypatch):
-    monkeypatch.setattr(bundle_mod, "custom_op_status", lambda: CustomOpStatus(True, path="/fake/lib.so"))
+    monkeypatch.setattr(sessions, "custom_op_status", lambda: CustomOpStatus(True, path="/fake/lib.so"))
 
     def broken(options, path):
         raise RuntimeError("undefined symbol: OrtGetApiBase")
-    monkeypatch.setattr(bundle_mod, "register_library", broken)
+    monkeypatch.setattr(sessions, "register_library", broken)
     with pytest.warns(PortableFallbackWarning, match="loading /fake/lib.so failed: undefined symbol"):
         b = open_bundle(toy_custom_bundle, provider="cpu")
     assert b.portable
@@ -273,5 +274,5 @@ def test_providers():
 def test_threads_reach_the_sessions(toy_bundle):
     b = open_bundle(toy_bundle, provider="cpu", threads=1)
     assert b.sessions["generator"].get_session_options().intra_op_num_threads == 1
-    with pytest.raises(BundleError, match="threads must be a whole number"):
+    with pytest.raises(MegaportraitsError, match="threads must be a whole number"):
         open_bundle(toy_bundle, threads=-2)

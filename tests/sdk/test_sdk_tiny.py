@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from megaportraits import Animator
-from megaportraits import bundle as bundle_mod
+from megaportraits import sessions
 from megaportraits.bundle import custom_op_status
 from megaportraits.errors import PortableFallbackWarning
 
@@ -97,7 +97,7 @@ def test_portable_fallback_matches_the_custom_op(tiny_bundle, monkeypatch):
 
     def fails(options, path):
         raise RuntimeError(f"{path}: cannot open shared object file")
-    monkeypatch.setattr(bundle_mod, "register_library", fails)
+    monkeypatch.setattr(sessions, "register_library", fails)
     with pytest.warns(PortableFallbackWarning, match="using the bundle's portable graphs"):
         portable = make(tiny_bundle)
     assert portable.bundle.portable

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
+from ..sessions import create_session, session_options
 from .requirements import require_onnx
 from .stats import measure
 
@@ -46,17 +47,6 @@ class MachinePeaks:
         return asdict(self)
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """The options every measured session uses, so peaks and stages are comparable."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return opts
-
-
 def _single_node_session(op_type: str, inputs: list, output_rank: int, threads: int,
                          initializers: tuple = (), providers=("CPUExecutionProvider",), fp16: bool = False):
     onnx = require_onnx()
@@ -68,8 +58,7 @@ def _single_node_session(op_type: str, inputs: list, output_rank: int, threads: 
         [h.make_tensor_value_info("y", f32, [None] * output_rank)],
         initializer=list(initializers))
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads),
-                                providers=list(providers))
+    return create_session(model.SerializeToString(), list(providers), session_options(threads))
 
 
 def measure_gemm(threads: int, size: int = 1536, runs: int = 5) -> float:

@@ -20,8 +20,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..sessions import create_session, session_options
 from .flops import GraphCost
-from .machine import session_options
 from .stages import PROVIDERS, custom_ops_library
 
 
@@ -63,15 +63,10 @@ def summarize_profile(events: list, runs: int, cost: GraphCost | None) -> list:
 def profile_graph(path: Path, feeds: dict, threads: int, runs: int = 3, provider: str = "cpu",
                   needs_custom_op: bool = False, cost: GraphCost | None = None) -> list:
     """Run a graph ``runs`` times (after one warm-up) with ONNX Runtime's profiler on."""
-    import onnxruntime as ort
-
-    opts = session_options(threads)
-    opts.enable_profiling = True
     # In the temporary directory, not the caller's working directory (deleted below).
-    opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"megaportraits_profile_{os.getpid()}")
-    if needs_custom_op:
-        opts.register_custom_ops_library(custom_ops_library())
-    session = ort.InferenceSession(str(path), opts, providers=PROVIDERS[provider])
+    opts = session_options(threads, custom_ops_library() if needs_custom_op else None,
+                           profile_prefix=os.path.join(tempfile.gettempdir(), f"megaportraits_profile_{os.getpid()}"))
+    session = create_session(path, PROVIDERS[provider], opts)
     session.run(None, feeds)
     for _ in range(runs):
         session.run(None, feeds)

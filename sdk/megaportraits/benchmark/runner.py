@@ -120,22 +120,13 @@ def _gpu_peaks(manifest: mf.Manifest) -> MachinePeaks | None:
 
 
 def open_manifest(bundle_dir: Path | None) -> tuple:
-    """The bundle's directory and its checked manifest; errors are the SDK's one-line BundleError."""
-    from ..bundle import DEMO_BUNDLE
-    from ..errors import BundleError
+    """The bundle's directory and its manifest, checked by the SDK's own validate_bundle (so the
+    benchmark refuses exactly what ``animate`` refuses); errors are its one-line BundleError."""
+    from ..bundle import validate_bundle
 
-    if bundle_dir is None:
-        if not (DEMO_BUNDLE / mf.MANIFEST_NAME).is_file():
-            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); "
-                              "pass a bundle directory with --bundle DIR")
-        bundle_dir = DEMO_BUNDLE
-    bundle_dir = Path(bundle_dir)
-    try:
-        manifest = mf.load_manifest(bundle_dir)
-        mf.verify_files(bundle_dir, manifest)
-    except mf.BundleError as e:
-        raise BundleError(str(e)) from None
-    return bundle_dir, manifest
+    report = validate_bundle(bundle_dir)
+    report.raise_for_problems()
+    return report.directory, report.manifest
 
 
 def describe_bundle(bundle_dir: Path, manifest: mf.Manifest) -> dict:

@@ -13,7 +13,6 @@ traffic: a grid that points outside the volume reads nothing).
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ import onnxruntime as ort
 
 from .. import manifest as mf
 from .flops import GraphCost, count_graph
-from .machine import MachinePeaks, session_options
+from ..sessions import create_session, session_options
+from .machine import MachinePeaks
 from .report import StageResult
 from .requirements import require_onnx
 from .stats import Timing, measure
@@ -88,21 +88,25 @@ def driver_grid(batch: int, depth: int, height: int, width: int, rng: np.random.
 # ---- sessions ----------------------------------------------------------------------------------
 def custom_ops_library() -> str:
     """The op library's path, found by the SDK; UnavailableVariant with the SDK's reason if not."""
-    from ..bundle import custom_op_status
+    from ..errors import CustomOpError
+    from ..sessions import require_custom_op_library
 
-    status = custom_op_status()
-    if not status.available:
-        raise UnavailableVariant(f"the custom-op library cannot be used: {status.reason}")
-    return status.path
+    try:
+        return require_custom_op_library()
+    except CustomOpError as e:
+        raise UnavailableVariant(str(e)) from None
 
 
 def make_session(model, provider: str, threads: int, needs_custom_op: bool) -> ort.InferenceSession:
-    """An ONNX Runtime session for a file path or serialized model, with the benchmark's options."""
-    opts = session_options(threads)
-    if needs_custom_op:
-        opts.register_custom_ops_library(custom_ops_library())
-    return ort.InferenceSession(os.fspath(model) if isinstance(model, Path) else model, opts,
-                                providers=PROVIDERS[provider])
+    """A session for a file path or serialized model, made the way the SDK makes its own."""
+    from ..errors import CustomOpError
+
+    library = custom_ops_library() if needs_custom_op else None
+    try:
+        options = session_options(threads, library)
+    except CustomOpError as e:
+        raise UnavailableVariant(str(e)) from None
+    return create_session(model, PROVIDERS[provider], options)
 
 
 class BundleVariant:
