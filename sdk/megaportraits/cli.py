@@ -156,56 +156,42 @@ def _info(args) -> int:
 
 
 def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
-    """Everything ``info`` reports, and whether the named bundle (if any) is usable."""
+    """Everything ``info`` reports, and whether the named bundle (if any) is usable: "ok"
+    exactly when :func:`megaportraits.bundle.validate_bundle` finds nothing wrong, which is
+    what ``animate`` checks before it runs the bundle. An unknown or unavailable ``provider``
+    is the one-line :class:`ProviderError` (exit 1), as ``animate`` would give."""
     import onnxruntime as ort
 
-    from . import manifest as mf
-    from .bundle import DEMO_BUNDLE, _verify, Bundle, check_contract, custom_op_status
-    from .errors import ProviderError
+    from . import bundle as bundles
     from .providers import available_providers, resolve_providers
+    from .sessions import custom_op_status
 
+    providers = resolve_providers(provider)
     status = custom_op_status()
     info = {
         "megaportraits": __version__,
         "onnxruntime": ort.__version__,
         "providers_available": available_providers(),
         "custom_op_library": {"available": status.available, "path": status.path, "reason": status.reason},
+        "provider": {"choice": provider, "providers": providers},
     }
-    try:
-        info["provider"] = {"choice": provider, "providers": resolve_providers(provider)}
-    except ProviderError as e:
-        info["provider"] = {"choice": provider, "error": str(e)}
-    directory = Path(bundle_dir).resolve() if bundle_dir else DEMO_BUNDLE
-    entry = {"path": str(directory), "default": bundle_dir is None}
-    ok = True
-    if bundle_dir is None and not (directory / mf.MANIFEST_NAME).is_file():
-        entry["status"] = "not installed"
+    if bundle_dir is None and not bundles.demo_bundle_installed():
+        info["bundle"] = {"path": str(bundles.DEMO_BUNDLE), "default": True, "status": "not installed"}
+        return info, True
+    report = bundles.validate_bundle(bundle_dir)
+    entry = {"path": str(report.directory), "default": bundle_dir is None}
+    if not report.ok:
+        entry.update(status="invalid", error=report.problems[0], problems=list(report.problems))
     else:
-        try:
-            manifest = mf.load_manifest(directory)
-            check_contract(manifest)
-            roles = tuple(manifest.graphs)
-            _verify(Bundle(directory, manifest, [], portable=False if manifest.custom_op else True), roles)
-            if manifest.custom_op and manifest.has_portable:
-                _verify(Bundle(directory, manifest, [], portable=True), roles)
-            entry.update(status="ok", model=manifest.model_name, preset=manifest.preset,
-                         image_size=manifest.image_size, precision=manifest.precision,
-                         custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
-                         graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
-                         matte=manifest.has_matte,
-                         producer=manifest.producer, provenance=manifest.provenance)
-            if manifest.custom_op is None:
-                entry["runs_with"] = "portable graphs (no custom op needed)"
-            elif status.available:
-                entry["runs_with"] = "custom-op graphs"
-            else:
-                entry["runs_with"] = "portable graphs (custom-op library unavailable)" if manifest.has_portable \
-                    else "nothing: needs the custom-op library"
-        except (MegaportraitsError, mf.BundleError) as e:
-            entry.update(status="invalid", error=str(e))
-            ok = False
+        manifest = report.manifest
+        entry.update(status="ok", model=manifest.model_name, preset=manifest.preset,
+                     image_size=manifest.image_size, precision=manifest.precision,
+                     custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
+                     graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
+                     matte=manifest.has_matte, runs_with=report.runs_with,
+                     producer=manifest.producer, provenance=manifest.provenance)
     info["bundle"] = entry
-    return info, ok
+    return info, report.ok
 
 
 def _print_info(info: dict) -> None:
@@ -215,12 +201,12 @@ def _print_info(info: dict) -> None:
     lines = [
         f"megaportraits {info['megaportraits']}, onnxruntime {info['onnxruntime']}",
         f"providers available: {', '.join(info['providers_available'])}",
-        f"provider {provider['choice']}: " + (', '.join(provider['providers']) if 'providers' in provider
-                                             else provider['error']),
+        f"provider {provider['choice']}: {', '.join(provider['providers'])}",
         "custom-op library: " + (lib["path"] if lib["available"] else f"unavailable ({lib['reason']})"),
         f"bundle: {bundle['path']}" + (" (bundled demo model)" if bundle["default"] else ""),
         f"  status: {bundle['status']}" + (f": {bundle['error']}" if "error" in bundle else ""),
     ]
+    lines += [f"  also: {problem}" for problem in bundle.get("problems", [])[1:]]
     if bundle["status"] == "ok":
         lines += [f"  model: {bundle['model']} ({bundle['preset']}), {bundle['image_size']}px, {bundle['precision']}",
                   f"  custom op: {bundle['custom_op'] or 'none (portable bundle)'}; runs with {bundle['runs_with']}",
