@@ -1,14 +1,14 @@
 """The heavy volume sample as one named operator, so an exported graph can hand it to our kernel.
 
 ONNX Runtime's CPU GridSample is slow on 5-D inputs and its CUDA provider rejected them until
-recently (REFERENCE.md), so the one big trilinear sample per frame is exported as
+recently, so the one big trilinear sample per frame is exported as
 ``com.megaportraits::GridSample3D`` v1, which cpp_ext implements. Three pieces make that work:
 
 * the ``torch.library`` op ``megaportraits::grid_sample_3d``: opaque to ``torch.export``, so the
   sample survives tracing as a single node instead of being decomposed;
 * its ONNX translation for the dynamo exporter: the custom node, with the attributes of the
-  standard ``GridSample``-20 it equals (DESIGN.md), so the portable flavour of a graph is the
-  same graph with that node renamed (see ``onnx_export.custom_nodes_as_standard``);
+  standard ``GridSample``-20 it equals (docs/design.md, "The custom op"), so the portable flavour of a graph is the
+  same graph with that node renamed (see ``onnx_export.portable.custom_nodes_as_standard``);
 * an ``onnx.defs.OpSchema`` for the custom node, so ``onnx.checker`` (full check, custom domains
   included) and shape inference understand the graph.
 
@@ -23,16 +23,15 @@ import torch
 import torch.nn.functional as F
 from onnx.defs import OpSchema
 
-from megaportraits.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_VERSION
+from megaportraits.schema import GRID_SAMPLE_3D
 
-OP_NAME = "GridSample3D"
 TORCH_OP_NAME = "megaportraits::grid_sample_3d"
 
 # torch.nn.functional.grid_sample says "bilinear" for the trilinear 5-D sample; ONNX says "linear".
 _ONNX_MODE = {"bilinear": "linear", "nearest": "nearest"}
 _PADDING_MODES = ("zeros", "border", "reflection")
 
-_CUSTOM_OPSET = onnxscript.values.Opset(domain=CUSTOM_OP_DOMAIN, version=CUSTOM_OP_VERSION)
+_CUSTOM_OPSET = onnxscript.values.Opset(domain=GRID_SAMPLE_3D.domain, version=GRID_SAMPLE_3D.version)
 
 
 @torch.library.custom_op(TORCH_OP_NAME, mutates_args=())
@@ -67,7 +66,8 @@ def _onnx_attributes(mode: str, padding_mode: str, align_corners: bool) -> dict:
 
 
 def _to_custom_node(volume, grid, mode: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False):
-    return _CUSTOM_OPSET.GridSample3D(volume, grid, **_onnx_attributes(mode, padding_mode, align_corners))
+    node = getattr(_CUSTOM_OPSET, GRID_SAMPLE_3D.name)
+    return node(volume, grid, **_onnx_attributes(mode, padding_mode, align_corners))
 
 
 def translation_table() -> dict:
@@ -86,7 +86,7 @@ def _infer_output_type(ctx) -> None:
         x_dims, grid_dims = x_type.tensor_type.shape.dim, grid_type.tensor_type.shape.dim
         if len(x_dims) != 5 or len(grid_dims) != 5:
             raise onnx.shape_inference.InferenceError(
-                f"{OP_NAME} needs a 5-D X and a 5-D grid, got ranks {len(x_dims)} and {len(grid_dims)}")
+                f"{GRID_SAMPLE_3D.name} needs a 5-D X and a 5-D grid, got ranks {len(x_dims)} and {len(grid_dims)}")
         for d in (x_dims[0], x_dims[1], grid_dims[1], grid_dims[2], grid_dims[3]):
             y_type.tensor_type.shape.dim.add().CopyFrom(d)
     ctx.set_output_type(0, y_type)
@@ -94,9 +94,9 @@ def _infer_output_type(ctx) -> None:
 
 def _make_schema() -> OpSchema:
     schema = OpSchema(
-        OP_NAME,
-        CUSTOM_OP_DOMAIN,
-        CUSTOM_OP_VERSION,
+        GRID_SAMPLE_3D.name,
+        GRID_SAMPLE_3D.domain,
+        GRID_SAMPLE_3D.version,
         "5-D GridSample with the inputs, output and attributes of ONNX GridSample-20; "
         "implemented by the megaportraits custom-op library (cpp_ext).",
         inputs=[
@@ -118,5 +118,5 @@ def _make_schema() -> OpSchema:
 
 def register_onnx_schema() -> None:
     """Make ``com.megaportraits::GridSample3D`` known to onnx (checker, shape inference); idempotent."""
-    if not onnx.defs.has(OP_NAME, CUSTOM_OP_DOMAIN):
+    if not onnx.defs.has(GRID_SAMPLE_3D.name, GRID_SAMPLE_3D.domain):
         onnx.defs.register_schema(_make_schema())

@@ -22,7 +22,8 @@ from onnx.reference.ops.op_grid_sample import GridSample
 from megaportraits import manifest as mf
 from megaportraits_export import custom_op, onnx_export
 from megaportraits_export.checkpoint import CheckpointError, load_model_from_checkpoint, save_checkpoint
-from megaportraits_export.onnx_export import GRAPH_IO, ExportError
+from megaportraits.schema import GRAPH_IO, GRID_SAMPLE_3D
+from megaportraits_export.onnx_export import ExportError, writing
 
 PRESETS = ("tiny", "small256")
 SEED = 0
@@ -31,7 +32,7 @@ SEED = 0
 class GridSample3D(GridSample):
     """com.megaportraits::GridSample3D for onnx.reference: by contract, ONNX GridSample-20."""
 
-    op_domain = mf.CUSTOM_OP_DOMAIN
+    op_domain = GRID_SAMPLE_3D.domain
 
 
 @pytest.fixture(scope="module", params=PRESETS)
@@ -73,10 +74,10 @@ def test_every_graph_file_matches_pytorch_at_batch_1_and_3(model, default_bundle
             assert r.max_abs <= 1e-4
     graph_files = {f for g in manifest.graphs.values() for f in (g.file, g.portable_file) if f}
     assert {r.file for r in report} == graph_files
-    for role, (_, outputs) in GRAPH_IO.items():
+    for role, io in GRAPH_IO.items():
         for batch in (1, 3):
             checked = {r.output for r in report if r.batch == batch and r.file == manifest.graphs[role].file}
-            assert checked == set(outputs)
+            assert checked == set(io.outputs)
 
 
 def test_verification_notices_a_wrong_model(bundle_factory):
@@ -89,7 +90,7 @@ def test_the_two_flavours_agree(default_bundle, portable_bundle, model):
     manifest = mf.load_manifest(default_bundle)
     inputs = onnx_export.example_inputs(model, manifest.image_size, batch=2, seed=7)
     for role, spec in manifest.graphs.items():
-        in_names, out_names = GRAPH_IO[role]
+        in_names, out_names = GRAPH_IO[role].inputs, GRAPH_IO[role].outputs
         feeds = {n: t.numpy() for n, t in zip(in_names, inputs[role])}
         runs = [onnx_export.ort_session(default_bundle / spec.file)[0].run(None, feeds),
                 onnx_export.ort_session(default_bundle / spec.portable_file)[0].run(None, feeds),
@@ -108,9 +109,9 @@ def test_custom_op_graph_runs_in_the_onnx_reference_evaluator(bundle_factory):
     inputs = onnx_export.example_inputs(model, config.image_size, batch=1, seed=3)
     custom_op.register_onnx_schema()
     proto = onnx.load(bundle / "generator.onnx")
-    assert any(n.domain == mf.CUSTOM_OP_DOMAIN for n in proto.graph.node)
+    assert any(n.domain == GRID_SAMPLE_3D.domain for n in proto.graph.node)
     evaluator = ReferenceEvaluator(proto, new_ops=[GridSample3D])
-    (image,) = evaluator.run(None, {n: t.numpy() for n, t in zip(GRAPH_IO["generator"][0], inputs["generator"])})
+    (image,) = evaluator.run(None, {n: t.numpy() for n, t in zip(GRAPH_IO["generator"].inputs, inputs["generator"])})
     with torch.no_grad():
         expected = model.generator(*inputs["generator"]).numpy()
     np.testing.assert_allclose(image, expected, rtol=0, atol=1e-4)
@@ -146,22 +147,22 @@ def test_large_group_norms_are_exported_accurately(tmp_path):
 # ---- graph structure --------------------------------------------------------------------------
 def test_default_bundle_uses_the_custom_op_once_per_heavy_sample(default_bundle):
     manifest = mf.load_manifest(default_bundle)
-    assert manifest.custom_op == {"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION}
+    assert manifest.custom_op == {"domain": GRID_SAMPLE_3D.domain, "version": GRID_SAMPLE_3D.version}
     for role in ("source", "generator"):
         spec = manifest.graphs[role]
-        custom, proto = _nodes(default_bundle / spec.file, mf.CUSTOM_OP_DOMAIN)
+        custom, proto = _nodes(default_bundle / spec.file, GRID_SAMPLE_3D.domain)
         assert [n.op_type for n in custom] == ["GridSample3D"]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in custom[0].attribute}
         assert attrs == {"mode": b"linear", "padding_mode": b"zeros", "align_corners": 0}
-        assert (mf.CUSTOM_OP_DOMAIN, 1) in [(o.domain, o.version) for o in proto.opset_import]
+        assert (GRID_SAMPLE_3D.domain, 1) in [(o.domain, o.version) for o in proto.opset_import]
         assert spec.portable_file != spec.file
-        twin_custom, twin = _nodes(default_bundle / spec.portable_file, mf.CUSTOM_OP_DOMAIN)
+        twin_custom, twin = _nodes(default_bundle / spec.portable_file, GRID_SAMPLE_3D.domain)
         assert twin_custom == []
         assert sum(n.op_type == "GridSample" for n in twin.graph.node) == \
             sum(n.op_type == "GridSample" for n in proto.graph.node) + 1
     driver = manifest.graphs["driver"]
     assert driver.portable_file == driver.file
-    assert _nodes(default_bundle / driver.file, mf.CUSTOM_OP_DOMAIN)[0] == []
+    assert _nodes(default_bundle / driver.file, GRID_SAMPLE_3D.domain)[0] == []
 
 
 def test_portable_bundle_has_standard_ops_only(portable_bundle):
@@ -186,8 +187,8 @@ def test_graphs_are_clean_for_deployment(default_bundle, model):
             assert not set(ops) & onnx_export.SLOW_OPS
             assert b"stack_trace" not in (default_bundle / file).read_bytes()  # no debugging metadata
             assert "Constant" not in ops  # folded into initializers
-            assert tuple(t.name for t in inputs) == GRAPH_IO[role][0]
-            assert tuple(t.name for t in outputs) == GRAPH_IO[role][1]
+            assert tuple(t.name for t in inputs) == GRAPH_IO[role].inputs
+            assert tuple(t.name for t in outputs) == GRAPH_IO[role].outputs
             assert all(t.shape[0] == "batch" and t.dtype == "float32" for t in (*inputs, *outputs))
             assert tuple(inputs) == spec.inputs and tuple(outputs) == spec.outputs
     # weights are inside the graphs: no external data at these sizes
@@ -261,7 +262,7 @@ def test_torch_modes_without_an_onnx_equivalent_are_refused():
 def test_schema_infers_the_sampled_shape():
     custom_op.register_onnx_schema()
     custom_op.register_onnx_schema()  # idempotent
-    node = onnx.helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=mf.CUSTOM_OP_DOMAIN,
+    node = onnx.helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=GRID_SAMPLE_3D.domain,
                                  mode="linear", padding_mode="zeros", align_corners=0)
     graph = onnx.helper.make_graph(
         [node], "g",
@@ -269,7 +270,7 @@ def test_schema_infers_the_sampled_shape():
          onnx.helper.make_tensor_value_info("grid", onnx.TensorProto.FLOAT, ["batch", 8, 32, 32, 3])],
         [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20),
-                                                         onnx.helper.make_opsetid(mf.CUSTOM_OP_DOMAIN, 1)])
+                                                         onnx.helper.make_opsetid(GRID_SAMPLE_3D.domain, 1)])
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     dims = inferred.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 96, 8, 32, 32]
@@ -304,7 +305,7 @@ def test_export_command_exports_a_checkpoint_verifies_and_replaces_a_bundle(
         assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
         return dataclasses.replace(exported, preset=preset, provenance=provenance)
 
-    monkeypatch.setattr(onnx_export, "export_graphs", cached_export)
+    monkeypatch.setattr(writing, "export_graphs", cached_export)
     assert onnx_export.main(["--checkpoint", str(ckpt), "--portable", "--verify", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "generator.onnx" in printed and "image" in printed and " NO" not in printed
@@ -319,7 +320,7 @@ def test_export_command_exports_a_checkpoint_verifies_and_replaces_a_bundle(
 
 def test_export_command_refuses_a_failed_verification(tmp_path, capsys, monkeypatch, graphs_factory):
     exported = graphs_factory("tiny", SEED)  # before export_graphs is patched
-    monkeypatch.setattr(onnx_export, "export_graphs", lambda model, config, preset, provenance: exported)
+    monkeypatch.setattr(writing, "export_graphs", lambda model, config, preset, provenance: exported)
     argv = ["--preset", "tiny", "--random-init", "--seed", str(SEED + 1), "--output", str(tmp_path / "b")]
     assert onnx_export.main(argv + ["--verify", "--portable"]) == 1
     assert "differ from PyTorch" in capsys.readouterr().err
@@ -344,7 +345,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, graphs_fac
         real(graph_path, twin_path)
 
     real = onnx_export.save_standard_twin
-    monkeypatch.setattr(onnx_export, "save_standard_twin", fail_on_generator)
+    monkeypatch.setattr(writing, "save_standard_twin", fail_on_generator)
     with pytest.raises(RuntimeError, match="simulated"):
         onnx_export.write_bundle(exported, tmp_path / "bundle")
     assert written == ["source.onnx", "generator.onnx"]
@@ -392,9 +393,9 @@ def test_graphs_that_break_the_interface_are_refused(tmp_path, default_bundle):
     producer.output[list(producer.output).index("image")] = "rgb"
     onnx.save(proto, tmp_path / "renamed.onnx")
     with pytest.raises(ExportError, match=r"outputs \('rgb',\).*\('image',\)"):
-        onnx_export._check_graph("generator", tmp_path / "renamed.onnx", portable=False)
+        onnx_export.check_graph("generator", tmp_path / "renamed.onnx", portable=False)
     with pytest.raises(ExportError, match="portable generator graph still contains a com.megaportraits node"):
-        onnx_export._check_graph("generator", default_bundle / "generator.onnx", portable=True)
+        onnx_export.check_graph("generator", default_bundle / "generator.onnx", portable=True)
 
 
 def test_external_weights_are_shared_by_a_graph_and_its_twin(tmp_path, graphs_factory, bundle_factory):
