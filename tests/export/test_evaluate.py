@@ -32,11 +32,17 @@ def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_l1_and_psnr_of_a_known_offset():
+    """A different offset per image, of alternating sign pixel by pixel: per-image values that a
+    batch mean (or a missing absolute value) would change."""
     g = torch.Generator().manual_seed(0)
-    target = 0.1 + 0.7 * torch.rand(2, 3, 16, 16, generator=g)
-    prediction = target + 0.1
-    assert torch.allclose(metrics.l1(prediction, target), torch.full((2,), 0.1, dtype=torch.float64))
-    assert torch.allclose(metrics.psnr(prediction, target), torch.full((2,), 20.0, dtype=torch.float64))
+    target = 0.2 + 0.6 * torch.rand(3, 3, 16, 16, generator=g)
+    sign = (-1.0) ** torch.arange(16 * 16).reshape(1, 1, 16, 16)
+    offsets = torch.tensor([0.1, 0.01, 0.05])
+    prediction = target + offsets.view(3, 1, 1, 1) * sign
+    # by hand: L1 = |offset|; PSNR = -10 log10(offset^2) = 20, 40 and 26.0206 dB
+    expected_psnr = torch.tensor([20.0, 40.0, -20 * math.log10(0.05)], dtype=torch.float64)
+    assert torch.allclose(metrics.l1(prediction, target), offsets.double(), atol=1e-7)
+    assert torch.allclose(metrics.psnr(prediction, target), expected_psnr, atol=1e-4)
 
 
 def test_psnr_of_identical_images_is_capped():
@@ -106,15 +112,53 @@ def test_relative_motion_is_the_documented_matrix_product():
     assert torch.allclose(pose, d, atol=1e-10) and torch.allclose(z, zd)
 
 
-def test_heldout_pairs_use_unseen_identities_and_exact_targets():
-    pairs = evaluate.heldout_pairs(3, 64, seed=5, identities=4)
-    for a, b in pairs.identities:
-        assert a != b and min(a, b) >= synthetic.EVAL_IDENTITY_SEED_OFFSET
-    assert pairs.source.shape == (3, 3, 64, 64)
-    assert torch.equal(pairs.target, pairs.self_driver)
-    assert not torch.equal(pairs.cross_driver, pairs.target)
-    again = evaluate.heldout_pairs(3, 64, seed=5, identities=4)
-    assert torch.equal(again.cross_reference, pairs.cross_reference)
+def _forced_motions(monkeypatch, count):
+    """Make HeadMotion.random hand out known, very different motions (strong yaw, open or closed
+    mouth), so which image shows which motion can be checked by re-rendering."""
+    motions = [synthetic.HeadMotion(
+        synthetic.Pose(scale=1.0 + 0.05 * (k % 3 - 1), yaw=(-0.6, 0.6)[k % 2] * (1 + 0.1 * k),
+                       pitch=0.1 * (k % 3 - 1), roll=0.05 * (k % 2), tx=0.02 * k),
+        synthetic.Expression(mouth_open=float(k % 2), smile=0.2 * k - 0.3)) for k in range(count)]
+    handed = iter(motions)
+    monkeypatch.setattr(synthetic.HeadMotion, "random", classmethod(lambda cls, rng, *a, **kw: next(handed)))
+    return motions
+
+
+def test_heldout_pairs_use_unseen_identities_and_exact_targets(monkeypatch):
+    """Every image of every pair re-rendered from the identities and motions it must show."""
+    n, size = 3, 64
+    motions = _forced_motions(monkeypatch, 2 * n)
+    pairs = evaluate.heldout_pairs(n, size, seed=5, identities=4)
+    eval_seeds = set(synthetic.identity_seeds("eval", 4))
+    assert pairs.source.shape == (n, 3, size, size) and pairs.target_mask.shape == (n, 1, size, size)
+
+    def rendered(identity, motion):
+        image = synthetic.render(synthetic.Identity.sample(identity), motion.pose, motion.expression, size)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+
+    def mask(identity, motion):
+        _, m = synthetic.render(synthetic.Identity.sample(identity), motion.pose, motion.expression, size,
+                                with_mask=True)
+        return torch.from_numpy(m).float()[None] / 255.0
+
+    for k, (a, b) in enumerate(pairs.identities):
+        assert a != b and {a, b} <= eval_seeds and min(a, b) >= synthetic.EVAL_IDENTITY_SEED_OFFSET
+        # the pair's two motions, in whichever order they were drawn: m_s is the one the source shows
+        drawn = motions[2 * k: 2 * k + 2]
+        is_source = [torch.equal(pairs.source[k], rendered(a, m)) for m in drawn]
+        assert sorted(is_source) == [False, True], f"pair {k}: the source is not identity A with one of its motions"
+        m_s, m_d = drawn if is_source[0] else drawn[::-1]
+        assert torch.equal(pairs.target[k], rendered(a, m_d))             # A with the driver's motion
+        assert torch.equal(pairs.self_driver[k], rendered(a, m_d))
+        assert torch.equal(pairs.cross_driver[k], rendered(b, m_d))       # B with the same motion
+        assert torch.equal(pairs.cross_reference[k], rendered(b, m_s))    # B with the source's motion
+        assert torch.equal(pairs.target_mask[k], mask(a, m_d))
+        np.testing.assert_array_equal(pairs.source_pose[k].numpy(), m_s.pose.model_parameters())
+        np.testing.assert_array_equal(pairs.driver_pose[k].numpy(), m_d.pose.model_parameters())
+    monkeypatch.undo()
+    first, again = (evaluate.heldout_pairs(3, 32, seed=5, identities=4) for _ in range(2))
+    assert torch.equal(again.cross_reference, first.cross_reference) and again.identities == first.identities
+    assert not torch.equal(evaluate.heldout_pairs(3, 32, seed=6, identities=4).source, first.source)
 
 
 class _Oracle:
@@ -166,6 +210,30 @@ def test_relative_and_absolute_agree_on_self_reenactment(tiny_checkpoint):
     assert torch.allclose(absolute, direct, atol=1e-6)
 
 
+def test_relative_cross_reenactment_is_driver_times_inverse_reference_times_source(tiny_checkpoint):
+    """With a reference that is not the source, the order of the product and which image plays
+    which part matter: the expected image is generated from poses multiplied in numpy."""
+    _, model = tiny_checkpoint
+    pairs = evaluate.heldout_pairs(2, 64, seed=2, identities=3)
+    got = evaluate.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
+
+    def h(pose):
+        return np.concatenate([pose.double().numpy(), np.tile([[[0, 0, 0, 1.0]]], (pose.shape[0], 1, 1))], axis=1)
+
+    with torch.no_grad():
+        avatar = model.source_branch(pairs.source)
+        pose_d, z_d = model.driver_branch(pairs.cross_driver)
+        pose_r, z_r = model.driver_branch(pairs.cross_reference)
+        pose = torch.from_numpy((h(pose_d) @ np.linalg.inv(h(pose_r)) @ h(avatar.pose))[:, :3]).float()
+        expression = avatar.expression + (z_d - z_r)
+        expected = model.generator(avatar.canonical_volume, avatar.global_descriptor, pose, expression)
+    expected = expected[:, :3].clamp(0, 1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # the reference matters: with another one the image is not the same
+    other = evaluate.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_driver)
+    assert (other - got).abs().max() > 1e-3
+
+
 def test_cli_prints_json_and_writes_provenance(tiny_checkpoint, tmp_path, capsys):
     import shutil
 
@@ -197,13 +265,29 @@ def test_bundle_through_the_sdk_matches_the_checkpoint(bundle_factory):
         assert (got - expected).abs().max() < 3 / 255
 
 
-def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint):
+def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint, monkeypatch):
+    """A regressor forced to answer each frame's own ground truth plus known offsets: the errors
+    are those offsets exactly, so pairing a frame with another frame's truth cannot pass."""
     _, model = tiny_checkpoint
-    pairs = evaluate.heldout_pairs(2, 64, seed=3, identities=3)
+    pairs = evaluate.heldout_pairs(3, 64, seed=3, identities=3)
+    truth_of = {}
+    for images, poses in ((pairs.source, pairs.source_pose), (pairs.self_driver, pairs.driver_pose),
+                          (pairs.cross_driver, pairs.driver_pose)):
+        for image, pose in zip(images, poses):
+            truth_of[image.numpy().tobytes()] = pose.double()
+    assert len(truth_of) == 9, "every held-out frame is a different image"
+    offsets = torch.tensor([0.01, 0.02, -0.03], dtype=torch.float64)  # yaw, pitch, roll (radians)
+
+    def forced(images):
+        truth = torch.stack([truth_of[image.numpy().tobytes()] for image in images])
+        scale = (truth[:, :1] * 1.02).expand(-1, 3)
+        return scale.float(), (truth[:, 1:4] + offsets).float(), (truth[:, 4:7] - 0.004).float()
+
+    monkeypatch.setattr(model.driver_branch.head_pose, "pose_parameters", forced)
     errors = evaluate.CheckpointReenactor(model).pose_errors(pairs)
-    with torch.no_grad():
-        _, rotation, _ = model.driver_branch.head_pose.pose_parameters(pairs.source)
-    # an untrained regressor predicts about zero rotation: its yaw error is the true |yaw| on average
-    truth = torch.cat((pairs.source_pose, pairs.driver_pose, pairs.driver_pose))
-    assert errors["yaw_deg"] == pytest.approx(float(truth[:, 1].abs().mean()) * 180 / math.pi, abs=2.0)
-    assert rotation.shape == (2, 3) and set(errors) >= {"yaw_deg", "pitch_deg", "roll_deg", "translation"}
+    # by hand: 0.01 rad = 0.573 deg, 0.02 rad = 1.146 deg, 0.03 rad = 1.719 deg
+    assert errors["yaw_deg"] == pytest.approx(0.5730, abs=1e-3)
+    assert errors["pitch_deg"] == pytest.approx(1.1459, abs=1e-3)
+    assert errors["roll_deg"] == pytest.approx(1.7189, abs=1e-3)
+    assert errors["translation"] == pytest.approx(0.004, abs=1e-6)
+    assert errors["scale_relative"] == pytest.approx(0.02, abs=1e-6)
