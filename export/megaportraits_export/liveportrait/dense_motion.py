@@ -1,0 +1,75 @@
+"""LivePortrait's dense motion network: from 21 keypoint pairs to one 3-D deformation field.
+
+Each keypoint k proposes a translation of the whole volume (the source keypoint minus the
+driving one, "sparse motion"); a background proposal keeps the identity. A compressed copy of
+the feature volume is moved by every proposal, stacked with Gaussian heatmaps of the keypoints,
+and a 3-D hourglass predicts a softmax mask over the 22 proposals and an occlusion map. The
+field is the mask-weighted mixture of proposals, in grid_sample coordinates.
+
+Two rewrites of the published computation, exact up to float rounding, keep the frame cheap:
+the 22 proposals sample the *same* small volume, so they are one 5-D sample of it at a grid
+22 times deeper (no 22-fold copy of the volume), and since the mask sums to one the field is
+the identity plus the mask-weighted keypoint offsets (no 22 x 3 x D x H x W product).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megaportraits_export.warp import sample_volume
+
+from .blocks import Hourglass
+from .config import LivePortraitConfig
+
+KP_VARIANCE = 0.01  # of the keypoint heatmaps, in normalised coordinates
+
+
+def coordinate_grid(depth: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(D, H, W, 3) normalised (x, y, z) points from -1 to 1 *inclusive* on each axis: LivePortrait's
+    grid (the corner-aligned ``linspace``), which its weights were trained with."""
+    def axis(n):
+        return torch.linspace(-1.0, 1.0, n, dtype=like.dtype, device=like.device)
+
+    z, y, x = torch.meshgrid(axis(depth), axis(height), axis(width), indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+def keypoint_heatmaps(keypoints: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(N, K, 3) keypoints -> (N, K, D, H, W) Gaussians exp(-|p - kp|^2 / (2 * 0.01))."""
+    offsets = grid[None, None] - keypoints[:, :, None, None, None, :]
+    return torch.exp((offsets * offsets).sum(-1) * (-0.5 / KP_VARIANCE))
+
+
+class DenseMotionNetwork(nn.Module):
+    def __init__(self, config: LivePortraitConfig = LivePortraitConfig()):
+        super().__init__()
+        c = config
+        self.num_kp = c.num_kp
+        self.hourglass = Hourglass(c.dense_block_expansion, (c.num_kp + 1) * (c.dense_compress + 1),
+                                   c.dense_num_blocks, c.dense_max_features)
+        self.mask = nn.Conv3d(self.hourglass.out_filters, c.num_kp + 1, kernel_size=7, padding=3)
+        self.compress = nn.Conv3d(c.reshape_channel, c.dense_compress, kernel_size=1)
+        self.norm = nn.BatchNorm3d(c.dense_compress, affine=True)
+        self.occlusion = nn.Conv2d(self.hourglass.out_filters * c.reshape_depth, 1, kernel_size=7, padding=3)
+
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> tuple:
+        """-> (deformation (N, D, H, W, 3), occlusion map (N, 1, H, W))."""
+        feature = F.relu(self.norm(self.compress(feature)))
+        n, c, d, h, w = feature.shape
+        k = self.num_kp
+        grid = coordinate_grid(d, h, w, feature)
+        shifts = kp_source - kp_driving  # (N, K, 3): each keypoint's proposal moves p to p + shift
+        proposals = torch.cat([grid.expand(n, 1, d, h, w, 3),
+                               grid[None, None] + shifts[:, :, None, None, None, :]], dim=1)  # (N, K+1, D, H, W, 3)
+        moved = sample_volume(feature, proposals.reshape(n, (k + 1) * d, h, w, 3))  # (N, C, (K+1) D, H, W)
+        moved = moved.reshape(n, c, k + 1, d, h, w).transpose(1, 2)  # (N, K+1, C, D, H, W)
+        heatmaps = keypoint_heatmaps(kp_driving, grid) - keypoint_heatmaps(kp_source, grid)
+        heatmaps = torch.cat([heatmaps.new_zeros(n, 1, d, h, w), heatmaps], dim=1)
+        stacked = torch.cat([heatmaps[:, :, None], moved], dim=2).reshape(n, (k + 1) * (c + 1), d, h, w)
+
+        prediction = self.hourglass(stacked)
+        mask = torch.softmax(self.mask(prediction), dim=1)  # (N, K+1, D, H, W)
+        deformation = grid[None] + torch.einsum("nkdhw,nkc->ndhwc", mask[:, 1:], shifts)
+        occlusion = torch.sigmoid(self.occlusion(prediction.reshape(n, -1, h, w)))
+        return deformation, occlusion
