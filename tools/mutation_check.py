@@ -102,6 +102,11 @@ MUTATIONS = (
              "self._pose_tail = inverse_first @ homogeneous(source.pose.astype(np.float64))",
              "self._pose_tail = homogeneous(source.pose.astype(np.float64)) @ inverse_first",
              ("tests/sdk/test_sdk_animator.py", "-k", "relative")),
+    Mutation("atomic output writes straight onto the destination",
+             "sdk/megaportraits/files.py",
+             "            yield tmp\n            os.replace(tmp, path)",
+             "            yield path\n            os.replace(path, path)",
+             ("tests/sdk/test_sdk_images.py", "-k", "atomic or midway")),
     # ---- export/: metrics and the warp -------------------------------------------------------
     Mutation("L1 metric is a batch mean, not per image",
              "export/megaportraits_export/metrics.py",

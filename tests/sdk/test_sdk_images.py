@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from megaportraits.errors import InputError
+from megaportraits.errors import InputError, MegaportraitsError
 from megaportraits.images import as_rgb_image, header_size, load_image, save_image
 
 
@@ -80,9 +80,37 @@ def test_directory_is_not_a_file(tmp_path):
 
 
 def test_save_is_atomic(tmp_path):
-    img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     save_image(tmp_path / "out.png", img)
     assert np.array_equal(load_image(tmp_path / "out.png"), img)
     with pytest.raises(InputError, match="extension"):
         save_image(tmp_path / "out.nope", img)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_nothing_else(tmp_path):
+    """A real failure in the middle of writing: the file-size limit (RLIMIT_FSIZE, what a full
+    disk or a quota does to a writer) stops the encoded PNG after 4 KiB. The file that was
+    there is untouched, no partial file is left, and the error is one line naming the file."""
+    import resource
+    import signal
+
+    old = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    new = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # ~12 KiB as PNG
+    save_image(tmp_path / "out.png", old)
+    before = (tmp_path / "out.png").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        with pytest.raises(MegaportraitsError) as failure:
+            save_image(tmp_path / "out.png", new)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    message = str(failure.value)
+    assert "\n" not in message and "out.png" in message, message
+    assert (tmp_path / "out.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    save_image(tmp_path / "out.png", new)  # and without the limit it works
+    assert np.array_equal(load_image(tmp_path / "out.png"), new)
