@@ -15,10 +15,23 @@ paste-back mask and region are computed once per avatar.
 A bundle whose generator also outputs a ``matte`` renders only the person; with
 ``background="source"`` (the default) each frame is composited onto the source's own backdrop,
 inpainted where the person was (:mod:`megaportraits.compositing`), made once per avatar.
+
+Every graph output is checked against the bundle's manifest (shape, dtype, finiteness) before
+it is used, so a broken or tampered graph is one error naming the graph and the output, never
+a numpy traceback or a garbage video (:func:`check_outputs`).
+
+Threads: one Animator may serve several threads at once, each with its own avatars and
+:class:`Performance` streams (ONNX Runtime sessions run concurrently; the face detector keeps
+no shared scratch state). One :class:`Performance` is one stream's state: use it from one
+thread at a time (it refuses a second caller with a clear error rather than mixing frames).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -28,14 +41,16 @@ import onnxruntime as ort
 
 from .bundle import Bundle, open_bundle
 from .compositing import background_plate, composite
-from .errors import MegaportraitsError, NoFaceError
+from .errors import InputError, MegaportraitsError, NoFaceError
+from .files import check_output_path
 from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
                     cut_crop, find_source_face)
-from .images import as_rgb_image, to_rgb8
+from .images import OUTPUT_IMAGE_EXTENSIONS, as_rgb_image, check_size, save_image, to_rgb8
 from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
 
 FACE_FALLBACKS = ("error", "centre")
+MAX_THREADS = 1024  # ONNX Runtime intra-op threads: more is a typo, not a machine
 BACKGROUNDS = ("source", "generated")
 _ORT_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -63,6 +78,10 @@ class AnimatorOptions:
                                       # generator's image as it is (models without a matte: always)
 
     def validate(self) -> "AnimatorOptions":
+        if (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
+                or not 0 <= self.threads <= MAX_THREADS):
+            raise MegaportraitsError(f"threads must be a whole number from 0 (ONNX Runtime's choice) to "
+                                     f"{MAX_THREADS}, not {self.threads!r}")
         if self.motion not in MOTION_MODES:
             raise MegaportraitsError(f"motion must be one of {', '.join(MOTION_MODES)}, not {self.motion!r}")
         if self.face_fallback not in FACE_FALLBACKS:
@@ -70,9 +89,12 @@ class AnimatorOptions:
                                      f"not {self.face_fallback!r}")
         if self.background not in BACKGROUNDS:
             raise MegaportraitsError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
-        if not self.crop_scale > 0:
+        if not (isinstance(self.crop_scale, numbers.Real) and math.isfinite(self.crop_scale)
+                and self.crop_scale > 0):
             raise MegaportraitsError(f"crop_scale must be positive, not {self.crop_scale!r}")
-        if not (self.smooth_min_cutoff > 0 and self.smooth_beta >= 0):
+        if not all(isinstance(v, numbers.Real) and math.isfinite(v)
+                   for v in (self.smooth_min_cutoff, self.smooth_beta)) \
+                or not (self.smooth_min_cutoff > 0 and self.smooth_beta >= 0):
             raise MegaportraitsError("smoothing needs smooth_min_cutoff > 0 and smooth_beta >= 0")
         return self
 
@@ -92,6 +114,7 @@ class Avatar:
     device_state: dict             # OrtValues of the volume and descriptor on the session device
     backdrop: np.ndarray | None = None  # (3, S, S) float32: the source crop without the person,
                                         # for matte models with background="source"; else None
+    source_path: Path | None = None     # the file it was read from, which no output may overwrite
 
 
 class Animator:
@@ -106,11 +129,15 @@ class Animator:
         self._device = device_of(self.bundle.providers)
         self._io_binding = options.io_binding if options.io_binding is not None else self._device != "cpu"
         self._detector = None
+        self._detector_lock = threading.Lock()
         self._geometry = CropGeometry(scale=options.crop_scale)
         self.input_dtypes = {role: {i.name: _ORT_FLOATS.get(i.type, np.float32) for i in session.get_inputs()}
                              for role, session in self.bundle.sessions.items()}
         #: the generator renders a matte too (see megaportraits.compositing)
         self.has_matte = self.bundle.manifest.has_matte
+        #: role -> output name -> TensorSpec, what every graph output is checked against
+        self.output_specs = {role: {t.name: t for t in graph.outputs}
+                             for role, graph in self.bundle.manifest.graphs.items()}
         self.composites = self.has_matte and options.background == "source"
 
     @classmethod
@@ -127,18 +154,22 @@ class Animator:
         self.bundle.sessions.clear()
 
     # ---- avatars -------------------------------------------------------------------------
-    def prepare(self, source_image) -> Avatar:
+    def prepare(self, source_image, source_path: str | os.PathLike | None = None) -> Avatar:
         """Run the SOURCE graph once on a photo (path or RGB/RGBA/gray array) -> Avatar. For a
         matte model with background="source" the generator also runs once, for the backdrop.
+        ``source_path`` (default: ``source_image`` when it is a path) is remembered so that no
+        output of this avatar may overwrite it.
 
         Raises InputError for unreadable images and NoFaceError when no face is found."""
+        if source_path is None and isinstance(source_image, (str, os.PathLike)):
+            source_path = source_image
         image = as_rgb_image(source_image, "source image")
         box = self._source_crop(image)
         crop = cut_crop(image, box, self.image_size)
         source_input = to_tensor(crop).astype(self.input_dtypes["source"]["source_image"], copy=False)
         volume, descriptor, pose, expression = run_graph(
             self._session("source"), "source", ["canonical_volume", "global_descriptor", "pose", "expression"],
-            {"source_image": source_input})
+            {"source_image": source_input}, self.output_specs["source"])
         generator = self.input_dtypes["generator"]  # an fp16 bundle keeps its volume in fp16
         volume = np.ascontiguousarray(volume, dtype=generator["canonical_volume"])
         descriptor = np.ascontiguousarray(descriptor, dtype=generator["global_descriptor"])
@@ -150,7 +181,8 @@ class Animator:
                             "global_descriptor": ort.OrtValue.ortvalue_from_numpy(descriptor, self._device, 0)}
         motion = Motion(pose, expression)
         backdrop = self._backdrop(crop, volume, descriptor, motion) if self.composites else None
-        return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop)
+        return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop,
+                      Path(source_path) if source_path is not None else None)
 
     def _backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion) -> np.ndarray:
         """The source crop without the person. The person is cut out along the model's own matte
@@ -159,7 +191,8 @@ class Animator:
         (matte,) = run_graph(self._session("generator"), "generator", ["matte"], {
             "canonical_volume": volume, "global_descriptor": descriptor,
             "pose": motion.pose.astype(generator["pose"], copy=False),
-            "expression": motion.expression.astype(generator["expression"], copy=False)})
+            "expression": motion.expression.astype(generator["expression"], copy=False)},
+            self.output_specs["generator"])
         return background_plate(to_tensor(crop)[0], matte[0].astype(np.float32, copy=False))
 
     def _source_crop(self, image: np.ndarray) -> CropBox:
@@ -174,15 +207,22 @@ class Animator:
 
     @property
     def detector(self) -> FaceDetector:
-        if self._detector is None:
-            self._detector = self.options.detector or HaarFaceDetector()
-        return self._detector
+        with self._detector_lock:  # two threads' first frames must not parse the cascade twice
+            if self._detector is None:
+                self._detector = self.options.detector or HaarFaceDetector()
+            return self._detector
 
     # ---- animating -----------------------------------------------------------------------
     def performance(self, avatar: Avatar, fps: float = 30.0) -> "Performance":
         """A stateful driver for one stream of frames (first-frame reference, crop tracker,
-        smoother). Call it with each RGB frame; it returns the animated RGB frame."""
-        return Performance(self, avatar, fps)
+        smoother). Call it with each RGB frame; it returns the animated RGB frame. ``fps``
+        (the frames' rate, for smoothing) must be a positive, finite number."""
+        if (isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps)
+                or not 0 < fps <= 1000):
+            raise InputError(f"fps must be a positive frame rate of at most 1000, not {fps!r}")
+        if not isinstance(avatar, Avatar):
+            raise InputError(f"expected an Avatar from Animator.prepare(), not {type(avatar).__name__}")
+        return Performance(self, avatar, float(fps))
 
     def stream(self, avatar: Avatar, frames: Iterable[np.ndarray], fps: float = 30.0) -> Iterator[np.ndarray]:
         """Animate an iterable of RGB frames lazily, one in, one out, in constant memory."""
@@ -204,6 +244,15 @@ class Animator:
         its audio. Returns a :class:`megaportraits.video.WriteResult`."""
         from .video import animate_file
         return animate_file(self, avatar, driver, output, max_frames=max_frames, progress=progress)
+
+    def save_frame(self, avatar: Avatar, driver_frame, output: str | os.PathLike,
+                   reference_frame=None) -> Path:
+        """:meth:`animate_frame`, written to an image file through the shared output guard
+        (the output may be neither ``driver_frame``, when it is a path, nor the avatar's source)."""
+        inputs = {"source image": avatar.source_path,
+                  "driver image": driver_frame if isinstance(driver_frame, (str, os.PathLike)) else None}
+        check_output_path(output, OUTPUT_IMAGE_EXTENSIONS, inputs)
+        return save_image(output, self.animate_frame(avatar, driver_frame, reference_frame), inputs)
 
     def _session(self, role: str) -> ort.InferenceSession:
         try:
@@ -237,6 +286,7 @@ class Performance:
                 raise MegaportraitsError("this avatar has no backdrop to composite onto; prepare it with "
                                          "an Animator whose background is 'source'")
             self._frame = np.empty((1, 3, size, size), np.float32)  # the composited frame, reused
+        self._busy = threading.Lock()
         self._binding = None
         if animator._io_binding:
             self._binding = self._generator.io_binding()
@@ -250,7 +300,19 @@ class Performance:
         """Use ``frame`` as the driver's neutral first frame for relative motion."""
         self._relative = RelativeMotion(self.avatar.motion, self._driver_motion(frame))
 
+    def _specs(self, role: str) -> dict:
+        return self.animator.output_specs[role]
+
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if not self._busy.acquire(blocking=False):
+            raise MegaportraitsError("this Performance is already animating a frame in another thread; "
+                                     "give each thread its own (Animator.performance or stream)")
+        try:
+            return self._animate(frame)
+        finally:
+            self._busy.release()
+
+    def _animate(self, frame: np.ndarray) -> np.ndarray:
         motion = self._driver_motion(frame)
         if self._smoother is not None:
             motion = self._smoother(motion)
@@ -265,11 +327,12 @@ class Performance:
 
     def _driver_motion(self, frame: np.ndarray) -> Motion:
         frame = _rgb_frame(frame)
+        check_size(frame.shape[1], frame.shape[0], "driver frame")
         box = self._tracker.update(frame) if self._tracker is not None else CropBox.whole(*frame.shape[:2])
         crop = cut_crop(frame, box, self.animator.image_size)
         to_tensor(crop, out=self._driver_input)
         pose, expression = run_graph(self._driver, "driver", ["pose", "expression"],
-                                     {"driver_image": self._driver_input})
+                                     {"driver_image": self._driver_input}, self._specs("driver"))
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
 
     def _generate(self, motion: Motion) -> np.ndarray:
@@ -288,7 +351,7 @@ class Performance:
             return run_graph(self._generator, "generator", self._outputs, {
                 "canonical_volume": self.avatar.canonical_volume,
                 "global_descriptor": self.avatar.global_descriptor,
-                "pose": motion.pose, "expression": motion.expression})
+                "pose": motion.pose, "expression": motion.expression}, self._specs("generator"))
         self._binding.bind_cpu_input("pose", np.ascontiguousarray(motion.pose))
         self._binding.bind_cpu_input("expression", np.ascontiguousarray(motion.expression))
         for name in self._outputs:  # get_outputs() follows this order
@@ -297,16 +360,44 @@ class Performance:
             self._generator.run_with_iobinding(self._binding)
         except Exception as e:
             raise _graph_failed("generator", e) from None
-        return [value.numpy() for value in self._binding.get_outputs()]
+        values = [value.numpy() for value in self._binding.get_outputs()]
+        return check_outputs("generator", self._outputs, values, self._specs("generator"))
 
 
-def run_graph(session, role: str, outputs: list, feeds: dict) -> list:
+def run_graph(session, role: str, outputs: list, feeds: dict, specs: dict | None = None) -> list:
     """``session.run``, with ONNX Runtime's failures (a graph that loads but cannot run on this
-    provider, say) turned into one-line errors."""
+    provider, say) turned into one-line errors, and each output checked against ``specs``
+    (name -> the manifest's TensorSpec) when given."""
     try:
-        return session.run(outputs, feeds)
+        values = session.run(outputs, feeds)
     except Exception as e:
         raise _graph_failed(role, e) from None
+    if specs is None:
+        return values
+    batch = next(iter(feeds.values())).shape[0]
+    return check_outputs(role, outputs, values, specs, batch)
+
+
+def check_outputs(role: str, names: list, values: list, specs: dict, batch: int = 1) -> list:
+    """Each output has the manifest's rank, fixed dims (dynamic axes: the batch), dtype, and
+    only finite values; else one :class:`MegaportraitsError` naming the graph and the output."""
+    for name, value in zip(names, values):
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        where = f"the {role!r} graph's output {name!r}"
+        if not isinstance(value, np.ndarray):
+            raise MegaportraitsError(f"{where} is a {type(value).__name__}, not a tensor; the bundle is broken")
+        expected = tuple(batch if isinstance(d, str) else d for d in spec.shape)
+        if value.shape != expected:
+            raise MegaportraitsError(f"{where} has shape {value.shape}, the manifest says {expected}; "
+                                     "the bundle is broken or was exported for another SDK")
+        if value.dtype != np.dtype(spec.dtype):
+            raise MegaportraitsError(f"{where} is {value.dtype}, the manifest says {spec.dtype}; the bundle is broken")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise MegaportraitsError(f"{where} holds NaN or infinite values (a broken model, or an input "
+                                     "it cannot handle)")
+    return values
 
 
 def _graph_failed(role: str, error: Exception) -> MegaportraitsError:

@@ -1,8 +1,11 @@
 """The ``megaportraits`` command: animate, demo, info (and benchmark when installed).
 
 Every failure the user can cause prints one line, ``megaportraits: error: ...``, and exits 1
-without a traceback and without leaving an output file; Ctrl-C exits 130 after saving the
-frames done. Subcommands live in :data:`SUBCOMMANDS` (name -> (help, add_arguments, run));
+without a traceback and without leaving an output file (a full disk and an unwritable standard
+output included). SIGINT, SIGTERM and SIGHUP save the frames done and exit 128 + the signal's
+number (130, 143, 129). A reader that stops reading (``--json | head -1``) ends the command
+quietly with 141, as SIGPIPE would. An existing output file is replaced, and the command says
+so on stderr; the output may never be one of the inputs. Subcommands live in :data:`SUBCOMMANDS` (name -> (help, add_arguments, run));
 another part of the package adds one by providing a module with ``add_arguments(parser)`` and
 ``run(args) -> int`` and listing it in :data:`EXTENSIONS`.
 """
@@ -12,6 +15,8 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -38,8 +43,21 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES,
                    help="ONNX Runtime execution provider (default: auto, CUDA when available)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
+    p.add_argument("--threads", type=_thread_count, default=0, metavar="N",
                    help="CPU threads for ONNX Runtime (default: 0, its own choice)")
+
+
+def _thread_count(text: str) -> int:
+    from .animator import MAX_THREADS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number, not {text!r}") from None
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be between 0 (ONNX Runtime's choice) and "
+                                         f"{MAX_THREADS}, not {value}")
+    return value
 
 
 def _add_animation_options(p: argparse.ArgumentParser, crop_by_default: bool = True) -> None:
@@ -94,13 +112,12 @@ def _animate(args) -> int:
 
 def _run_animation(args, source, driver, output, bundle) -> int:
     from .files import check_output_path, check_readable_file
-    from .images import IMAGE_EXTENSIONS, is_image_path, load_image, save_image
+    from .images import OUTPUT_IMAGE_EXTENSIONS, is_image_path, load_image, save_image
 
     single_image = is_image_path(driver)
-    check_output_path(output, IMAGE_EXTENSIONS if single_image else (".mp4",))
-    for name, path in (("source", source), ("driver", driver)):
-        if Path(output).resolve() == Path(path).resolve():
-            raise MegaportraitsError(f"the output {str(output)!r} would overwrite the {name}; choose another name")
+    check_output_path(output, OUTPUT_IMAGE_EXTENSIONS if single_image else (".mp4",),
+                      inputs={"source image": source, "driver image" if single_image else "driver video": driver})
+    replacing = Path(output).exists()
     check_readable_file(driver, "driver image" if single_image else "driver video")
     if args.max_frames is not None and args.max_frames < 1:
         raise MegaportraitsError(f"--max-frames must be at least 1, not {args.max_frames}")
@@ -108,16 +125,20 @@ def _run_animation(args, source, driver, output, bundle) -> int:
     driver_image = load_image(driver, "driver image") if single_image else None
     motion = args.motion or ("absolute" if single_image else "relative")
     with _animator(args, bundle, motion) as animator:
-        avatar = animator.prepare(source_image)
+        avatar = animator.prepare(source_image, source_path=source)
         if single_image:
-            save_image(output, animator.animate_frame(avatar, driver_image))
-            print(f"{PROG}: wrote {output}", file=sys.stderr)
+            save_image(output, animator.animate_frame(avatar, driver_image), inputs={"source image": source,
+                                                                                    "driver image": driver})
+            print(f"{PROG}: wrote {output}" + (" (replaced the existing file)" if replacing else ""),
+                  file=sys.stderr)
             return 0
         result = animator.animate_video(avatar, driver, output, max_frames=args.max_frames,
                                         progress=not args.quiet)
     audio = f", audio {result.audio}" if result.audio else ", no audio"
-    print(f"{PROG}: wrote {result.path} ({result.frames} frames at {float(result.fps):g} fps{audio})",
-          file=sys.stderr)
+    damaged = ", the driver is truncated: see the warning" if result.damage else ""
+    replaced = "; replaced the existing file" if replacing else ""
+    print(f"{PROG}: wrote {result.path} ({result.frames} frames at {float(result.fps):g} fps{audio}{damaged}"
+          f"{replaced})", file=sys.stderr)
     return 0
 
 
@@ -259,10 +280,12 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return args.run(args)
+            status = args.run(args)
+            sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers below
+            return status
         except AnimationInterrupted as e:
             print(f"{PROG}: {e}", file=sys.stderr)
-            return 130
+            return 128 + getattr(e, "signum", signal.SIGINT)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
@@ -272,6 +295,37 @@ def main(argv=None) -> int:
         except MemoryError:
             print(f"{PROG}: error: out of memory; use smaller inputs or a smaller model", file=sys.stderr)
             return 1
+        except BrokenPipeError:
+            _silence_stdout()  # the reader stopped reading on purpose (| head): no message
+            return 128 + signal.SIGPIPE
+        except OSError as e:
+            if _is_stdout_error():
+                _silence_stdout()
+                print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+            else:
+                print(f"{PROG}: error: {e.strerror or e}" + (f": {e.filename!r}" if e.filename else ""),
+                      file=sys.stderr)
+            return 1
+
+
+def _is_stdout_error() -> bool:
+    """Whether standard output is what fails: what could not be written is still buffered
+    there, and flushing it fails again."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's own flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -7,7 +7,10 @@ last face first (cheap) before scanning the whole frame. The animated crop is pa
 the source photo through a feathered ellipse, so no seam shows at the crop's edge.
 
 Any detector can be plugged in: a callable taking an RGB uint8 frame and returning boxes
-``(N, 4)`` as ``x, y, w, h`` in that frame's pixels (:class:`FaceDetector`).
+``(N, 4)`` as ``x, y, w, h`` in that frame's pixels (:class:`FaceDetector`). What it returns
+is checked (:func:`detect_faces`): None or an empty array means no face; anything else must be
+finite numbers in N rows of 4, with a positive size, overlapping the frame and at most
+:data:`MAX_BOX_SCALE` times its size, or it is one :class:`InputError` saying what came back.
 """
 from __future__ import annotations
 
@@ -17,8 +20,48 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .errors import NoFaceError
+from .errors import InputError, NoFaceError
 from .haar import HaarCascade
+
+
+#: a face box may reach past the frame (a head at the edge), but not beyond this many frame sides
+MAX_BOX_SCALE = 4.0
+
+
+def detect_faces(detector, frame: np.ndarray) -> np.ndarray:
+    """``detector(frame)`` as checked float64 boxes (N, 4), or an :class:`InputError` saying
+    what the detector returned instead."""
+    raw = detector(frame)
+    if raw is None:
+        return np.zeros((0, 4))
+    name = getattr(detector, "__name__", type(detector).__name__)
+    problem = f"the face detector {name} returned"
+    expected = "it must return an (N, 4) array of x, y, w, h in the frame's pixels"
+    if isinstance(raw, (str, bytes)):
+        raise InputError(f"{problem} a {type(raw).__name__}; {expected}")
+    try:
+        boxes = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{problem} a {type(raw).__name__} that is not numbers; {expected}") from None
+    if boxes.size == 0:
+        return np.zeros((0, 4))
+    if boxes.ndim == 1 and boxes.shape[0] == 4:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(f"{problem} an array of shape {boxes.shape}; {expected}")
+    if not np.isfinite(boxes).all():
+        raise InputError(f"{problem} NaN or infinite coordinates; {expected}")
+    height, width = frame.shape[:2]
+    x, y, w, h = boxes.T
+    if (w <= 0).any() or (h <= 0).any():
+        raise InputError(f"{problem} a box without a positive width and height; {expected}")
+    limit = MAX_BOX_SCALE * max(height, width)
+    if ((w > limit) | (h > limit) | (x + w <= 0) | (y + h <= 0) | (x >= width) | (y >= height)).any():
+        bad = boxes[int(np.argmax((w > limit) | (h > limit) | (x + w <= 0) | (y + h <= 0)
+                                  | (x >= width) | (y >= height)))]
+        raise InputError(f"{problem} the box {tuple(float(v) for v in bad)}, which does not fit the "
+                         f"{width}x{height} frame; {expected}")
+    return boxes
 
 
 class FaceDetector(Protocol):
@@ -151,7 +194,7 @@ def largest(boxes: np.ndarray) -> np.ndarray:
 
 def find_source_face(image: np.ndarray, detector: FaceDetector, geometry: CropGeometry) -> CropBox:
     """The crop around the largest face in the source, or a :class:`NoFaceError`."""
-    boxes = np.asarray(detector(image), dtype=np.float64).reshape(-1, 4)
+    boxes = detect_faces(detector, image)
     if len(boxes) == 0:
         raise NoFaceError("no face found in the source image; if it is already a cropped "
                           "portrait, use --no-crop (crop=False)")
@@ -219,7 +262,7 @@ class FaceTracker:
             near = self._detect_near(frame, self._face)
             if near is not None:
                 return near
-        boxes = np.asarray(self.detector(frame), dtype=np.float64).reshape(-1, 4)
+        boxes = detect_faces(self.detector, frame)
         if len(boxes) == 0:
             return None
         if self._face is not None:
@@ -236,7 +279,7 @@ class FaceTracker:
         side = 2.0 * max(w, h)
         region = CropBox.from_centre(x + w / 2, y + h / 2, side)
         patch = cut_crop(frame, region, self.search_side)
-        boxes = np.asarray(self.near_detector(patch), dtype=np.float64).reshape(-1, 4)
+        boxes = detect_faces(self.near_detector, patch)
         if len(boxes) == 0:
             return None
         scale = region.side / self.search_side

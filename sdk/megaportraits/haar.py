@@ -9,9 +9,14 @@ variance-normalised Haar features, boosted stump stages, then the same neighbour
 Speed comes from evaluating whole stages at once: every scale of the pyramid is stored in one
 integral-image buffer of a common row stride, so a rectangle's four corners are the same flat
 offsets at every scale and window, and a stage is a handful of gathers over all candidates.
+
+Thread-safe: the compiled stages are cached per stride in a dict filled under a lock and
+read-only afterwards, and everything else a detection needs is local to the call, so one
+cascade (one Animator) serves any number of threads.
 """
 from __future__ import annotations
 
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +49,8 @@ class HaarCascade:
         self.window = (int(root.findtext("width")), int(root.findtext("height")))
         self._rects = [self._read_rects(f) for f in root.find("features")]
         self._stages_xml = [self._read_stage(s) for s in root.find("stages")]
-        self._stride = None
-        self._stages: list[_Stage] = []
+        self._compiled: dict[int, tuple] = {}  # stride -> stages compiled for it (read-only)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _read_rects(feature) -> list[tuple[int, int, int, int, float]]:
@@ -68,11 +73,21 @@ class HaarCascade:
             stumps.append((int(nodes[2]), float(nodes[3]), float(leaves[0]), float(leaves[1])))
         return float(stage.findtext("stageThreshold")), stumps
 
-    def _compile(self, stride: int) -> None:
-        """Turn every stage's rectangles into flat offsets for integral images of this stride."""
-        if stride == self._stride:
-            return
-        self._stages = []
+    def _compile(self, stride: int) -> tuple:
+        """Every stage's rectangles as flat offsets for integral images of this stride (cached:
+        a video's frames share one stride)."""
+        stages = self._compiled.get(stride)
+        if stages is not None:
+            return stages
+        with self._lock:
+            if stride not in self._compiled:
+                if len(self._compiled) >= 16:  # frames of many sizes: keep the cache small
+                    self._compiled.clear()
+                self._compiled[stride] = self._compile_stages(stride)
+            return self._compiled[stride]
+
+    def _compile_stages(self, stride: int) -> tuple:
+        compiled = []
         for threshold, stumps in self._stages_xml:
             k = len(stumps)
             offsets = np.zeros((k, 3, 4), np.int64)
@@ -83,9 +98,9 @@ class HaarCascade:
                                      (y + h) * stride + x, (y + h) * stride + x + w)
                     weights[i, j] = weight
             stumps_arr = np.array([s[1:] for s in stumps], np.float32)
-            self._stages.append(_Stage(threshold, offsets.reshape(-1), weights,
-                                       stumps_arr[:, 0], stumps_arr[:, 1], stumps_arr[:, 2]))
-        self._stride = stride
+            compiled.append(_Stage(threshold, offsets.reshape(-1), weights,
+                                   stumps_arr[:, 0], stumps_arr[:, 1], stumps_arr[:, 2]))
+        return tuple(compiled)
 
     def detect(self, gray: np.ndarray, scale_factor: float = 1.1, min_neighbors: int = 3,
                min_size: int = 0, max_size: int | None = None) -> np.ndarray:
@@ -120,20 +135,21 @@ class HaarCascade:
             origins.append(np.stack([xs.reshape(-1) * factor, ys.reshape(-1) * factor,
                                      np.full(xs.size, factor)], axis=1))
             row += size[1] + 1
-        self._compile(stride)
+        stages = self._compile(stride)
         base = np.concatenate(bases)
         origin = np.concatenate(origins)
-        keep = np.concatenate([i + self._run(integral.reshape(-1), squares.reshape(-1), base[i:i + _CHUNK])
+        keep = np.concatenate([i + self._run(stages, stride, integral.reshape(-1), squares.reshape(-1),
+                                             base[i:i + _CHUNK])
                                for i in range(0, base.size, _CHUNK)])
         hits = origin[keep]
         boxes = np.stack([np.round(hits[:, 0]), np.round(hits[:, 1]),
                           np.round(win_w * hits[:, 2]), np.round(win_h * hits[:, 2])], axis=1)
         return group_rectangles(boxes.astype(np.int64), min_neighbors)
 
-    def _run(self, integral: np.ndarray, squares: np.ndarray, base: np.ndarray) -> np.ndarray:
+    def _run(self, stages: tuple, stride: int, integral: np.ndarray, squares: np.ndarray,
+             base: np.ndarray) -> np.ndarray:
         """Indices into ``base`` of the windows that pass every stage."""
         win_w, win_h = self.window
-        stride = self._stride
         norm = np.array([stride + 1, stride + win_w - 1, (win_h - 1) * stride + 1,
                          (win_h - 1) * stride + win_w - 1])
         area = float((win_w - 2) * (win_h - 2))
@@ -143,7 +159,7 @@ class HaarCascade:
         alive = np.sqrt(np.maximum(nf, 0.0)) > _MIN_STDDEV * area
         index = np.nonzero(alive)[0]
         nf = np.sqrt(nf[index]).astype(np.float32)
-        for stage in self._stages:
+        for stage in stages:
             if index.size == 0:
                 break
             corners = np.take(integral, base[index][:, None] + stage.offsets[None, :])

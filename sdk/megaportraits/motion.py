@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import MegaportraitsError
+
 MOTION_MODES = ("relative", "absolute")
 
 
@@ -40,8 +42,17 @@ class RelativeMotion:
     computed once here (in float64), so a frame costs one small matrix product and one add.
     """
 
+    #: a pose whose 3x3 part is this close to singular has no usable inverse
+    MIN_CONDITION = 1e-8
+
     def __init__(self, source: Motion, driver_first: Motion):
-        inverse_first = np.linalg.inv(homogeneous(driver_first.pose.astype(np.float64)))
+        first = homogeneous(driver_first.pose.astype(np.float64))
+        singular = [np.linalg.cond(m[:3, :3]) * self.MIN_CONDITION > 1 for m in first]
+        if any(singular) or not np.isfinite(first).all():
+            raise MegaportraitsError("the driver graph's head pose for the reference (first) frame is singular "
+                                     "(its rotation-and-scale part has no inverse), so relative motion cannot "
+                                     "be computed; the driver model is broken, or use absolute motion")
+        inverse_first = np.linalg.inv(first)
         self._pose_tail = inverse_first @ homogeneous(source.pose.astype(np.float64))
         self._expression_offset = (source.expression.astype(np.float64)
                                    - driver_first.expression.astype(np.float64))
@@ -96,6 +107,8 @@ class MotionSmoother:
     """
 
     def __init__(self, fps: float = 30.0, min_cutoff: float = 1.0, beta: float = 0.3):
+        if not (math.isfinite(fps) and fps > 0):
+            raise MegaportraitsError(f"smoothing needs a positive, finite frame rate, not {fps!r}")
         self.dt = 1.0 / fps
         self._pose = OneEuroFilter(min_cutoff, beta)
         self._expression = OneEuroFilter(min_cutoff, beta)

@@ -1,10 +1,17 @@
 """Video in and out with PyAV: read any container FFmpeg knows, write H.264 MP4 with the
 driver's audio.
 
-Writing is all-or-nothing except for Ctrl-C. The MP4 is written to a hidden temporary file in
-the destination's directory and moved into place when complete; on an error it is deleted. On
-Ctrl-C the encoder is flushed and the container finalised first, so the frames done form a
-valid, playable file, which is then moved into place (:class:`AnimationInterrupted`).
+Reading gives frames upright (the display matrix phones record is applied) with their
+presentation times; a variable-frame-rate driver gives a variable-frame-rate output, in step
+with its audio. A truncated or damaged driver gives the frames that decode and a
+:class:`DamagedVideoWarning` saying how many of how many (the CLI prints it; the result is
+kept, as with an interruption, rather than thrown away).
+
+Writing is all-or-nothing except for a stop signal. The MP4 is written to a hidden temporary
+file in the destination's directory and moved into place when complete; on an error (a full
+disk too) it is deleted. On SIGINT, SIGTERM or SIGHUP (:func:`megaportraits.files.deferred_signals`)
+the frame loop stops, the encoder is flushed and the container finalised, so the frames done
+form a valid, playable file, which is then moved into place (:class:`AnimationInterrupted`).
 
 H.264 with yuv420p needs even dimensions: an odd frame is padded by one edge pixel.
 The driver's audio is copied as is when MP4 can hold its codec (AAC, MP3, ALAC), and
@@ -12,11 +19,10 @@ transcoded to AAC otherwise; it is cut where the video ends.
 """
 from __future__ import annotations
 
-import contextlib
+import numbers
 import os
 import signal
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,14 +32,30 @@ import av
 import numpy as np
 
 from .errors import AnimationInterrupted, InputError
-from .files import check_output_path, check_readable_file, temporary_sibling
+from .files import check_output_path, check_readable_file, deferred_signals, temporary_sibling, write_failed
 
 MP4_AUDIO_CODECS = ("aac", "mp3", "alac")
 DEFAULT_FPS = Fraction(25)
+TIME_BASE = Fraction(1, 90000)  # the output's clock: fine enough for any driver's timestamps
+
+
+class DamagedVideoWarning(UserWarning):
+    """The driver video ended early (truncated or damaged): the output holds the frames that
+    could be decoded, and the warning says how many of how many."""
 
 
 class VideoReader:
-    """Decoded RGB frames of a file's first video track, with its frame rate."""
+    """Decoded RGB frames of a file's first video track, upright, with their times.
+
+    * Rotation: a display matrix (how phones record portrait video) is applied, so frames come
+      out the way a player shows them (:func:`upright`).
+    * Timing: :meth:`timed` yields each frame with its presentation time in seconds from the
+      first frame, so a variable-frame-rate driver keeps its timing in the output.
+    * Damage: decoding that fails after some frames, or a stream that ends well before the
+      frame count or duration its header promises, ends the frames there with a
+      :class:`DamagedVideoWarning`; ``damage`` then says what happened. A file with no
+      decodable frame at all is an :class:`InputError`.
+    """
 
     def __init__(self, path: str | os.PathLike, what: str = "driver video"):
         self.path = check_readable_file(path, what)
@@ -49,21 +71,53 @@ class VideoReader:
         self.stream.thread_type = "AUTO"
         self.fps = _frame_rate(self.stream)
         self.frame_count = self.stream.frames or None
+        self.duration = (float(self.stream.duration * self.stream.time_base)
+                         if self.stream.duration and self.stream.time_base else None)
         self.has_audio = bool(self._container.streams.audio)
         self.start_seconds = (float(self.stream.start_time * self.stream.time_base)
                               if self.stream.start_time is not None else 0.0)
         self.frames_read = 0
+        self.damage: str | None = None
 
     def __iter__(self):
+        for rgb, _ in self.timed():
+            yield rgb
+
+    def timed(self):
+        """(RGB frame, seconds since the stream's start) for every frame, in order; times are
+        strictly increasing (a repeated or missing timestamp is placed one frame later)."""
+        last = None
+        step = 1.0 / float(self.fps)
         try:
             for frame in self._container.decode(self.stream):
                 self.frames_read += 1
-                yield frame.to_ndarray(format="rgb24")
+                seconds = frame.time - self.start_seconds if frame.time is not None else None
+                if seconds is None or (last is not None and seconds <= last):
+                    seconds = 0.0 if last is None else last + step
+                last = seconds
+                yield upright(frame.to_ndarray(format="rgb24"), frame.rotation), seconds
         except av.FFmpegError as e:
-            raise InputError(f"{self.what} {str(self.path)!r} is damaged: decoding failed after "
-                             f"{self.frames_read} frame(s) ({_reason(e)})") from None
+            if self.frames_read == 0:
+                raise InputError(f"{self.what} {str(self.path)!r} is damaged: no frame could be decoded "
+                                 f"({_reason(e)})") from None
+            self.damage = f"decoding failed after frame {self.frames_read} ({_reason(e)})"
         if self.frames_read == 0:
             raise InputError(f"{self.what} {str(self.path)!r} holds no video frames (empty or truncated)")
+        if self.damage is None:
+            self.damage = self._shortfall(last, step)
+        if self.damage is not None:
+            warnings.warn(f"{self.what} {str(self.path)!r} is truncated or damaged: {self.damage}; "
+                          f"the output holds the {self.frames_read} frame(s) that could be decoded",
+                          DamagedVideoWarning, stacklevel=2)
+
+    def _shortfall(self, last: float, step: float) -> str | None:
+        """What the header promised and the stream did not deliver, or None."""
+        if self.frame_count and self.frames_read + 1 < self.frame_count:
+            return f"its header promises {self.frame_count} frames, only {self.frames_read} are there"
+        if (not self.frame_count and self.duration
+                and last + step < self.duration - 2 * step and self.frames_read > 1):
+            return f"its header promises {self.duration:.2f} s, the frames end at {last + step:.2f} s"
+        return None
 
     def close(self) -> None:
         self._container.close()
@@ -73,6 +127,13 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def upright(rgb: np.ndarray, rotation) -> np.ndarray:
+    """The frame as it is displayed: ``rotation`` is the display matrix's counter-clockwise
+    angle in degrees (PyAV's ``VideoFrame.rotation``), rounded to a quarter turn."""
+    turns = int(round((rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def _frame_rate(stream) -> Fraction:
@@ -183,8 +244,13 @@ def _seconds(packet) -> float:
 
 
 class VideoWriter:
-    """H.264 (libx264, yuv420p) MP4 at a fixed frame rate, written to a temporary sibling of
-    ``path``; :meth:`finish` finalises and moves it into place, :meth:`abort` deletes it."""
+    """H.264 (libx264, yuv420p) MP4, written to a temporary sibling of ``path``; :meth:`finish`
+    finalises and moves it into place, :meth:`abort` deletes it.
+
+    Frames are placed at the times :meth:`write` is given (seconds from the start), so a
+    variable-frame-rate driver stays variable-rate, in step with its audio; without times
+    they follow each other at ``fps``. A failed write (a full disk) is one
+    :class:`MegaportraitsError` and nothing is left behind."""
 
     def __init__(self, path: str | os.PathLike, fps: Fraction, width: int, height: int,
                  audio_from: Path | None = None, video_start: float = 0.0, crf: int = 18):
@@ -192,6 +258,8 @@ class VideoWriter:
         self.fps = Fraction(fps)
         self.size = (width + width % 2, height + height % 2)
         self.frames = 0
+        self._last_pts = -1
+        self._end = 0.0  # output seconds where the last frame ends
         self._tmp = temporary_sibling(self.path)
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
@@ -202,8 +270,12 @@ class VideoWriter:
                                  "install the PyAV wheel from PyPI: pip install --force-reinstall av") from None
             self._stream.width, self._stream.height = self.size
             self._stream.pix_fmt = "yuv420p"
+            self._stream.codec_context.time_base = self._stream.time_base = TIME_BASE
             self._stream.options = {"crf": str(crf), "preset": "veryfast"}
             self._audio = _open_audio(audio_from, self._container, video_start) if audio_from else None
+        except OSError as e:
+            self._tmp.unlink(missing_ok=True)
+            raise write_failed(self.path, e) from None
         except BaseException:
             self._tmp.unlink(missing_ok=True)
             raise
@@ -212,17 +284,27 @@ class VideoWriter:
     def audio_mode(self) -> str | None:
         return self._audio.mode if self._audio else None
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, seconds: float | None = None, duration: float | None = None) -> None:
+        """Add one frame shown from ``seconds`` (default: right after the last one) for
+        ``duration`` (default: one frame at ``fps``)."""
         height, width = rgb.shape[:2]
         if (width + width % 2, height + height % 2) != self.size:
             raise ValueError(f"frame is {width}x{height}, the video is {self.size[0]}x{self.size[1]}")
         if width % 2 or height % 2:
             rgb = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = self.frames
-        if self._audio:
-            self._audio.until((self.frames + 1) / self.fps)
-        self._container.mux(self._stream.encode(frame))
+        start = self._end if seconds is None else seconds
+        pts = max(int(round(start / TIME_BASE)), self._last_pts + 1)
+        frame.pts = self._last_pts = pts
+        frame.time_base = TIME_BASE
+        self._end = float(pts * TIME_BASE) + (duration if duration and duration > 0 else 1.0 / float(self.fps))
+        try:
+            if self._audio:
+                self._audio.until(self._end)
+            self._container.mux(self._stream.encode(frame))
+        except OSError as e:
+            self.abort()
+            raise write_failed(self.path, e) from None
         self.frames += 1
 
     def finish(self) -> Path:
@@ -230,9 +312,12 @@ class VideoWriter:
         try:
             self._container.mux(self._stream.encode(None))
             if self._audio:
-                self._audio.finish(self.frames / self.fps)
+                self._audio.finish(self._end)
             self._container.close()
             os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise write_failed(self.path, e) from None
         except BaseException:
             self.abort()
             raise
@@ -252,69 +337,70 @@ class WriteResult:
     frames: int
     fps: Fraction
     audio: str | None  # "copied", "transcoded to AAC", or None when the driver has no audio
-
-
-@contextlib.contextmanager
-def _interrupt_between_frames():
-    """Turn Ctrl-C into a flag that the frame loop checks between frames.
-
-    A KeyboardInterrupt raised wherever the signal happens to land (inside PyAV's or ONNX
-    Runtime's callbacks, say) can be swallowed there, and the job then runs to the end; a flag
-    stops it at a frame boundary, with every finished frame safely in the encoder. Off the main
-    thread signal handlers cannot be set, and a process that ignores SIGINT keeps ignoring it.
-    """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # ours to keep, not to catch
-        yield lambda: False
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield lambda: bool(caught)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    damage: str | None = None  # the driver ended early (truncated or damaged): what happened
+    replaced: bool = False     # an existing file at ``path`` was replaced
 
 
 def animate_file(animator, avatar, driver: str | os.PathLike, output: str | os.PathLike,
                  max_frames: int | None = None, progress: bool = True) -> WriteResult:
-    """Animate ``avatar`` with every frame of the video ``driver`` into the MP4 ``output``."""
+    """Animate ``avatar`` with every frame of the video ``driver`` into the MP4 ``output``.
+
+    ``output`` passes :func:`megaportraits.files.check_output_path` first: it may be neither
+    the driver nor the avatar's source file. Frames keep the driver's presentation times and
+    upright orientation. SIGINT, SIGTERM or SIGHUP stop the work at the next frame: the frames
+    done are saved as a valid file and :class:`AnimationInterrupted` is raised (its ``signum``
+    says which signal). A truncated driver gives the frames it has and a
+    :class:`DamagedVideoWarning` (``WriteResult.damage``)."""
     from tqdm import tqdm
 
-    output = check_output_path(output, (".mp4",))
-    if max_frames is not None and max_frames < 1:
-        raise InputError(f"max_frames must be at least 1, not {max_frames}")
+    output = check_output_path(output, (".mp4",), inputs={
+        "driver video": driver, "source image": getattr(avatar, "source_path", None)})
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral)
+                                   or max_frames < 1):
+        raise InputError(f"max_frames must be a whole number of at least 1, not {max_frames!r}")
+    replaced = output.exists()
     with VideoReader(driver) as reader:
         total = min(x for x in (reader.frame_count, max_frames) if x) if (reader.frame_count or max_frames) else None
         performance = animator.performance(avatar, fps=float(reader.fps))
         writer = None
         bar = tqdm(total=total, unit="frame", disable=not progress, file=sys.stderr, leave=False)
-        try:
-            with _interrupt_between_frames() as interrupted:
-                for index, frame in enumerate(reader):
-                    if interrupted():
-                        raise KeyboardInterrupt
-                    if max_frames is not None and index >= max_frames:
+        with deferred_signals() as stop:
+            try:
+                frames = reader.timed()
+                previous = None
+                for index, (frame, seconds) in enumerate(frames):
+                    if stop or (max_frames is not None and index >= max_frames):
                         break
                     animated = performance(frame)
                     if writer is None:
                         writer = VideoWriter(output, reader.fps, animated.shape[1], animated.shape[0],
                                              audio_from=reader.path if reader.has_audio else None,
                                              video_start=reader.start_seconds)
-                    writer.write(animated)
+                    step = seconds - previous if previous is not None else None
+                    writer.write(animated, seconds, step)
+                    previous = seconds
                     bar.update(1)
-        except KeyboardInterrupt:
-            bar.close()
-            if writer is None or writer.frames == 0:
+                frames.close()
+            except KeyboardInterrupt:  # raised by code in the loop rather than by the signal: the same stop
+                if stop.signum is None:
+                    stop.signum = signal.SIGINT
+            except BaseException:
+                bar.close()
                 if writer is not None:
                     writer.abort()
-                raise AnimationInterrupted(0, None) from None
-            writer.finish()
-            raise AnimationInterrupted(writer.frames, output) from None
-        except BaseException:
+                raise
             bar.close()
-            if writer is not None:
-                writer.abort()
-            raise
-        bar.close()
-        writer.finish()
-        return WriteResult(output, writer.frames, reader.fps, writer.audio_mode)
+            if stop:
+                stop.handled = True
+                if writer is None:
+                    raise _interrupted(0, None, stop.signum)
+                writer.finish()
+                raise _interrupted(writer.frames, output, stop.signum)
+            writer.finish()
+        return WriteResult(output, writer.frames, reader.fps, writer.audio_mode, reader.damage, replaced)
+
+
+def _interrupted(frames: int, path, signum: int) -> AnimationInterrupted:
+    error = AnimationInterrupted(frames, path)
+    error.signum = signum
+    return error
