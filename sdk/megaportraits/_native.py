@@ -13,9 +13,6 @@ from pathlib import Path
 import numpy as np
 
 LIBRARY_NAME = "libmegaportraits_ops.so"
-OP_DOMAIN = "com.megaportraits"
-OP_TYPE = "GridSample3D"
-OP_VERSION = 1
 #: The oldest onnxruntime the library supports (its ORT API version 17).
 MIN_ONNXRUNTIME = "1.17"
 
@@ -32,7 +29,8 @@ _HOW_TO_BUILD = (
 
 
 def custom_ops_library() -> str:
-    """Path of the ONNX Runtime custom-op library providing com.megaportraits::GridSample3D v1.
+    """Path of the ONNX Runtime custom-op library providing ``schema.GRID_SAMPLE_3D``
+    (com.megaportraits::GridSample3D v1; cpp_ext/ort_custom_op.cc keeps the C++ copy).
 
     Register it with ``onnxruntime.SessionOptions().register_custom_ops_library(path)``; needs
     onnxruntime >= 1.17.

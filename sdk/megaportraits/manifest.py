@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .schema import BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-CUSTOM_OP_DOMAIN = "com.megaportraits"
-CUSTOM_OP_VERSION = 1
-ROLES = ("source", "driver", "generator", "enhancer", "student")
-REQUIRED_ROLES = ("source", "driver", "generator")
 DTYPES = ("float32", "float16", "int64")
+PRECISIONS = ("fp32", "fp16")
+MANIFEST_ROLES = ROLES + LATER_ROLES  # every role a manifest may name
+IMAGE_SIZES = (16, 4096)  # the smallest and largest image side this SDK supports
+_MAX_DIM = 1 << 20  # no tensor axis of a real bundle is longer
+_MAX_OPSET = 1000
+_MAX_MANIFEST_BYTES = 16 << 20
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,17 @@ class TensorSpec:
     dtype: str = "float32"
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "TensorSpec":
-        _require(d, ("name", "shape", "dtype"), where)
-        if d["dtype"] not in DTYPES:
-            raise BundleError(f"{where}: dtype {d['dtype']!r} is not one of {', '.join(DTYPES)}")
-        return cls(name=str(d["name"]), shape=tuple(d["shape"]), dtype=d["dtype"])
+    def from_dict(cls, d: Any, where: str) -> "TensorSpec":
+        _require(d, ("name", "shape", "dtype"), where, "a tensor {name, shape, dtype}")
+        shape = _list(d["shape"], f"{where}.shape", "a list of axis lengths")
+        for i, dim in enumerate(shape):
+            if isinstance(dim, str):
+                if not dim:
+                    raise _wrong(f"{where}.shape[{i}]", dim, "a whole number or the name of a dynamic axis")
+            else:
+                _whole(dim, f"{where}.shape[{i}]", 0, _MAX_DIM, "an axis length or the name of a dynamic axis")
+        return cls(name=_text(d["name"], f"{where}.name"), shape=tuple(shape),
+                   dtype=_one_of(d["dtype"], f"{where}.dtype", DTYPES))
 
 
 @dataclass(frozen=True)
@@ -55,14 +66,19 @@ class GraphSpec:
     portable_file: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict, where: str) -> "GraphSpec":
-        _require(d, ("file", "inputs", "outputs"), where)
-        return cls(
-            file=d["file"],
-            inputs=tuple(TensorSpec.from_dict(t, f"{where}.inputs") for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t, f"{where}.outputs") for t in d["outputs"]),
-            portable_file=d.get("portable_file"),
-        )
+    def from_dict(cls, d: Any, where: str) -> "GraphSpec":
+        _require(d, ("file", "inputs", "outputs"), where, "a graph {file, inputs, outputs}")
+        portable = d.get("portable_file")
+        specs = {}
+        for side in ("inputs", "outputs"):
+            tensors = _list(d[side], f"{where}.{side}", "a list of tensors")
+            specs[side] = tuple(TensorSpec.from_dict(t, f"{where}.{side}[{i}]") for i, t in enumerate(tensors))
+            names = [t.name for t in specs[side]]
+            if len(set(names)) != len(names):
+                raise BundleError(f"manifest key '{where}.{side}' names a tensor twice ({names}); "
+                                  "expected distinct names")
+        return cls(file=_text(d["file"], f"{where}.file"), inputs=specs["inputs"], outputs=specs["outputs"],
+                   portable_file=None if portable is None else _text(portable, f"{where}.portable_file"))
 
     def to_dict(self) -> dict:
         d = {
@@ -116,40 +132,41 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Any) -> "Manifest":
+        """Check every field's presence, type and range; :class:`BundleError` names the first
+        key that is wrong, what it holds and what is expected. Unknown keys are ignored."""
         if not isinstance(d, dict):
-            raise BundleError("manifest.json does not hold a JSON object")
-        version = d.get("format_version")
-        if not isinstance(version, int):
-            raise BundleError("manifest.json has no integer format_version")
+            raise _wrong("(the whole file)", d, "a JSON object")
+        if "format_version" not in d:
+            raise BundleError("manifest.json has no format_version; expected a whole number (this SDK reads "
+                              f"{FORMAT_VERSION})")
+        version = _whole(d["format_version"], "format_version", None, None, "a whole number")
         if version > FORMAT_VERSION:
             raise BundleError(
                 f"bundle format version {version} is newer than this SDK reads "
                 f"(up to {FORMAT_VERSION}); upgrade megaportraits: pip install -U megaportraits")
         if version < 1:
-            raise BundleError(f"bundle format version {version} is not valid")
-        _require(d, ("model", "graphs", "files", "opset"), "manifest")
+            raise BundleError(f"bundle format version {version} is not valid; expected 1 to {FORMAT_VERSION}")
+        _require(d, ("model", "graphs", "files", "opset"), "(the whole file)",
+                 "an object with format_version, model, graphs, files and opset")
         model = d["model"]
-        _require(model, ("name", "preset", "image_size"), "manifest.model")
-        graphs = {}
-        for role, g in d["graphs"].items():
-            if role not in ROLES:
-                raise BundleError(f"manifest.graphs: unknown role {role!r} (known: {', '.join(ROLES)})")
-            graphs[role] = GraphSpec.from_dict(g, f"manifest.graphs.{role}")
-        missing = [r for r in REQUIRED_ROLES if r not in graphs]
-        if missing:
-            raise BundleError(f"manifest.graphs lacks the {', '.join(missing)} graph(s)")
-        custom_op = d.get("custom_op")
-        if custom_op is not None:
-            _require(custom_op, ("domain", "version"), "manifest.custom_op")
+        _require(model, ("name", "preset", "image_size"), "model", "an object {name, preset, image_size, ...}")
+        graphs = _graphs(d["graphs"])
         m = cls(
-            model_name=model["name"], preset=model["preset"], image_size=int(model["image_size"]),
-            graphs=graphs, files=dict(d["files"]), opset=int(d["opset"]), custom_op=custom_op,
-            precision=d.get("precision", "fp32"),
-            value_range=tuple(model.get("value_range", (0.0, 1.0))),
-            channel_order=model.get("channel_order", "RGB"),
-            producer=d.get("producer", {}), provenance=d.get("provenance", {}),
+            model_name=_text(model["name"], "model.name"),
+            preset=_text(model["preset"], "model.preset"),
+            image_size=_whole(model["image_size"], "model.image_size", *IMAGE_SIZES, "an image side in pixels"),
+            graphs=graphs, files=_files(d["files"]),
+            opset=_whole(d["opset"], "opset", 1, _MAX_OPSET, "an ONNX opset version"),
+            custom_op=_custom_op(d.get("custom_op")),
+            precision=_one_of(d.get("precision", "fp32"), "precision", PRECISIONS),
+            value_range=_value_range(model.get("value_range", [0.0, 1.0])),
+            channel_order=_text(model.get("channel_order", "RGB"), "model.channel_order"),
+            producer=_object(d.get("producer", {}), "producer"),
+            provenance=_object(d.get("provenance", {}), "provenance"),
             format_version=version,
         )
+        if "layout" in model and model["layout"] != "NCHW":
+            raise _wrong("model.layout", model["layout"], "the string 'NCHW'")
         m.check_names()
         return m
 
@@ -176,7 +193,7 @@ class Manifest:
     def has_matte(self) -> bool:
         """True when the generator also renders the person's matte (a second output, ``matte``),
         so the SDK composites its frames onto the source's backdrop (megaportraits.compositing)."""
-        return any(t.name == "matte" for t in self.graphs["generator"].outputs)
+        return any(t.name == MATTE_OUTPUT for t in self.graphs["generator"].outputs)
 
     @property
     def has_portable(self) -> bool:
@@ -188,12 +205,112 @@ def _tensor_dict(t: TensorSpec) -> dict:
     return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
 
 
-def _require(d: Any, keys: tuple, where: str) -> None:
+# ---- field checks: each raises BundleError naming the key, what it holds, what is expected ----
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, int):
+        text = str(value) if abs(value) < 10 ** 30 else f"a {len(str(abs(value)))}-digit number"
+        return text
+    if isinstance(value, float):
+        return f"{value!r}"
+    return type(value).__name__
+
+
+def _wrong(key: str, value: Any, expected: str) -> BundleError:
+    return BundleError(f"manifest key '{key}' holds {_describe(value)}; expected {expected}")
+
+
+def _require(d: Any, keys: tuple, where: str, expected: str) -> None:
     if not isinstance(d, dict):
-        raise BundleError(f"{where} must be a JSON object")
+        raise _wrong(where, d, f"{expected} (a JSON object)" if "object" not in expected else expected)
     missing = [k for k in keys if k not in d]
     if missing:
-        raise BundleError(f"{where} lacks the field(s) {', '.join(missing)}")
+        prefix = "" if where.startswith("(") else f"{where}."
+        raise BundleError(f"manifest lacks the key(s) {', '.join(repr(prefix + k) for k in missing)}; expected "
+                          f"{expected}")
+
+
+def _whole(value: Any, key: str, low: int | None, high: int | None, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong(key, value, what + " (a whole number)")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise _wrong(key, value, f"{what} from {low} to {high}")
+    return value
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _wrong(key, value, "a non-empty string")
+    return value
+
+
+def _one_of(value: Any, key: str, allowed: tuple) -> str:
+    if value not in allowed or not isinstance(value, str):
+        raise _wrong(key, value, "one of " + ", ".join(repr(a) for a in allowed))
+    return value
+
+
+def _list(value: Any, key: str, expected: str) -> list:
+    if not isinstance(value, list):
+        raise _wrong(key, value, expected)
+    return value
+
+
+def _object(value: Any, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise _wrong(key, value, "an object")
+    return value
+
+
+def _graphs(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _wrong("graphs", value, "an object mapping role -> graph")
+    graphs = {}
+    for role, g in value.items():
+        if role not in MANIFEST_ROLES:
+            raise BundleError(f"manifest key 'graphs' names the unknown role {role[:40]!r}; expected roles among "
+                              f"{', '.join(MANIFEST_ROLES)}")
+        graphs[role] = GraphSpec.from_dict(g, f"graphs.{role}")
+    missing = [r for r in BASE_ROLES if r not in graphs]
+    if missing:
+        raise BundleError(f"manifest key 'graphs' lacks the {', '.join(missing)} graph(s); expected "
+                          f"{', '.join(BASE_ROLES)}")
+    return graphs
+
+
+def _files(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _wrong("files", value, "an object mapping file name -> sha256 hex digest")
+    for name, digest in value.items():
+        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+            raise _wrong(f"files.{name[:60]}", digest, "a sha256 hex digest (64 lowercase hex digits)")
+    return dict(value)
+
+
+def _custom_op(value: Any) -> dict | None:
+    if value is None:
+        return None
+    _require(value, ("domain", "version"), "custom_op", "null or an object {domain, version}")
+    _text(value["domain"], "custom_op.domain")
+    _whole(value["version"], "custom_op.version", 1, 1 << 31, "the custom op's version")
+    return dict(value)
+
+
+def _value_range(value: Any) -> tuple:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or not value[0] < value[1]):
+        raise _wrong("model.value_range", value, "a list [low, high] of two finite numbers, low < high")
+    return (float(value[0]), float(value[1]))
 
 
 def safe_name(name: str) -> str:
@@ -222,9 +339,18 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{str(bundle_dir)!r} is not a model bundle: it has no {MANIFEST_NAME}")
     try:
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path} is {path.stat().st_size >> 20} MiB, far larger than any manifest; "
+                              "the bundle is refused")
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"cannot read {path} ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON (not UTF-8 text: {e.reason})") from None
+    except RecursionError:
+        raise BundleError(f"{path} is not a manifest: its JSON is nested deeper than this SDK reads") from None
+    except ValueError as e:  # json.JSONDecodeError, and integers longer than Python converts
+        raise BundleError(f"{path} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
     return Manifest.from_dict(data)
 
 

@@ -30,8 +30,11 @@ GRAPH_IO = {
     GENERATOR: GraphIO(("canonical_volume", "global_descriptor", "pose", "expression"), ("image",),
                        optional_outputs=(MATTE_OUTPUT,)),
 }
-ROLES = tuple(GRAPH_IO)
-BASE_ROLES = (SOURCE, DRIVER, GENERATOR)
+ROLES = tuple(GRAPH_IO)  # the roles this SDK runs
+BASE_ROLES = (SOURCE, DRIVER, GENERATOR)  # every bundle has these
+# Roles a manifest may already name for the next features (a face enhancer, a distilled
+# student); this SDK accepts and hashes their graphs but does not run them yet.
+LATER_ROLES = ("enhancer", "student")
 
 
 class CustomOp(NamedTuple):

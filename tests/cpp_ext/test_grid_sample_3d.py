@@ -20,6 +20,7 @@ from onnx.reference import ReferenceEvaluator
 
 import megaportraits
 from megaportraits import _native
+from megaportraits.schema import GRID_SAMPLE_3D
 
 torch = pytest.importorskip("torch", reason="torch (the [export] extra) is the reference implementation")
 
@@ -34,9 +35,9 @@ def grid_sample_model(op_type: str, mode: str, padding_mode: str, align_corners:
                       dtype: int = TensorProto.FLOAT) -> bytes:
     """A one-node model: com.megaportraits::GridSample3D or the standard GridSample-20."""
     custom = op_type == "GridSample3D"
-    node = helper.make_node(op_type, ["X", "grid"], ["Y"], domain=_native.OP_DOMAIN if custom else "",
+    node = helper.make_node(op_type, ["X", "grid"], ["Y"], domain=GRID_SAMPLE_3D.domain if custom else "",
                             mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    opsets = [helper.make_opsetid("", 20)] + ([helper.make_opsetid(_native.OP_DOMAIN, 1)] if custom else [])
+    opsets = [helper.make_opsetid("", 20)] + ([helper.make_opsetid(GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.version)] if custom else [])
     graph = helper.make_graph(
         [node], "warp",
         [helper.make_tensor_value_info("X", dtype, None), helper.make_tensor_value_info("grid", dtype, None)],
@@ -243,6 +244,16 @@ def test_library_lives_inside_the_package_and_exports_only_the_entry_point():
     import ctypes
     library = ctypes.CDLL(str(path))
     assert hasattr(library, "RegisterCustomOps")
+    # "only": the dynamic symbol table defines nothing else (no C++ or STL symbol leaks out to
+    # clash with another library's copy); nm reads the ELF table itself
+    import shutil
+    import subprocess
+    if shutil.which("nm") is None:
+        pytest.skip("nm (binutils) is needed to list the library's exported symbols")
+    listed = subprocess.run(["nm", "-D", "--defined-only", str(path)], check=True, capture_output=True,
+                            text=True).stdout.split("\n")
+    exported = sorted(line.split()[-1] for line in listed if line.strip())
+    assert exported == ["RegisterCustomOps"]
 
 
 def test_missing_library_error_says_how_to_build_it(monkeypatch):
@@ -252,13 +263,13 @@ def test_missing_library_error_says_how_to_build_it(monkeypatch):
 
 
 def test_session_infers_the_output_shape_with_symbolic_dimensions():
-    node = helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=_native.OP_DOMAIN)
+    node = helper.make_node(GRID_SAMPLE_3D.name, ["X", "grid"], ["Y"], domain=GRID_SAMPLE_3D.domain)
     graph = helper.make_graph(
         [node], "warp",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 5, 4, 6, 7]),
          helper.make_tensor_value_info("grid", TensorProto.FLOAT, ["batch", 3, "height", 2, 3])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(_native.OP_DOMAIN, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.version)])
     options = ort.SessionOptions()
     options.register_custom_ops_library(megaportraits.custom_ops_library())
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -267,13 +278,13 @@ def test_session_infers_the_output_shape_with_symbolic_dimensions():
 
 def test_unknown_dimensions_stay_unknown_without_shape_warnings(capfd):
     """Declared-unknown dims must not become a fixed -1 that every run contradicts (and logs)."""
-    node = helper.make_node("GridSample3D", ["X", "grid"], ["Y"], domain=_native.OP_DOMAIN)
+    node = helper.make_node(GRID_SAMPLE_3D.name, ["X", "grid"], ["Y"], domain=GRID_SAMPLE_3D.domain)
     graph = helper.make_graph(
         [node], "warp",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None] * 5),
          helper.make_tensor_value_info("grid", TensorProto.FLOAT, [None] * 5)],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None] * 5)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(_native.OP_DOMAIN, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid(GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.version)])
     options = ort.SessionOptions()
     options.register_custom_ops_library(megaportraits.custom_ops_library())
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

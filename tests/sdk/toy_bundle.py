@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from megaportraits import manifest as mf
+from megaportraits.schema import GRID_SAMPLE_3D
 
 SIZE = 32
 VOLUME = (3, 2, 8, 8)
@@ -193,7 +194,7 @@ def make_toy_bundle(directory, custom_op: bool = False, fp16: bool = False) -> P
         graphs[role] = _spec(model, f"{role}.onnx", portable)
     manifest = mf.Manifest(
         model_name="toy", preset="toy", image_size=SIZE, graphs=graphs, files={}, opset=18,
-        custom_op={"domain": mf.CUSTOM_OP_DOMAIN, "version": mf.CUSTOM_OP_VERSION} if custom_op else None,
+        custom_op={"domain": GRID_SAMPLE_3D.domain, "version": GRID_SAMPLE_3D.version} if custom_op else None,
         precision="fp16" if fp16 else "fp32",
         producer={"tests": "toy_bundle.py"}, provenance={"weights": "hand-made"})
     mf.write_manifest(directory, manifest)

@@ -37,9 +37,10 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ..schema import GRID_SAMPLE_3D
 from .requirements import require_onnx
 
-CUSTOM_GRID_SAMPLE = ("com.megaportraits", "GridSample3D")
+CUSTOM_GRID_SAMPLE = (GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.name)  # (domain, op_type) of a node
 
 _ELEMENTWISE = frozenset("""
     Add Sub Mul Div Pow Neg Abs Sqrt Reciprocal Exp Log Erf Sin Cos Tanh Sigmoid Relu LeakyRelu
@@ -171,7 +172,7 @@ def _prepare_for_inference(model, batch: int, input_shapes: dict):
                 node.domain, node.op_type = "", "GridSample"
                 node.doc_string = _ORIGINAL_OP
         if not any(o.domain in ("", "ai.onnx") and o.version >= 20 for o in copy.opset_import):
-            raise ValueError("a graph with GridSample3D must import the default opset >= 20")
+            raise ValueError(f"a graph with {GRID_SAMPLE_3D.name} must import the default opset >= 20")
     return copy
 
 
@@ -268,8 +269,8 @@ def _node_flops(op_type: str, node, ins: list, outs: list) -> int | None:
         k = ins[0][0][0] if _attr(node, "transA", 0) else ins[0][0][1]
         bias = n_out if len(ins) > 2 and node.input[2] else 0
         return 2 * n_out * k + bias
-    if op_type in ("GridSample", "GridSample3D"):
-        macs = _interp_macs(_attr(node, "mode", "linear" if op_type == "GridSample3D" else "bilinear"),
+    if op_type in ("GridSample", GRID_SAMPLE_3D.name):
+        macs = _interp_macs(_attr(node, "mode", "linear" if op_type == GRID_SAMPLE_3D.name else "bilinear"),
                             len(out[0]) - 2)
         return None if macs is None else 2 * macs * n_out
     if op_type == "Resize":

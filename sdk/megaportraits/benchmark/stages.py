@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from .. import manifest as mf
 from .flops import GraphCost, count_graph
+from ..schema import GRID_SAMPLE_3D
 from ..sessions import create_session, session_options
 from .machine import MachinePeaks
 from .report import StageResult
@@ -233,13 +234,13 @@ def warp_model(volume_shape: tuple, grid_shape: tuple, custom: bool):
     """A one-node graph: the heavy trilinear volume sample, as our op or as ONNX GridSample-20."""
     onnx = require_onnx()
     h, f32 = onnx.helper, onnx.TensorProto.FLOAT
-    domain = mf.CUSTOM_OP_DOMAIN if custom else ""
-    node = h.make_node("GridSample3D" if custom else "GridSample", ["volume", "grid"], ["warped"],
+    domain = GRID_SAMPLE_3D.domain if custom else ""
+    node = h.make_node(GRID_SAMPLE_3D.name if custom else "GridSample", ["volume", "grid"], ["warped"],
                        domain=domain, mode="linear", padding_mode="zeros", align_corners=0)
     graph = h.make_graph([node], "warp", [h.make_tensor_value_info("volume", f32, list(volume_shape)),
                                           h.make_tensor_value_info("grid", f32, list(grid_shape))],
                          [h.make_tensor_value_info("warped", f32, None)])
-    opsets = [h.make_opsetid("", 20)] + ([h.make_opsetid(domain, mf.CUSTOM_OP_VERSION)] if custom else [])
+    opsets = [h.make_opsetid("", 20)] + ([h.make_opsetid(domain, GRID_SAMPLE_3D.version)] if custom else [])
     return h.make_model(graph, opset_imports=opsets)
 
 
