@@ -18,14 +18,20 @@ from .stages import PROVIDERS, RunSettings
 ALL_STAGES = GRAPH_STAGES + ("warp",) + IO_STAGES
 
 
-def _int_list(text: str) -> tuple:
+def _int_list(text: str, most: int = 1024) -> tuple:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers >= 1, e.g. 1,2")
+    if not values or min(values) < 1 or max(values) > most:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers from 1 to {most}, e.g. 1,2")
     return values
+
+
+def _thread_list(text: str) -> tuple:
+    from ..animator import MAX_THREADS
+
+    return _int_list(text, MAX_THREADS)
 
 
 def _choices(allowed: tuple, what: str):
@@ -46,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the bundled demo model)")
     p.add_argument("--provider", type=_choices(tuple(PROVIDERS) + ("all",), "provider"), default=("cpu",),
                    help="cpu, cuda, or all available (comma-separated; default cpu)")
-    p.add_argument("--threads", type=_int_list, default=(),
+    p.add_argument("--threads", type=_thread_list, default=(),
                    help="intra-op thread counts, e.g. 1,2 (default: all usable cores)")
     p.add_argument("--batch", type=_int_list, default=(1,), help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--variants", type=_choices(("ours", "portable"), "variant"), default=("ours", "portable"),
@@ -100,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark for parsed arguments; errors are MegaportraitsError (one line)."""
     if args.warmup < 0 or args.runs < 1 or args.max_seconds <= 0:
         raise MegaportraitsError("--warmup must be >= 0, --runs >= 1 and --max-seconds > 0")
-    if args.png:  # fail before minutes of measuring, not after
+    from ..files import check_output_path
+    if args.output:  # fail before minutes of measuring, not after
+        check_output_path(args.output)
+    if args.png:
+        check_output_path(args.png)
         from .requirements import require_pyplot
         require_pyplot()
     plan = BenchmarkPlan(
