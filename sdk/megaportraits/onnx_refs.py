@@ -95,8 +95,13 @@ def _with_model_bytes(path, read):
             view = memoryview(mm)
             try:
                 return read(view)
+            except ModelFileError as e:
+                # raised again below, once the map is closed: the traceback's frames hold slices
+                # of the map, and closing it under them is a BufferError, not this message
+                failure = str(e)
             finally:
                 view.release()
+    raise ModelFileError(failure)
 
 
 def _interface(model: memoryview) -> ModelInterface:
