@@ -279,9 +279,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
         try:
             status = args.run(args)
-            sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers below
+            sys.stdout.flush()  # what is still buffered fails here, inside the handlers below
             return status
         except AnimationInterrupted as e:
             print(f"{PROG}: {e}", file=sys.stderr)
@@ -290,6 +291,8 @@ def main(argv=None) -> int:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
         except MegaportraitsError as e:
+            if isinstance(e, StdoutError):
+                _silence_stdout()
             print(f"{PROG}: error: {e}", file=sys.stderr)
             return 1
         except MemoryError:
@@ -299,23 +302,40 @@ def main(argv=None) -> int:
             _silence_stdout()  # the reader stopped reading on purpose (| head): no message
             return 128 + signal.SIGPIPE
         except OSError as e:
-            if _is_stdout_error():
-                _silence_stdout()
-                print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
-            else:
-                print(f"{PROG}: error: {e.strerror or e}" + (f": {e.filename!r}" if e.filename else ""),
-                      file=sys.stderr)
+            print(f"{PROG}: error: {e.strerror or e}" + (f": {e.filename!r}" if e.filename else ""),
+                  file=sys.stderr)
             return 1
+        finally:
+            sys.stdout = stdout
 
 
-def _is_stdout_error() -> bool:
-    """Whether standard output is what fails: what could not be written is still buffered
-    there, and flushing it fails again."""
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        return True
-    return False
+class StdoutError(MegaportraitsError):
+    """Standard output cannot be written (a full disk behind ``> file``, a closed terminal)."""
+
+
+class _CheckedStdout:
+    """``sys.stdout`` while a command runs: a write that fails says it was standard output
+    (a :class:`StdoutError`); a reader that stopped reading stays a BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutError(f"cannot write to standard output: {e.strerror or e}") from None
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _silence_stdout() -> None:
