@@ -177,6 +177,11 @@ def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.
         problems.append(f"the {role!r} graph file {name!r} has inputs {_names(found[0])} and outputs "
                         f"{_names(found[1])}, not what its manifest entry says ({_names(declared[0])} -> "
                         f"{_names(declared[1])}); the bundle is incompatible")
+    specs = {t.name: t for t in spec.inputs + spec.outputs}
+    for value in interface.inputs + interface.outputs:
+        if value.name in specs and not _same_shape(specs[value.name].shape, value.shape):
+            problems.append(f"the {role!r} graph file {name!r} gives {value.name} the shape {list(value.shape)}, "
+                            f"but its manifest entry says {list(specs[value.name].shape)}; the bundle is incompatible")
     for value in interface.inputs + interface.outputs:
         if value.name in _IMAGE_TENSORS and value.shape and len(value.shape) == 4:
             side = [d for d in value.shape[2:] if isinstance(d, int)]
@@ -203,6 +208,17 @@ def _operator_problems(manifest: mf.Manifest, role: str, name: str, interface, t
         return [f"the {role!r} graph file {name!r} uses {GRID_SAMPLE_3D.domain}::{unknown[0]}, which the "
                 "custom-op library does not provide; the bundle is incompatible"]
     return []
+
+
+def _same_shape(declared: tuple, found: tuple | None) -> bool:
+    """Axis by axis: lengths equal where both are fixed, dynamic (named) where either is; a
+    file that leaves its shape unknown agrees with anything."""
+    if found is None:
+        return True
+    if len(declared) != len(found):
+        return False
+    return all(a == b if isinstance(a, int) and isinstance(b, int) else
+               not isinstance(a, int) and not isinstance(b, int) or b is None for a, b in zip(declared, found))
 
 
 def _names(tensors: dict) -> list:

@@ -369,3 +369,56 @@ def test_compositing_stages_are_measured_for_matte_bundles_only(toy_bundle):
     notes = []
     assert measure_io_stages(plain, RunSettings(warmup=1, runs=3), stages, notes, frame_size=(160, 120)) == []
     assert any("no matte" in n for n in notes)
+
+
+# ---- the sessions the benchmark measures are the SDK's ----------------------------------------
+def test_measured_sessions_are_made_like_the_sdks_own(toy_bundle):
+    """The warp stage, the profiler and the machine ceilings use megaportraits.sessions: no
+    spinning pools, the requested threads (the SDK turned spinning off; the benchmark used not to)."""
+    from megaportraits.benchmark import stages as st
+    from megaportraits.bundle import open_bundle
+
+    volume = np.random.default_rng(0).standard_normal((1, 3, 2, 4, 4), dtype=np.float32)
+    session = st.make_session(st.warp_model(volume.shape, (1, 2, 4, 4, 3), custom=False).SerializeToString(),
+                              "cpu", 1, needs_custom_op=False)
+    sdk = open_bundle(toy_bundle, provider="cpu", threads=1).sessions["driver"]
+    for s in (session, sdk):
+        options = s.get_session_options()
+        assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+# ---- benchmarks/bench_grid_sample.py: a thin script over this package -------------------------
+def _bench_grid_sample_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_grid_sample.py"
+    spec = importlib.util.spec_from_file_location("bench_grid_sample", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_grid_sample_reports_in_the_package_schema(capsys, monkeypatch):
+    bench = _bench_grid_sample_module()
+    monkeypatch.setattr(bench, "measure_peaks", lambda threads: FAKE_PEAKS)
+    assert bench.main(["--threads", "1", "--channels", "4", "--depth", "3", "--size", "5", "--repeats", "2",
+                       "--warmup", "0", "--grid", "smooth", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    rp.check_report_dict(d)
+    variants = {r["variant"] for r in d["results"]}
+    assert {"portable", "native"} <= variants and {r["stage"] for r in d["results"]} == {"warp"}
+    by_variant = {r["variant"]: r for r in d["results"]}
+    # every implementation is the same warp: same counted work, outputs equal to the first one's
+    assert len({r["flops"] for r in d["results"]}) == 1 and d["results"][0]["flops"] > 0
+    for r in d["results"]:
+        assert float(r["note"].rsplit(" ", 1)[1]) < 1e-5, r["note"]
+    assert by_variant["portable"]["floor_ms"] > 0
+
+
+def test_bench_grid_sample_refuses_bad_sizes_in_one_line(capsys):
+    bench = _bench_grid_sample_module()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--size", "0"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("error:") == 1

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from .stats import Timing
 
 SCHEMA = "megaportraits-benchmark/1"
-VARIANTS = ("ours", "portable", "torch")  # custom-op graphs, standard-op twins, PyTorch eager
+# custom-op graphs, standard-op twins, PyTorch eager, our kernel called from numpy (pybind11)
+VARIANTS = ("ours", "portable", "torch", "native")
+_ALTERNATIVES = VARIANTS[1:]  # what "ours" is compared with
 STAGES = ("source", "driver", "generator", "per_frame", "warp", "face_crop", "paste_back", "backdrop",
           "composite", "video_decode", "video_encode")
 _REPORT_KEYS = ("schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes")
@@ -96,7 +98,7 @@ class Report:
                 continue
             row = {"stage": stage, "provider": r.provider, "threads": r.threads, "batch": r.batch,
                    "ours_ms": r.timing.median_ms}
-            for other in ("portable", "torch"):
+            for other in _ALTERNATIVES:
                 o = self.find(stage, other, r.provider, r.threads, r.batch)
                 row[f"{other}_ms"] = o.timing.median_ms if o else None
                 row[f"speedup_vs_{other}"] = o.timing.median_ms / r.timing.median_ms if o else None
@@ -165,7 +167,7 @@ def format_table(report: Report) -> str:
         for c in comparisons:
             parts = [f"{c['stage']:<10} {c['provider']} {c['threads']}thr batch {c['batch']}: "
                      f"ours {c['ours_ms']:.2f} ms"]
-            for other in ("portable", "torch"):
+            for other in _ALTERNATIVES:
                 if c[f"{other}_ms"] is not None:
                     parts.append(f"{other} {c[f'{other}_ms']:.2f} ms ({c[f'speedup_vs_{other}']:.2f}x)")
             lines.append(", ".join(parts))
@@ -186,7 +188,7 @@ def _machine_line(report: Report) -> str:
 
 
 # ---- PNG chart ---------------------------------------------------------------------------------
-_COLOURS = {"ours": "#1f77b4", "portable": "#ff7f0e", "torch": "#7f7f7f"}
+_COLOURS = {"ours": "#1f77b4", "portable": "#ff7f0e", "torch": "#7f7f7f", "native": "#2ca02c"}
 
 
 def write_png(report: Report, path: str | os.PathLike) -> None:

@@ -257,16 +257,29 @@ def measure_warp(manifest: mf.Manifest, variant: str, provider: str, threads: in
                  settings: RunSettings, peaks: MachinePeaks | None) -> StageResult:
     """The per-frame volume warp alone: GridSample3D (ours) or ONNX GridSample (portable)."""
     volume, grid = warp_inputs(manifest, batch)
+    run = warp_call(volume, grid, variant, provider, threads)
+    return with_cost("warp", variant, provider, threads, batch, settings.measure(run), [warp_cost(volume, grid)],
+                     peaks)
+
+
+def warp_cost(volume: np.ndarray, grid: np.ndarray) -> GraphCost:
+    """FLOPs and bytes of one trilinear warp of ``volume`` at ``grid`` (the same work for every
+    implementation: the standard op's graph is counted)."""
+    return count_graph(warp_model(volume.shape, grid.shape, custom=False), batch=volume.shape[0])
+
+
+def warp_call(volume: np.ndarray, grid: np.ndarray, variant: str, provider: str, threads: int):
+    """A no-argument function running the warp in an ONNX Runtime session made as the SDK makes
+    its own: ``ours`` (GridSample3D, the op library) or ``portable`` (ONNX GridSample-20). It
+    returns the warped volume on the CPU provider; on CUDA inputs and output stay on the device,
+    as inside the generator."""
     model = warp_model(volume.shape, grid.shape, custom=variant == "ours")
     session = make_session(model.SerializeToString(), provider, threads, needs_custom_op=variant == "ours")
     feeds = {"volume": volume, "grid": grid}
-    if provider == "cuda":  # inputs and output stay on the device, as inside the generator
+    if provider == "cuda":
         binding = session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         binding.bind_output("warped", "cuda")
-        timing = settings.measure(lambda: session.run_with_iobinding(binding))
-    else:
-        timing = settings.measure(lambda: session.run(None, feeds))
-    cost = count_graph(model, batch=batch)
-    return with_cost("warp", variant, provider, threads, batch, timing, [cost], peaks)
+        return lambda: session.run_with_iobinding(binding)
+    return lambda: session.run(None, feeds)[0]
