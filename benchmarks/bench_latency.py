@@ -154,10 +154,10 @@ class TorchEager:
         """Max |image difference| between PyTorch and the bundle's portable generator graph on
         the same inputs; infinite when the two do not even have the same shapes. A matte
         model's graph splits its RGBA rendering into ``image`` and ``matte``: both are compared."""
-        import onnxruntime as ort
+        from megaportraits.sessions import create_session, session_options
 
         path = bundle_dir / self.manifest.graph_file("generator", portable=True)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = create_session(path, ["CPUExecutionProvider"], session_options())
         names = [i.name for i in session.get_inputs()]
         try:
             t = self._inputs(1)

@@ -55,11 +55,13 @@ def cuda_problem() -> str | None:
                 "install onnxruntime-gpu for your CUDA version: pip install 'megaportraits[gpu]'")
     try:
         from onnx import TensorProto, helper
+
+        from megaportraits.sessions import create_session, session_options
         graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, "CPUExecutionProvider"])
+        session = create_session(model.SerializeToString(), [CUDA, "CPUExecutionProvider"], session_options())
         session.run(None, {"x": np.ones(4, np.float32)})
     except Exception as e:  # noqa: BLE001  any failure here means: no usable GPU
         return f"creating a CUDA session failed: {' '.join(str(e).split())[:300]}"
@@ -76,8 +78,8 @@ def default_bundles(root: Path, seed: int) -> list:
              if existing_bundle(bundle_path(root, p, seed), p, seed)]
     if found:
         return found
-    from megaportraits.bundle import DEMO_BUNDLE
-    return [DEMO_BUNDLE] if (DEMO_BUNDLE / mf.MANIFEST_NAME).is_file() else []
+    from megaportraits.bundle import DEMO_BUNDLE, demo_bundle_installed
+    return [DEMO_BUNDLE] if demo_bundle_installed() else []
 
 
 def torch_eager(bundle: Path, manifest: mf.Manifest, device: str):
