@@ -100,8 +100,16 @@ class ModelConfig:
     # that compositing itself (sdk/megaportraits/compositing.py). Needs foreground masks in the
     # training data (the synthetic heads have them).
     matte: bool = False
+    # Which network layout the widths above describe. "megaportraits": this project's networks.
+    # "emoportraits": the layout of the official EMOPortraits stage-1 model in its inference form
+    # (spectral norm, weight standardisation and BatchNorm folded into plain convs), so that its
+    # released weights load one to one (megaportraits_export.convert.emoportraits); it is built for
+    # conversion and export, not for training here.
+    architecture: str = "megaportraits"
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"{self.name}: architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}")
         _check_power_of_two_ratio(
             self.image_size, self.volume_size, len(self.appearance_channels),
             "image_size / volume_size", "appearance_channels")
@@ -174,6 +182,8 @@ def _check_power_of_two_ratio(big: int, small: int, steps: int, what: str, field
         raise ValueError(f"{what} = {big}/{small} must equal 2**len({field}) = {2 ** steps}; "
                          f"give {field} one entry per factor of 2")
 
+
+ARCHITECTURES = ("megaportraits", "emoportraits")
 
 RESNET18 = BackboneConfig("basic", (2, 2, 2, 2), 64)
 RESNET50 = BackboneConfig("bottleneck", (3, 4, 6, 3), 64)
@@ -285,6 +295,15 @@ PRESETS: dict[str, ModelConfig] = {
 
 # tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
+
+# The official EMOPortraits stage-1 base model (neeek2303/EMOPortraits, released checkpoint's
+# arguments): z of 128, G2D up widths 320/192/128 (512 / 1.5 rounded down to multiples of 32),
+# a ResNet-50 e_s on 256x256, ResNet-18 pose and expression networks on 128x128. Its structure
+# (where blocks pool, adaptive GroupNorm with a base affine, depth schedules, two-step warps on
+# linspace grids) is that of megaportraits_export.convert.emoportraits.networks. Parameter counts
+# (describe --preset emoportraits) equal those of the official networks built from their code.
+PRESETS["emoportraits"] = PRESETS["paper512"].replace(
+    name="emoportraits", expression_dim=128, image_up_channels=(320, 192, 128), architecture="emoportraits")
 
 
 def get_config(name: str) -> ModelConfig:

@@ -160,6 +160,9 @@ def build_model(preset_or_config: str | ModelConfig) -> MegaPortraits:
     allocating weights (what ``describe`` does for paper512).
     """
     config = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if config.architecture == "emoportraits":
+        from .convert.emoportraits.model import EmoPortraits  # their layout, for converted weights
+        return EmoPortraits(config)
     return MegaPortraits(config)
 
 

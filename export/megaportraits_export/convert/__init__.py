@@ -1,0 +1,5 @@
+"""Converters from other projects' released weights into this project's bundles.
+
+``python -m megaportraits_export convert emoportraits ...``: the official EMOPortraits stage-1
+model (see :mod:`megaportraits_export.convert.emoportraits`).
+"""
