@@ -211,10 +211,13 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
+    if isinstance(value, (dict, list)):
+        kind = "an object" if isinstance(value, dict) else "a list"
+        try:
+            text = json.dumps(value)
+        except (ValueError, RecursionError):
+            return kind
+        return f"{kind} {text}" if len(text) <= 40 else kind
     if isinstance(value, str):
         return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
     if isinstance(value, int):
@@ -226,7 +229,8 @@ def _describe(value: Any) -> str:
 
 
 def _wrong(key: str, value: Any, expected: str) -> BundleError:
-    return BundleError(f"manifest key '{key}' holds {_describe(value)}; expected {expected}")
+    where = "manifest.json" if key.startswith("(") else f"manifest key '{key}'"
+    return BundleError(f"{where} holds {_describe(value)}; expected {expected}")
 
 
 def _require(d: Any, keys: tuple, where: str, expected: str) -> None:
