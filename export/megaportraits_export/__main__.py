@@ -7,6 +7,7 @@ COMMANDS = {
     "train": ("megaportraits_export.train", "train a model from a config file"),
     "evaluate": ("megaportraits_export.evaluate", "self- and cross-reenactment metrics on synthetic ground truth"),
     "export": ("megaportraits_export.onnx_export", "export a checkpoint or a random-init preset to an ONNX bundle"),
+    "convert": ("megaportraits_export.convert.cli", "convert another project's released weights into a bundle"),
 }
 
 

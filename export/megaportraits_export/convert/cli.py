@@ -1,31 +1,24 @@
-"""``python -m megaportraits_export convert FAMILY [options]``: one dispatcher for every converter
-of other projects' released weights. Each converter is a module with ``main(argv) -> int``
-(:mod:`megaportraits_export.command` conventions), imported only when run."""
+"""``python -m megaportraits_export convert FAMILY ...``: pick the converter of a model family."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-from megaportraits_export.command import PROG
-
-CONVERTERS = {
+FAMILIES = {
     "emoportraits": ("megaportraits_export.convert.emoportraits.command",
-                     "the official EMOPortraits stage-1 model (CC BY-NC-SA 4.0)"),
-    "liveportrait": ("megaportraits_export.convert.liveportrait",
-                     "LivePortrait's published weights (MIT)"),
+                     "the official EMOPortraits stage-1 checkpoint + head-pose file"),
 }
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "\n".join([f"usage: python -m {PROG} convert {{{','.join(CONVERTERS)}}} [options]", "", "converters:"]
-                      + [f"  {name:<13} {help_}" for name, (_, help_) in CONVERTERS.items()])
-    if argv and argv[0] in ("-h", "--help"):
-        print(usage)
-        return 0
-    if not argv or argv[0] not in CONVERTERS:
-        what = f"unknown converter {argv[0]!r}" if argv else "give a converter"
-        print(f"{PROG}: error: {what}; choose one of {', '.join(CONVERTERS)} "
-              f"(see python -m {PROG} convert --help)", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m megaportraits_export convert {" + ",".join(FAMILIES) + "} [options]")
+        for name, (_, what) in FAMILIES.items():
+            print(f"  {name:<13} {what}")
+        return 0 if argv else 2
+    if argv[0] not in FAMILIES:
+        print(f"megaportraits_export: error: unknown family {argv[0]!r}; choose one of {', '.join(FAMILIES)}",
+              file=sys.stderr)
         return 2
-    return importlib.import_module(CONVERTERS[argv[0]][0]).main(argv[1:]) or 0
+    return importlib.import_module(FAMILIES[argv[0]][0]).main(argv[1:]) or 0

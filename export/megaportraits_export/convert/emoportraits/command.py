@@ -170,20 +170,10 @@ def main(argv=None) -> int:
                       provenance=provenance(a.checkpoint, a.head_pose, conversion),
                       portable=a.portable, verify=a.verify)
         step(3, f"wrote {a.output}" + (" (verified in ONNX Runtime)" if a.verify else ""))
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ConversionError, OSError) as error:
+        print(f"megaportraits_export: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted: no bundle written", file=sys.stderr)
+        print("megaportraits_export: interrupted: no bundle written", file=sys.stderr)
         return 130
     return 0
-
-
-def convert_main(argv=None) -> int:
-    """``convert FAMILY ...``: the families this package converts."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "emoportraits":
-        print("usage: python -m megaportraits_export convert emoportraits --checkpoint CKPT --head-pose POSE "
-              "-o BUNDLE [--verify] [--portable]", file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return main(argv[1:])
