@@ -4,7 +4,7 @@ Coordinates are normalised (x, y, z) in [-1, 1] with align_corners=False, x alon
 z along D, exactly what ``torch.nn.functional.grid_sample`` and ONNX GridSample read. A pose
 ``theta`` (N, 3, 4) maps a point of camera space (where the source or driver volume lives) to
 canonical space. The rigid transform and the learned deformation are composed into ONE sampling
-grid per warp (DESIGN.md "Warp semantics"), so the wide feature volume is sampled once per warp
+grid per warp (docs/design.md, "Warp semantics"), so the wide feature volume is sampled once per warp
 and only the 3-channel deformation field is ever resampled:
 
 - source -> canonical: g_s(p) = theta_s^-1 (p + D_s(p))      (field read at p, no resampling)

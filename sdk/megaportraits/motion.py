@@ -2,7 +2,7 @@
 
 A motion is a head pose theta (N, 3, 4: rotation and scale with translation) and an expression
 code z (N, Z). Relative motion transfers the driver's *change* since its first frame onto the
-source's own pose and expression (docs/interfaces.md):
+source's own pose and expression (docs/design.md, "Data flow"):
 
     pose       = theta_d * theta_d0^-1 * theta_s     (4x4 homogeneous products)
     expression = z_s + (z_d - z_d0)

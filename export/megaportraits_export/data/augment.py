@@ -1,7 +1,7 @@
 """The paper's training augmentations for a (source, driver) pair.
 
 MegaPortraits augments with colour jitter and flips, and gives the driver a random thin-plate-
-spline warp and strong colour jitter (REFERENCE.md). Why each, and to which image:
+spline warp and strong colour jitter (the paper, arXiv 2207.07621). Why each, and to which image:
 
 - Flip: source and driver together. A pair is one head in two frames of one video; flipping
   only one would make the motion to transfer a mirror image, which no real video contains.

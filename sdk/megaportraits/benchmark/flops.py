@@ -138,7 +138,7 @@ _ORIGINAL_OP = "megaportraits_benchmark_original_op"
 
 def _prepare_for_inference(model, batch: int, input_shapes: dict):
     """A copy with concrete input shapes, local functions inlined, and the custom GridSample3D
-    turned into the standard GridSample that DESIGN.md makes shape-identical, so onnx can infer
+    turned into the standard GridSample it equals (docs/design.md, "The custom op"), so onnx can infer
     every shape without the custom op's schema (which lives on the torch side)."""
     onnx = require_onnx()
     copy = onnx.ModelProto()
