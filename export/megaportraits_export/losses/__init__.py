@@ -1,4 +1,4 @@
-"""Losses of MegaPortraits and their weights (REFERENCE.md, "Losses and schedule (base)").
+"""Losses of MegaPortraits and their weights (the paper's base model, arXiv 2207.07621).
 
 Each loss module returns unweighted terms under the names of :class:`LossWeights`' fields;
 :func:`combine_losses` applies the weights, so the paper's lambdas live in one place.
