@@ -160,6 +160,8 @@ def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.
         interface = model_interface(path)
     except ModelFileError as e:
         return [f"bundle file {name!r} is not a valid ONNX model ({e})"]
+    except OSError as e:
+        return [f"cannot read bundle file {name!r} ({e.strerror or e})"]
     problems = []
     for location in dict.fromkeys(r.location for r in refs):
         try:

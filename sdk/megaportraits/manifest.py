@@ -318,10 +318,13 @@ def _value_range(value: Any) -> tuple:
 
 
 def safe_name(name: str) -> str:
-    """Accept only a plain file name: no directories, no '..', nothing absolute."""
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
-            or "\\" in name or "\0" in name or os.path.isabs(name) or ":" in name):
-        raise BundleError(f"manifest names the file {name!r}, which is not a plain file name "
+    """Accept only a plain file name: no directories, no '..', nothing absolute, not the
+    manifest itself, and short enough for any file system (255 bytes)."""
+    if (not isinstance(name, str) or not name or name in (".", "..", MANIFEST_NAME) or "/" in name
+            or "\\" in name or "\0" in name or os.path.isabs(name) or ":" in name
+            or len(name.encode("utf-8", "surrogatepass")) > 255):
+        shown = repr(name[:60] + "...") if isinstance(name, str) and len(name) > 60 else repr(name)
+        raise BundleError(f"manifest names the file {shown}, which is not a plain file name "
                           "inside the bundle directory; the bundle is refused")
     return name
 
@@ -363,11 +366,15 @@ def verify_files(bundle_dir: str | os.PathLike, manifest: Manifest, names=None) 
     bundle_dir = Path(bundle_dir).resolve()
     for name in (names if names is not None else manifest.files):
         path = (bundle_dir / safe_name(name))
-        if path.is_symlink() or not path.resolve().is_relative_to(bundle_dir):
-            raise BundleError(f"bundle file {name!r} points outside the bundle directory")
-        if not path.is_file():
-            raise BundleError(f"bundle file {name!r} is missing from {bundle_dir}")
-        if sha256_file(path) != manifest.files[name]:
+        try:
+            if path.is_symlink() or not path.resolve().is_relative_to(bundle_dir):
+                raise BundleError(f"bundle file {name!r} points outside the bundle directory")
+            if not path.is_file():
+                raise BundleError(f"bundle file {name!r} is missing from {bundle_dir}")
+            digest = sha256_file(path)
+        except OSError as e:
+            raise BundleError(f"cannot read bundle file {name!r} ({e.strerror or e})") from None
+        if digest != manifest.files[name]:
             raise BundleError(f"bundle file {name!r} does not match its sha256 in the manifest "
                               "(corrupted or tampered with); re-export or re-download the bundle")
 

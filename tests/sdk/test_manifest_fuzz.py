@@ -35,7 +35,7 @@ WEIRD_VALUES = [None, True, False, 0, -1, 1, 3.5, -7.25, 2 ** 63, -(2 ** 63), 10
                 float("inf"), float("-inf"), "", "abc", "20", "1e9", "../escape.onnx", "/etc/passwd", [], [1, 2],
                 [[[[[]]]]], {}, {"a": {"b": [None, {"c": "d"}]}}, "x" * 5000]
 ESCAPES = ["../source.onnx", "/etc/passwd", "sub/driver.onnx", "..", ".", "C:\\\\evil.onnx", "a\0b",
-           "../../../../../../tmp/x"]
+           "../../../../../../tmp/x", "x" * 300, "y" * 5000, "manifest.json", "\u202e.onnx"]
 
 
 def paths(node, prefix=()):
