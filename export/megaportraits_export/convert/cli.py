@@ -7,6 +7,7 @@ import sys
 FAMILIES = {
     "emoportraits": ("megaportraits_export.convert.emoportraits.command",
                      "the official EMOPortraits stage-1 checkpoint + head-pose file"),
+    "liveportrait": ("megaportraits_export.convert.liveportrait", "LivePortrait's published weights directory (MIT)"),
 }
 
 
