@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from . import manifest as mf
 from .errors import BundleError, CustomOpError
-from .onnx_refs import ModelFileError, external_data_refs, model_interface
+from .onnx_refs import ModelFileError, read_model
 from .providers import resolve_providers
 from .schema import BASE_ROLES, GRAPH_IO, GRID_SAMPLE_3D, MATTE_OUTPUT
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
@@ -144,20 +144,20 @@ def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
             intact.add(name)
         except BundleError as e:
             problems.append(str(e))
+    read = set()  # a graph without the custom op is its own twin: read it once
     for role, spec in manifest.graphs.items():
-        for name, is_twin in ((spec.file, False), (spec.portable_file, True)):
-            if name is not None and name in intact:
-                problems += _graph_problems(directory, manifest, role, spec, name,
-                                            twin=is_twin and name != spec.file, intact=intact)
+        for name, twin in ((spec.file, False), (spec.portable_file, True)):
+            if name is not None and name in intact and (role, name) not in read:
+                read.add((role, name))
+                problems += _graph_problems(directory, manifest, role, spec, name, twin=twin and name != spec.file)
     return problems
 
 
 def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.GraphSpec, name: str,
-                    twin: bool, intact: set) -> list:
+                    twin: bool) -> list:
     path = directory / name
     try:
-        refs = external_data_refs(path)
-        interface = model_interface(path)
+        refs, interface = read_model(path)
     except ModelFileError as e:
         return [f"bundle file {name!r} is not a valid ONNX model ({e})"]
     except OSError as e:

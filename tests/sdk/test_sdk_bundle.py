@@ -276,3 +276,124 @@ def test_threads_reach_the_sessions(toy_bundle):
     assert b.sessions["generator"].get_session_options().intra_op_num_threads == 1
     with pytest.raises(MegaportraitsError, match="threads must be a whole number"):
         open_bundle(toy_bundle, threads=-2)
+
+
+# ---- validate_bundle: the complete check, no sessions; info and the Animator agree -------------
+def _info_and_animate(capsys, directory):
+    """(info's exit code and status line, whether open_bundle opens the bundle)."""
+    from megaportraits import cli
+
+    capsys.readouterr()
+    code = cli.main(["info", "--bundle", str(directory)])
+    status = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  status: "))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            open_bundle(directory, provider="cpu")
+        opened = True
+    except BundleError:
+        opened = False
+    return code, status, opened
+
+
+def test_validate_bundle_reports_ok_and_the_flavour_without_sessions(toy_custom_bundle, monkeypatch):
+    _library(monkeypatch, available=True)
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: pytest.fail("validate created a session"))
+    report = bundle_mod.validate_bundle(toy_custom_bundle)
+    assert report.ok and report.problems == () and report.manifest.image_size == 32
+    assert not report.flavour.portable and report.runs_with == "custom-op graphs"
+    report.raise_for_problems()  # nothing to raise
+
+
+def test_image_size_that_does_not_match_the_graphs_is_invalid_for_info_and_animate(toy_bundle, bundle_copy, capsys):
+    d = bundle_copy(toy_bundle)
+    edit_manifest(d, lambda data: data["model"].update(image_size=64))  # graphs are 32x32
+    report = bundle_mod.validate_bundle(d)
+    assert not report.ok and any("image_size 64 does not match" in p for p in report.problems), report.problems
+    code, status, opened = _info_and_animate(capsys, d)
+    assert code == 1 and status.startswith("  status: invalid: ") and not opened
+
+
+def test_custom_op_null_with_graphs_that_use_it_is_invalid(toy_bundle, bundle_copy, capsys):
+    d = bundle_copy(toy_bundle)
+    model = onnx.load(str(d / "driver.onnx"))
+    model.graph.node.append(onnx.helper.make_node("GridSample3D", ["driver_image", "driver_image"], ["unused"],
+                                                  domain="com.megaportraits"))
+    model.opset_import.append(onnx.helper.make_opsetid("com.megaportraits", 1))
+    onnx.save(model, str(d / "driver.onnx"))
+    rehash(d)
+    report = bundle_mod.validate_bundle(d)
+    assert any("uses the custom op com.megaportraits::GridSample3D, but the manifest's custom_op is null" in p
+               for p in report.problems), report.problems
+    code, status, opened = _info_and_animate(capsys, d)
+    assert code == 1 and not opened
+
+
+def test_a_portable_twin_that_uses_the_custom_op_is_invalid(toy_custom_bundle, bundle_copy):
+    d = bundle_copy(toy_custom_bundle)
+    model = onnx.load(str(d / "driver.portable.onnx"))
+    model.graph.node.append(onnx.helper.make_node("GridSample3D", ["driver_image", "driver_image"], ["unused"],
+                                                  domain="com.megaportraits"))
+    model.opset_import.append(onnx.helper.make_opsetid("com.megaportraits", 1))
+    onnx.save(model, str(d / "driver.portable.onnx"))
+    rehash(d)
+    problems = bundle_mod.validate_bundle(d).problems
+    assert any("portable twin 'driver.portable.onnx'" in p for p in problems), problems
+
+
+def test_a_shape_that_disagrees_with_the_graph_file_is_invalid(toy_bundle, bundle_copy, capsys):
+    d = bundle_copy(toy_bundle)
+    edit_manifest(d, lambda data: data["graphs"]["generator"]["inputs"][0].update(shape=["batch", 3, 2, 8, 9]))
+    problems = bundle_mod.validate_bundle(d).problems
+    assert any("gives canonical_volume the shape ['batch', 3, 2, 8, 8]" in p for p in problems), problems
+    code, _, opened = _info_and_animate(capsys, d)
+    assert code == 1 and not opened
+
+
+def test_every_problem_is_listed_and_the_first_is_raised(toy_bundle, bundle_copy):
+    d = bundle_copy(toy_bundle)
+    for name in ("driver.onnx", "generator.onnx"):
+        with open(d / name, "ab") as f:
+            f.write(b"\0")
+    report = bundle_mod.validate_bundle(d)
+    assert len(report.problems) == 2 and all("does not match its sha256" in p for p in report.problems)
+    with pytest.raises(BundleError, match=r"'driver.onnx' does not match .*\(and 1 more problem"):
+        report.raise_for_problems()
+
+
+def test_model_interface_reads_what_onnx_reads(tmp_path):
+    """Inputs (initializers excluded), outputs with dtypes and dims, and the operators of nodes
+    inside subgraphs and model-local functions, checked against the onnx package's parse."""
+    from onnx import TensorProto, helper
+
+    from megaportraits.onnx_refs import model_interface
+
+    inner = helper.make_graph([helper.make_node("GridSample3D", ["x", "x"], ["z"], domain="com.megaportraits")],
+                              "then", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z2"])], "else", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Cast", ["flag_f"], ["flag"], to=TensorProto.BOOL),
+             helper.make_node("If", ["flag"], ["y"], then_branch=inner, else_branch=other),
+             helper.make_node("LocalOp", ["w"], ["v"], domain="local")]
+    function = helper.make_function("local", "LocalOp", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                                    [helper.make_opsetid("", 18)])
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 7]),
+         helper.make_tensor_value_info("flag_f", TensorProto.FLOAT16, [1]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [2])],  # w is an initializer too
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("v", TensorProto.INT64, [None, 4])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0])])
+    model = helper.make_model(graph, functions=[function], opset_imports=[
+        helper.make_opsetid("", 18), helper.make_opsetid("com.megaportraits", 1), helper.make_opsetid("local", 1)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    got = model_interface(path)
+    assert [(v.name, v.dtype, v.shape) for v in got.inputs] == [("x", "float32", ("batch", 3, 7)),
+                                                                  ("flag_f", "float16", (1,))]
+    assert [(v.name, v.dtype, v.shape) for v in got.outputs] == [("y", "float32", None), ("v", "int64", (None, 4))]
+    every_node = {(n.domain, n.op_type) for n in model.graph.node} | {(n.domain, n.op_type) for n in function.node} \
+        | {(n.domain, n.op_type) for g in (inner, other) for n in g.node}
+    assert got.ops == every_node
+    assert ("com.megaportraits", "GridSample3D") in got.ops  # found inside the If's branch
