@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_rgb(path, rgb) -> Path:
-    """Any image format by extension, from RGB."""
-    ok, data = cv2.imencode(Path(path).suffix, np.ascontiguousarray(rgb[:, :, ::-1]))
+    """Any image format by extension, from RGB (or gray)."""
+    ok, data = cv2.imencode(Path(path).suffix, np.ascontiguousarray(rgb[:, :, ::-1] if rgb.ndim == 3 else rgb))
     assert ok
     Path(path).write_bytes(data.tobytes())
     return Path(path)
@@ -175,3 +175,32 @@ def run_with_signal(argv, signal_name: str, at_frame: int, timeout=120) -> subpr
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "tests" / "sdk"))
     return subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT.format(at=at_frame, signal=signal_name),
                            *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def driver_with_pose(nodes_after, extra_inits=()) -> bytes:
+    """The toy driver graph with its pose replaced by what ``nodes_after`` make of
+    ``pose_raw`` (a broken model: zero, NaN or misshapen poses)."""
+    from onnx import numpy_helper
+
+    import toy_bundle as toy_graphs
+
+    model = toy_graphs.driver_graph()
+    for node in model.graph.node:
+        node.output[:] = ["pose_raw" if o == "pose" else o for o in node.output]
+    model.graph.node.extend(nodes_after)
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in extra_inits)
+    return model.SerializeToString()
+
+
+def bundle_with(toy_bundle, directory, role: str, model_bytes: bytes) -> Path:
+    """A copy of the toy bundle with one graph file replaced and the manifest's hashes updated
+    (so only the content is wrong, as with a tampered or badly exported bundle)."""
+    import shutil
+
+    from megaportraits import manifest as mf
+
+    directory = Path(directory)
+    shutil.copytree(toy_bundle, directory)
+    (directory / f"{role}.onnx").write_bytes(model_bytes)
+    mf.write_manifest(directory, mf.load_manifest(directory))
+    return directory

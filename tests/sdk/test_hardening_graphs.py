@@ -2,7 +2,6 @@
 graph outputs that are wrong (7), a custom face detector that returns garbage (16)."""
 from __future__ import annotations
 
-import shutil
 import threading
 
 import numpy as np
@@ -10,13 +9,13 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from megaportraits import manifest as mf
 from megaportraits.animator import Animator
 from megaportraits.errors import BundleError, InputError, MegaportraitsError, NoFaceError
 from megaportraits.faces import HaarFaceDetector
 
 import toy_bundle as toy_graphs
 from drawn_faces import draw_face
+from hardening_inputs import bundle_with, driver_with_pose
 
 
 def _faces(n, width, height, seed):
@@ -101,11 +100,7 @@ def test_2_one_performance_refuses_a_second_thread(toy_bundle):
 
 # ---- 6: a truncated graph with a matching hash -----------------------------------------------
 def _bundle_with(toy_bundle, tmp_path, role: str, model_bytes: bytes):
-    directory = tmp_path / "bundle"
-    shutil.copytree(toy_bundle, directory)
-    (directory / f"{role}.onnx").write_bytes(model_bytes)
-    mf.write_manifest(directory, mf.load_manifest(directory))  # the hash is updated: only the content is wrong
-    return directory
+    return bundle_with(toy_bundle, tmp_path / "bundle", role, model_bytes)
 
 
 def test_6_truncated_graph_is_not_a_valid_onnx_model(toy_bundle, tmp_path):
@@ -117,14 +112,7 @@ def test_6_truncated_graph_is_not_a_valid_onnx_model(toy_bundle, tmp_path):
 
 
 # ---- 7: graph outputs checked against the manifest -------------------------------------
-def _driver_with_pose(nodes_after, extra_inits=()):
-    """The toy driver graph with its pose replaced by what ``nodes_after`` make of it."""
-    model = toy_graphs.driver_graph()
-    for node in model.graph.node:
-        node.output[:] = ["pose_raw" if o == "pose" else o for o in node.output]
-    model.graph.node.extend(nodes_after)
-    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v), k) for k, v in extra_inits)
-    return model.SerializeToString()
+_driver_with_pose = driver_with_pose
 
 
 @pytest.mark.parametrize("case,nodes,inits,message", [
