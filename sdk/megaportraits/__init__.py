@@ -16,6 +16,7 @@ _LAZY = {
     "Animator": "animator", "AnimatorOptions": "animator", "Avatar": "animator", "Performance": "animator",
     "MegaportraitsError": "errors", "InputError": "errors", "NoFaceError": "errors", "BundleError": "errors",
     "ProviderError": "errors", "PortableFallbackWarning": "errors", "AnimationInterrupted": "errors",
+    "CustomOpError": "errors", "validate_bundle": "bundle", "BundleReport": "bundle",
     "FaceDetector": "faces", "HaarFaceDetector": "faces",
     "grid_sample_3d": "_native",
 }
