@@ -60,19 +60,20 @@ def main(argv=None) -> int:
 
     ctx = setup(cfg.train.device)
     try:
-        try:
-            trainer = Trainer(cfg, ctx, config_path=str(args.config))
-        except (CheckpointError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         resume = args.resume
         if resume == "auto":
             candidate = Path(cfg.log.out_dir) / "state_last.pt"
             resume = str(candidate) if candidate.is_file() else None
+        if resume and not Path(resume).is_file():
+            print(f"error: resume state {resume!r} does not exist", file=sys.stderr)
+            return 2
+        try:
+            # a resumed run takes its weights from the state: [model] init_from is not read again
+            trainer = Trainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
+        except (CheckpointError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if resume:
-            if not Path(resume).is_file():
-                print(f"error: resume state {resume!r} does not exist", file=sys.stderr)
-                return 2
             trainer.load(resume)
         trainer.run(progress=not args.no_progress and cfg.log.progress)
         if ctx.is_main:

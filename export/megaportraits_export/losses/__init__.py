@@ -19,6 +19,7 @@ from megaportraits_export.losses.discriminator import (
     generator_hinge_loss,
 )
 from megaportraits_export.losses.perceptual import PerceptualLoss, VGG19Features, multiscale_l1
+from megaportraits_export.losses.region import region_l1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,9 @@ class LossWeights:
     ``l1`` is 0: the base model trains without a pixel loss; the 1024 enhancer uses 100
     (``LossWeights(l1=100.0, feature_matching=100.0)``). ``matte`` weighs the one term the
     paper does not have: a model that predicts its matte (``ModelConfig.matte``) learns it from
-    the foreground masks, because it is trained, like the paper's, on the foreground only.
+    the foreground masks, because it is trained, like the paper's, on the foreground only. ``expression`` weighs
+    :func:`region_l1` on the pairs' expression regions (``ExpressionPairHeads``): the term that
+    makes the expression code matter on small synthetic faces.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -39,6 +42,7 @@ class LossWeights:
     cycle: float = 2.0             # lambda_cos: CosFace cycle loss on motion codes
     l1: float = 0.0
     matte: float = 1.0             # not the paper's: pyramid L1 of a matte model's matte to the mask
+    expression: float = 0.0        # not the paper's: L1 on the pixels the driver's expression changes
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -91,4 +95,5 @@ __all__ = [
     "generator_hinge_loss",
     "motion_cycle_loss",
     "multiscale_l1",
+    "region_l1",
 ]

@@ -36,6 +36,10 @@ class DataSection:
     augment: bool = True
     num_workers: int = 0
     seed: int = 0
+    # synthetic: pairs with the driver's expression region (data.expression_pairs), for the
+    # [losses.weights] expression term; this fraction of drivers shows a strong expression
+    expression_regions: bool = False
+    strong_expression_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("[optim] lr_min must not exceed lr")
     if cfg.model.matte is not None and not isinstance(cfg.model.matte, bool):
         raise ConfigError(f"[model] matte = {cfg.model.matte!r} should be true or false")
+    if cfg.data.expression_regions and (cfg.data.kind != "synthetic" or cfg.data.augment or cfg.losses.cycle):
+        raise ConfigError("[data] expression_regions needs kind = \"synthetic\", augment = false and "
+                          "[losses] cycle = false (its pairs have no second identity and no augmentation)")
+    if not 0.0 <= cfg.data.strong_expression_fraction <= 1.0:
+        raise ConfigError("[data] strong_expression_fraction must be between 0 and 1")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
 

@@ -163,6 +163,12 @@ class LossComputer:
             terms.update(self.perceptual(prediction, target))
         if self.weights.l1:
             terms["l1"] = losses.multiscale_l1(prediction, target, scales=self.l1_scales)
+        if self.weights.expression:
+            region = batch.get("driver_expression_region")
+            if region is None:
+                raise ValueError("the expression loss needs the pairs' expression regions: set [data] "
+                                 "expression_regions = true (synthetic heads)")
+            terms["expression"] = losses.region_l1(prediction, target, region)
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():
@@ -219,6 +225,11 @@ def build_training_dataset(cfg, image_size: int):
     from ..data import PairAugmentation, SyntheticTalkingHeads, TalkingHeadVideos
 
     augmentation = PairAugmentation() if cfg.data.augment else None
+    if cfg.data.kind == "synthetic" and cfg.data.expression_regions:
+        from ..data.expression_pairs import ExpressionPairHeads
+
+        return ExpressionPairHeads(num_identities=cfg.data.train_identities, size=image_size, seed=cfg.data.seed,
+                                   split="train", strong_fraction=cfg.data.strong_expression_fraction)
     if cfg.data.kind == "synthetic":
         return SyntheticTalkingHeads(num_identities=cfg.data.train_identities, size=image_size,
                                      seed=cfg.data.seed, split="train", augmentation=augmentation)

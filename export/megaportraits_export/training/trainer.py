@@ -49,7 +49,10 @@ POSE_BETAS = (0.9, 0.999)   # plain regression: the GAN-friendly beta1 = 0.5 is 
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistributedContext, dataset=None, config_path: str = ""):
+    def __init__(self, cfg: TrainConfig, ctx: DistributedContext, dataset=None, config_path: str = "",
+                 initialise: bool = True):
+        """``initialise=False`` skips ``[model] init_from`` (a run about to be resumed: :meth:`load`
+        overwrites the weights, and the checkpoint it started from need not exist any more)."""
         self.cfg = cfg
         self.ctx = ctx
         self.device = ctx.device
@@ -67,7 +70,7 @@ class Trainer:
                              "which needs foreground masks: the synthetic heads have them, video folders do not")
         self.model = build_model(self.model_config).to(self.device)
         self.initialised_from = None
-        if cfg.model.init_from:
+        if cfg.model.init_from and initialise:
             self.initialised_from = model_checkpoint.initialise_from_checkpoint(self.model, cfg.model.init_from)
             if ctx.is_main:
                 report = self.initialised_from
@@ -259,7 +262,8 @@ class Trainer:
         return {
             "data": {"kind": cfg.data.kind, "root": cfg.data.root,
                      "train_identities": cfg.data.train_identities,
-                     "heldout_identities": cfg.data.heldout_identities, "augment": cfg.data.augment},
+                     "heldout_identities": cfg.data.heldout_identities, "augment": cfg.data.augment,
+                     "expression_regions": cfg.data.expression_regions},
             "steps": {"pose_pretrain": self.pose_step, "main": self.step,
                       "batch_size": cfg.train.batch_size * cfg.train.grad_accum * self.ctx.world_size,
                       "processes": self.ctx.world_size},
@@ -321,6 +325,8 @@ class Trainer:
             raise ValueError(f"{path} is not a training state written by this trainer "
                              "(it has no 'training' section); resume from a state_*.pt file")
         self.model.load_state_dict(state["model"])
+        if self.initialised_from is None:   # resumed without re-reading init_from: keep its record
+            self.initialised_from = (state.get("provenance") or {}).get("initialised_from")
         self.step, self.pose_step = int(training["step"]), int(training["pose_step"])
         self.elapsed = float(training.get("elapsed", 0.0))
         self.history = dict(training.get("history", {}))
