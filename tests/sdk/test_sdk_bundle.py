@@ -314,14 +314,21 @@ def test_image_size_that_does_not_match_the_graphs_is_invalid_for_info_and_anima
     assert code == 1 and status.startswith("  status: invalid: ") and not opened
 
 
+def add_custom_op_node(path):
+    """Give the graph a (dangling) node of the custom op and re-sign the bundle."""
+    from megaportraits.schema import GRID_SAMPLE_3D
+
+    model = onnx.load(str(path))
+    model.graph.node.append(onnx.helper.make_node(GRID_SAMPLE_3D.name, ["driver_image", "driver_image"], ["unused"],
+                                                  domain=GRID_SAMPLE_3D.domain))
+    model.opset_import.append(onnx.helper.make_opsetid(GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.version))
+    onnx.save(model, str(path))
+    rehash(path.parent)
+
+
 def test_custom_op_null_with_graphs_that_use_it_is_invalid(toy_bundle, bundle_copy, capsys):
     d = bundle_copy(toy_bundle)
-    model = onnx.load(str(d / "driver.onnx"))
-    model.graph.node.append(onnx.helper.make_node("GridSample3D", ["driver_image", "driver_image"], ["unused"],
-                                                  domain="com.megaportraits"))
-    model.opset_import.append(onnx.helper.make_opsetid("com.megaportraits", 1))
-    onnx.save(model, str(d / "driver.onnx"))
-    rehash(d)
+    add_custom_op_node(d / "driver.onnx")
     report = bundle_mod.validate_bundle(d)
     assert any("uses the custom op com.megaportraits::GridSample3D, but the manifest's custom_op is null" in p
                for p in report.problems), report.problems
@@ -331,12 +338,7 @@ def test_custom_op_null_with_graphs_that_use_it_is_invalid(toy_bundle, bundle_co
 
 def test_a_portable_twin_that_uses_the_custom_op_is_invalid(toy_custom_bundle, bundle_copy):
     d = bundle_copy(toy_custom_bundle)
-    model = onnx.load(str(d / "driver.portable.onnx"))
-    model.graph.node.append(onnx.helper.make_node("GridSample3D", ["driver_image", "driver_image"], ["unused"],
-                                                  domain="com.megaportraits"))
-    model.opset_import.append(onnx.helper.make_opsetid("com.megaportraits", 1))
-    onnx.save(model, str(d / "driver.portable.onnx"))
-    rehash(d)
+    add_custom_op_node(d / "driver.portable.onnx")
     problems = bundle_mod.validate_bundle(d).problems
     assert any("portable twin 'driver.portable.onnx'" in p for p in problems), problems
 
