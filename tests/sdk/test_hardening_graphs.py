@@ -26,13 +26,15 @@ def _faces(n, width, height, seed):
 # ---- 2: one Animator, two threads --------------------------------------------------------
 def test_2_haar_detector_in_two_threads_equals_one_thread():
     detector = HaarFaceDetector()
-    images = {"a": _faces(4, 256, 256, 1), "b": _faces(4, 300, 220, 2)}  # two strides: the old cache thrashed
+    # four integral-image strides (257, 181, 257, 121): the old one-stride cache was recompiled
+    # under the other thread's feet (12 of 48 detections wrong in a trial of the old code)
+    images = {"a": _faces(2, 256, 256, 1) + _faces(2, 180, 150, 3), "b": _faces(2, 300, 220, 2) + _faces(2, 120, 112, 4)}
     alone = {k: [detector(im) for im in v] for k, v in images.items()}
     results, errors = {"a": [], "b": []}, []
 
     def work(key):
         try:
-            for _ in range(3):
+            for _ in range(4):
                 results[key].append([detector(im) for im in images[key]])
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
