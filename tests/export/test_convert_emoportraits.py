@@ -16,7 +16,7 @@ from torch import nn
 
 from megaportraits_export.config import get_config
 from megaportraits_export.convert.emoportraits import folds
-from megaportraits_export.convert.emoportraits.command import config_from_arguments, convert_checkpoint, main
+from megaportraits_export.convert.emoportraits.command import config_from_arguments, main, read_arguments
 from megaportraits_export.convert.emoportraits.keymap import (RECOMPUTED, ConversionError, load_into,
                                                               map_head_pose_state, map_model_state)
 from megaportraits_export.model import build_model
@@ -90,7 +90,7 @@ def test_the_preset_is_their_released_model():
     assert config.volume_shape == (96, 16, 64, 64) and config.descriptor_shape == (512, 4, 4)
 
 
-def test_their_released_arguments_give_the_preset():
+def test_their_released_arguments_give_the_preset(tmp_path):
     released = dict(image_size=512, latent_volume_size=64, latent_volume_depth=16, latent_volume_channels=96,
                     gen_latent_texture_size=64, gen_latent_texture_depth=16, gen_latent_texture_channels=96,
                     warp_output_size=64, gen_num_channels=32, gen_max_channels=512, enc_channel_mult=4,
@@ -101,6 +101,13 @@ def test_their_released_arguments_give_the_preset():
                     dec_num_blocks=6, im_dec_ch_div_factor=1.5, im_dec_num_lrs_per_resolution=2,
                     norm_layer_type="gn")
     assert config_from_arguments(released) == get_config("emoportraits")
+    # the same arguments as their train.py saves them (logs/<experiment>/args.txt: name: value lines)
+    args_txt = tmp_path / "args.txt"
+    args_txt.write_text("".join(f"{k}: {v}\n" for k, v in released.items()) + "experiment_name: x y\n")
+    assert config_from_arguments(read_arguments(args_txt)) == get_config("emoportraits")
+    args_txt.write_text("image_size 512\n")
+    with pytest.raises(ConversionError, match="not a 'name: value' line"):
+        read_arguments(args_txt)
     with pytest.raises(ConversionError, match="use_back"):
         config_from_arguments({**released, "use_back": True})
 
@@ -152,3 +159,22 @@ def test_the_command_refuses_a_file_that_is_not_a_state_dict(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("megaportraits_export: error: checkpoint") and "Traceback" not in "".join(err)
     assert not (tmp_path / "out").exists()
+
+
+def test_green_key_recovers_the_matte_and_colours_of_a_person_composited_on_their_green():
+    from megaportraits_export.convert.emoportraits.networks import green_key
+    g = torch.Generator().manual_seed(3)
+    alpha = torch.rand(1, 1, 16, 16, generator=g)
+    red = 0.2 + 0.8 * torch.rand(1, 1, 16, 16, generator=g)
+    # colours whose green equals their red (>= blue): the key is exact for them
+    person = torch.cat((red, red, red * torch.rand(1, 1, 16, 16, generator=g)), dim=1)
+    green = torch.tensor((0.0, 1.0, 0.0)).reshape(1, 3, 1, 1)
+    rgba = green_key(alpha * person + (1 - alpha) * green)
+    torch.testing.assert_close(rgba[:, 3:], alpha, atol=1e-5, rtol=0)
+    visible = alpha > 0.05
+    torch.testing.assert_close(rgba[:, :3][visible.expand(-1, 3, -1, -1)], person[visible.expand(-1, 3, -1, -1)],
+                               atol=1e-3, rtol=0)
+    # skin (green below red) on the backdrop: never more transparent than it is
+    skin = torch.tensor((0.8, 0.55, 0.45)).reshape(1, 3, 1, 1)
+    keyed = green_key(alpha * skin + (1 - alpha) * green)[:, 3:]
+    assert bool((keyed >= alpha - 1e-6).all()) and bool((green_key(green)[:, 3:] == 0).all())

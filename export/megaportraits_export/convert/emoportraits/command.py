@@ -12,8 +12,10 @@ and writes provenance into the manifest: the files' sha256, their repository and
 What the bundle expects (their inference, notebooks/infer.py): a 512x512 face crop; the SOURCE
 masked by face parsing (background set to 0) before the source graph, the driver unmasked. The
 face-parsing network they use is not converted here: without it the source keeps its background,
-which the encoders then see (they never did in training). The generator renders the person on
-their pure green backdrop and has no matte output.
+which the encoders then see (they never did in training). Their generator renders the person on
+a pure green backdrop; by default the bundle's generator keys that green into a matte
+(:func:`.networks.green_key`), so the SDK composites the person onto the source's own backdrop
+and pastes the crop back; ``--keep-green`` exports their raw rendering instead.
 """
 from __future__ import annotations
 
@@ -51,6 +53,16 @@ def config_from_arguments(args: dict, name: str = PRESET) -> ModelConfig:
         if key in args and args[key] != expected:
             raise ConversionError(f"their argument {key}={args[key]!r} is not supported (only {expected!r}, as in "
                                   "the released model)")
+    needed = ("image_size", "latent_volume_size", "latent_volume_depth", "latent_volume_channels",
+              "gen_latent_texture_size", "gen_latent_texture_channels", "warp_output_size", "gen_num_channels",
+              "gen_max_channels", "enc_channel_mult", "source_volume_num_blocks", "idt_backbone", "idt_image_size",
+              "idt_output_channels", "idt_output_size", "lpe_face_backbone", "exp_image_size",
+              "lpe_output_channels_expression", "gen_embed_size", "warp_channel_mult", "gen_dummy_input_size",
+              "gen_max_channels_unet3d", "dec_channel_mult", "dec_max_channels", "dec_num_blocks",
+              "im_dec_ch_div_factor")
+    missing = [key for key in needed if key not in args]
+    if missing:
+        raise ConversionError(f"their arguments lack {', '.join(missing)}")
     if args["warp_output_size"] != args["gen_latent_texture_size"] or \
             args["latent_volume_size"] != args["gen_latent_texture_size"]:
         raise ConversionError("warp_output_size, latent_volume_size and gen_latent_texture_size must be equal")
@@ -92,6 +104,33 @@ def config_from_arguments(args: dict, name: str = PRESET) -> ModelConfig:
         architecture="emoportraits")
 
 
+def read_arguments(path: Path) -> dict:
+    """Their ``logs/<experiment>/args.txt``: one ``name: value`` line per argument of train.py."""
+    if not path.is_file():
+        raise ConversionError(f"arguments file {path} does not exist")
+    arguments = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(": ")
+        if not sep or not name.strip() or " " in name.strip():
+            raise ConversionError(f"{path}:{number} is not a 'name: value' line; give the args.txt saved beside "
+                                  "the checkpoint (logs/<experiment>/args.txt)")
+        arguments[name.strip()] = _argument_value(value.strip())
+    return arguments
+
+
+def _argument_value(text: str):
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _load_state(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConversionError(f"{what} {path} does not exist")
@@ -125,7 +164,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def provenance(checkpoint: Path, head_pose: Path, conversion: Conversion) -> dict:
+def provenance(checkpoint: Path, head_pose: Path, conversion: Conversion, matte: bool = True) -> dict:
     return {
         "weights": "converted from the official EMOPortraits stage-1 checkpoint",
         "source": SOURCE_REPOSITORY,
@@ -136,7 +175,10 @@ def provenance(checkpoint: Path, head_pose: Path, conversion: Conversion) -> dic
                        "recomputed_buffers": conversion.recomputed, "folds": dict(conversion.folded)},
         "input": "512x512 face crop; source masked by face parsing (not converted: the source keeps its "
                  "background here), driver unmasked",
-        "output": "RGB on their pure green backdrop, no matte",
+        "output": ("RGB + matte keyed from their pure green backdrop (green_key)" if matte else
+                   "RGB on their pure green backdrop, no matte"),
+        "crop": "their inference crops a square of side (w + h) of a MediaPipe face box whose top is at 0.9 y "
+                "and bottom at y + 1.2 h, about 2.2 face heights, resized to 512 (bicubic)",
     }
 
 
@@ -145,9 +187,13 @@ def _parse_args(argv) -> argparse.Namespace:
                                 description="Convert an official EMOPortraits stage-1 checkpoint into a bundle.")
     p.add_argument("--checkpoint", required=True, type=Path, help="their NNN_model.pth (stage-1 state dict)")
     p.add_argument("--head-pose", required=True, type=Path, help="their repos/head_pose_regressor.pth")
+    p.add_argument("--args", type=Path, help="their logs/<experiment>/args.txt: take the architecture from it "
+                                             "(default: the released model's, preset emoportraits)")
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle directory to write")
     p.add_argument("--verify", action="store_true", help="compare every graph with PyTorch in ONNX Runtime")
     p.add_argument("--portable", action="store_true", help="standard ONNX ops only (no custom-op library)")
+    p.add_argument("--keep-green", action="store_true",
+                   help="export their raw rendering on green, without the keyed matte")
     return p.parse_args(argv)
 
 
@@ -164,10 +210,12 @@ def main(argv=None) -> int:
         if a.output.resolve() in (a.checkpoint.resolve(), a.head_pose.resolve()):
             raise ConversionError("the output directory must not be one of the input files")
         step(1, "reading and mapping their weights")
-        model, conversion = convert_checkpoint(a.checkpoint, a.head_pose)
+        base = config_from_arguments(read_arguments(a.args)) if a.args else get_config(PRESET)
+        config = base.replace(matte=not a.keep_green)
+        model, conversion = convert_checkpoint(a.checkpoint, a.head_pose, config)
         step(2, f"mapped {conversion.used} tensors (folds {conversion.folded}); exporting the graphs")
         export_bundle(model, model.config, a.output, preset=PRESET,
-                      provenance=provenance(a.checkpoint, a.head_pose, conversion),
+                      provenance=provenance(a.checkpoint, a.head_pose, conversion, matte=not a.keep_green),
                       portable=a.portable, verify=a.verify)
         step(3, f"wrote {a.output}" + (" (verified in ONNX Runtime)" if a.verify else ""))
     except (ConversionError, OSError) as error:

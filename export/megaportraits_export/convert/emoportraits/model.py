@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...model import AvatarState, Motion
+from ...model import AvatarState, Motion, split_matte
 from ...warp import invert_pose, sample_volume, transform_points
 from . import networks as nets
 
@@ -97,7 +97,8 @@ class EmoPortraits(nn.Module):
         returns (``source_deformation`` / ``driver_deformation`` hold their full sampling grids)."""
         avatar, source_grid = self.source_branch.encode(source_image)
         motion = self.driver_branch(driver_image)
-        image, driver_grid = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion)
-        return {"image": image, "matte": None, "avatar": avatar, "motion": motion,
+        rendering, driver_grid = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion)
+        image, matte = split_matte(rendering)
+        return {"image": image, "matte": matte, "avatar": avatar, "motion": motion,
                 "driver_expression": motion.expression, "source_deformation": source_grid,
                 "driver_deformation": driver_grid}

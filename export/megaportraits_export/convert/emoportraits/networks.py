@@ -406,11 +406,31 @@ class CanonicalGenerator(nn.Module):
         return self.head(F.relu(self.head_norm(x)))
 
 
+def green_key(image: torch.Tensor) -> torch.Tensor:
+    """Their rendering on pure green (0, 1, 0) -> RGBA: the person's colours and a matte.
+
+    The released model was trained on targets whose background was replaced by pure green, so
+    its output is P = a F + (1 - a) K, K = (0, 1, 0). A colour F whose green does not exceed its
+    red or blue (skin, hair, most clothes) gives G - max(R, B) <= 1 - a, so
+    a_est = 1 - (G - max(R, B)), clamped to [0, 1], is exact for F_G = max(F_R, F_B) and
+    overestimates edges otherwise; the colours are unmixed, F = (P - (1 - a) K) / a, so a
+    composite over another backdrop shows no green fringe. Limitation: what the person wears in
+    saturated green is keyed out too.
+    """
+    red, green, blue = image.unbind(1)
+    matte = (1 - (green - torch.maximum(red, blue))).clamp(0, 1).unsqueeze(1)
+    backdrop = image.new_tensor((0.0, 1.0, 0.0)).reshape(1, 3, 1, 1)
+    colours = ((image - (1 - matte) * backdrop) / matte.clamp_min(1e-3)).clamp(0, 1)
+    return torch.cat((colours, matte), dim=1)
+
+
 class ImageGenerator(nn.Module):
-    """decoder_nw: the driver volume -> image (N, 3, S, S) on their green backdrop."""
+    """decoder_nw: the driver volume -> image (N, 3, S, S) on their green backdrop, or with
+    ``config.matte`` RGBA from :func:`green_key` (for the SDK's compositing and paste-back)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.matte = config.matte
         self.projection = nn.Conv2d(config.volume_channels * config.volume_depth, config.image_channels, 1, bias=False)
         self.blocks = nn.Sequential(*(ResBlock(2, config.image_channels, config.image_channels)
                                       for _ in range(config.image_blocks)))
@@ -422,4 +442,5 @@ class ImageGenerator(nn.Module):
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         x = self.up_stages(self.blocks(self.projection(volume.flatten(1, 2))))
-        return torch.sigmoid(self.to_rgb(F.relu(self.to_rgb_norm(x))))
+        image = torch.sigmoid(self.to_rgb(F.relu(self.to_rgb_norm(x))))
+        return green_key(image) if self.matte else image
