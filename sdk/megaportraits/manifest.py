@@ -25,7 +25,7 @@ from .schema import BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float32", "float16", "int64")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # the lowest precision any graph of the bundle has
 MANIFEST_ROLES = ROLES + LATER_ROLES  # every role a manifest may name
 IMAGE_SIZES = (16, 4096)  # the smallest and largest image side this SDK supports
 _MAX_DIM = 1 << 20  # no tensor axis of a real bundle is longer
