@@ -254,8 +254,10 @@ def main(argv=None) -> int:
     head_pose = code.head_pose(str(pose_file), False)
     g = torch.Generator().manual_seed(a.seed + 2)
     size = args.image_size
-    source = torch.rand(1, 3, size, size, generator=g)
-    driver = torch.rand(1, 3, size, size, generator=g)
+    # 8-bit images (what the SDK reads), as floats in [0, 1]
+    source_u8 = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    driver_u8 = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    source, driver = (x.permute(2, 0, 1)[None].float() / 255 for x in (source_u8, driver_u8))
     t0 = time.time()
     ref = their_forward(theirs, head_pose, source, driver)
     t_theirs = time.time() - t0
@@ -278,6 +280,7 @@ def main(argv=None) -> int:
     ok = worst <= TOLERANCE
     if a.bundle_dir:
         ok = _bundle_parity(ours, config, a.bundle_dir, source, driver, ref["image"]) and ok
+        ok = _sdk_parity(a.bundle_dir, source_u8.numpy(), driver_u8.numpy(), ref["image"]) and ok
     print("PARITY OK" if ok else "PARITY FAILED")
     return 0 if ok else 1
 
@@ -310,6 +313,20 @@ def _bundle_parity(model, config, bundle_dir: Path, source, driver, their_image)
     worst = float(np.abs(image - their_image.numpy()).max())
     print(f"  bundle image vs their forward: mean abs {mae:.2e} = {mae * 255:.4f}/255, max abs {worst:.2e} "
           f"{'ok' if mae <= 1 / 255 else 'FAIL'}")
+    return mae <= 1 / 255
+
+
+def _sdk_parity(bundle_dir: Path, source_u8: np.ndarray, driver_u8: np.ndarray, their_image) -> bool:
+    """The SDK's Animator on the bundle (no crop, no paste-back, absolute motion) vs their forward."""
+    from megaportraits import Animator
+    t0 = time.time()
+    with Animator(bundle_dir, provider="cpu", crop=False, paste_back=False, motion="absolute",
+                  background="generated") as animator:
+        frame = animator.animate_frame(animator.prepare(source_u8), driver_u8)
+    theirs = their_image[0].permute(1, 2, 0).numpy()
+    mae = float(np.abs(frame.astype(np.float64) / 255 - theirs).mean())
+    print(f"  SDK Animator frame (uint8) vs their forward: mean abs {mae:.2e} = {mae * 255:.4f}/255 "
+          f"({time.time() - t0:.0f} s) {'ok' if mae <= 1 / 255 else 'FAIL'}")
     return mae <= 1 / 255
 
 
