@@ -62,14 +62,15 @@ def test_ssim_matches_the_per_window_formula():
 
 
 def test_metric_accumulator_averages_per_image():
+    """Batches of different sizes with a different error per image: the mean is over images."""
     acc = metrics.MetricAccumulator()
-    t = torch.full((1, 3, 16, 16), 0.5)
-    acc.add(t + 0.1, t)       # psnr 20
-    acc.add(t + 0.01, t)      # psnr 40
+    t = 0.2 + 0.6 * torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    acc.add(t[:2] + torch.tensor([0.1, 0.01]).view(2, 1, 1, 1), t[:2])   # psnr 20 and 40
+    acc.add(t[2:] + 0.001, t[2:])                                        # psnr 60
     means = acc.means()
-    assert acc.count == 2
-    assert means["psnr"] == pytest.approx(30.0)
-    assert means["l1"] == pytest.approx(0.055)
+    assert acc.count == 3
+    assert means["psnr"] == pytest.approx(40.0, abs=1e-4)       # not (30 + 60) / 2 per batch
+    assert means["l1"] == pytest.approx(0.111 / 3, abs=1e-7)
 
 
 def test_metrics_refuse_mismatched_shapes():

@@ -75,6 +75,14 @@ def test_hinge_losses_by_hand():
     # scale 1: relu(1 - 0.5) + relu(1 - 0.25) = 1.25; scale 2: relu(1 - 2) + relu(1 + 0.5) = 1.5
     assert float(discriminator_hinge_loss(real, fake)) == pytest.approx((1.25 + 1.5) / 2)
     assert float(generator_hinge_loss(fake)) == pytest.approx(-(-0.25 + 0.5) / 2)
+    # logits on both sides of the margins: the hinge of each patch, then the mean (the hinge of
+    # the mean would differ). Real patches 3, 0, -1, 0.5: relu(1 - x) = 0, 1, 2, 0.5 -> 0.875;
+    # fake patches -3, 0, 1, -0.5: relu(1 + x) = 0, 1, 2, 0.5 -> 0.875
+    real_logits = torch.tensor([3.0, 0.0, -1.0, 0.5]).view(1, 1, 2, 2)
+    fake_logits = torch.tensor([-3.0, 0.0, 1.0, -0.5]).view(1, 1, 2, 2)
+    real, fake = [[torch.zeros(1, 2, 2, 2), real_logits]], [[torch.zeros(1, 2, 2, 2), fake_logits]]
+    assert float(discriminator_hinge_loss(real, fake)) == pytest.approx(0.875 + 0.875)
+    assert float(generator_hinge_loss(fake)) == pytest.approx(-(-3.0 + 0.0 + 1.0 - 0.5) / 4)
 
 
 def test_feature_matching():
