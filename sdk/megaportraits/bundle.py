@@ -27,13 +27,11 @@ from . import manifest as mf
 from .errors import BundleError, CustomOpError
 from .onnx_refs import ModelFileError, read_model
 from .providers import resolve_providers
-from .schema import BASE_ROLES, GRAPH_IO, GRID_SAMPLE_3D, MATTE_OUTPUT
+from .schema import BASE_ROLES, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
                        fall_back, session_options, warn_fallback)
 
 DEMO_BUNDLE = Path(__file__).resolve().parent / "assets" / "demo_bundle"
-# Tensors whose last two dims are the image side (manifest image_size).
-_IMAGE_TENSORS = ("source_image", "driver_image", "image", MATTE_OUTPUT)
 
 
 # ---- where the bundle is -----------------------------------------------------------------
@@ -185,7 +183,7 @@ def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.
             problems.append(f"the {role!r} graph file {name!r} gives {value.name} the shape {list(value.shape)}, "
                             f"but its manifest entry says {list(specs[value.name].shape)}; the bundle is incompatible")
     for value in interface.inputs + interface.outputs:
-        if value.name in _IMAGE_TENSORS and value.shape and len(value.shape) == 4:
+        if value.name in IMAGE_TENSORS and value.shape and len(value.shape) == 4:
             side = [d for d in value.shape[2:] if isinstance(d, int)]
             if any(d != manifest.image_size for d in side):
                 problems.append(f"manifest image_size {manifest.image_size} does not match the {role!r} graph "

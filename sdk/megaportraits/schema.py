@@ -24,12 +24,21 @@ MATTE_OUTPUT = "matte"
 
 SOURCE, DRIVER, GENERATOR = "source", "driver", "generator"
 
+# The tensors between the graphs. Images are float32 RGB (N, 3, S, S) in [0, 1]; the avatar is
+# the canonical volume (N, C, D, H, W) and global descriptor (N, Cd, h, w); motion is the head
+# pose (N, 3, 4) and expression code (N, Z).
+SOURCE_IMAGE, DRIVER_IMAGE, IMAGE_OUTPUT = "source_image", "driver_image", "image"
+CANONICAL_VOLUME, GLOBAL_DESCRIPTOR, POSE, EXPRESSION = "canonical_volume", "global_descriptor", "pose", "expression"
+AVATAR = (CANONICAL_VOLUME, GLOBAL_DESCRIPTOR)
+MOTION = (POSE, EXPRESSION)
+
 GRAPH_IO = {
-    SOURCE: GraphIO(("source_image",), ("canonical_volume", "global_descriptor", "pose", "expression")),
-    DRIVER: GraphIO(("driver_image",), ("pose", "expression")),
-    GENERATOR: GraphIO(("canonical_volume", "global_descriptor", "pose", "expression"), ("image",),
-                       optional_outputs=(MATTE_OUTPUT,)),
+    SOURCE: GraphIO((SOURCE_IMAGE,), AVATAR + MOTION),
+    DRIVER: GraphIO((DRIVER_IMAGE,), MOTION),
+    GENERATOR: GraphIO(AVATAR + MOTION, (IMAGE_OUTPUT,), optional_outputs=(MATTE_OUTPUT,)),
 }
+# Tensors whose last two axes are the image side (the manifest's image_size).
+IMAGE_TENSORS = (SOURCE_IMAGE, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT)
 ROLES = tuple(GRAPH_IO)  # the roles this SDK runs
 BASE_ROLES = (SOURCE, DRIVER, GENERATOR)  # every bundle has these
 # Roles a manifest may already name for the next features (a face enhancer, a distilled

@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..schema import POSE
 from ..sessions import create_session, session_options
 from .flops import GraphCost
 from .stages import PROVIDERS, custom_ops_library
@@ -106,6 +107,6 @@ def profile_generator(bundle_dir: Path, manifest, variant: str, threads: int, ba
     spec = manifest.graphs["generator"]
     file = spec.file if variant == "ours" else manifest.graph_file("generator", portable=True)
     feeds = random_feeds(spec.inputs, batch, np.random.default_rng(0))
-    feeds["pose"] = frontal_pose(batch)
+    feeds[POSE] = frontal_pose(batch)
     needs_op = variant == "ours" and manifest.custom_op is not None
     return profile_graph(Path(bundle_dir) / file, feeds, threads, runs, needs_custom_op=needs_op, cost=cost)

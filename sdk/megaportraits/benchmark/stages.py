@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from .. import manifest as mf
 from .flops import GraphCost, count_graph
-from ..schema import GRID_SAMPLE_3D
+from ..schema import AVATAR, CANONICAL_VOLUME, EXPRESSION, GENERATOR, GRID_SAMPLE_3D, IMAGE_OUTPUT, IMAGE_TENSORS, POSE
 from ..sessions import create_session, session_options
 from .machine import MachinePeaks
 from .report import StageResult
@@ -57,7 +57,7 @@ def random_feeds(specs, batch: int, rng: np.random.Generator) -> dict:
     for spec in specs:
         shape = tuple(batch if isinstance(d, str) else int(d) for d in spec.shape)
         dtype = np.dtype(spec.dtype)
-        if spec.name.endswith("_image"):
+        if spec.name in IMAGE_TENSORS:
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -187,19 +187,19 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
     driver_feeds = random_feeds(specs["driver"].inputs, batch, rng)
     avatar = dict(zip((o.name for o in specs["source"].outputs), graphs.run("source", source_feeds)))
     generator_feeds = {t.name: avatar[t.name] for t in specs["generator"].inputs if t.name in avatar}
-    pose_spec = next(t for t in specs["generator"].inputs if t.name == "pose")
-    generator_feeds["pose"] = frontal_pose(batch, dtype=np.dtype(pose_spec.dtype))
+    pose_spec = next(t for t in specs[GENERATOR].inputs if t.name == POSE)
+    generator_feeds[POSE] = frontal_pose(batch, dtype=np.dtype(pose_spec.dtype))
 
     generate = generator_call(graphs, provider, generator_feeds)
 
     def per_frame():
         motion = dict(zip((o.name for o in specs["driver"].outputs), graphs.run("driver", driver_feeds)))
-        generate(motion["expression"])
+        generate(motion[EXPRESSION])
 
     work = {
         "source": (lambda: graphs.run("source", source_feeds), ["source"]),
         "driver": (lambda: graphs.run("driver", driver_feeds), ["driver"]),
-        "generator": (lambda: generate(generator_feeds["expression"]), ["generator"]),
+        "generator": (lambda: generate(generator_feeds[EXPRESSION]), ["generator"]),
         "per_frame": (per_frame, ["driver", "generator"]),
     }
     results = []
@@ -215,16 +215,16 @@ def generator_call(graphs: BundleVariant, provider: str, feeds: dict):
     """expression -> image, the way the Animator runs the generator: on a GPU the avatar's
     volume and descriptor are bound on the device once, so a frame does not re-upload them."""
     if provider != "cuda":
-        return lambda expression: graphs.run("generator", {**feeds, "expression": expression})
+        return lambda expression: graphs.run(GENERATOR, {**feeds, EXPRESSION: expression})
     session = graphs.sessions["generator"]
     binding = session.io_binding()
-    for name in ("canonical_volume", "global_descriptor"):
+    for name in AVATAR:
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], "cuda", 0))
-    binding.bind_cpu_input("pose", feeds["pose"])
+    binding.bind_cpu_input(POSE, feeds[POSE])
 
     def run(expression):
-        binding.bind_cpu_input("expression", np.ascontiguousarray(expression))
-        binding.bind_output("image", "cpu")
+        binding.bind_cpu_input(EXPRESSION, np.ascontiguousarray(expression))
+        binding.bind_output(IMAGE_OUTPUT, "cpu")
         session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy()
     return run
@@ -247,7 +247,7 @@ def warp_model(volume_shape: tuple, grid_shape: tuple, custom: bool):
 def warp_inputs(manifest: mf.Manifest, batch: int, seed: int = 0) -> tuple:
     """The canonical volume and a driver grid of the bundle's sizes."""
     rng = np.random.default_rng(seed)
-    spec = next(t for t in manifest.graphs["generator"].inputs if t.name == "canonical_volume")
+    spec = next(t for t in manifest.graphs[GENERATOR].inputs if t.name == CANONICAL_VOLUME)
     _, c, d, hh, w = (batch if isinstance(x, str) else int(x) for x in spec.shape)
     volume = rng.standard_normal((batch, c, d, hh, w), dtype=np.float32)
     return volume, driver_grid(batch, d, hh, w, rng)
