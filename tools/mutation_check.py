@@ -51,13 +51,15 @@ TEST_TIMEOUT_S = 900
 class Mutation:
     """One known-bad edit: ``old`` (exactly once in ``path``, a path or a glob relative to the
     repository) becomes ``new``; ``tests`` are pytest arguments (files, ``-k`` expressions) that
-    must then fail."""
+    must then fail. ``variants``: other (old, new) spellings of the same edit, tried in order
+    when ``old`` is not found (code being moved or restyled)."""
 
     name: str
     path: str
     old: str
     new: str
     tests: tuple[str, ...]
+    variants: tuple[tuple[str, str], ...] = ()
 
     @property
     def native(self) -> bool:
@@ -143,19 +145,24 @@ MUTATIONS = (
              "rotation_matrix(rotation)\n    offset = linear @ translation.unsqueeze(-1)",
              "rotation_matrix(rotation)\n    offset = translation.unsqueeze(-1)",
              ("tests/export/test_warp.py",)),
+    Mutation("export: the warp's custom op exported with border padding",
+             "export/megaportraits_export/custom_op.py",
+             '"padding_mode": padding_mode, "align_corners": int(align_corners)}',
+             '"padding_mode": "border", "align_corners": int(align_corners)}',
+             ("tests/export/test_onnx_export.py", "-k", "strong_rotations and tiny")),
     # ---- cpp_ext/: the GridSample3D kernel, through ONNX Runtime ------------------------------
     Mutation("kernel: align_corners unnormalisation swapped",
-             "cpp_ext/grid_sample_3d.cc",
+             "cpp_ext/grid_sample_3d*",
              "return align_corners ? ((g + 1.f) / 2.f) * (s - 1.f) : ((g + 1.f) * s - 1.f) / 2.f;",
              "return align_corners ? ((g + 1.f) * s - 1.f) / 2.f : ((g + 1.f) / 2.f) * (s - 1.f);",
              ("tests/cpp_ext/test_grid_sample_3d.py",)),
     Mutation("kernel: reflection does not fold back",
-             "cpp_ext/grid_sample_3d.cc",
+             "cpp_ext/grid_sample_3d*",
              "return (phase <= span ? phase : 2.f * span - phase) + low;",
              "return phase + low;",
              ("tests/cpp_ext/test_grid_sample_3d.py",)),
     Mutation("kernel: depth outside the volume not treated as padding",
-             "cpp_ext/grid_sample_3d.cc",
+             "cpp_ext/grid_sample_3d*",
              "corners.count = (x.inside && y.inside && z.inside) ? (linear ? 8 : 1) : 0;",
              "corners.count = (x.inside && y.inside) ? (linear ? 8 : 1) : 0;",
              ("tests/cpp_ext/test_grid_sample_3d.py",)),
@@ -165,10 +172,11 @@ MUTATIONS = (
              "",
              ("tests/cpp_ext/test_grid_sample_3d.py", "-k", "exports_only")),
     Mutation("kernel: nearest rounds half away from zero",
-             "cpp_ext/grid_sample_3d.cc",
+             "cpp_ext/grid_sample_3d*",
              "const float r = std::nearbyint(c);",
              "const float r = std::round(c);",
-             ("tests/cpp_ext/test_grid_sample_3d.py",)),
+             ("tests/cpp_ext/test_grid_sample_3d.py",),
+             variants=(("const float r = nearbyintf(c);", "const float r = roundf(c);"),)),
 )
 
 
@@ -246,25 +254,33 @@ def last_lines(text: str, n: int = 6) -> str:
     return "\n".join("      " + line for line in text.strip().splitlines()[-n:])
 
 
-def locate(copy: Path, mutation: Mutation) -> Path:
+def locate(copy: Path, mutation: Mutation) -> tuple[Path, str, str]:
     """The one file under ``mutation.path`` (a path or a glob, so that code moved between
-    modules of a package is still found) holding ``mutation.old``, which must occur exactly once
-    in all of them together. Exits 2 otherwise: the code moved or changed, update MUTATIONS."""
+    modules of a package is still found) holding ``mutation.old`` (or else the first of its
+    variants found), which must occur exactly once in all of them together; with the (old, new)
+    pair found. Exits 2 otherwise: the code moved or changed, update MUTATIONS."""
     files = sorted(p for p in copy.glob(mutation.path) if p.is_file())
-    counts = {p: p.read_text().count(mutation.old) for p in files}
-    total = sum(counts.values())
-    if total != 1:
-        where = f"{len(files)} file(s) matching {mutation.path}" if files else f"{mutation.path} (no such file)"
-        raise SystemExit(f"error: mutation {mutation.name!r}: its text occurs {total} times in {where}, "
-                         "expected once; the code moved or changed: update MUTATIONS in tools/mutation_check.py")
-    return next(p for p, n in counts.items() if n)
+    texts = {p: p.read_text() for p in files}
+    counts = []
+    for old, new in ((mutation.old, mutation.new), *mutation.variants):
+        found = {p: t.count(old) for p, t in texts.items()}
+        total = sum(found.values())
+        if total == 1:
+            return next(p for p, n in found.items() if n), old, new
+        counts.append(total)
+        if total > 1:
+            break  # ambiguous: refuse rather than guess
+    where = f"{len(files)} file(s) matching {mutation.path}" if files else f"{mutation.path} (no such file)"
+    raise SystemExit(f"error: mutation {mutation.name!r}: its text occurs {' / '.join(map(str, counts))} times "
+                     f"in {where}, expected once; the code moved or changed: update MUTATIONS in "
+                     "tools/mutation_check.py")
 
 
 def apply(copy: Path, mutation: Mutation) -> tuple[Path, str]:
     """Write the mutated file; return it and its original text."""
-    path = locate(copy, mutation)
+    path, old, new = locate(copy, mutation)
     original = path.read_text()
-    path.write_text(original.replace(mutation.old, mutation.new))
+    path.write_text(original.replace(old, new))
     return path, original
 
 
