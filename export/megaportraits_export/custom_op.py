@@ -7,8 +7,9 @@ recently, so the one big trilinear sample per frame is exported as
 * the ``torch.library`` op ``megaportraits::grid_sample_3d``: opaque to ``torch.export``, so the
   sample survives tracing as a single node instead of being decomposed;
 * its ONNX translation for the dynamo exporter: the custom node, with the attributes of the
-  standard ``GridSample``-20 it equals (docs/design.md, "The custom op"), so the portable flavour of a graph is the
-  same graph with that node renamed (see ``onnx_export.portable.custom_nodes_as_standard``);
+  standard ``GridSample``-20 it equals (docs/design.md, "The custom op"), so the portable
+  flavour of a graph is the same graph with that node renamed
+  (``onnx_export.portable.custom_nodes_as_standard``);
 * an ``onnx.defs.OpSchema`` for the custom node, so ``onnx.checker`` (full check, custom domains
   included) and shape inference understand the graph.
 

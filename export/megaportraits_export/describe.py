@@ -8,7 +8,6 @@ layers are counted from the same run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -16,7 +15,7 @@ import sys
 import torch
 from torch import nn
 
-from . import warp
+from . import command, warp
 from .config import PRESETS, ModelConfig, get_config
 from .model import MegaPortraits, build_model
 from .networks.blocks import count_parameters
@@ -37,7 +36,7 @@ NETWORKS = (
     ("generator.image_generator.projection", "P", "its projection"),
 )
 
-# what the official code reports for the paper-size networks (REFERENCE.md)
+# what the paper (arXiv 2207.07621) and its official code report for the paper-size networks
 REFERENCE_MILLIONS = {
     "source_branch.appearance_encoder": 11.6,
     "source_branch.appearance_encoder.blocks_3d": 1.5,
@@ -194,14 +193,17 @@ def format_text(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megaportraits_export describe",
-                                     description="parameter counts and data-flow tensor shapes of a preset")
+    parser = command.parser("describe", "parameter counts and data-flow tensor shapes of a preset")
     parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model preset")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the shapes (default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
+    return command.run(_describe, args)
+
+
+def _describe(args) -> int:
     report = describe(args.preset, batch=args.batch)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0

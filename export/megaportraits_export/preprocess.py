@@ -23,7 +23,6 @@ Clips where no face is found are skipped and listed.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -39,6 +38,7 @@ import numpy as np
 
 from megaportraits.faces import CropBox, CropGeometry, HaarFaceDetector, cut_crop
 from megaportraits.video import VideoReader, VideoWriter
+from megaportraits_export import command
 from megaportraits_export.data.video_dataset import Clip, find_clips
 
 DEFAULT_FPS = Fraction(25)
@@ -198,9 +198,8 @@ def _pool(workers: int):
         yield pool
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m megaportraits_export.preprocess",
-                                     description="Crop talking-head clips to the face, consistently over each clip.")
+def build_parser() -> command.Parser:
+    parser = command.parser("preprocess", "Crop talking-head clips to the face, consistently over each clip.")
     parser.add_argument("input", type=Path, help="root with id/video/clip.mp4 or id/video/clip/*.png|jpg")
     parser.add_argument("output", type=Path, help="root to write the cropped clips to (same layout)")
     parser.add_argument("--size", type=int, default=256, help="side of the square crops in pixels (256)")
@@ -219,18 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if not args.input.is_dir():
-        print(f"error: input {args.input} is not a directory", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.size < 8 or args.detect_every < 1 or args.workers < 1:
-        print("error: --size must be at least 8, --detect-every and --workers at least 1", file=sys.stderr)
-        return 2
+        parser.error("--size must be at least 8, --detect-every and --workers at least 1")
+    return command.run(_preprocess, args)
+
+
+def _preprocess(args) -> int:
+    if not args.input.is_dir():
+        raise command.CommandError(f"input {args.input} is not a directory; give the root of the clips")
     clips = find_clips(args.input)
     if not clips:
-        print(f"error: no clips under {args.input} (expected id/video/clip.mp4 or id/video/clip/*.png|jpg)",
-              file=sys.stderr)
-        return 2
+        raise command.CommandError(f"no clips under {args.input} (expected id/video/clip.mp4 or "
+                                   "id/video/clip/*.png|jpg)")
     cropper = ClipCropper(args.output, args.size, args.box, args.format, args.image_format, args.detector,
                           CropGeometry(scale=args.scale, lift=args.lift), args.detect_every, args.smooth)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,15 @@ Outputs in ``[log] out_dir``: ``state_last.pt`` (everything for an exact resume)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from . import command
 from .training.config import ConfigError, load_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m megaportraits_export train",
-                                     description="Train a MegaPortraits model from a TOML config.")
+def build_parser() -> command.Parser:
+    parser = command.parser("train", "Train a MegaPortraits model from a TOML config.")
     parser.add_argument("--config", required=True, metavar="FILE", help="training config (TOML)")
     parser.add_argument("--resume", metavar="STATE",
                         help="continue exactly from a state_*.pt file; 'auto': the out_dir's "

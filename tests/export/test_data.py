@@ -174,7 +174,7 @@ def test_preprocess_smoothed_track_as_mp4(frames_root, tmp_path):
 
 
 def test_preprocess_reports_bad_input(tmp_path, capsys):
-    assert preprocess.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert preprocess.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 1  # as megaportraits: user errors exit 1
     assert "is not a directory" in capsys.readouterr().err
     assert preprocess.smoothed_track(np.array([[0, 0, 10], [np.nan] * 3, [4, 2, 14.0]]), 0).tolist() == \
         [[0, 0, 10], [2, 1, 12], [4, 2, 14]]

@@ -86,6 +86,16 @@ def test_verification_notices_a_wrong_model(bundle_factory):
     assert any(not r.ok for r in report if r.output == "image")
 
 
+def test_verification_refuses_what_the_sdk_would_refuse(tmp_path, bundle_factory):
+    """The verifier checks the bundle with the SDK's own validate_bundle before any session: a
+    graph file changed after export is named, as ``megaportraits info`` would name it."""
+    bundle = shutil.copytree(bundle_factory("tiny", portable=True, seed=SEED), tmp_path / "b")
+    with open(bundle / "driver.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ExportError, match="'driver.onnx' does not match its sha256"):
+        onnx_export.verify_bundle(bundle, onnx_export.random_model("tiny", SEED)[0], batch_sizes=(1,))
+
+
 def test_the_two_flavours_agree(default_bundle, portable_bundle, model):
     manifest = mf.load_manifest(default_bundle)
     inputs = onnx_export.example_inputs(model, manifest.image_size, batch=2, seed=7)

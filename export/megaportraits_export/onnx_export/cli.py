@@ -1,22 +1,18 @@
-"""``python -m megaportraits_export export``: the command line of the exporter."""
+"""``python -m megaportraits_export export``: the command line of the exporter (conventions of
+:mod:`megaportraits_export.command`: one error line, exit 1; usage errors exit 2)."""
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 
-from megaportraits import manifest as mf
-from megaportraits_export.onnx_export.errors import ExportError
+from megaportraits_export import command
 from megaportraits_export.onnx_export.writing import export_bundle, export_random_init
 
 log = logging.getLogger("megaportraits_export.onnx_export")
 
 
-def _parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m megaportraits_export export",
-        description="Export a checkpoint, or a randomly initialised preset, to an ONNX model bundle.")
+def build_parser() -> command.Parser:
+    p = command.parser("export", "Export a checkpoint, or a randomly initialised preset, to an ONNX model bundle.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="CKPT", help="training checkpoint to export")
     source.add_argument("--preset", metavar="NAME", help="architecture preset (with --random-init)")
@@ -30,35 +26,39 @@ def _parse_args(argv) -> argparse.Namespace:
                         "(a default bundle then holds each weight once)")
     p.add_argument("--verify", action="store_true",
                    help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
-    args = p.parse_args(argv)
-    if args.preset and not args.random_init:
-        p.error("--preset exports an untrained architecture; add --random-init to confirm, "
-                "or give --checkpoint CKPT")
-    if args.random_init and not args.preset:
-        p.error("--random-init needs --preset NAME")
-    return args
+    return p
 
 
 def main(argv=None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset and not args.random_init:
+        parser.error("--preset exports an untrained architecture; add --random-init to confirm, "
+                     "or give --checkpoint CKPT")
+    if args.random_init and not args.preset:
+        parser.error("--random-init needs --preset NAME")
+    return command.run(_export, args)
+
+
+def _export(args) -> int:
     if not log.handlers:
         log.addHandler(logging.StreamHandler())
         log.setLevel(logging.INFO)
     started = time.perf_counter()
-    try:
-        if args.checkpoint:
-            from megaportraits_export.checkpoint import load_model_from_checkpoint
+    if args.checkpoint:
+        from megaportraits_export.checkpoint import load_model_from_checkpoint
 
-            model, config, provenance = load_model_from_checkpoint(args.checkpoint)
-            out = export_bundle(model, config, args.output, preset=provenance["preset"],
-                                provenance=provenance, portable=args.portable, verify=args.verify,
-                                external_weights=args.external_weights)
-        else:
-            out = export_random_init(args.preset, args.seed, args.output, portable=args.portable,
-                                     verify=args.verify, external_weights=args.external_weights)
-    except (ExportError, mf.BundleError, ValueError, OSError) as e:
-        print(f"export failed: {e}", file=sys.stderr)
-        return 1
+        model, config, provenance = load_model_from_checkpoint(args.checkpoint)
+        out = export_bundle(model, config, args.output, preset=provenance["preset"],
+                            provenance=provenance, portable=args.portable, verify=args.verify,
+                            external_weights=args.external_weights)
+    else:
+        from megaportraits_export.config import PRESETS
+
+        if args.preset not in PRESETS:
+            raise command.CommandError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        out = export_random_init(args.preset, args.seed, args.output, portable=args.portable,
+                                 verify=args.verify, external_weights=args.external_weights)
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s)")
     return 0

@@ -64,11 +64,14 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> mf.TensorSpec:
     return mf.TensorSpec(name=value.name, shape=shape, dtype=_ONNX_DTYPES[t.elem_type])
 
 
-def check_graph(role: str, path: Path, portable: bool, matte: bool = False) -> tuple[list, list, bool]:
+def check_graph(role: str, path: Path, portable: bool, matte: bool = False,
+                names: tuple | None = None) -> tuple[list, list, bool]:
     """The saved graph has exactly the names, batch axis and ops the bundle promises; returns
-    its input and output specs and whether it holds a custom-op node."""
+    its input and output specs and whether it holds a custom-op node. ``names``: the expected
+    (inputs, outputs) when they are not this model family's (:func:`graph_io`), e.g. a converted
+    model's from ``megaportraits.schema.FAMILY_GRAPH_IO``."""
     inputs, outputs, ops = graph_summary(path)
-    want_in, want_out = graph_io(role, matte)
+    want_in, want_out = names if names is not None else graph_io(role, matte)
     got_in, got_out = tuple(t.name for t in inputs), tuple(t.name for t in outputs)
     if (got_in, got_out) != (want_in, want_out):
         raise ExportError(f"{role} graph has inputs {got_in} and outputs {got_out}; "

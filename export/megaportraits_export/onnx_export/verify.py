@@ -10,11 +10,12 @@ import numpy as np
 import onnx
 import torch
 
-import megaportraits
-from megaportraits import manifest as mf
+from megaportraits import sessions
+from megaportraits.bundle import validate_bundle
+from megaportraits.providers import resolve_providers
 from megaportraits.schema import GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, MATTE_OUTPUT
 from megaportraits_export.onnx_export.errors import ExportError
-from megaportraits_export.onnx_export.graphs import reference_run, graph_io
+from megaportraits_export.onnx_export.graphs import graph_io, reference_run
 from megaportraits_export.onnx_export.portable import custom_nodes_as_standard
 
 VERIFY_BATCH_SIZES = (1, 3)
@@ -57,8 +58,10 @@ def verify_bundle(bundle_dir: str | os.PathLike,
     the kernel, and the kernel itself is cpp_ext's tests' business), and the report says so.
     """
     bundle_dir = Path(bundle_dir)
-    manifest = mf.load_manifest(bundle_dir)
-    mf.verify_files(bundle_dir, manifest)
+    validation = validate_bundle(bundle_dir)  # the SDK's own complete check, before any session
+    if not validation.ok:
+        raise ExportError(f"the bundle at {bundle_dir} is not valid: {'; '.join(validation.problems)}")
+    manifest = validation.manifest
     model = model.eval()
     cases = []  # (batch, role, feeds, PyTorch outputs)
     for batch in batch_sizes:
@@ -96,36 +99,25 @@ def compare_outputs(file: str, name: str, batch: int, reference: np.ndarray, act
                        checked_with=checked_with)
 
 
-def custom_ops_library() -> tuple[str | None, str]:
-    """The op library's path, or None and the reason it cannot be used."""
-    try:
-        return megaportraits.custom_ops_library(), ""
-    except AttributeError:
-        return None, "this megaportraits has no custom_ops_library()"
-    except Exception as e:  # the SDK's error says how to build the library
-        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 def ort_session(path: Path, threads: int = 2):
-    """An ONNX Runtime CPU session for one graph file, and a note of how it runs the custom op."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session for one graph file, configured as the SDK configures its own
+    (:mod:`megaportraits.sessions`), and a note of how it runs the custom op.
 
+    A custom-op graph runs with the op library when it can be used here; without it, its
+    GridSample3D nodes run as the standard GridSample they equal (the report says so)."""
     proto = onnx.load(path, load_external_data=False)
     has_custom = any(n.domain == GRID_SAMPLE_3D.domain for n in proto.graph.node)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    cpu = resolve_providers("cpu")
     if not has_custom:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), "onnxruntime"
-    library, reason = custom_ops_library()
-    if library is not None:
-        options.register_custom_ops_library(library)
-        return (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
-                "onnxruntime + custom op library")
-    proto = onnx.load(path)  # with any external weights: the model is rebuilt in memory
-    as_standard = custom_nodes_as_standard(proto)
-    session = ort.InferenceSession(as_standard.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session, f"onnxruntime, GridSample3D run as GridSample ({reason})"
+        return sessions.create_session(path, cpu, sessions.session_options(threads)), "onnxruntime"
+    status = sessions.custom_op_status()
+    if status.available:
+        options = sessions.session_options(threads, custom_op_library=status.path)
+        return sessions.create_session(path, cpu, options), "onnxruntime + custom op library"
+    as_standard = custom_nodes_as_standard(onnx.load(path))  # with any external weights, in memory
+    session = sessions.create_session(as_standard.SerializeToString(), cpu, sessions.session_options(threads),
+                                      what=repr(path.name))
+    return session, f"onnxruntime, GridSample3D run as GridSample ({status.reason})"
 
 
 def format_report(report: list[OutputComparison]) -> str:
