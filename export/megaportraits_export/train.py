@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from . import command
-from .training.config import ConfigError, load_config
+from .training.config import load_config
 
 
 def build_parser() -> command.Parser:
@@ -34,12 +34,11 @@ def build_parser() -> command.Parser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return command.run(_train, build_parser().parse_args(argv))
+
+
+def _train(args) -> int:
+    cfg = load_config(args.config)  # a ConfigError is the user's to fix: one line, exit 1
     if args.out_dir:
         cfg = cfg.replace("log", out_dir=args.out_dir)
     if args.steps is not None:
@@ -55,8 +54,6 @@ def main(argv=None) -> int:
         # thread: one thread per process can be several times faster.
         torch.set_num_threads(cfg.train.threads)
 
-    from .checkpoint import CheckpointError
-
     ctx = setup(cfg.train.device)
     try:
         resume = args.resume
@@ -64,14 +61,13 @@ def main(argv=None) -> int:
             candidate = Path(cfg.log.out_dir) / "state_last.pt"
             resume = str(candidate) if candidate.is_file() else None
         if resume and not Path(resume).is_file():
-            print(f"error: resume state {resume!r} does not exist", file=sys.stderr)
-            return 2
+            raise command.CommandError(f"resume state {resume!r} does not exist; give a state_*.pt file "
+                                       "or --resume auto")
         try:
             # a resumed run takes its weights from the state: [model] init_from is not read again
             trainer = Trainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
-        except (CheckpointError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        except ValueError as e:  # a config the model or the data cannot take (CheckpointError: command.run)
+            raise command.CommandError(str(e)) from None
         if resume:
             trainer.load(resume)
         trainer.run(progress=not args.no_progress and cfg.log.progress)

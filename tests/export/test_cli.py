@@ -23,6 +23,7 @@ from megaportraits_export import command
 
 ERROR_PREFIX = f"{command.PROG}: error: "
 EXPORT_PACKAGE = Path(dispatcher.__file__).resolve().parent
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny_test.toml"
 
 
 def sdk_usage_error_code(capsys) -> int:
@@ -114,11 +115,15 @@ def user_errors(tmp_path) -> dict:
                                    "manifest.json"),
         "evaluate-checkpoint": (["evaluate", "--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
         "preprocess": (["preprocess", str(tmp_path / "no-clips"), str(tmp_path / "out")], "no-clips"),
+        "train": (["train", "--config", str(tmp_path / "missing.toml")], "missing.toml"),
+        "train-resume": (["train", "--config", str(TINY_CONFIG), "--out-dir", str(tmp_path / "run"),
+                          "--resume", str(tmp_path / "no-state.pt")], "no-state.pt"),
     }
 
 
 @pytest.mark.parametrize("case", ["export-preset", "export-checkpoint", "evaluate-missing-bundle",
-                                  "evaluate-broken-bundle", "evaluate-checkpoint", "preprocess"])
+                                  "evaluate-broken-bundle", "evaluate-checkpoint", "preprocess", "train",
+                                  "train-resume"])
 def test_user_errors_are_one_line_with_the_sdk_exit_code(case, tmp_path, capsys):
     expected = sdk_user_error_code(tmp_path, capsys)
     argv, word = user_errors(tmp_path)[case]

@@ -159,4 +159,4 @@ def test_train_command_resumes_its_own_run(tmp_path, capsys):
     state = torch.load(tmp_path / "state_last.pt", weights_only=True)
     assert state["training"]["step"] == 2 and state["training"]["pose_step"] == 2
     assert "done: 2 pose-pretraining steps, 2 main steps" in capsys.readouterr().out
-    assert train.main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert train.main(["--config", str(tmp_path / "missing.toml")]) == 1  # as megaportraits: user errors exit 1
