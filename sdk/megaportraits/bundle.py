@@ -44,8 +44,9 @@ def find_bundle(directory: str | Path | None = None) -> Path:
     :class:`BundleError` for a demo model that is not installed."""
     if directory is None:
         if not demo_bundle_installed():
-            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); "
-                              "pass a bundle directory with --bundle DIR (Animator(bundle=DIR))")
+            raise BundleError(f"the bundled demo model is not installed (expected in {DEMO_BUNDLE}); use an "
+                              "exported bundle: megaportraits animate SOURCE DRIVER -o OUT --bundle DIR "
+                              "(Animator(bundle=DIR) in Python)")
         return DEMO_BUNDLE
     return Path(directory).resolve()
 

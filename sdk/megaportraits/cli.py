@@ -150,13 +150,13 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args) -> int:
-    from .bundle import DEMO_BUNDLE
-    from .manifest import MANIFEST_NAME
+    from .bundle import find_bundle
 
-    missing = [p for p in (DEMO_BUNDLE / MANIFEST_NAME, DEMO_SOURCE, DEMO_DRIVER) if not p.is_file()]
+    find_bundle(None)  # the one error for a demo model that is not installed
+    missing = [p for p in (DEMO_SOURCE, DEMO_DRIVER) if not p.is_file()]
     if missing:
-        raise MegaportraitsError(f"the bundled demo model is not installed ({missing[0]} is missing); "
-                                 "run `megaportraits animate SOURCE DRIVER -o OUT --bundle DIR` with an exported bundle")
+        raise MegaportraitsError(f"the bundled demo clips are not installed ({missing[0]} is missing); animate "
+                                 "your own: megaportraits animate SOURCE DRIVER -o OUT")
     return _run_animation(args, DEMO_SOURCE, DEMO_DRIVER, args.output, None)
 
 
