@@ -11,9 +11,19 @@ The native parts (cpp_ext/) are built by the ``build_ext`` command below into th
   ``/usr/local/include/onnxruntime``. Without them the build still succeeds, with a loud
   warning, unless ``MEGAPORTRAITS_REQUIRE_ORT_LIBRARY=1`` (set by CI) makes it fail.
 
+  When nvcc and the CUDA toolkit's headers and static runtime are found as well, the library
+  also carries the op's CUDA flavours (cpp_ext/grid_sample_3d_cuda.cu, registered for the CUDA
+  execution provider when the loading onnxruntime has it). The CUDA runtime is linked
+  statically, so the library still loads on machines without a GPU or a CUDA install. A failed
+  CUDA compile falls back to the CPU-only library with a warning. ``MEGAPORTRAITS_CUDA=0``
+  skips the CUDA parts, ``=1`` makes their absence or failure a build error;
+  ``MEGAPORTRAITS_CUDA_ARCHS`` (e.g. ``"80;90"``) picks the GPU architectures.
+
 See docs/building.md.
 """
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +66,28 @@ MISSING_HEADERS = (
 )
 
 
+CUDA_MODE = os.environ.get("MEGAPORTRAITS_CUDA", "auto").strip().lower()  # auto | 0 | 1
+CUDA_SOURCE = "cpp_ext/grid_sample_3d_cuda.cu"
+# Ampere, Ada, Hopper as machine code, plus Hopper PTX that newer GPUs compile at load time.
+DEFAULT_CUDA_ARCHS = "80;86;89;90"
+
+
+def cuda_toolkit() -> tuple[str, Path] | None:
+    """(nvcc, toolkit root) when nvcc, cuda_runtime.h and the static runtime are all there."""
+    roots = [Path(os.environ[v]) for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(Path(nvcc).resolve().parent.parent)
+    roots.append(Path("/usr/local/cuda"))
+    for root in roots:
+        compiler = root / "bin" / "nvcc"
+        static_runtime = [root / lib / "libcudart_static.a" for lib in ("lib64", "lib")]
+        if compiler.is_file() and (root / "include" / "cuda_runtime.h").is_file() and any(
+                p.is_file() for p in static_runtime):
+            return str(compiler), root
+    return None
+
+
 def warn_loudly(message: str) -> None:
     bar = "!" * 100
     print(f"\n{bar}\nWARNING: {message}\n{bar}\n", file=sys.stderr, flush=True)
@@ -73,6 +105,44 @@ class BuildNative(build_ext):
         if ORT_LIBRARY_MODULE.endswith(fullname):
             return os.path.join(*fullname.split(".")) + ".so"
         return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if ext.name == ORT_LIBRARY_MODULE and CUDA_MODE != "0":
+            self._add_cuda(ext)
+        super().build_extension(ext)
+
+    def _add_cuda(self, ext) -> None:
+        """Compile the CUDA flavours with nvcc and link them in; without a toolkit (or when its
+        compile fails) the library is built CPU-only, exactly as without this step."""
+        toolkit = cuda_toolkit()
+        if toolkit is None:
+            if CUDA_MODE == "1":
+                sys.exit("error: MEGAPORTRAITS_CUDA=1 but no CUDA toolkit (nvcc, cuda_runtime.h, "
+                         "libcudart_static.a) was found; set CUDA_HOME")
+            return
+        nvcc, root = toolkit
+        archs = os.environ.get("MEGAPORTRAITS_CUDA_ARCHS", DEFAULT_CUDA_ARCHS).replace(",", ";").split(";")
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a.strip()]
+        gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+        obj = Path(self.build_temp) / "grid_sample_3d_cuda.o"
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        command = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-Icpp_ext",
+                   *gencode, "-c", str(ROOT / CUDA_SOURCE), "-o", str(obj)]
+        print("megaportraits: compiling the CUDA kernel: " + " ".join(command), flush=True)
+        try:
+            subprocess.run(command, check=True, cwd=ROOT)
+        except (OSError, subprocess.CalledProcessError) as e:
+            if CUDA_MODE == "1":
+                sys.exit(f"error: MEGAPORTRAITS_CUDA=1 and the CUDA kernel did not compile ({e})")
+            warn_loudly(f"the CUDA kernel did not compile ({e}); building the CPU-only op library")
+            return
+        lib = next(root / d for d in ("lib64", "lib") if (root / d / "libcudart_static.a").is_file())
+        ext.extra_objects = [*(ext.extra_objects or []), str(obj)]
+        ext.include_dirs = [*ext.include_dirs, str(root / "include")]
+        ext.define_macros = [*(ext.define_macros or []), ("MEGAPORTRAITS_WITH_CUDA", "1")]
+        ext.extra_link_args = [*ext.extra_link_args, f"-L{lib}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+        ext.depends = [*(ext.depends or []), CUDA_SOURCE]
+        print(f"megaportraits: the op library gets CUDA flavours (toolkit {root}, sm {', '.join(archs)})")
 
     def get_export_symbols(self, ext):
         if ext.name == ORT_LIBRARY_MODULE:

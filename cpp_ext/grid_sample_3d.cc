@@ -50,117 +50,15 @@ constexpr std::align_val_t kLineAlignment{64};
 #define MEGAPORTRAITS_CPU_CLONES
 #endif
 
-// Taps along one axis: two neighbouring indices and their weights. A tap outside the volume
-// gets weight 0 and its in-range partner's index, so only voxels that torch would also read
-// are read; `inside` is false when no tap is in range (the sample is padding, 0).
-struct AxisTaps {
-  int64_t index[2] = {0, 0};
-  float weight[2] = {0.f, 0.f};
-  bool inside = false;
-};
-
-// Normalised [-1, 1] -> voxel coordinate, with torch's float expressions so results agree to
-// the last bit where possible.
-inline float unnormalize(float g, int64_t size, bool align_corners) {
-  const float s = static_cast<float>(size);
-  return align_corners ? ((g + 1.f) / 2.f) * (s - 1.f) : ((g + 1.f) * s - 1.f) / 2.f;
-}
-
-// Clamp to [0, size - 1]. The argument order matters: a NaN ends on size - 1, as in torch.
-inline float clip(float coordinate, int64_t size) {
-  return std::min(static_cast<float>(size - 1), std::max(coordinate, 0.f));
-}
-
-// Mirror the coordinate at twice_low / 2 and twice_high / 2 (the volume's edges: voxel
-// centres with align_corners, outer faces without). The period is 2 * span; taking fmod over
-// the full period keeps the parity exact even for huge coordinates. inf/NaN give NaN.
-inline float reflect(float coordinate, float twice_low, float twice_high) {
-  if (twice_low == twice_high) return 0.f;
-  const float low = twice_low / 2.f;
-  const float span = (twice_high - twice_low) / 2.f;
-  const float distance = std::fabs(coordinate - low);
-  const float phase = std::fmod(distance, 2.f * span);
-  return (phase <= span ? phase : 2.f * span - phase) + low;
-}
-
-inline float source_coordinate(float g, int64_t size, const GridSampleOptions& options) {
-  float c = unnormalize(g, size, options.align_corners);
-  switch (options.padding) {
-    case Padding::kZeros:
-      return c;
-    case Padding::kBorder:
-      return clip(c, size);
-    case Padding::kReflection: {
-      const float s = static_cast<float>(size);
-      c = options.align_corners ? reflect(c, 0.f, 2.f * (s - 1.f)) : reflect(c, -1.f, 2.f * s - 1.f);
-      return clip(c, size);
-    }
-  }
-  return c;
-}
-
-inline AxisTaps linear_taps(float c, int64_t size) {
-  AxisTaps taps;
-  // Also rejects NaN and +-inf; only finite values reach the integer conversion.
-  if (!(c > -1.f && c < static_cast<float>(size))) return taps;
-  const float lower = std::floor(c);
-  const int64_t i0 = static_cast<int64_t>(lower);
-  const bool first_inside = i0 >= 0, second_inside = i0 + 1 < size;
-  taps.index[0] = first_inside ? i0 : i0 + 1;
-  taps.index[1] = second_inside ? i0 + 1 : i0;
-  taps.weight[0] = first_inside ? (lower + 1.f) - c : 0.f;
-  taps.weight[1] = second_inside ? c - lower : 0.f;
-  taps.inside = true;
-  return taps;
-}
-
-// Nearest rounds half to even (nearbyint), as torch and the ONNX reference do.
-inline AxisTaps nearest_tap(float c, int64_t size) {
-  AxisTaps taps;
-  const float r = std::nearbyint(c);
-  if (r >= 0.f && r < static_cast<float>(size)) {
-    taps.index[0] = taps.index[1] = static_cast<int64_t>(r);
-    taps.weight[0] = 1.f;
-    taps.inside = true;
-  }
-  return taps;
-}
-
-struct VolumeShape {
-  int64_t d, h, w;
-};
-
-// The corners one output voxel blends: input voxel indices (within one batch item) and weights.
-struct Corners {
-  int64_t voxel[8];
-  float weight[8];
-  int count;  // 8 (linear), 1 (nearest) or 0 (outside: the sample is 0)
-};
-
-inline Corners corners_of(const float* g, const VolumeShape& in, const GridSampleOptions& options) {
-  Corners corners;
-  const bool linear = options.interpolation == Interpolation::kLinear;
-  const float cx = source_coordinate(g[0], in.w, options);
-  const float cy = source_coordinate(g[1], in.h, options);
-  const float cz = source_coordinate(g[2], in.d, options);
-  const AxisTaps x = linear ? linear_taps(cx, in.w) : nearest_tap(cx, in.w);
-  const AxisTaps y = linear ? linear_taps(cy, in.h) : nearest_tap(cy, in.h);
-  const AxisTaps z = linear ? linear_taps(cz, in.d) : nearest_tap(cz, in.d);
-  corners.count = (x.inside && y.inside && z.inside) ? (linear ? 8 : 1) : 0;
-  for (int k = 0; k < corners.count; ++k) {
-    const int kx = k & 1, ky = (k >> 1) & 1, kz = k >> 2;
-    corners.voxel[k] = (z.index[kz] * in.h + y.index[ky]) * in.w + x.index[kx];
-    corners.weight[k] = x.weight[kx] * y.weight[ky] * z.weight[kz];
-  }
-  return corners;
-}
+using core::Corners;
+using core::VolumeShape;
 
 // The corners of `count` consecutive output voxels (cloned so floor/nearbyint become single
 // instructions where SSE4.1 is available).
 MEGAPORTRAITS_CPU_CLONES
 void fill_corners(const float* grid, int64_t count, const VolumeShape& in, const GridSampleOptions& options,
                   Corners* corners) {
-  for (int64_t v = 0; v < count; ++v) corners[v] = corners_of(grid + 3 * v, in, options);
+  for (int64_t v = 0; v < count; ++v) corners[v] = core::corners_of(grid + 3 * v, in, options);
 }
 
 // Which side of a transpose has the long (plane-sized, often power-of-two) stride. That side
@@ -266,6 +164,27 @@ void blend_eight(const float* __restrict volume, int64_t channels, const Corners
   }
 }
 
+// The float16 flavour's channels-last copy: widen while transposing (F16C conversions where
+// the CPU has them, through the clones).
+MEGAPORTRAITS_CPU_CLONES
+void half_to_channels_last(const uint16_t* __restrict source, int64_t source_stride, float* __restrict target,
+                           int64_t channels, int64_t voxels) {
+  for (int64_t c = 0; c < channels; ++c) {
+    const uint16_t* row = source + c * source_stride;
+    for (int64_t v = 0; v < voxels; ++v) target[v * channels + c] = core::half_to_float(row[v]);
+  }
+}
+
+// The float16 flavour's output: a channels-last tile of float32 rows, rounded to half into Y.
+MEGAPORTRAITS_CPU_CLONES
+void tile_to_half(const float* __restrict tile, int64_t channels, int64_t voxels, uint16_t* __restrict y,
+                  int64_t y_stride) {
+  for (int64_t c = 0; c < channels; ++c) {
+    uint16_t* row = y + c * y_stride;
+    for (int64_t v = 0; v < voxels; ++v) row[v] = core::float_to_half(tile[v * channels + c]);
+  }
+}
+
 std::string shape_string(const int64_t* shape, size_t rank) {
   std::string s = "(";
   for (size_t i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
@@ -348,6 +267,18 @@ GridSample3DProblem::GridSample3DProblem(const float* x,
   }
 }
 
+GridSample3DProblem::GridSample3DProblem(const uint16_t* x,
+                                         const int64_t* x_shape,
+                                         const float* grid,
+                                         const int64_t* grid_shape,
+                                         uint16_t* y,
+                                         const GridSampleOptions& options)
+    : GridSample3DProblem(static_cast<const float*>(nullptr), x_shape, grid, grid_shape,
+                          static_cast<float*>(nullptr), options) {
+  x_half_ = x;
+  y_half_ = y;
+}
+
 GridSample3DProblem::~GridSample3DProblem() {
   if (x_channels_last_ != nullptr) ::operator delete(x_channels_last_, kLineAlignment);
 }
@@ -372,8 +303,12 @@ void GridSample3DProblem::to_channels_last(size_t task) const {
   const int64_t n = static_cast<int64_t>(task) / blocks;
   const int64_t first = (static_cast<int64_t>(task) % blocks) * kTransposeVoxels;
   const int64_t count = std::min(kTransposeVoxels, in_voxels_ - first);
-  const float* source = x_ + n * channels_ * in_voxels_ + first;
+  const float* source = x_half_ != nullptr ? nullptr : x_ + n * channels_ * in_voxels_ + first;
   float* target = x_channels_last_ + (n * in_voxels_ + first) * channels_;
+  if (x_half_ != nullptr) {
+    half_to_channels_last(x_half_ + n * channels_ * in_voxels_ + first, in_voxels_, target, channels_, count);
+    return;
+  }
   if (channels_ % kLineFloats == 0) {
     to_channels_last_by_lines(source, in_voxels_, target, channels_, count);
   } else {
@@ -413,8 +348,13 @@ void GridSample3DProblem::sample(size_t task) const {
         std::fill(row, row + channels_, 0.f);
       }
     }
-    transpose(tile.get(), channels_, y_ + n * channels_ * out_voxels_ + tile_first, out_voxels_, tile_count,
-              channels_, LongStride::kDestination);
+    if (y_half_ != nullptr) {
+      tile_to_half(tile.get(), channels_, tile_count, y_half_ + n * channels_ * out_voxels_ + tile_first,
+                   out_voxels_);
+    } else {
+      transpose(tile.get(), channels_, y_ + n * channels_ * out_voxels_ + tile_first, out_voxels_, tile_count,
+                channels_, LongStride::kDestination);
+    }
   }
   MEGAPORTRAITS_STORE_FENCE();  // streaming stores to Y are visible before the task ends
 }

@@ -10,6 +10,12 @@
 // Y (N, C, D', H', W'). Non-finite grid values follow torch's CPU kernel: with zero padding a
 // NaN/inf coordinate samples nothing (0); with border or reflection padding +inf clamps to the
 // last voxel, -inf to the first (border) or the last (reflection), NaN to the last voxel.
+//
+// Element types: X and Y float32, or X and Y IEEE half (float16, as raw uint16_t bits) with a
+// float32 grid. The half path widens X while it makes the channels-last copy, samples in
+// float32 and rounds each output once (to nearest even), so it equals the float32 result on
+// the same (half-valued) X rounded to half. The per-point maths lives in grid_sample_3d_core.h,
+// shared with the CUDA kernel.
 #pragma once
 
 #include <atomic>
@@ -18,17 +24,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "grid_sample_3d_core.h"
+
 namespace megaportraits {
-
-enum class Interpolation { kLinear, kNearest };
-enum class Padding { kZeros, kBorder, kReflection };
-
-// The three attributes of ONNX GridSample-20, parsed once per kernel.
-struct GridSampleOptions {
-  Interpolation interpolation = Interpolation::kLinear;
-  Padding padding = Padding::kZeros;
-  bool align_corners = false;
-};
 
 // Parse the ONNX attribute values; throw std::invalid_argument with the accepted values.
 Interpolation parse_interpolation(const std::string& mode);
@@ -58,6 +56,13 @@ class GridSample3DProblem {
                       const int64_t* grid_shape,
                       float* y,
                       const GridSampleOptions& options);
+  // The float16 flavour: X and Y hold IEEE half bits; the grid stays float32.
+  GridSample3DProblem(const uint16_t* x,
+                      const int64_t* x_shape,
+                      const float* grid,
+                      const int64_t* grid_shape,
+                      uint16_t* y,
+                      const GridSampleOptions& options);
   ~GridSample3DProblem();
   GridSample3DProblem(const GridSample3DProblem&) = delete;
   GridSample3DProblem& operator=(const GridSample3DProblem&) = delete;
@@ -74,6 +79,8 @@ class GridSample3DProblem {
   const float* x_;
   const float* grid_;
   float* y_;
+  const uint16_t* x_half_ = nullptr;  // the float16 flavour's X and Y (then x_ and y_ are null)
+  uint16_t* y_half_ = nullptr;
   float* x_channels_last_;
   GridSampleOptions options_;
   int64_t batch_, channels_;

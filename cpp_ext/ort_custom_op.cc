@@ -7,6 +7,13 @@
 // KernelContext_ParallelFor (the op runs on the session's own intra-op pool, never
 // oversubscribing) and the status-returning CreateKernelV2/KernelComputeV2 (clear errors at
 // session creation and at run time instead of crashes).
+//
+// Flavours of the one op (same domain, name and version; ONNX Runtime picks by input type and
+// execution provider): CPU float32 (X, grid, Y float32), CPU float16 (X and Y float16, grid
+// float32: the fp16 bundles' graphs) and, when the library is built with CUDA
+// (MEGAPORTRAITS_WITH_CUDA, see setup.py), the same two on the CUDA execution provider, run on
+// ONNX Runtime's compute stream (grid_sample_3d_cuda.cu). The CUDA flavours are registered only
+// when the loading runtime offers CUDAExecutionProvider.
 #include <onnxruntime_c_api.h>
 
 #include <atomic>
@@ -18,6 +25,9 @@
 #include <vector>
 
 #include "grid_sample_3d.h"
+#if defined(MEGAPORTRAITS_WITH_CUDA)
+#include "grid_sample_3d_cuda.h"
+#endif
 
 namespace {
 
@@ -76,10 +86,17 @@ OrtStatus* read_shape(const OrtApi* api, const OrtValue* value, std::vector<int6
   return status;
 }
 
+// Which flavour of the op a kernel instance is.
+struct Flavour {
+  bool half;  // X and Y float16 (grid float32)
+  bool cuda;  // on the CUDA execution provider
+};
+
 // Attributes are parsed once, when the session creates the kernel.
 struct GridSample3DKernel {
   const OrtApi* api;
   GridSampleOptions options;
+  Flavour flavour;
 
   OrtStatus* compute(OrtKernelContext* context) const {
     const OrtValue* x = nullptr;
@@ -107,12 +124,28 @@ struct GridSample3DKernel {
     if (OrtStatus* status = api->GetTensorMutableData(const_cast<OrtValue*>(grid), &grid_data)) return status;
     if (OrtStatus* status = api->GetTensorMutableData(y, &y_data)) return status;
 
+#if defined(MEGAPORTRAITS_WITH_CUDA)
+    if (flavour.cuda) {
+      void* stream = nullptr;
+      if (OrtStatus* status = api->KernelContext_GetGPUComputeStream(context, &stream)) return status;
+      const std::string error = megaportraits::cuda::grid_sample_3d(
+          x_data, x_shape.data(), static_cast<const float*>(grid_data), grid_shape.data(), y_data, options,
+          flavour.half, stream);
+      return error.empty() ? nullptr : error_status(api, ORT_FAIL, error);
+    }
+#endif
     using Problem = megaportraits::GridSample3DProblem;
     std::unique_ptr<Problem> owned;
     try {
-      owned = std::make_unique<Problem>(static_cast<const float*>(x_data), x_shape.data(),
-                                        static_cast<const float*>(grid_data), grid_shape.data(),
-                                        static_cast<float*>(y_data), options);
+      if (flavour.half) {
+        owned = std::make_unique<Problem>(static_cast<const uint16_t*>(x_data), x_shape.data(),
+                                          static_cast<const float*>(grid_data), grid_shape.data(),
+                                          static_cast<uint16_t*>(y_data), options);
+      } else {
+        owned = std::make_unique<Problem>(static_cast<const float*>(x_data), x_shape.data(),
+                                          static_cast<const float*>(grid_data), grid_shape.data(),
+                                          static_cast<float*>(y_data), options);
+      }
     } catch (const std::bad_alloc&) {
       return error_status(api, ORT_FAIL, "GridSample3D: out of memory for the channels-last copy of X");
     }
@@ -174,12 +207,21 @@ OrtStatus* ORT_API_CALL infer_output_shape(const OrtCustomOp*, OrtShapeInferCont
   for (int i = 0; i < 5; ++i) {
     if (y_dims[i] < 0 && y_names[i][0] == '\0') return nullptr;
   }
+  // Y has X's element type (float32, or float16 in the half flavour).
+  ONNXTensorElementDataType y_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  OrtTensorTypeAndShapeInfo* x_info = nullptr;
+  if (OrtStatus* status = api->ShapeInferContext_GetInputTypeShape(context, 0, &x_info)) {
+    api->ReleaseStatus(status);
+  } else if (OrtStatus* type_status = api->GetTensorElementType(x_info, &y_type)) {
+    api->ReleaseStatus(type_status);
+    y_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
   OrtTensorTypeAndShapeInfo* y = nullptr;
   if (OrtStatus* status = api->CreateTensorTypeAndShapeInfo(&y)) {
     api->ReleaseStatus(status);
     return nullptr;
   }
-  OrtStatus* status = api->SetTensorElementType(y, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  OrtStatus* status = api->SetTensorElementType(y, y_type);
   if (!status) status = api->SetDimensions(y, y_dims, 5);
   if (!status) status = api->SetSymbolicDimensions(y, y_names, 5);
   if (!status) status = api->ShapeInferContext_SetOutputTypeShape(context, 0, y);
@@ -188,7 +230,10 @@ OrtStatus* ORT_API_CALL infer_output_shape(const OrtCustomOp*, OrtShapeInferCont
   return nullptr;
 }
 
-OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info, void** kernel) {
+Flavour flavour_of(const OrtCustomOp* op);
+
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                                      void** kernel) {
   std::string mode, padding_mode;
   int64_t align_corners = 0;
   if (OrtStatus* status = read_string_attribute(api, info, "mode", "linear", &mode)) return status;
@@ -197,6 +242,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi* api, con
   try {
     auto instance = std::make_unique<GridSample3DKernel>();
     instance->api = api;
+    instance->flavour = flavour_of(op);
     instance->options.interpolation = megaportraits::parse_interpolation(mode);
     instance->options.padding = megaportraits::parse_padding(padding_mode);
     instance->options.align_corners = megaportraits::parse_align_corners(align_corners);
@@ -216,11 +262,20 @@ OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) 
 void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<GridSample3DKernel*>(kernel); }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kOpName; }
-const char* ORT_API_CALL op_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+const char* ORT_API_CALL op_provider(const OrtCustomOp* op) {
+  return flavour_of(op).cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider";
+}
 size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 2; }
 size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
 ONNXTensorElementDataType ORT_API_CALL float_type(const OrtCustomOp*, size_t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+// The half flavour: X (input 0) and Y float16, the grid (input 1) float32.
+ONNXTensorElementDataType ORT_API_CALL half_input_type(const OrtCustomOp*, size_t index) {
+  return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+ONNXTensorElementDataType ORT_API_CALL half_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
 }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp*, size_t) {
   return INPUT_OUTPUT_REQUIRED;
@@ -230,14 +285,14 @@ int ORT_API_CALL start_version(const OrtCustomOp*) { return kOpVersion; }
 int ORT_API_CALL end_version(const OrtCustomOp*) { return kOpVersion; }
 
 // Only the fields of API version kOrtApiVersion are set; onnxruntime reads no further.
-OrtCustomOp make_grid_sample_3d_op() {
+OrtCustomOp make_grid_sample_3d_op(bool half) {
   OrtCustomOp op{};
   op.version = kOrtApiVersion;
   op.GetName = op_name;
   op.GetExecutionProviderType = op_provider;
-  op.GetInputType = float_type;
+  op.GetInputType = half ? half_input_type : float_type;
   op.GetInputTypeCount = input_count;
-  op.GetOutputType = float_type;
+  op.GetOutputType = half ? half_type : float_type;
   op.GetOutputTypeCount = output_count;
   op.KernelDestroy = destroy_kernel;
   op.GetInputCharacteristic = required;
@@ -251,7 +306,35 @@ OrtCustomOp make_grid_sample_3d_op() {
   return op;
 }
 
-const OrtCustomOp kGridSample3DOp = make_grid_sample_3d_op();
+// The flavours, in one array so that a kernel finds its own by the op it was created from.
+const OrtCustomOp kFlavourOps[] = {make_grid_sample_3d_op(false), make_grid_sample_3d_op(true),
+                                   make_grid_sample_3d_op(false), make_grid_sample_3d_op(true)};
+const Flavour kFlavours[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+constexpr size_t kCpuFlavours = 2;
+constexpr size_t kAllFlavours = 4;
+
+Flavour flavour_of(const OrtCustomOp* op) {
+  for (size_t i = 0; i < kAllFlavours; ++i) {
+    if (op == &kFlavourOps[i]) return kFlavours[i];
+  }
+  return Flavour{false, false};
+}
+
+#if defined(MEGAPORTRAITS_WITH_CUDA)
+// True when the runtime that loads the library can run CUDA kernels at all.
+bool runtime_has_cuda(const OrtApi* api) {
+  char** providers = nullptr;
+  int count = 0;
+  if (OrtStatus* status = api->GetAvailableProviders(&providers, &count)) {
+    api->ReleaseStatus(status);
+    return false;
+  }
+  bool found = false;
+  for (int i = 0; i < count; ++i) found = found || std::string(providers[i]) == "CUDAExecutionProvider";
+  if (OrtStatus* status = api->ReleaseAvailableProviders(providers, count)) api->ReleaseStatus(status);
+  return found;
+}
+#endif
 
 // Sessions hold raw pointers to the domains they were registered with, so every domain created
 // here lives until the library is unloaded (onnxruntime unloads it after its sessions end).
@@ -287,6 +370,12 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* status = api->CreateCustomOpDomain(kDomain, &domain)) return status;
   domain_keeper.keep(api, domain);
-  if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kGridSample3DOp)) return status;
+  size_t flavours = kCpuFlavours;
+#if defined(MEGAPORTRAITS_WITH_CUDA)
+  if (runtime_has_cuda(api)) flavours = kAllFlavours;
+#endif
+  for (size_t i = 0; i < flavours; ++i) {
+    if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kFlavourOps[i])) return status;
+  }
   return api->AddCustomOpDomain(options, domain);
 }
