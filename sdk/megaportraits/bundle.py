@@ -18,6 +18,7 @@ portable graphs (standard ONNX GridSample) are used instead, with a one-line
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,11 +89,14 @@ class BundleReport:
                                                   "--bundle DIR lists them)" if more else ""))
 
 
-def validate_bundle(directory: str | Path | None = None, portable: bool = False) -> BundleReport:
+def validate_bundle(directory: str | Path | None = None, portable: bool = False,
+                    open_sessions: bool = False) -> BundleReport:
     """Check the bundle at ``directory`` (default: the bundled demo model) completely, without
     creating an inference session. Never raises for a bad bundle: the report lists what is
     wrong (``report.raise_for_problems()`` turns it into a :class:`BundleError`). ``portable``:
-    the caller will ask for the portable graphs."""
+    the caller will ask for the portable graphs. ``open_sessions``: once everything else is
+    right, also let ONNX Runtime open each graph that would run (on the CPU, then closed), so
+    that "ok" covers a well-formed graph ONNX Runtime still refuses (``megaportraits info``)."""
     try:
         directory = find_bundle(directory)
         manifest = mf.load_manifest(directory)
@@ -103,7 +107,14 @@ def validate_bundle(directory: str | Path | None = None, portable: bool = False)
     flavour = choose_flavour(manifest, portable)
     if flavour.problem:
         problems.append(flavour.problem)
-    return BundleReport(directory, manifest, tuple(dict.fromkeys(problems)), flavour)
+    report = BundleReport(directory, manifest, tuple(dict.fromkeys(problems)), flavour)
+    if open_sessions and report.ok:
+        try:
+            _, flavour = _open_sessions(report, ["CPUExecutionProvider"], threads=1, roles=BASE_ROLES)
+            report = dataclasses.replace(report, flavour=flavour)
+        except BundleError as e:
+            report = dataclasses.replace(report, problems=(str(e),))
+    return report
 
 
 def check_contract(manifest: mf.Manifest) -> None:
@@ -255,8 +266,16 @@ def open_bundle(directory: str | Path | None = None,
     sessions. Raises :class:`BundleError` or :class:`ProviderError` with the reason."""
     report = validate_bundle(directory, portable=portable)
     report.raise_for_problems()
+    bundle, flavour = _open_sessions(report, resolve_providers(provider), threads, roles)
+    if flavour.fallback_reason is not None:
+        warn_fallback(flavour.fallback_reason)
+    return bundle
+
+
+def _open_sessions(report: BundleReport, providers: list, threads: int, roles: tuple) -> tuple:
+    """(the Bundle with a session per role, the flavour that runs: the portable twins when
+    registering the op library fails)."""
     manifest, flavour = report.manifest, report.flavour
-    providers = resolve_providers(provider)
     try:
         options = session_options(threads, flavour.library)
     except CustomOpError as e:
@@ -264,12 +283,10 @@ def open_bundle(directory: str | Path | None = None,
         if flavour.problem:
             raise BundleError(flavour.problem) from None
         options = session_options(threads)
-    if flavour.fallback_reason is not None:
-        warn_fallback(flavour.fallback_reason)
     bundle = Bundle(report.directory, manifest, providers, flavour.portable, custom_op_library=flavour.library)
     for role in roles:
         bundle.sessions[role] = _open_session(bundle, role, options)
-    return bundle
+    return bundle, flavour
 
 
 def _open_session(bundle: Bundle, role: str, options: ort.SessionOptions) -> ort.InferenceSession:

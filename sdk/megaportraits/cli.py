@@ -179,7 +179,8 @@ def _info(args) -> int:
 def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
     """Everything ``info`` reports, and whether the named bundle (if any) is usable: "ok"
     exactly when :func:`megaportraits.bundle.validate_bundle` finds nothing wrong, which is
-    what ``animate`` checks before it runs the bundle. An unknown or unavailable ``provider``
+    what ``animate`` checks before it runs the bundle (with ``open_sessions``, so a graph
+    ONNX Runtime refuses is found too). An unknown or unavailable ``provider``
     is the one-line :class:`ProviderError` (exit 1), as ``animate`` would give."""
     import onnxruntime as ort
 
@@ -199,7 +200,7 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
     if bundle_dir is None and not bundles.demo_bundle_installed():
         info["bundle"] = {"path": str(bundles.DEMO_BUNDLE), "default": True, "status": "not installed"}
         return info, True
-    report = bundles.validate_bundle(bundle_dir)
+    report = bundles.validate_bundle(bundle_dir, open_sessions=True)
     entry = {"path": str(report.directory), "default": bundle_dir is None}
     if not report.ok:
         entry.update(status="invalid", error=report.problems[0], problems=list(report.problems))

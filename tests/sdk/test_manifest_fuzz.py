@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
 import subprocess
 import sys
 import warnings
@@ -245,3 +246,63 @@ def test_the_mutator_is_not_vacuous(toy_custom_bundle):
         changed += (data if isinstance(data, str) else json.dumps(data)) != json.dumps(valid)
     assert changed >= 45
     assert "NaN" in json.dumps({"x": float("nan")})  # written as the NaN literal the SDK must refuse
+
+
+# ---- the graph files themselves, re-signed after the damage (as an attacker could) ----------------
+GRAPH_MUTATIONS = 60
+
+
+def damage_graph(directory: Path, rng: random.Random) -> str:
+    """Damage one graph file of the bundle in one of several ways; return what was done."""
+    import onnx
+
+    files = sorted(p.name for p in directory.glob("*.onnx"))
+    name = rng.choice(files)
+    path = directory / name
+    kind = rng.choice(["flip", "truncate", "unknown_op", "drop_node", "dtype", "swap", "custom_domain"])
+    if kind in ("flip", "truncate"):
+        data = bytearray(path.read_bytes())
+        if kind == "flip":
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        else:
+            data = data[:rng.randrange(1, len(data))]
+        path.write_bytes(bytes(data))
+    elif kind == "swap":
+        other = directory / rng.choice([f for f in files if f != name])
+        a, b = path.read_bytes(), other.read_bytes()
+        path.write_bytes(b)
+        other.write_bytes(a)
+    else:
+        model = onnx.load(str(path))
+        node = rng.choice(list(model.graph.node))
+        if kind == "unknown_op":
+            node.op_type = "NoSuchOp"
+        elif kind == "drop_node":
+            model.graph.node.remove(node)
+        elif kind == "custom_domain":
+            node.domain = "com.megaportraits"
+            model.opset_import.append(onnx.helper.make_opsetid("com.megaportraits", 1))
+        else:
+            model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        onnx.save(model, str(path))
+    manifest = mf.load_manifest(directory)
+    mf.write_manifest(directory, manifest)  # re-sign: the hashes match the damage
+    return f"{kind} {name}"
+
+
+def test_damaged_graph_files_give_one_line_and_info_agrees_with_animate(
+        toy_bundle, toy_custom_bundle, bundle_copy, capsys):
+    rng = random.Random(SEED + 2)
+    outcomes = {True: 0, False: 0}
+    for i in range(GRAPH_MUTATIONS):
+        bundle = bundle_copy(toy_custom_bundle if i % 2 else toy_bundle)
+        label = damage_graph(bundle, rng)
+        where = f"graph mutation {i} ({label})"
+        code, out, err = run_cli(capsys, ["info", "--bundle", bundle])
+        assert code in (0, 1) and "Traceback" not in out + err, f"{where}: {out}{err}"
+        opened, why = animator_opens(bundle)
+        assert (code == 0) == opened, f"{where}: info exit {code} but Animator: {why or 'opened'}\n{out}"
+        outcomes[opened] += 1
+        shutil.rmtree(bundle)
+    assert outcomes[False] > GRAPH_MUTATIONS // 3, outcomes
