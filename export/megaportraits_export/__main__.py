@@ -14,6 +14,8 @@ COMMANDS = {
     "preprocess": ("megaportraits_export.preprocess", "crop talking-head clips to the face for training"),
     "train": ("megaportraits_export.train", "train a model from a config file"),
     "evaluate": ("megaportraits_export.evaluate", "self- and cross-reenactment metrics on synthetic ground truth"),
+    "expression-eval": ("megaportraits_export.expression_eval",
+                        "the expression path alone: strong expressions, driver's code vs the source's own"),
     "export": ("megaportraits_export.onnx_export.cli", "export a checkpoint or a random-init preset to an ONNX bundle"),
     "convert": ("megaportraits_export.convert.cli", "convert another project's released weights into a bundle"),
 }
@@ -21,7 +23,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = [f"usage: python -m {PROG} {{{','.join(COMMANDS)}}} [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", f"'python -m {PROG} COMMAND --help' shows a command's options."]
     return "\n".join(lines)
 

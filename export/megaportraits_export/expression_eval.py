@@ -30,11 +30,10 @@ PSNR on a region: per pair, the mean squared error over the region's pixels (all
 channels), then 10 log10(1 / mse); averaged over pairs, like the other PSNRs here.
 
 Inputs: a checkpoint (PyTorch) or a bundle (through the SDK). Command:
-``python -m megaportraits_export.expression_eval --checkpoint CKPT | --bundle DIR``.
+``python -m megaportraits_export expression-eval --checkpoint CKPT | --bundle DIR``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -42,7 +41,7 @@ import sys
 import numpy as np
 import torch
 
-from megaportraits_export import metrics
+from megaportraits_export import command, metrics
 from megaportraits_export.data.expression_pairs import (STRONG_EXPRESSIONS, expression_region, neutral_expression,
                                                          strong_expression)
 
@@ -258,11 +257,11 @@ def format_report(results: dict, header: str) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m megaportraits_export.expression_eval",
-        description="The expression path alone: held-out cross-reenactment with strong expressions, the driver's "
-                    "expression code against the source's own, PSNR where the expression shows.")
+def build_parser() -> command.Parser:
+    parser = command.parser(
+        "expression-eval",
+        "The expression path alone: held-out cross-reenactment with strong expressions, the driver's "
+        "expression code against the source's own, PSNR where the expression shows.")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--checkpoint", metavar="CKPT", help="a training checkpoint (model_*.pt or state_*.pt)")
     what.add_argument("--bundle", metavar="DIR", help="an exported bundle, run through the SDK")
@@ -278,28 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.pairs < 1 or args.identities < 2:
-        print("error: --pairs must be at least 1 and --identities at least 2", file=sys.stderr)
-        return 2
+        parser.error("--pairs must be at least 1 and --identities at least 2")
+    return command.run(_evaluate_expressions, args)  # CheckpointError, SDK errors: one line, exit 1
+
+
+def _evaluate_expressions(args) -> int:
     torch.manual_seed(args.seed)
     if args.checkpoint:
-        from megaportraits_export.checkpoint import CheckpointError, load_model_from_checkpoint
+        from megaportraits_export.checkpoint import load_model_from_checkpoint
 
-        try:
-            model, _, _ = load_model_from_checkpoint(args.checkpoint)
-        except CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        model, _, _ = load_model_from_checkpoint(args.checkpoint)
         reenactor, subject = CheckpointExpressionReenactor(model, background=args.background), f"checkpoint {args.checkpoint}"
     else:
-        from megaportraits.errors import MegaportraitsError
-
-        try:
-            reenactor = BundleExpressionReenactor(args.bundle, provider=args.provider, background=args.background)
-        except MegaportraitsError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        reenactor = BundleExpressionReenactor(args.bundle, provider=args.provider, background=args.background)
         subject = f"bundle {args.bundle}"
     results = run_expression_evaluation(reenactor, args.pairs, args.seed, args.identities, args.background)
     if args.json:

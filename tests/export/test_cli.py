@@ -52,7 +52,10 @@ def test_the_dispatcher_lists_every_command_module():
     dispatcher lists (NAME's first word), and every listed module builds such a parser."""
     named = {}
     for path in EXPORT_PACKAGE.rglob("*.py"):
-        for match in re.finditer(r"command\.parser\(\s*\"([a-z][a-z0-9 _-]*)\"", path.read_text()):
+        text = path.read_text()
+        assert "argparse.ArgumentParser(" not in text or path.name == "command.py", \
+            f"{path} builds its own parser: use command.parser so usage errors follow the convention"
+        for match in re.finditer(r"command\.parser\(\s*\"([a-z][a-z0-9 _-]*)\"", text):
             named.setdefault(match.group(1).split()[0], []).append(path.relative_to(EXPORT_PACKAGE.parent))
     unlisted = {name: paths for name, paths in named.items() if name not in dispatcher.COMMANDS}
     assert not unlisted, f"commands missing from megaportraits_export.__main__.COMMANDS: {unlisted}"
@@ -116,6 +119,8 @@ def user_errors(tmp_path) -> dict:
         "evaluate-checkpoint": (["evaluate", "--checkpoint", str(tmp_path / "missing.pt")], "missing.pt"),
         "preprocess": (["preprocess", str(tmp_path / "no-clips"), str(tmp_path / "out")], "no-clips"),
         "train": (["train", "--config", str(tmp_path / "missing.toml")], "missing.toml"),
+        "expression-eval": (["expression-eval", "--bundle", str(tmp_path / "no-bundle"), "--pairs", "1"],
+                            "no-bundle"),
         "train-resume": (["train", "--config", str(TINY_CONFIG), "--out-dir", str(tmp_path / "run"),
                           "--resume", str(tmp_path / "no-state.pt")], "no-state.pt"),
     }
@@ -123,7 +128,7 @@ def user_errors(tmp_path) -> dict:
 
 @pytest.mark.parametrize("case", ["export-preset", "export-checkpoint", "evaluate-missing-bundle",
                                   "evaluate-broken-bundle", "evaluate-checkpoint", "preprocess", "train",
-                                  "train-resume"])
+                                  "train-resume", "expression-eval"])
 def test_user_errors_are_one_line_with_the_sdk_exit_code(case, tmp_path, capsys):
     expected = sdk_user_error_code(tmp_path, capsys)
     argv, word = user_errors(tmp_path)[case]
