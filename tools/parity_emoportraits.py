@@ -146,7 +146,7 @@ def their_forward(model: TheirModel, head_pose, source: torch.Tensor, driver: to
                                            "source_theta": theta_s, "target_img": source,
                                            "target_mask": torch.ones_like(source), "target_theta": theta_s},
                                           True, False)
-        z_s = dd["source_pose_embed"]
+        z_s, crop_s = dd["source_pose_embed"], dd["source_img_align"]
         embed_s = _their_embed(model, z_s, out["e_s"])
         xy = model.xy_generator_nw(embed_s)[0]
         v_s = model.volume_source_nw(latents.view(b, c, d, s, s))
@@ -158,11 +158,11 @@ def their_forward(model: TheirModel, head_pose, source: torch.Tensor, driver: to
                                            "source_theta": theta_d, "target_img": driver,
                                            "target_mask": torch.ones_like(driver), "target_theta": theta_d},
                                           True, False)
-        z_d = dd["target_pose_embed"]
+        z_d, crop_d = dd["target_pose_embed"], dd["target_img_align"]
         uv = model.uv_generator_nw(_their_embed(model, z_d, out["e_s"]))[0]
         driven = sample(sample(canonical, uv), rigid_d).view(b, c * d, s, s)
         image = model.decoder_nw({}, {}, driven, False)[0]
-    out.update(v_s=v_s, pose_s=theta_s[:, :3], z_s=z_s, grid_s=xy, warped_s=warped_s, canonical=canonical,
+    out.update(v_s=v_s, pose_s=theta_s[:, :3], z_s=z_s, crop_s=crop_s, crop_d=crop_d, grid_s=xy, warped_s=warped_s, canonical=canonical,
                pose_d=theta_d[:, :3], z_d=z_d, grid_d=uv, driven=driven, image=image)
     return out
 
@@ -186,13 +186,23 @@ def our_modules(model, source: torch.Tensor, driver: torch.Tensor, ref: dict) ->
                                  ref["grid_s"])
         expressed = sample_volume(ref["canonical"], ref["grid_d"])
         driven = sample_volume(expressed, rigid_grid(ref["pose_d"], ref["grid_d"])).flatten(1, 2)
+        encoder = db.expression_encoder
+        z_of_crop = lambda crop: encoder.to_expression(F.adaptive_avg_pool2d(
+            encoder.to_features(encoder.trunk(_normalised(crop))), encoder.pool_size).flatten(1))
         return dict(
+            crop_s=encoder.aligned_crop(source, ref["pose_s"]), z_s_of_crop=z_of_crop(ref["crop_s"]),
+            crop_d=encoder.aligned_crop(driver, ref["pose_d"]), z_d_of_crop=z_of_crop(ref["crop_d"]),
             v_s=v_s, e_s=sb.global_descriptor(source), pose_s=db.head_pose(source),
             z_s=db.expression_encoder(source, ref["pose_s"]), grid_s=sb.source_warp(ref["z_s"], ref["e_s"]),
             warped_s=warped_s, canonical=sb.canonical_generator(ref["warped_s"]), pose_d=db.head_pose(driver),
             z_d=db.expression_encoder(driver, ref["pose_d"]), grid_d=gen.driver_warp(ref["z_d"], ref["e_s"]),
             driven=driven,
             image=gen.image_generator(ref["driven"].unflatten(1, (ref["canonical"].shape[1], -1))))
+
+
+def _normalised(x):
+    from megaportraits_export.convert.emoportraits.networks import _imagenet_normalised
+    return _imagenet_normalised(x)
 
 
 def our_end_to_end(model, source: torch.Tensor, driver: torch.Tensor) -> torch.Tensor:
@@ -209,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--repo", required=True, type=Path, help="a checkout of neeek2303/EMOPortraits")
     p.add_argument("--size", choices=("small", "full"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inputs", choices=("smooth", "noise"), default="smooth",
+                   help="random test images: smooth (photo-like) or per-pixel noise (harsher on resampling)")
     p.add_argument("--bundle-dir", type=Path, help="also export an ORT bundle there and compare it")
     p.add_argument("--write-fixture", type=Path, help="write their full key layout (names, shapes) as JSON")
     a = p.parse_args(argv)
@@ -237,6 +249,9 @@ def main(argv=None) -> int:
     checkpoint, pose_file = work / "000_model.pth", work / "head_pose_regressor.pth"
     torch.save(theirs.state_dict(), checkpoint)
     torch.save(pose_net.state_dict(), pose_file)
+    # their train.py's args.txt beside the checkpoint: one "name: value" line per argument
+    (work / "args.txt").write_text("".join(f"{k}: {v}\n" for k, v in sorted(vars(args).items())))
+    print(f"their-layout checkpoint, head-pose file and args.txt in {work}")
     if a.write_fixture:
         a.write_fixture.parent.mkdir(parents=True, exist_ok=True)
         a.write_fixture.write_text(json.dumps({
@@ -254,9 +269,16 @@ def main(argv=None) -> int:
     head_pose = code.head_pose(str(pose_file), False)
     g = torch.Generator().manual_seed(a.seed + 2)
     size = args.image_size
-    # 8-bit images (what the SDK reads), as floats in [0, 1]
-    source_u8 = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
-    driver_u8 = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    # 8-bit images (what the SDK reads), as floats in [0, 1]: per-pixel noise, or smooth random
+    # images (16x16 noise, bicubic to full size) closer to photos' local statistics
+    if a.inputs == "noise":
+        source_u8, driver_u8 = (torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+                                for _ in range(2))
+    else:
+        source_u8, driver_u8 = (
+            (F.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(size, size), mode="bicubic",
+                           align_corners=False).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+            for _ in range(2))
     source, driver = (x.permute(2, 0, 1)[None].float() / 255 for x in (source_u8, driver_u8))
     t0 = time.time()
     ref = their_forward(theirs, head_pose, source, driver)
@@ -268,8 +290,9 @@ def main(argv=None) -> int:
     print(f"forward: theirs {t_theirs:.1f} s, ours {t_ours:.1f} s")
     print("module by module (each of ours on their inputs to it):")
     worst = 0.0
-    for name in ("v_s", "e_s", "pose_s", "z_s", "grid_s", "warped_s", "canonical", "pose_d", "z_d", "grid_d",
-                 "driven", "image"):
+    ref.update(z_s_of_crop=ref["z_s"], z_d_of_crop=ref["z_d"])
+    for name in ("v_s", "e_s", "pose_s", "crop_s", "z_s", "z_s_of_crop", "grid_s", "warped_s", "canonical",
+                 "pose_d", "crop_d", "z_d", "z_d_of_crop", "grid_d", "driven", "image"):
         err = (ref[name].float() - got[name].float()).abs().max().item()
         scale = ref[name].float().abs().max().item()
         worst = max(worst, err)
