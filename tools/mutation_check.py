@@ -22,7 +22,7 @@ survives or any baseline fails, 2 if an anchor no longer matches.
 Run it from the repository root, on a quiet machine (one torch thread):
 
     .venv/bin/python tools/mutation_check.py            # everything (about 6 minutes on one core)
-    .venv/bin/python tools/mutation_check.py -k euro    # mutations whose name contains "euro"
+    .venv/bin/python tools/mutation_check.py -k euro -k vgg   # names containing "euro" or "vgg"
     .venv/bin/python tools/mutation_check.py --list     # the mutations and their tests
 
 It is not part of CI (it runs each selection twice); run it after changing a test named here
@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -250,6 +252,18 @@ def run_tests(copy: Path, python: str, selection: tuple[str, ...]) -> tuple[int,
     return code, time.perf_counter() - start, output
 
 
+NO_TESTS_COLLECTED = 5  # pytest's exit status when a selection matches nothing
+
+
+def pytest_says(output: str) -> str:
+    """pytest's closing summary ("1 failed, 3 passed"), without the time, or the last line."""
+    lines = [line.strip(" =") for line in output.strip().splitlines()]
+    for line in reversed(lines):
+        if re.search(r"\d+ (failed|passed|errors?|skipped|deselected)", line) or "no tests ran" in line:
+            return re.sub(r" in [\d.]+s.*$", "", line)
+    return lines[-1] if lines else ""
+
+
 def last_lines(text: str, n: int = 6) -> str:
     return "\n".join("      " + line for line in text.strip().splitlines()[-n:])
 
@@ -286,22 +300,29 @@ def apply(copy: Path, mutation: Mutation) -> tuple[Path, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-k", dest="only", help="run only mutations whose name contains this (case-insensitive)")
+    parser.add_argument("-k", dest="only", action="append", metavar="TEXT",
+                        help="run only mutations whose name contains TEXT (case-insensitive); repeatable")
     parser.add_argument("--list", action="store_true", help="list the mutations and their tests, run nothing")
+    parser.add_argument("--tests", metavar="ARGS", type=shlex.split,
+                        help="run these pytest arguments for every chosen mutation instead of its own "
+                             "(e.g. to see whether an older test catches it)")
     parser.add_argument("--no-baseline", action="store_true", help="do not run the selections unmutated first")
     parser.add_argument("--python", default=sys.executable, help="interpreter with the project's dependencies")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     args = parser.parse_args(argv)
 
-    chosen = [m for m in MUTATIONS if not args.only or args.only.lower() in m.name.lower()]
+    chosen = [m for m in MUTATIONS if not args.only or any(t.lower() in m.name.lower() for t in args.only)]
     if args.list:
         for m in chosen:
             print(f"{m.name}\n    {m.path}\n    pytest {' '.join(m.tests)}")
         return 0
     if not chosen:
-        print(f"error: no mutation name contains {args.only!r}; --list shows them", file=sys.stderr)
+        print(f"error: no mutation name contains {' or '.join(map(repr, args.only))}; --list shows them",
+              file=sys.stderr)
         return 2
 
+    if args.tests:
+        chosen = [dataclasses.replace(m, tests=tuple(args.tests)) for m in chosen]
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="mutation_check_"))
     copy = workdir / "repo"
@@ -320,8 +341,8 @@ def main(argv=None) -> int:
         if not args.no_baseline:
             for selection in dict.fromkeys(m.tests for m in chosen):
                 code, seconds, output = run_tests(copy, args.python, selection)
-                print(f"baseline  {'ok  ' if code == 0 else 'FAIL'}  {seconds:6.1f} s  pytest {' '.join(selection)}",
-                      flush=True)
+                print(f"baseline  {'ok  ' if code == 0 else 'FAIL'}  {seconds:6.1f} s  pytest {' '.join(selection)}"
+                      f"  ({pytest_says(output)})", flush=True)
                 if code != 0:
                     failed_baselines.append(selection)
                     print(last_lines(output))
@@ -337,10 +358,11 @@ def main(argv=None) -> int:
                 path.write_text(original)
                 if m.native and pristine_library is not None:
                     (copy / ORT_LIBRARY).write_bytes(pristine_library)
-            caught = code != 0
-            rows.append((m, caught, seconds))
-            print(f"mutation  {'caught  ' if caught else 'SURVIVED'}  {seconds:6.1f} s  {m.name}", flush=True)
-            if not caught or code not in (1,):
+            caught = code not in (0, NO_TESTS_COLLECTED)  # selecting nothing catches nothing
+            said = pytest_says(output)
+            rows.append((m, caught, seconds, said))
+            print(f"mutation  {'caught  ' if caught else 'SURVIVED'}  {seconds:6.1f} s  {m.name}  ({said})", flush=True)
+            if not caught or code != 1:
                 print(last_lines(output, 3))
     finally:
         if args.keep:
@@ -348,11 +370,11 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    width = max(len(m.name) for m, _, _ in rows)
-    print(f"\n| {'mutation':{width}} | caught? | seconds |\n|{'-' * (width + 2)}|---------|---------|")
-    for m, caught, seconds in rows:
-        print(f"| {m.name:{width}} | {'yes' if caught else 'NO':7} | {seconds:7.1f} |")
-    survivors = [m.name for m, caught, _ in rows if not caught]
+    width = max([len(m.name) for m, *_ in rows] + [8])
+    print(f"\n| {'mutation':{width}} | caught? | seconds | pytest says\n|{'-' * (width + 2)}|---------|---------|------------")
+    for m, caught, seconds, said in rows:
+        print(f"| {m.name:{width}} | {'yes' if caught else 'NO':7} | {seconds:7.1f} | {said}")
+    survivors = [m.name for m, caught, *_ in rows if not caught]
     total = time.perf_counter() - started
     print(f"\n{len(rows) - len(survivors)} of {len(rows)} mutations caught; total {total:.0f} s")
     if failed_baselines:
