@@ -292,7 +292,7 @@ def damage_graph(directory: Path, rng: random.Random) -> str:
 
 
 def test_damaged_graph_files_give_one_line_and_info_agrees_with_animate(
-        toy_bundle, toy_custom_bundle, bundle_copy, capsys):
+        toy_bundle, toy_custom_bundle, bundle_copy, capsys, ceilings):
     rng = random.Random(SEED + 2)
     outcomes = {True: 0, False: 0}
     for i in range(GRAPH_MUTATIONS):
@@ -303,6 +303,8 @@ def test_damaged_graph_files_give_one_line_and_info_agrees_with_animate(
         assert code in (0, 1) and "Traceback" not in out + err, f"{where}: {out}{err}"
         opened, why = animator_opens(bundle)
         assert (code == 0) == opened, f"{where}: info exit {code} but Animator: {why or 'opened'}\n{out}"
+        code, out, err = run_cli(capsys, benchmark_argv(bundle, ceilings))
+        assert code == (0 if opened else 1) and (opened or one_error_line(err)), f"{where}: benchmark {code}: {err}"
         outcomes[opened] += 1
         shutil.rmtree(bundle)
     assert outcomes[False] > GRAPH_MUTATIONS // 3, outcomes

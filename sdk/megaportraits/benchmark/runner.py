@@ -124,7 +124,7 @@ def open_manifest(bundle_dir: Path | None) -> tuple:
     benchmark refuses exactly what ``animate`` refuses); errors are its one-line BundleError."""
     from ..bundle import validate_bundle
 
-    report = validate_bundle(bundle_dir)
+    report = validate_bundle(bundle_dir, open_sessions=True)
     report.raise_for_problems()
     return report.directory, report.manifest
 
