@@ -111,6 +111,18 @@ MUTATIONS = (
              "self._pose_tail = inverse_first @ homogeneous(source.pose.astype(np.float64))",
              "self._pose_tail = homogeneous(source.pose.astype(np.float64)) @ inverse_first",
              ("tests/sdk/test_sdk_animator.py", "-k", "relative")),
+    Mutation("relative motion: expression offset z_d0 - z_s",
+             "sdk/megaportraits/motion.py",
+             "self._expression_offset = (source.expression.astype(np.float64)\n"
+             "                                   - driver_first.expression.astype(np.float64))",
+             "self._expression_offset = (driver_first.expression.astype(np.float64)\n"
+             "                                   - source.expression.astype(np.float64))",
+             ("tests/sdk/test_sdk_animator.py", "-k", "relative")),
+    Mutation("compositing: the backdrop weighted by the matte, not 1 - matte",
+             "sdk/megaportraits/compositing.py",
+             "out += np.multiply(backdrop, plate, dtype=np.float32)",
+             "out += np.multiply(matte, plate, dtype=np.float32)",
+             ("tests/sdk/test_sdk_compositing.py", "-k", "formula")),
     Mutation("atomic output writes straight onto the destination",
              "sdk/megaportraits/files.py",
              "            yield tmp\n            os.replace(tmp, path)",
