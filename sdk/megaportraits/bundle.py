@@ -9,8 +9,9 @@ declares, its image sizes the manifest's ``image_size``, its operators the ones 
 bundle that the manifest hashes. Only then does :func:`open_bundle` let ONNX Runtime open a file.
 
 ``megaportraits info``, ``megaportraits benchmark``, the :class:`~megaportraits.Animator` (via
-:func:`open_bundle`) and the exporter's verifier all call :func:`validate_bundle`, so "ok" from
-one means the others run the bundle.
+:func:`open_bundle`) and the exporter's verifier all call :func:`validate_bundle` (info and
+benchmark with ``open_sessions``: ONNX Runtime opens the graphs too), so "ok" from one means
+the others run the bundle.
 
 Graphs that use the custom op need the native library; when it cannot be loaded, the bundle's
 portable graphs (standard ONNX GridSample) are used instead, with a one-line
@@ -56,9 +57,10 @@ def find_bundle(directory: str | Path | None = None) -> Path:
 @dataclass(frozen=True)
 class BundleReport:
     """What :func:`validate_bundle` found. ``ok`` exactly when :func:`open_bundle` would open
-    the bundle here (barring ONNX Runtime refusing a well-formed graph, which only a session
-    can tell). ``problems`` are one-line messages, the first one the most basic; ``manifest``
-    is None when it could not be read; ``flavour`` says which graphs would run here."""
+    the bundle here (without ``open_sessions``: barring ONNX Runtime refusing a well-formed
+    graph, which only a session can tell). ``problems`` are one-line messages, the first one
+    the most basic; ``manifest`` is None when it could not be read; ``flavour`` says which
+    graphs would run here."""
 
     directory: Path
     manifest: mf.Manifest | None = None
@@ -117,18 +119,10 @@ def validate_bundle(directory: str | Path | None = None, portable: bool = False,
     return report
 
 
-def check_contract(manifest: mf.Manifest) -> None:
-    """The bundle speaks this SDK's language: image format and graph tensor names."""
-    problems = contract_problems(manifest)
-    if problems:
-        raise BundleError(problems[0])
-
-
 def contract_problems(manifest: mf.Manifest) -> list:
+    """Where the manifest does not speak this SDK's language: image format, graph tensor names
+    (its fields' types and ranges, image_size included, are the manifest module's check)."""
     problems = []
-    if not 16 <= manifest.image_size <= 4096:
-        problems.append(f"manifest image_size {manifest.image_size!r} is not a size this SDK supports "
-                        "(16 to 4096)")
     if tuple(manifest.value_range) != (0.0, 1.0) or manifest.channel_order != "RGB":
         problems.append(f"bundle expects {manifest.channel_order} images in {list(manifest.value_range)}; "
                         "this SDK feeds RGB in [0, 1]: re-export the bundle")
