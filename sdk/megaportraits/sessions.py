@@ -98,6 +98,8 @@ def create_session(model: str | os.PathLike | bytes, providers: list,
     try:
         return ort.InferenceSession(source, sess_options=options if options is not None else session_options(),
                                     providers=list(providers))
+    except MemoryError:
+        raise  # not the model's fault: the CLI says "out of memory"
     except Exception as e:
         label = what or (repr(Path(source).name) if isinstance(source, str) else "the model")
         raise BundleError(f"ONNX Runtime cannot load {label}: {one_line(e)}") from None
