@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megaportraits.animator import BACKGROUNDS  # the SDK's choices: the evaluation scores what it shows
 from megaportraits_export import command
 # Re-exported for the callers of ``evaluate.<name>`` from before the evaluation became a package.
 from megaportraits_export.evaluation import (  # noqa: F401
@@ -25,6 +24,7 @@ from megaportraits_export.evaluation import (  # noqa: F401
     relative_motion,
     run_evaluation,
 )
+from megaportraits_export.evaluation.options import add_evaluation_options, check_counts
 
 DEFAULT_PAIRS = 48
 
@@ -32,20 +32,9 @@ DEFAULT_PAIRS = 48
 def build_parser() -> command.Parser:
     parser = command.parser("evaluate", "Self- and cross-reenactment metrics on held-out synthetic "
                                         "identities, next to the 'source unchanged' baseline.")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", metavar="CKPT", help="a training checkpoint (model_*.pt or state_*.pt)")
-    what.add_argument("--bundle", metavar="DIR", help="an exported bundle, run through the SDK")
-    parser.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help=f"pairs per task (default {DEFAULT_PAIRS})")
-    parser.add_argument("--identities", type=int, default=DEFAULT_HELDOUT_IDENTITIES,
-                        help=f"held-out identities to draw from (default {DEFAULT_HELDOUT_IDENTITIES})")
-    parser.add_argument("--seed", type=int, default=0)
+    add_evaluation_options(parser, pairs=DEFAULT_PAIRS, identities=DEFAULT_HELDOUT_IDENTITIES)
     parser.add_argument("--motion", choices=("relative", "absolute"), default="relative",
                         help="motion transfer (default relative; see megaportraits_export.evaluation)")
-    parser.add_argument("--background", choices=BACKGROUNDS, default="source",
-                        help="matte models: score the rendering composited over the source's inpainted "
-                             "backdrop as the SDK shows it (source, default) or the raw rendering (generated)")
-    parser.add_argument("--provider", default="cpu", help="bundle only: SDK provider (auto, cpu, cuda)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--write-provenance", action="store_true",
                         help="checkpoint only: store the results in the checkpoint's provenance "
                              "(metrics), which the exporter copies into the bundle manifest")
@@ -55,10 +44,7 @@ def build_parser() -> command.Parser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pairs < 1:
-        parser.error("--pairs must be at least 1")
-    if args.identities < 2:
-        parser.error("--identities must be at least 2 (cross-reenactment pairs two people)")
+    check_counts(parser, args)
     if args.bundle and args.write_provenance:
         parser.error("--write-provenance needs --checkpoint")
     return command.run(_evaluate, args)

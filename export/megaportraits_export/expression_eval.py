@@ -44,6 +44,7 @@ import torch
 from megaportraits_export import command, metrics
 from megaportraits_export.data.expression_pairs import (STRONG_EXPRESSIONS, expression_region, neutral_expression,
                                                          strong_expression)
+from megaportraits_export.evaluation.options import add_evaluation_options, check_counts
 
 DEFAULT_PAIRS = 48
 DEFAULT_IDENTITIES = 32
@@ -262,25 +263,14 @@ def build_parser() -> command.Parser:
         "expression-eval",
         "The expression path alone: held-out cross-reenactment with strong expressions, the driver's "
         "expression code against the source's own, PSNR where the expression shows.")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", metavar="CKPT", help="a training checkpoint (model_*.pt or state_*.pt)")
-    what.add_argument("--bundle", metavar="DIR", help="an exported bundle, run through the SDK")
-    parser.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help=f"pairs (default {DEFAULT_PAIRS})")
-    parser.add_argument("--identities", type=int, default=DEFAULT_IDENTITIES,
-                        help=f"held-out identities to draw from (default {DEFAULT_IDENTITIES})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--background", choices=("source", "generated"), default="source",
-                        help="matte models: composited over the source's backdrop (default) or raw")
-    parser.add_argument("--provider", default="cpu", help="bundle only: SDK provider (auto, cpu, cuda)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_evaluation_options(parser, pairs=DEFAULT_PAIRS, identities=DEFAULT_IDENTITIES)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.pairs < 1 or args.identities < 2:
-        parser.error("--pairs must be at least 1 and --identities at least 2")
+    check_counts(parser, args)
     return command.run(_evaluate_expressions, args)  # CheckpointError, SDK errors: one line, exit 1
 
 
