@@ -399,3 +399,16 @@ def test_model_interface_reads_what_onnx_reads(tmp_path):
         | {(n.domain, n.op_type) for g in (inner, other) for n in g.node}
     assert got.ops == every_node
     assert ("com.megaportraits", "GridSample3D") in got.ops  # found inside the If's branch
+
+
+@pytest.mark.parametrize("provider", ["bogus", "cuda"])
+def test_info_with_an_unknown_or_unavailable_provider_is_one_line(toy_bundle, capsys, provider):
+    from megaportraits import cli
+
+    if provider == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    code = cli.main(["info", "--bundle", str(toy_bundle), "--provider", provider])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and err.count("\n") == 1
+    expected = {"bogus": "unknown provider 'bogus'", "cuda": "provider 'cuda' is not available"}[provider]
+    assert err.startswith(f"megaportraits: error: {expected}"), err
