@@ -3,7 +3,8 @@
 Each mutation of the toy bundle's manifest (types swapped, keys removed and added, strings for
 numbers, nested nonsense, huge and negative numbers, NaN and infinities, future format versions,
 paths leaving the bundle) goes to ``load_manifest``, ``megaportraits info --bundle``,
-``megaportraits benchmark --bundle`` (its quickest options) and ``Animator``. Every one must end
+``megaportraits benchmark --bundle`` (its quickest options), ``Animator`` and ``megaportraits
+animate`` (a driver image). Every one must end
 in a one-line message and a non-zero exit, or run (a harmless mutation runs a frame), and never
 raise anything but the SDK's own errors; ``info`` must say "ok" exactly when the Animator opens
 the bundle. The commands run in-process (fast); a seeded sample also runs as real processes.
@@ -149,6 +150,23 @@ def benchmark_argv(bundle: Path, ceilings: Path) -> list:
             str(ceilings), "--json"]
 
 
+@pytest.fixture(scope="module")
+def portraits(tmp_path_factory) -> Path:
+    """A source and a driver image (already face crops) for ``animate``, and where it writes."""
+    import cv2
+
+    directory = tmp_path_factory.mktemp("portraits")
+    rng = np.random.default_rng(5)
+    for name in ("source.png", "driver.png"):
+        cv2.imwrite(str(directory / name), (rng.random((48, 48, 3)) * 255).astype(np.uint8))
+    return directory
+
+
+def animate_argv(bundle: Path, portraits: Path) -> list:
+    return ["animate", portraits / "source.png", portraits / "driver.png", "-o", portraits / "out.png",
+            "--bundle", bundle, "--no-crop", "--no-paste-back", "--provider", "cpu", "--threads", "1"]
+
+
 def run_cli(capsys, argv) -> tuple[int, str, str]:
     capsys.readouterr()
     try:
@@ -176,7 +194,7 @@ def animator_opens(bundle: Path) -> tuple[bool, str]:
 
 
 def test_mutated_manifests_give_one_line_or_run_and_info_agrees_with_animate(
-        toy_custom_bundle, bundle_copy, capsys, ceilings):
+        toy_custom_bundle, bundle_copy, capsys, ceilings, portraits):
     bundle = bundle_copy(toy_custom_bundle)
     valid = json.loads((bundle / mf.MANIFEST_NAME).read_text())
     rng = random.Random(SEED)
@@ -209,6 +227,9 @@ def test_mutated_manifests_give_one_line_or_run_and_info_agrees_with_animate(
             assert json.loads(out)["results"], where
         else:
             assert code == 1 and one_error_line(err), f"{where}: benchmark exit {code}: {err!r}"
+        code, _, err = run_cli(capsys, animate_argv(bundle, portraits))
+        assert code == (0 if info_ok else 1) and (info_ok or one_error_line(err)), \
+            f"{where}: info {'ok' if info_ok else 'invalid'} but animate exit {code}: {err!r}"
         counts["ran" if opened else "refused"] += 1
     # the mutations reach both outcomes and every kind was drawn
     assert counts["refused"] > MUTATIONS // 2 and counts["ran"] > 5, counts
