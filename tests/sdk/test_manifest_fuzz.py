@@ -1,14 +1,15 @@
-"""Seeded mutations of a valid manifest, fed to everything that reads one.
+"""Seeded mutations of a valid bundle, fed to everything that reads one.
 
-Each mutation of the toy bundle's manifest (types swapped, keys removed and added, strings for
-numbers, nested nonsense, huge and negative numbers, NaN and infinities, future format versions,
-paths leaving the bundle) goes to ``load_manifest``, ``megaportraits info --bundle``,
-``megaportraits benchmark --bundle`` (its quickest options), ``Animator`` and ``megaportraits
-animate`` (a driver image). Every one must end
-in a one-line message and a non-zero exit, or run (a harmless mutation runs a frame), and never
-raise anything but the SDK's own errors; ``info`` must say "ok" exactly when the Animator opens
-the bundle. The commands run in-process (fast); a seeded sample also runs as real processes.
-About 250 mutations; 30-60 s on a busy 2-core machine.
+Each of 250 mutations of the toy bundle's manifest (types swapped, keys removed and added,
+strings for numbers, nested nonsense, huge and negative numbers, NaN and infinities, future
+format versions, paths leaving the bundle, damaged JSON) goes to ``load_manifest``,
+``megaportraits info --bundle``, ``megaportraits benchmark --bundle`` (its quickest options),
+``Animator`` and ``megaportraits animate`` (a driver image); 60 damaged and re-signed graph
+files go to info, the Animator and benchmark. Every one must end in a one-line message and a
+non-zero exit, or run (a harmless mutation runs a frame), and never raise anything but the
+SDK's own errors; ``info`` must say "ok" exactly when the Animator opens the bundle. The
+commands run in-process (fast); a seeded sample also runs as real processes. About 40 s on a
+busy 2-core machine.
 """
 from __future__ import annotations
 
