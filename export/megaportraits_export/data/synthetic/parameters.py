@@ -151,8 +151,20 @@ def _lerp(a: float, b: float, t: float) -> float:
     return a + (b - a) * t
 
 
+class _Parameters:
+    """What :class:`Pose` and :class:`Expression` share: a frozen dataclass of floats that is
+    interpolated and flattened field by field, in field order."""
+
+    def lerp(self, other, t: float):
+        return type(self)(*(_lerp(a, b, t) for a, b in zip(self.as_array(), other.as_array())))
+
+    def as_array(self) -> np.ndarray:
+        """The fields in order (:data:`POSE_PARAMETER_NAMES`, :data:`EXPRESSION_PARAMETER_NAMES`), float32."""
+        return np.array(dataclasses.astuple(self), dtype=np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
-class Pose:
+class Pose(_Parameters):
     """Rigid head pose plus isotropic scale; angles in radians, translation in normalised units."""
 
     scale: float = 1.0
@@ -176,19 +188,12 @@ class Pose:
             tz=0.0,
         )
 
-    def lerp(self, other: "Pose", t: float) -> "Pose":
-        return Pose(*(_lerp(a, b, t) for a, b in zip(self.as_array(), other.as_array())))
-
     def mirrored(self) -> "Pose":
         """The pose seen in a horizontally flipped image: yaw, roll and tx change sign."""
         return dataclasses.replace(self, yaw=-self.yaw, roll=-self.roll, tx=-self.tx)
 
     def rotation(self) -> np.ndarray:
         return rotation_matrix(self.yaw, self.pitch, self.roll)
-
-    def as_array(self) -> np.ndarray:
-        """``(scale, yaw, pitch, roll, tx, ty, tz)`` as float32, :data:`POSE_PARAMETER_NAMES`."""
-        return np.array(dataclasses.astuple(self), dtype=np.float32)
 
     def model_parameters(self) -> np.ndarray:
         """The parameters of the model's theta (camera -> canonical) for this pose, float32
@@ -204,7 +209,7 @@ class Pose:
 
 
 @dataclasses.dataclass(frozen=True)
-class Expression:
+class Expression(_Parameters):
     """Facial expression: each value is 0 at rest; ``gaze_*`` in [-1, 1], the rest about [0, 1]."""
 
     mouth_open: float = 0.0
@@ -227,15 +232,8 @@ class Expression:
             gaze_y=float(np.clip(rng.normal(0.0, 0.3), -1, 1)),
         )
 
-    def lerp(self, other: "Expression", t: float) -> "Expression":
-        return Expression(*(_lerp(a, b, t) for a, b in zip(self.as_array(), other.as_array())))
-
     def mirrored(self) -> "Expression":
         return dataclasses.replace(self, gaze_x=-self.gaze_x)
-
-    def as_array(self) -> np.ndarray:
-        """Values in the order of :data:`EXPRESSION_PARAMETER_NAMES`, float32."""
-        return np.array(dataclasses.astuple(self), dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
