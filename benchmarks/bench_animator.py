@@ -5,11 +5,12 @@ this times the complete call per driver frame in three set-ups:
 
 - already-cropped frames, ONNX Runtime fed through IOBinding;
 - the same with plain ``session.run``;
-- 640x480 driver frames with face tracking, pasted back into a 512x512 photo.
+- the bundled demo driver video with face tracking, pasted back into the bundled demo photo
+  (a real tracking workload).
 
 (These figures were printed by tests/sdk/test_sdk_tiny.py, which asserted a timing; tests now
 check only results, and speed is measured here.) No torch needed: the default bundle is the
-bundled demo model.
+bundled demo model; the demo photo and driver come with the SDK.
 
     python benchmarks/bench_animator.py                       # the demo bundle, 1 thread
     python benchmarks/bench_animator.py --bundle /tmp/tiny --threads 2 --frames 100
@@ -18,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from megaportraits import Animator
+from megaportraits.benchmark.io_stages import demo_driver_frames
 from megaportraits.benchmark.stats import measure
+from megaportraits.cli import DEMO_SOURCE
 from megaportraits.errors import MegaportraitsError
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "sdk"))  # drawn_faces
+from megaportraits.images import load_image
 
 
 def cycling(performance, frames):
@@ -49,8 +50,6 @@ def main(argv=None) -> int:
     if args.frames < 3 or args.threads < 1:
         print("error: --frames must be at least 3 and --threads at least 1", file=sys.stderr)
         return 2
-    from drawn_faces import draw_face
-
     try:
         plain = {io: Animator(args.bundle, provider="cpu", threads=args.threads, crop=False, paste_back=False,
                               io_binding=io) for io in (True, False)}
@@ -62,14 +61,17 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (size, size, 3)).astype(np.int16)
     cropped = [np.clip(base + rng.integers(-60, 61, base.shape), 0, 255).astype(np.uint8) for _ in range(10)]
-    photo = draw_face(size=512, cx=256, cy=250, scale=1.6)
-    driver = [draw_face(size=480, width=640, cx=320 + 8 * np.sin(i / 3), cy=240, scale=1.4, noise_seed=i)
-              for i in range(20)]
+    photo, driver = load_image(DEMO_SOURCE, "demo photo"), demo_driver_frames(30)
+    if not driver:
+        print("error: the bundled demo driver video cannot be read here (is PyAV installed?)", file=sys.stderr)
+        return 2
+    dh, dw = driver[0].shape[:2]
 
     setups = [
         (f"{size}px crops, IOBinding", plain[True], cropped[0], cropped),
         (f"{size}px crops, session.run", plain[False], cropped[0], cropped),
-        ("640x480 driver, face tracking + paste-back into 512x512", tracked, photo, driver),
+        (f"{dw}x{dh} demo driver, tracking + paste-back into {photo.shape[1]}x{photo.shape[0]}",
+         tracked, photo, driver),
     ]
     print(f"bundle {args.bundle or 'the bundled demo model'}, "
           f"cpu, {args.threads} thread(s); per frame, {args.frames} frames after 5 warm-up")
