@@ -3,7 +3,7 @@ options, signals). For every case: no traceback; either a non-zero exit with one
 the problem, or (valid but odd input) exit 0 and a correct output; no partial or temporary
 file anywhere; every input file's bytes unchanged.
 
-Everything runs in-process on the toy bundle and inputs of a few KB (77 cases; all 83 tests take
+Everything runs in-process on the toy bundle and inputs of a few KB (78 cases; all 84 tests take
 about 55 s on two busy cores), except the signal cases, each a fresh process sending itself the
 real signal.
 """
@@ -163,6 +163,8 @@ CASES = [
          "does not exist; create it first"),
     Case("benchmark-threads-huge", lambda c, o: ["benchmark", "--threads", "99999999999"], "from 1 to 1024", code=2),
     Case("info-missing-bundle", lambda c, o: ["info", "--bundle", c / "nope"], "does not exist", stream="out"),
+    Case("info-provider-bogus", lambda c, o: ["info", "--bundle", c / "toy", "--provider", "bogus"],
+         "unknown provider 'bogus'"),
     Case("max-frames-two", _animate(SRC, DRV, "o.mp4", "--max-frames", "2", "--smooth"), check=_video_ok(2)),
     Case("no-crop", _animate("rgba.png", "driver.png", "o.png", "--no-crop"), check=_image_ok((256, 256, 3))),
 ]
