@@ -126,9 +126,10 @@ def _webp_size(data: bytes):
     return None
 
 
-def _tiff_tags(data: bytes, base: int = 0) -> dict | None:
+def _tiff_tags(data: bytes, base: int = 0, where: dict | None = None) -> dict | None:
     """The first IFD's {tag: first value} of a TIFF structure starting at ``base`` (a TIFF
-    file, or the EXIF block of another format); None if it is not one."""
+    file, or the EXIF block of another format); None if it is not one. ``where``, when
+    given, receives {tag: (byte offset of the value, struct format)}."""
     order = {b"II": "<", b"MM": ">"}.get(data[base:base + 2])
     if order is None or struct.unpack(order + "H", data[base + 2:base + 4])[0] != 42:
         return None
@@ -138,10 +139,11 @@ def _tiff_tags(data: bytes, base: int = 0) -> dict | None:
     for k in range(count):
         entry = offset + 2 + 12 * k
         tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
-        if kind == 3:  # SHORT
-            tags[tag] = struct.unpack(order + "H", data[entry + 8:entry + 10])[0]
-        elif kind == 4:  # LONG
-            tags[tag] = struct.unpack(order + "I", data[entry + 8:entry + 12])[0]
+        code = {3: "H", 4: "I"}.get(kind)  # SHORT, LONG
+        if code is not None:
+            tags[tag] = struct.unpack(order + code, data[entry + 8:entry + 8 + struct.calcsize(code)])[0]
+            if where is not None:
+                where[tag] = (entry + 8, order + code)
     return tags
 
 
@@ -216,6 +218,23 @@ def _exif_tags(data: bytes) -> dict | None:
     return _tiff_tags(data)
 
 
+def _tiff_stored_as_is(data: bytes) -> bytes:
+    """A TIFF file with its orientation tag set to 1. OpenCV's TIFF decoder turns the image
+    itself (even with IMREAD_UNCHANGED) and fails outright on the quarter turns, 5 to 8; so it
+    is given the pixels as stored and :func:`apply_orientation` turns them, as for every format."""
+    where: dict = {}
+    try:
+        _tiff_tags(data, where=where)
+    except (struct.error, IndexError, ValueError):
+        return data
+    if _ORIENTATION_TAG not in where:
+        return data
+    offset, code = where[_ORIENTATION_TAG]
+    patched = bytearray(data)
+    struct.pack_into(code, patched, offset, 1)
+    return bytes(patched)
+
+
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     """The stored pixels turned the way EXIF ``orientation`` says they are to be shown."""
     if orientation in (2, 4, 5, 7):  # mirrored: undo the mirror first, then rotate as 1/3/8/6
@@ -286,6 +305,9 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
         raise InputError(f"{label} is not an image this SDK can read "
                          f"(supported: {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
     check_size(*size, what=label)
+    orientation = exif_orientation(data)
+    if orientation != 1 and data[:2] in (b"II", b"MM"):
+        data = _tiff_stored_as_is(data)
     try:
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # e.g. beyond OpenCV's own pixel limit
@@ -295,7 +317,7 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
                          "cannot be decoded")
     if decoded.ndim == 3 and decoded.shape[2] > 4:  # multi-sample TIFF: the first four are colour
         decoded = decoded[:, :, :4]
-    decoded = apply_orientation(decoded, exif_orientation(data))
+    decoded = apply_orientation(decoded, orientation)
     check_size(decoded.shape[1], decoded.shape[0], what=label)
     return from_cv2(decoded, label)
 

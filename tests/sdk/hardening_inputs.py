@@ -204,3 +204,17 @@ def bundle_with(toy_bundle, directory, role: str, model_bytes: bytes) -> Path:
     (directory / f"{role}.onnx").write_bytes(model_bytes)
     mf.write_manifest(directory, mf.load_manifest(directory))
     return directory
+
+
+def tiff_with_orientation(rgb, orientation: int, big_endian: bool = False) -> bytes:
+    """An uncompressed 8-bit RGB TIFF of ``rgb`` (as stored) with an Orientation tag."""
+    h, w = rgb.shape[:2]
+    order = ">" if big_endian else "<"
+    tags = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 2), (273, 4, 0), (274, 3, orientation),
+            (277, 3, 3), (278, 4, h), (279, 4, w * h * 3)]
+    start = 8 + 2 + 12 * len(tags) + 4
+    ifd = struct.pack(order + "H", len(tags)) + b"".join(
+        struct.pack(order + "HHI", tag, kind, 1)
+        + (struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", start if tag == 273 else value))
+        for tag, kind, value in tags) + struct.pack(order + "I", 0)
+    return (b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, 8) + ifd + np.ascontiguousarray(rgb).tobytes()

@@ -15,6 +15,7 @@ from megaportraits.video import DamagedVideoWarning, VideoReader
 
 from drawn_faces import draw_face
 from hardening_inputs import (audio_seconds, count_frames, digest, driver_frames, frame_times, jpeg_with_orientation,
+                              tiff_with_orientation,
                               make_media, run_cli, temporary_files, tiff_header, vfr_video, webp_header, write_rgb)
 from media import write_video
 
@@ -42,6 +43,23 @@ def test_4_exif_orientation_matches_opencvs_own_reading(tmp_path, orientation):
     got = load_image(path)
     assert got.shape == expected.shape == ((48, 80, 3) if orientation <= 4 else (80, 48, 3))
     assert np.array_equal(got, expected)
+
+
+# how each EXIF orientation is shown, written from the EXIF specification's table
+SHOWN = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+         5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a[:, ::-1], -1),
+         8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("big_endian", [False, True], ids=["II", "MM"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_4_tiff_orientation_is_applied_once(tmp_path, orientation, big_endian):
+    stored = np.random.default_rng(orientation).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    path = tmp_path / "scan.tif"
+    path.write_bytes(tiff_with_orientation(stored, orientation, big_endian))
+    assert np.array_equal(load_image(path), SHOWN[orientation](stored))
+    if orientation <= 4:  # OpenCV turns these itself (and fails on 5-8): an independent check
+        assert np.array_equal(load_image(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:, :, ::-1])
 
 
 def test_4_a_sideways_phone_photo_finds_its_face(toy, tmp_path):
