@@ -218,3 +218,23 @@ def tiff_with_orientation(rgb, orientation: int, big_endian: bool = False) -> by
         + (struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", start if tag == 273 else value))
         for tag, kind, value in tags) + struct.pack(order + "I", 0)
     return (b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, 8) + ifd + np.ascontiguousarray(rgb).tobytes()
+
+
+def png_with_orientation(stored_rgb, orientation: int) -> bytes:
+    """A PNG of ``stored_rgb`` with an eXIf chunk after IHDR."""
+    import zlib
+
+    data = cv2.imencode(".png", np.ascontiguousarray(stored_rgb[:, :, ::-1]))[1].tobytes()
+    exif = exif_block(orientation)
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    return data[:33] + chunk + data[33:]  # signature (8) + IHDR (25)
+
+
+def webp_with_orientation(stored_rgb, orientation: int) -> bytes:
+    """A lossless WebP of ``stored_rgb`` in the extended (VP8X) layout with an EXIF chunk."""
+    data = cv2.imencode(".webp", np.ascontiguousarray(stored_rgb[:, :, ::-1]), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    h, w = stored_rgb.shape[:2]
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0]) + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    exif = exif_block(orientation)
+    body = b"WEBP" + vp8x + data[12:] + b"EXIF" + struct.pack("<I", len(exif)) + exif + (b"\0" if len(exif) % 2 else b"")
+    return b"RIFF" + struct.pack("<I", len(body)) + body

@@ -15,8 +15,7 @@ from megaportraits.video import DamagedVideoWarning, VideoReader
 
 from drawn_faces import draw_face
 from hardening_inputs import (audio_seconds, count_frames, digest, driver_frames, frame_times, jpeg_with_orientation,
-                              tiff_with_orientation,
-                              make_media, run_cli, temporary_files, tiff_header, vfr_video, webp_header, write_rgb)
+                              make_media, png_with_orientation, tiff_with_orientation, webp_with_orientation, run_cli, temporary_files, tiff_header, vfr_video, webp_header, write_rgb)
 from media import write_video
 
 
@@ -60,6 +59,16 @@ def test_4_tiff_orientation_is_applied_once(tmp_path, orientation, big_endian):
     assert np.array_equal(load_image(path), SHOWN[orientation](stored))
     if orientation <= 4:  # OpenCV turns these itself (and fails on 5-8): an independent check
         assert np.array_equal(load_image(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:, :, ::-1])
+
+
+@pytest.mark.parametrize("kind", ["png", "webp"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_4_png_and_webp_exif_orientation(tmp_path, orientation, kind):
+    stored = np.random.default_rng(orientation).integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    path = tmp_path / f"photo.{kind}"
+    path.write_bytes((png_with_orientation if kind == "png" else webp_with_orientation)(stored, orientation))
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]  # OpenCV applies EXIF here
+    assert np.array_equal(load_image(path), SHOWN[orientation](stored)) and np.array_equal(expected, SHOWN[orientation](stored))
 
 
 def test_4_a_sideways_phone_photo_finds_its_face(toy, tmp_path):
