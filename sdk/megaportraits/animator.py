@@ -118,7 +118,13 @@ class Avatar:
 
 
 class Animator:
-    """Loads a bundle and animates avatars with it. Use as a context manager or call close()."""
+    """Loads a bundle and animates avatars with it. Use as a context manager or call close().
+
+    The default bundle is the demo model, trained only on this project's synthetic rendered
+    heads (``self.bundle.manifest.trained_on_synthetic_data`` is True): it animates those well
+    and a real photo roughly (a blurry face). For real portraits use a real model: convert
+    official weights (``python -m megaportraits_export convert``) or train on real talking-head
+    video (``configs/paper512_voxceleb2.toml``), and pass its bundle directory."""
 
     def __init__(self, bundle: str | Path | None = None, options: AnimatorOptions | None = None, **overrides):
         options = dataclasses.replace(options or AnimatorOptions(), **overrides).validate()

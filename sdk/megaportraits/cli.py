@@ -107,10 +107,16 @@ def _animate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _animate(args) -> int:
-    return _run_animation(args, args.source, args.driver, args.output, args.bundle)
+    return _run_animation(args, args.source, args.driver, args.output, args.bundle, users_photo=True)
 
 
-def _run_animation(args, source, driver, output, bundle) -> int:
+SYNTHETIC_MODEL_NOTE = ("note: this model was trained only on synthetic rendered heads (as the bundled demo model), so a "
+                        "real photo comes out as a rough, blurry face; for a real model convert official weights "
+                        "(python -m megaportraits_export convert) or train on real talking-head video "
+                        "(configs/paper512_voxceleb2.toml)")
+
+
+def _run_animation(args, source, driver, output, bundle, users_photo: bool = False) -> int:
     from .files import check_output_path, check_readable_file
     from .images import OUTPUT_IMAGE_EXTENSIONS, is_image_path, load_image, save_image
 
@@ -125,6 +131,8 @@ def _run_animation(args, source, driver, output, bundle) -> int:
     driver_image = load_image(driver, "driver image") if single_image else None
     motion = args.motion or ("absolute" if single_image else "relative")
     with _animator(args, bundle, motion) as animator:
+        if users_photo and animator.bundle.manifest.trained_on_synthetic_data:
+            print(f"{PROG}: {SYNTHETIC_MODEL_NOTE}", file=sys.stderr)
         avatar = animator.prepare(source_image, source_path=source)
         if single_image:
             save_image(output, animator.animate_frame(avatar, driver_image), inputs={"source image": source,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .schema import BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES
+from .schema import BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -194,6 +194,15 @@ class Manifest:
         """True when the generator also renders the person's matte (a second output, ``matte``),
         so the SDK composites its frames onto the source's backdrop (megaportraits.compositing)."""
         return any(t.name == MATTE_OUTPUT for t in self.graphs["generator"].outputs)
+
+    @property
+    def trained_on_synthetic_data(self) -> bool:
+        """True when the training provenance says the model saw only synthetic rendered heads
+        (``provenance.data.kind == "synthetic"``, as the bundled demo model): on a real photo it
+        renders a rough face, and a real model comes from converted official weights or from
+        training on real talking-head video."""
+        data = self.provenance.get("data")
+        return isinstance(data, dict) and data.get("kind") == SYNTHETIC_DATA
 
     @property
     def has_portable(self) -> bool:

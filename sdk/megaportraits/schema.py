@@ -24,6 +24,10 @@ MATTE_OUTPUT = "matte"
 
 SOURCE, DRIVER, GENERATOR = "source", "driver", "generator"
 
+# The manifest's ``provenance.data.kind`` of a model trained only on the project's synthetic
+# rendered heads (the bundled demo model): the SDK says so when such a model animates a photo.
+SYNTHETIC_DATA = "synthetic"
+
 # The tensors between the graphs. Images are float32 RGB (N, 3, S, S) in [0, 1]; the avatar is
 # the canonical volume (N, C, D, H, W) and global descriptor (N, Cd, h, w); motion is the head
 # pose (N, 3, 4) and expression code (N, Z).
