@@ -32,6 +32,7 @@ import av
 import numpy as np
 
 from .errors import AnimationInterrupted, InputError
+from .images import MAX_PIXELS, MAX_SIDE
 from .files import check_output_path, check_readable_file, deferred_signals, temporary_sibling, write_failed
 
 MP4_AUDIO_CODECS = ("aac", "mp3", "alac")
@@ -68,6 +69,11 @@ class VideoReader:
             self._container.close()
             raise InputError(f"{what} {str(self.path)!r} has no video track")
         self.stream = self._container.streams.video[0]
+        width, height = self.stream.codec_context.width, self.stream.codec_context.height
+        if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:  # before a frame is allocated
+            self._container.close()
+            raise InputError(f"{what} {str(self.path)!r} is {width}x{height} pixels, larger than this SDK accepts "
+                             f"(at most {MAX_SIDE} px a side and {MAX_PIXELS // 1_000_000} MP); downscale it first")
         self.stream.thread_type = "AUTO"
         self.fps = _frame_rate(self.stream)
         self.frame_count = self.stream.frames or None

@@ -3,7 +3,7 @@ options, signals). For every case: no traceback; either a non-zero exit with one
 the problem, or (valid but odd input) exit 0 and a correct output; no partial or temporary
 file anywhere; every input file's bytes unchanged.
 
-Everything runs in-process on the toy bundle and inputs of a few KB (78 cases; all 84 tests take
+Everything runs in-process on the toy bundle and inputs of a few KB (79 cases; all 85 tests take
 about 55 s on two busy cores), except the signal cases, each a fresh process sending itself the
 real signal.
 """
@@ -101,6 +101,7 @@ CASES = [
     Case("driver-no-samples", _animate(SRC, "noframes.mp4", "o.mp4"), "has no video track"),
     Case("driver-audio-only", _animate(SRC, "audio_only.mp4", "o.mp4"), "has no video track"),
     Case("driver-no-face", _animate(SRC, "noise.mp4", "o.mp4"), "no face found in the driver's first frame"),
+    Case("driver-17000px-wide", _animate(SRC, "wide.mkv", "o.mp4"), "is 17000x16 pixels, larger than this SDK accepts"),
     Case("driver-16px-frames", _animate(SRC, "small.mp4", "o.mp4"), "driver frame is 16x16 pixels, too small"),
     Case("driver-image-no-face", _animate(SRC, "noise.png", "o.png"), "no face found in the driver's first frame"),
     Case("driver-image-1x1", _animate(SRC, "tiny.png", "o.png"), "is 1x1 pixels, too small to hold a face"),
@@ -225,6 +226,7 @@ def _make_corpus(c: Path, toy_bundle: Path) -> None:
         f.sample_rate, f.pts = 16000, 0
         out.mux(a.encode(f))
         out.mux(a.encode(None))
+    write_video(c / "wide.mkv", [np.zeros((16, 17000, 3), np.uint8)], fps=25, codec="ffv1", pix_fmt="yuv444p")
     write_video(c / "small.mp4", [cv2.resize(f, (16, 16)) for f in frames[:3]], fps=25)
     vfr_video(c / "phone.mp4", [i / 25 for i in range(6)], rotation=90,
               frames=[np.ascontiguousarray(np.rot90(f, -1)) for f in driver_frames(6)])

@@ -90,6 +90,16 @@ def test_4_a_rotated_phone_video_is_read_upright(tmp_path):
         assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 4
 
 
+@pytest.mark.parametrize("rotation", [90, 180, 270, -90])
+def test_4_every_quarter_turn_is_undone(tmp_path, rotation):
+    upright = driver_frames(2)
+    stored = [np.ascontiguousarray(np.rot90(f, -rotation // 90)) for f in upright]  # what the display turns back
+    path = vfr_video(tmp_path / "turned.mp4", [0, 0.04], rotation=rotation, frames=stored)
+    with VideoReader(path) as reader:
+        for got, want in zip(reader, upright):
+            assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 4
+
+
 def test_4_cli_animates_a_rotated_driver(media, toy_bundle, tmp_path, capsys):
     stored = [np.ascontiguousarray(np.rot90(f, -1)) for f in driver_frames(6)]
     driver = vfr_video(tmp_path / "phone.mp4", [i / 25 for i in range(6)], rotation=90, frames=stored)
@@ -143,6 +153,12 @@ def test_8_bombs_are_refused_before_decoding(tmp_path, monkeypatch, kind):
     monkeypatch.setattr(images_mod.cv2, "imdecode", lambda *a: pytest.fail("decoding began"))
     with pytest.raises(InputError, match=r"is \d+x\d+ pixels, larger than this SDK accepts"):
         load_image(path, "source image")
+
+
+def test_8_a_huge_video_is_refused_before_a_frame_is_decoded(tmp_path):
+    path = write_video(tmp_path / "wide.mkv", [np.zeros((16, 17000, 3), np.uint8)], fps=25, codec="ffv1", pix_fmt="yuv444p")
+    with pytest.raises(InputError, match=r"is 17000x16 pixels, larger than this SDK accepts"):
+        VideoReader(path)
 
 
 def test_8_unmeasurable_formats_are_not_decoded(tmp_path, monkeypatch):
