@@ -85,6 +85,14 @@ def wrapper_functions(repo: Path, camera) -> dict:
     return namespace
 
 
+def their_wrapper(fn: dict, theirs: dict):
+    """A stand-in ``self`` for their wrapper's stitching methods: their stitching MLP and methods."""
+    cls = type("LivePortraitWrapperMethods", (), {"stitch": fn["stitch"], "stitching": fn["stitching"]})
+    wrapper = cls()
+    wrapper.stitching_retargeting_module = {"stitching": theirs["stitching"]}
+    return wrapper
+
+
 def build_theirs(config, classes, mlp_class) -> dict:
     nets = {name: classes[name](**config[f"{name}_params"]).eval() for name in NETWORK_CLASSES}
     mlp_config = config["stitching_retargeting_module_params"]
@@ -234,14 +242,14 @@ def compare_animation(theirs: dict, camera, fn: dict, ours, bundle: Path, frames
     drivers = [torch.rand(1, 3, c.image_size, c.image_size, generator=g) for _ in range(frames)]
     # theirs: the pipeline's calls in order (prepare_source -> get_kp_info -> extract_feature_3d ->
     # transform_keypoint; per frame: relative rule -> stitching -> warp_decode)
-    shim = type("Wrapper", (), {"stitching_retargeting_module": {"stitching": theirs["stitching"]}})()
+    shim = their_wrapper(fn, theirs)
     x_s_info = their_kp_info(theirs, camera, source)
     f_s = theirs["appearance_feature_extractor"](source)
     x_s = fn["transform_keypoint"](None, x_s_info)
     their_kp = their_relative_keypoints(fn, camera, x_s_info, [their_kp_info(theirs, camera, d) for d in drivers])
     their_frames = []
     for x_d in their_kp:
-        x_d = fn["stitching"](shim, x_s, x_d)
+        x_d = shim.stitching(x_s, x_d)
         their_frames.append(theirs["spade_generator"](theirs["warping_module"](f_s, kp_driving=x_d, kp_source=x_s)["out"]))
 
     log(f"whole frame: a random source driven by {frames} random frames (relative motion, stitching):")

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .motion import MOTION_MODES, OneEuroFilter
-from .schema import LIVEPORTRAIT_MOTION
+from .schema import DRIVER, GENERATOR, LIVEPORTRAIT_GRAPH_IO, LIVEPORTRAIT_MOTION, SOURCE
 
 BIN_DEGREES = 3.0
 ANGLE_OFFSET = 97.5  # degrees: bin b covers b * 3 - 97.5 (the published bins' centring)
@@ -151,3 +151,32 @@ class KeypointComposer:
         if self._filter is not None:
             driving = self._filter(driving, self._dt).astype(np.float32)
         return driving
+
+
+# ---- the family's graphs, as the Animator runs them --------------------------------------------
+class KeypointAvatar(NamedTuple):
+    """What the source graph gives once per avatar: the feature volume, the source's motion and
+    its own keypoints x_s (the generator's ``source_keypoints`` for every frame)."""
+
+    feature_volume: np.ndarray  # (1, C, D, H, W) float32
+    motion: KeypointMotion
+    keypoints: np.ndarray       # (1, K, 3) float32
+
+
+def read_source(run, source_image: np.ndarray) -> KeypointAvatar:
+    """``run(output_names, feeds) -> list`` runs the source graph (the Animator's error handling)."""
+    names = list(LIVEPORTRAIT_GRAPH_IO[SOURCE].outputs)
+    outputs = dict(zip(names, run(names, {LIVEPORTRAIT_GRAPH_IO[SOURCE].inputs[0]: source_image})))
+    motion = decode(outputs)
+    return KeypointAvatar(np.ascontiguousarray(outputs["feature_volume"], np.float32), motion, own_keypoints(motion))
+
+
+def read_driver(run, driver_image: np.ndarray) -> KeypointMotion:
+    names = list(LIVEPORTRAIT_GRAPH_IO[DRIVER].outputs)
+    return decode(dict(zip(names, run(names, {LIVEPORTRAIT_GRAPH_IO[DRIVER].inputs[0]: driver_image}))))
+
+
+def generator_feeds(avatar: KeypointAvatar, driving: np.ndarray) -> dict:
+    volume, source, driving_name = LIVEPORTRAIT_GRAPH_IO[GENERATOR].inputs
+    return {volume: avatar.feature_volume, source: avatar.keypoints,
+            driving_name: np.ascontiguousarray(driving, np.float32)}
