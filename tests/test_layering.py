@@ -150,3 +150,19 @@ def test_the_private_use_scanner_finds_each_kind(tmp_path):
     uses = private_sdk_uses(sample)
     assert uses == ["1: imports megaportraits._native", "2: imports _verify from megaportraits.bundle",
                     "4: uses b._one_line"], uses
+
+
+@pytest.mark.parametrize("module", ["errors", "schema"])
+def test_the_base_modules_import_nothing_else_from_the_sdk(module):
+    """errors.py and schema.py sit under everything: any SDK module may import them."""
+    path = SDK / f"{module}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    sdk_imports = [m for _, m, _ in imported_modules(tree, "megaportraits") if m and m.startswith("megaportraits")]
+    assert sdk_imports == []
+
+
+def test_one_bundle_error():
+    from megaportraits import errors, manifest
+
+    assert manifest.BundleError is errors.BundleError
+    assert issubclass(errors.BundleError, errors.MegaportraitsError) and issubclass(errors.BundleError, ValueError)
