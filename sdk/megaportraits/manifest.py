@@ -350,6 +350,9 @@ def load_manifest(bundle_dir: str | os.PathLike) -> Manifest:
     """Read and validate ``manifest.json``; raises :class:`BundleError` with the reason."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
+        if bundle_dir.exists():
+            raise BundleError(f"{str(bundle_dir)!r} is a file, not a bundle directory; pass the directory "
+                              f"that holds {MANIFEST_NAME}")
         raise BundleError(f"bundle directory {str(bundle_dir)!r} does not exist")
     path = bundle_dir / MANIFEST_NAME
     if not path.is_file():

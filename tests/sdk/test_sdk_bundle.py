@@ -412,3 +412,8 @@ def test_info_with_an_unknown_or_unavailable_provider_is_one_line(toy_bundle, ca
     assert code == 1 and out == "" and err.count("\n") == 1
     expected = {"bogus": "unknown provider 'bogus'", "cuda": "provider 'cuda' is not available"}[provider]
     assert err.startswith(f"megaportraits: error: {expected}"), err
+
+
+def test_a_file_instead_of_a_bundle_directory(toy_bundle):
+    with pytest.raises(BundleError, match="is a file, not a bundle directory; pass the directory that holds"):
+        open_bundle(toy_bundle / mf.MANIFEST_NAME)
