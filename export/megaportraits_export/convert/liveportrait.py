@@ -28,11 +28,10 @@ from megaportraits_export.liveportrait import keypoints
 from megaportraits_export.liveportrait.config import LivePortraitConfig
 from megaportraits_export.liveportrait.graphs import role_modules
 from megaportraits_export.liveportrait.weights import LivePortraitNetworks, WeightsError, load_networks
-from megaportraits_export.onnx_export import (OPSET, SLOW_OPS, ExportError, compare_outputs, export_graph,
-                                              format_report, graph_summary, ort_session, producer_versions,
-                                              save_graph, save_standard_twin)
-from megaportraits_export.onnx_export.tracing import BATCH_AXIS
-from megaportraits_export.onnx_export.writing import _check_output_dir, _move_into_place
+from megaportraits_export.onnx_export import (OPSET, ExportError, compare_outputs, export_graph, format_report,
+                                              ort_session, producer_versions, save_graph, save_standard_twin)
+from megaportraits_export.onnx_export import check_graph as onnx_check_graph
+from megaportraits_export.onnx_export.writing import check_output_dir, move_into_place
 
 LICENCE = "MIT"
 SOURCE_REPOSITORY = "https://github.com/KwaiVGI/LivePortrait"
@@ -81,22 +80,8 @@ def export_programs(networks: LivePortraitNetworks, progress=print) -> dict:
 
 def check_graph(role: str, path: Path, portable: bool) -> tuple:
     """The saved graph has the family's names, a dynamic batch axis and no slow ops."""
-    inputs, outputs, ops = graph_summary(path)
     io = LIVEPORTRAIT_GRAPH_IO[role]
-    got = (tuple(t.name for t in inputs), tuple(t.name for t in outputs))
-    if got != (io.inputs, io.outputs):
-        raise ExportError(f"{role} graph has inputs {got[0]} and outputs {got[1]}; "
-                          f"megaportraits.schema fixes {io.inputs} and {io.outputs}")
-    for t in (*inputs, *outputs):
-        if not t.shape or t.shape[0] != BATCH_AXIS:
-            raise ExportError(f"{role} graph: {t.name} has shape {t.shape}, not a dynamic '{BATCH_AXIS}' axis 0")
-    slow = sorted(set(ops) & SLOW_OPS)
-    if slow:
-        raise ExportError(f"{role} graph contains {', '.join(slow)}, which ONNX Runtime runs slowly")
-    uses_custom_op = any(op.startswith(GRID_SAMPLE_3D.domain + "::") for op in ops)
-    if portable and uses_custom_op:
-        raise ExportError(f"portable {role} graph still contains a {GRID_SAMPLE_3D.domain} node")
-    return inputs, outputs, uses_custom_op
+    return onnx_check_graph(role, path, portable, names=(io.inputs, io.outputs))
 
 
 def write_role(role: str, program, staging: Path, portable: bool) -> mf.GraphSpec:
@@ -149,7 +134,7 @@ def provenance(weights_dir: Path | None, reports: list, extra: dict | None = Non
 def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, provenance_info: dict,
                  portable: bool = False, check: bool = False, progress=print) -> Path:
     output = Path(output)
-    _check_output_dir(output)
+    check_output_dir(output)
     programs = export_programs(networks, progress)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
@@ -171,7 +156,7 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
             if failed:
                 raise ExportError(f"{len(failed)} output(s) differ from PyTorch beyond tolerance "
                                   f"(first: {failed[0].describe()}); the bundle was not written")
-        _move_into_place(staging, output)
+        move_into_place(staging, output)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -181,7 +166,7 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
 def convert(weights_dir: str | os.PathLike, output: str | os.PathLike, portable: bool = False,
             check: bool = False, config: LivePortraitConfig = LivePortraitConfig(), progress=print) -> Path:
     """Published weights directory -> bundle; returns the bundle's path."""
-    _check_output_dir(Path(output))
+    check_output_dir(Path(output))
     networks, reports = load_networks(weights_dir, config, progress=progress)
     for r in reports:
         progress(r.summary())

@@ -33,7 +33,7 @@ def export_bundle(model: torch.nn.Module,
                   verify: bool = False,
                   external_weights: bool = False) -> Path:
     """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
-    _check_output_dir(Path(output))
+    check_output_dir(Path(output))
     exported = export_graphs(model, config, preset, provenance)
     return write_bundle(exported, output, portable=portable, verify_against=model if verify else None,
                         external_weights=external_weights)
@@ -55,7 +55,7 @@ def write_bundle(exported: ExportedModel,
     writes nothing.
     """
     output = Path(output)
-    _check_output_dir(output)
+    check_output_dir(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
@@ -76,7 +76,7 @@ def write_bundle(exported: ExportedModel,
         mf.write_manifest(staging, manifest)
         if verify_against is not None:
             _verify_or_raise(staging, verify_against)
-        _move_into_place(staging, output)
+        move_into_place(staging, output)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -115,7 +115,9 @@ def _data_files(staging: Path) -> list[str]:
     return sorted(p.name for p in staging.iterdir() if p.is_file() and p.name != mf.MANIFEST_NAME)
 
 
-def _check_output_dir(output: Path) -> None:
+def check_output_dir(output: Path) -> None:
+    """Refuse an output that is a file, or a non-empty directory that is not a bundle (never overwrite
+    what is not ours); a converter of another family checks its output the same way."""
     if output.exists() and not output.is_dir():
         raise ExportError(f"--output {output} is a file; give a directory for the bundle")
     if output.is_dir() and any(output.iterdir()) and not (output / mf.MANIFEST_NAME).is_file():
@@ -123,7 +125,7 @@ def _check_output_dir(output: Path) -> None:
                           "choose a new directory (an existing bundle is replaced)")
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
+def move_into_place(staging: Path, output: Path) -> None:
     """Rename the finished bundle into place; an old bundle there is swapped out, then removed."""
     old = None
     if output.exists():
