@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,28 +36,17 @@ def load_parity_tool():
 
 
 def median_ms(fn, runs: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples) * 1000.0)
+    """The benchmark package's timing loop (megaportraits.benchmark.stats.measure)."""
+    from megaportraits.benchmark.stats import measure
+
+    return measure(fn, warmup=warmup, runs=runs, min_runs=1).median_ms
 
 
 def session(path: Path, threads: int):
-    import onnxruntime as ort
+    """A session made as the SDK makes its own, with the op library registered."""
+    from megaportraits.sessions import create_session, require_custom_op_library, session_options
 
-    import megaportraits
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    options.register_custom_ops_library(megaportraits.custom_ops_library())
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_session(path, ["CPUExecutionProvider"], session_options(threads, require_custom_op_library()))
 
 
 def export_warping(ours, path: Path) -> None:
