@@ -1,6 +1,6 @@
 """Crop talking-head clips to the face, consistently over each clip.
 
-    python -m megaportraits_export.preprocess INPUT OUTPUT [--size 256] [--box clip|track]
+    python -m megaportraits_export preprocess INPUT OUTPUT [--size 256] [--box clip|track]
         [--format frames|mp4] [--detector haar|centre] [--detect-every 5] [--smooth 5]
 
 INPUT holds clips in the layouts of :mod:`megaportraits_export.data.video_dataset`

@@ -7,7 +7,7 @@ Layouts understood under a root directory (VoxCeleb2's, and the one preprocessin
 
 An item, as in the paper: two frames of one clip (``source`` and ``driver``), and a second pair
 from a clip of another identity (``source2``, ``driver2``) for the cycle loss. Frames should
-already be face crops at the training size (``python -m megaportraits_export.preprocess``);
+already be face crops at the training size (``python -m megaportraits_export preprocess``);
 anything else is centre-cropped to a square and resized, which is only right for crops.
 Items are reproducible: item ``index`` draws its frames from a generator seeded by
 ``(seed, index)``.
