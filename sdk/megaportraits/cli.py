@@ -137,7 +137,7 @@ def _run_animation(args, source, driver, output, bundle, users_photo: bool = Fal
         if single_image:
             save_image(output, animator.animate_frame(avatar, driver_image), inputs={"source image": source,
                                                                                     "driver image": driver})
-            print(f"{PROG}: wrote {output}" + (" (replaced the existing file)" if replacing else ""),
+            print(f"{PROG}: wrote {_shown(output)}" + (" (replaced the existing file)" if replacing else ""),
                   file=sys.stderr)
             return 0
         result = animator.animate_video(avatar, driver, output, max_frames=args.max_frames,
@@ -145,9 +145,16 @@ def _run_animation(args, source, driver, output, bundle, users_photo: bool = Fal
     audio = f", audio {result.audio}" if result.audio else ", no audio"
     damaged = ", the driver is truncated: see the warning" if result.damage else ""
     replaced = "; replaced the existing file" if replacing else ""
-    print(f"{PROG}: wrote {result.path} ({result.frames} frames at {float(result.fps):g} fps{audio}{damaged}"
+    print(f"{PROG}: wrote {_shown(result.path)} ({result.frames} frames at {float(result.fps):g} fps{audio}{damaged}"
           f"{replaced})", file=sys.stderr)
     return 0
+
+
+def _shown(path) -> str:
+    """A path as the user typed it, or quoted when it holds a newline or other control
+    character (a message stays one line)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
 
 
 # ---- demo --------------------------------------------------------------------------------

@@ -38,6 +38,12 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 def check_readable_file(path: str | os.PathLike, what: str) -> Path:
     """A regular, non-empty file that can be opened, or an :class:`InputError` saying which not."""
     path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a name too long, a loop of symlinks, a component that is a file
+        raise InputError(f"{what} {_short(path)} cannot be opened: {e.strerror or e}") from None
     if not path.exists():
         raise InputError(f"{what} {str(path)!r} does not exist")
     if not path.is_file():
@@ -57,9 +63,24 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise InputError(f"output {str(path)!r} is not a file name")
+    if len(os.fsencode(path)) >= _PATH_MAX:
+        raise InputError(f"output {_short(path)} is {len(os.fsencode(path))} bytes long, more than a path may be "
+                         f"({_PATH_MAX - 1}); choose a shorter name")
+    parent = path.parent if str(path.parent) else Path(".")
+    limit = _name_max(parent)
+    length = len(os.fsencode(path.name))
+    if length + TEMPORARY_NAME_EXTRA > limit:
+        raise InputError(f"output file name is {length} bytes long; this directory allows "
+                         f"{limit - TEMPORARY_NAME_EXTRA} (the temporary file beside it needs "
+                         f"{TEMPORARY_NAME_EXTRA} more); choose a shorter name")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise InputError(f"output {_short(path)} cannot be used: {e.strerror or e}") from None
     if path.is_dir():
         raise InputError(f"output {str(path)!r} is a directory; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output directory {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -67,12 +88,6 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise InputError(f"output {str(path)!r} has the extension {path.suffix or '(none)'!r}; "
                          f"it must end in {', '.join(suffixes)}")
-    limit = _name_max(parent)
-    length = len(os.fsencode(path.name))
-    if length + TEMPORARY_NAME_EXTRA > limit:
-        raise InputError(f"output file name is {length} bytes long; this directory allows "
-                         f"{limit - TEMPORARY_NAME_EXTRA} (the temporary file beside it needs "
-                         f"{TEMPORARY_NAME_EXTRA} more); choose a shorter name")
     for what, source in (inputs or {}).items():
         if source is not None and same_file(path, source):
             raise InputError(f"the output {str(path)!r} would overwrite the {what} {str(source)!r}; "
@@ -88,6 +103,15 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
+
+
+_PATH_MAX = 4096
+
+
+def _short(path: Path, keep: int = 80) -> str:
+    """A path for a one-line message: quoted, and shortened in the middle when very long."""
+    text = repr(str(path))
+    return text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
 def _name_max(directory: Path) -> int:

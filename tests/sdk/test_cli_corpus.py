@@ -3,8 +3,8 @@ options, signals). For every case: no traceback; either a non-zero exit with one
 the problem, or (valid but odd input) exit 0 and a correct output; no partial or temporary
 file anywhere; every input file's bytes unchanged.
 
-Everything runs in-process on the toy bundle and inputs of a few KB (79 cases; all 85 tests take
-about 55 s on two busy cores), except the signal cases, each a fresh process sending itself the
+Everything runs in-process on the toy bundle and inputs of a few KB (90 cases; all 96 tests take
+about 90 s on the shared two cores at load 12), except the signal cases, each a fresh process sending itself the
 real signal.
 """
 from __future__ import annotations
@@ -85,6 +85,10 @@ CASES = [
     Case("source-ppm-bomb", _animate("bomb.ppm", DRV, "o.mp4"), "is 20000x20000 pixels, larger than this SDK accepts"),
     Case("source-hdr", _animate("radiance.png", DRV, "o.mp4"), "is not an image this SDK can read"),
     Case("source-video-as-image", _animate("video.png", DRV, "o.mp4"), "is not an image this SDK can read"),
+    Case("source-fifo", _animate("fifo.png", DRV, "o.mp4"), "is not a file"),
+    Case("source-path-too-long", _animate(lambda c: Path("/" + "x" * 5000 + ".png"), DRV, "o.mp4"),
+         "cannot be opened: File name too long"),
+    Case("source-under-a-file", _animate(lambda c: c / SRC / "x.png", DRV, "o.mp4"), "cannot be opened: Not a directory"),
     Case("source-exif-rotated", _animate("phone.jpg", "driver.png", "o.png", "--absolute"), check=_image_ok((256, 256, 3))),
     Case("source-gray", _animate("gray.png", DRV, "o.mp4", "--max-frames", "3"), check=_video_ok(3)),
     Case("source-rgba", _animate("rgba.png", DRV, "o.mp4", "--max-frames", "3"), check=_video_ok(3)),
@@ -108,6 +112,9 @@ CASES = [
     Case("driver-data-cut", _animate(SRC, "cut.mp4", "o.mp4"),
          check=lambda o, err: (_video_ok(count_frames(o / "o.mp4"))(o, err),
                                _assert("is truncated or damaged" in err and count_frames(o / "o.mp4") < 60, err))),
+    Case("driver-fifo", _animate(SRC, "fifo.mp4", "o.mp4"), "is not a file"),
+    Case("driver-gif", _animate(SRC, "anim.gif", "o.mp4"), check=_video_ok(4)),
+    Case("driver-image-named-mp4", _animate(SRC, "image.mp4", "o.mp4"), check=_video_ok(1)),
     Case("driver-rotated", _animate(SRC, "phone.mp4", "o.mp4"), check=_video_ok(6)),
     Case("driver-vfr", _animate(SRC, "vfr.mp4", "o.mp4"), check=_video_ok(8)),
     Case("driver-mkv-pcm", _animate(SRC, "driver.mkv", "o.mp4", "--max-frames", "4"), check=_video_ok(4)),
@@ -127,6 +134,13 @@ CASES = [
     Case("output-mp4-for-image", _animate(SRC, "driver.png", "o.mp4"), "has the extension '.mp4'; it must end in .png"),
     Case("output-name-too-long", _animate(SRC, DRV, "n" + LONG), "choose a shorter name"),
     Case("output-longest-name", _animate(SRC, "driver.png", LONG[:-4] + ".png"), check=_image_ok((257, 301, 3))),
+    Case("output-path-too-long", _animate(SRC, DRV, lambda c, o: o / ("d" * 200) / ("d" * 200) / ("e" * 4000 + ".mp4")),
+         "more than a path may be (4095)"),
+    Case("output-dash", _animate(SRC, DRV, lambda c, o: "-"), "has the extension '(none)'"),
+    Case("output-empty-name", _animate(SRC, DRV, lambda c, o: ""), "is not a file name"),
+    Case("output-dot-mp4", _animate(SRC, DRV, ".mp4"), "has the extension '(none)'"),
+    Case("output-newline-in-name", _animate(SRC, "driver.png", "o\nx.png"),
+         check=lambda o, err: (_image_ok((257, 301, 3))(o, err), _assert(err.count("\n") == 1, err))),
     Case("output-exists", _animate(SRC, DRV, "o.mp4", "--max-frames", "2"), check=_video_ok(2, replaced=True),
          setup=lambda o: (o / "o.mp4").write_bytes(b"old")),
     Case("output-image", _animate(SRC, "driver.png", "o.jpg"), check=_image_ok((257, 301, 3))),
@@ -234,6 +248,17 @@ def _make_corpus(c: Path, toy_bundle: Path) -> None:
     write_video(c / "odd.mkv", [draw_face(size=251, width=255, cx=127, cy=125, noise_seed=i) for i in range(5)], fps=25,
                 codec="ffv1", pix_fmt="yuv444p")
     (c / "link.mp4").symlink_to(c / DRV)
+    os.mkfifo(c / "fifo.png")
+    os.mkfifo(c / "fifo.mp4")
+    shutil.copy(c / SRC, c / "image.mp4")
+    with av.open(str(c / "anim.gif"), "w") as out:
+        gif = out.add_stream("gif", rate=10)
+        gif.width, gif.height, gif.pix_fmt = 256, 256, "rgb8"
+        for i, rgb in enumerate(driver_frames(4)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="rgb8")
+            frame.pts = i
+            out.mux(gif.encode(frame))
+        out.mux(gif.encode(None))
     os.link(c / SRC, c / "hard.png")
     shutil.copytree(toy_bundle, c / "toy")
     shutil.copytree(toy_bundle, c / "badjson")
