@@ -223,12 +223,17 @@ def ort_headers() -> Path:
 
 
 def build_ort_library(copy: Path) -> None:
-    """The custom-op library from the copy's cpp_ext/, as setup.py builds it (g++ directly)."""
-    subprocess.run(
+    """The CPU custom-op library from the copy's cpp_ext/, as setup.py builds it, with g++
+    directly: every C++ source but the pybind11 module's (no CUDA parts)."""
+    sources = sorted(str(p.relative_to(copy)) for p in (copy / "cpp_ext").glob("*.cc")
+                     if p.name != "python_bindings.cc")
+    result = subprocess.run(
         ["g++", "-O3", "-fno-math-errno", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden",
-         "-Icpp_ext", f"-I{ort_headers()}", "cpp_ext/grid_sample_3d.cc", "cpp_ext/ort_custom_op.cc",
+         "-Icpp_ext", f"-I{ort_headers()}", *sources, "-Wl,--no-undefined",
          "-Wl,--version-script=cpp_ext/ort_custom_op.map", "-o", str(ORT_LIBRARY)],
-        cwd=copy, check=True, capture_output=True)
+        cwd=copy, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: building {ORT_LIBRARY} in the copy failed:\n{result.stderr[-2000:]}")
 
 
 def environment(copy: Path) -> dict:
