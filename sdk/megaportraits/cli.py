@@ -292,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .files import signals_raise
+
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), signals_raise():
         warnings.showwarning = _show_warning
         stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
         try:
@@ -303,9 +305,9 @@ def main(argv=None) -> int:
         except AnimationInterrupted as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 128 + getattr(e, "signum", signal.SIGINT)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (files.Stopped) before any output
             print(f"{PROG}: interrupted", file=sys.stderr)
-            return 130
+            return 128 + getattr(e, "signum", signal.SIGINT)
         except MegaportraitsError as e:
             if isinstance(e, StdoutError):
                 _silence_stdout()

@@ -15,6 +15,8 @@ One signal policy (:func:`deferred_signals`): SIGINT, SIGTERM and SIGHUP (Ctrl-C
 ``docker stop``, CI cancellation, a closed terminal) are turned into a flag while an output is
 being written; the writer stops at a safe point, finishes what is done as a valid file, and
 only then is the stop reported (:class:`megaportraits.errors.AnimationInterrupted` for videos).
+Outside such a block, the CLI makes SIGTERM and SIGHUP raise like Ctrl-C (:func:`signals_raise`),
+so a command stopped while loading a model unwinds and says so.
 """
 from __future__ import annotations
 
@@ -210,3 +212,37 @@ def deferred_signals(redeliver: bool = True):
             signal.signal(signum, handler)
         if redeliver and request.signum is not None and not request.handled:
             signal.raise_signal(request.signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside a :func:`deferred_signals` block, raised the way Python
+    raises KeyboardInterrupt for SIGINT; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Stopped` (a KeyboardInterrupt)
+    as SIGINT already raises KeyboardInterrupt, so a command stopped while it loads a model
+    or reads its inputs unwinds (and says so) instead of dying where it stands; inside, a
+    :func:`deferred_signals` block still turns all three into a flag. Only handlers left at
+    their default are replaced, only on the main thread, and they are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGINT and signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -51,3 +51,29 @@ def test_3_previous_handlers_are_restored(media, toy_bundle, tmp_path):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+PREPARE_SCRIPT = """
+import os, signal, sys
+from megaportraits import animator, cli
+original = animator.Animator.prepare
+def prepare(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.{signal})
+    return original(self, *args, **kwargs)
+animator.Animator.prepare = prepare
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_3_a_stop_signal_before_the_frames_is_one_line(media, toy_bundle, tmp_path, name):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", PREPARE_SCRIPT.format(signal=name), "animate", str(media["source"]),
+                             str(media["driver"]), "-o", str(tmp_path / "out.mp4"), "--bundle", str(toy_bundle), "--quiet"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 128 + getattr(signal, name) and result.stderr == "megaportraits: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
