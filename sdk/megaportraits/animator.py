@@ -385,8 +385,9 @@ def run_graph(session, role: str, outputs: list, feeds: dict, specs: dict | None
 
 
 def check_outputs(role: str, names: list, values: list, specs: dict, batch: int = 1) -> list:
-    """Each output has the manifest's rank, fixed dims (dynamic axes: the batch), dtype, and
-    only finite values; else one :class:`MegaportraitsError` naming the graph and the output."""
+    """Each output has the manifest's rank, fixed dims (and the batch on its ``batch`` axis),
+    dtype, and only finite values; else one :class:`MegaportraitsError` naming the graph and
+    the output."""
     for name, value in zip(names, values):
         spec = specs.get(name)
         if spec is None:
@@ -394,8 +395,9 @@ def check_outputs(role: str, names: list, values: list, specs: dict, batch: int 
         where = f"the {role!r} graph's output {name!r}"
         if not isinstance(value, np.ndarray):
             raise MegaportraitsError(f"{where} is a {type(value).__name__}, not a tensor; the bundle is broken")
-        expected = tuple(batch if isinstance(d, str) else d for d in spec.shape)
-        if value.shape != expected:
+        # fixed dims must match, the "batch" axis is the feeds' batch, other named axes are free
+        expected = tuple(batch if d == "batch" else d for d in spec.shape)
+        if value.ndim != len(expected) or any(isinstance(e, int) and e != v for e, v in zip(expected, value.shape)):
             raise MegaportraitsError(f"{where} has shape {value.shape}, the manifest says {expected}; "
                                      "the bundle is broken or was exported for another SDK")
         if value.dtype != np.dtype(spec.dtype):
