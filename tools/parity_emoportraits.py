@@ -222,6 +222,9 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", choices=("smooth", "noise"), default="smooth",
                    help="random test images: smooth (photo-like) or per-pixel noise (harsher on resampling)")
     p.add_argument("--bundle-dir", type=Path, help="also export an ORT bundle there and compare it")
+    p.add_argument("--reuse-bundle", action="store_true",
+                   help="use the bundle already in --bundle-dir (exported by an earlier run with the same --size "
+                        "and --seed, hence the same weights) instead of exporting again")
     p.add_argument("--write-fixture", type=Path, help="write their full key layout (names, shapes) as JSON")
     a = p.parse_args(argv)
     if not (a.repo / "models" / "stage_1" / "volumetric_avatar" / "va_arguments.py").is_file():
@@ -302,21 +305,25 @@ def main(argv=None) -> int:
           f"max {(ref['image'] - image).abs().max().item():.2e}")
     ok = worst <= TOLERANCE
     if a.bundle_dir:
-        ok = _bundle_parity(ours, config, a.bundle_dir, source, driver, ref["image"]) and ok
+        ok = _bundle_parity(ours, config, a.bundle_dir, source, driver, ref["image"], a.reuse_bundle) and ok
         ok = _sdk_parity(a.bundle_dir, source_u8.numpy(), driver_u8.numpy(), ref["image"]) and ok
     print("PARITY OK" if ok else "PARITY FAILED")
     return 0 if ok else 1
 
 
-def _bundle_parity(model, config, bundle_dir: Path, source, driver, their_image) -> bool:
+def _bundle_parity(model, config, bundle_dir: Path, source, driver, their_image, reuse: bool = False) -> bool:
     """Export the converted model and run its three graphs in ONNX Runtime on the same inputs."""
     import onnxruntime as ort
     from megaportraits_export.onnx_export import export_bundle
     from megaportraits import custom_ops_library
     t0 = time.time()
-    bundle = export_bundle(model, config, bundle_dir, preset=config.name,
-                           provenance={"weights": "random, their layout (parity check)"})
-    print(f"exported {bundle} in {time.time() - t0:.0f} s")
+    if reuse and (bundle_dir / "manifest.json").is_file():
+        bundle = bundle_dir
+        print(f"reusing {bundle}")
+    else:
+        bundle = export_bundle(model, config, bundle_dir, preset=config.name,
+                               provenance={"weights": "random, their layout (parity check)"})
+        print(f"exported {bundle} in {time.time() - t0:.0f} s")
     manifest = json.loads((bundle / "manifest.json").read_text())
     options = ort.SessionOptions()
     try:
