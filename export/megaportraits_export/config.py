@@ -301,7 +301,13 @@ PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
 # a ResNet-50 e_s on 256x256, ResNet-18 pose and expression networks on 128x128. Its structure
 # (where blocks pool, adaptive GroupNorm with a base affine, depth schedules, two-step warps on
 # linspace grids) is that of megaportraits_export.convert.emoportraits.networks. Parameter counts
-# (describe --preset emoportraits) equal those of the official networks built from their code.
+# (describe --preset emoportraits) equal those of the official networks built from their code
+# (tests/export/fixtures/emoportraits_keys.json): local_encoder_nw 10,119,680 + volume_source_nw
+# 1,494,144 (E_app), idt_embedder_nw 24,575,488, expression_embedder_nw 11,506,112,
+# pose_unsqueeze_nw 1,048,576 + warp_embed_head_orig_nw 262,144 (one shared embedding; each of
+# our warping generators carries a copy), xy/uv_generator_nw 9,016,451 each, volume_process_nw
+# 57,843,104, decoder_nw 35,822,211: 160,704,361 in all; their head-pose ResNet-18 (own file)
+# 11,181,129, 11,176,329 once its BatchNorms are folded into conv biases.
 PRESETS["emoportraits"] = PRESETS["paper512"].replace(
     name="emoportraits", expression_dim=128, image_up_channels=(320, 192, 128), architecture="emoportraits")
 

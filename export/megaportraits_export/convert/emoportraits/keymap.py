@@ -209,7 +209,6 @@ def map_head_pose_state(theirs: dict, conversion: Conversion | None = None) -> C
     conversion = conversion or Conversion()
     groups = _group({k: v for k, v in theirs.items() if not k.endswith("num_batches_tracked")})
     conversion.dropped["BatchNorm step counters"] = sum(k.endswith("num_batches_tracked") for k in theirs)
-    norms = set()
     for module, leaves in groups.items():
         if module == "fc":
             for leaf, tensor in leaves.items():
@@ -220,8 +219,7 @@ def map_head_pose_state(theirs: dict, conversion: Conversion | None = None) -> C
                      and (module == c or module.endswith("." + c))), None)
         if norm is None:
             if module.endswith(("bn1", "bn2", "downsample.1")):
-                norms.add(module)
-                continue
+                continue          # folded into the conv before it
             raise ConversionError(f"head-pose file: {module} is not a layer of a torchvision ResNet-18")
         bn = groups.get(norm)
         if bn is None or set(bn) < {"weight", "bias", "running_mean", "running_var"}:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import BackboneConfig, ModelConfig
+from ...warp import invert_pose
 
 GROUPS = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -282,7 +283,6 @@ class ExpressionEncoder(nn.Module):
         """Their crop: grid(u, v) = A (u, v) / zoom + b on a linspace(-1, 1) grid, where A, b are
         the x/y rows and columns of theta^-1 (rotation and scale included), sampled from the
         full-size image (bilinear, zeros, align_corners=False)."""
-        from ...warp import invert_pose
         inverse = invert_pose(pose)
         axis = torch.linspace(-1, 1, self.crop_size, device=image.device, dtype=image.dtype)
         v, u = torch.meshgrid(axis, axis, indexing="ij")
