@@ -113,3 +113,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 1 and "appearance_feature_extractor.pth is missing" in err[-1] and "Traceback" not in "".join(err)
     assert not (tmp_path / "b").exists()
     assert export_main(["convert", "nosuchfamily"]) == 2
+
+
+@pytest.mark.parametrize("kernel, padding", [(7, 3), (3, 1), ((5, 3, 1), (2, 1, 0))])
+def test_depth_sliced_conv3d_equals_conv3d(kernel, padding):
+    from megaportraits_export.liveportrait.blocks import DepthSlicedConv3d
+
+    torch.manual_seed(2)
+    conv = torch.nn.Conv3d(6, 4, kernel, padding=padding).eval()
+    x = torch.randn(2, 6, 9, 10, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(DepthSlicedConv3d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
