@@ -387,9 +387,9 @@ def animate_file(animator, avatar, driver: str | os.PathLike, output: str | os.P
                     previous = seconds
                     bar.update(1)
                 frames.close()
-            except KeyboardInterrupt:  # raised by code in the loop rather than by the signal: the same stop
+            except KeyboardInterrupt as e:  # raised by code in the loop rather than by the signal: the same stop
                 if stop.signum is None:
-                    stop.signum = signal.SIGINT
+                    stop.signum = getattr(e, "signum", signal.SIGINT)
             except BaseException:
                 bar.close()
                 if writer is not None:
