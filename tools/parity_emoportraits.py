@@ -8,7 +8,10 @@ their ``va.py`` does, without importing ``va.py``, which loads detectors and wei
 their spectral-norm and weight-standardisation helpers so the state dict has their real key
 layout, saves it as a checkpoint plus a head-pose file, converts both with our converter, then
 compares module by module (v_s, e_s, pose, z, both warp grids, canonical volume, image) and end
-to end (their forward vs our PyTorch model vs the exported ONNX bundle in ONNX Runtime).
+to end (their forward vs our PyTorch model vs the exported ONNX bundle in ONNX Runtime, and the
+SDK's Animator on that bundle). A module passes within 1e-4 max abs, relative to its output's
+scale where that exceeds 1 (as the exporter's own verification does): random weights give
+volumes up to ~90, and ``warped_unit`` repeats the warp on a unit-scale volume.
 
 Needs, besides this project's export environment: torchvision (no pretrained weights are
 fetched; its C extension is not needed), einops and scipy, which their modules import.
@@ -151,6 +154,8 @@ def their_forward(model: TheirModel, head_pose, source: torch.Tensor, driver: to
         xy = model.xy_generator_nw(embed_s)[0]
         v_s = model.volume_source_nw(latents.view(b, c, d, s, s))
         warped_s = sample(sample(v_s, rigid_s), xy)
+        unit = v_s / v_s.abs().max()              # the warp on a unit-scale volume
+        warped_unit = sample(sample(unit, rigid_s), xy)
         canonical = model.volume_process_nw(warped_s, {})
         theta_d = head_pose.forward(driver)
         rigid_d = grid.bmm(theta_d[:, :3].transpose(1, 2)).view(-1, d, s, s, 3)
@@ -162,7 +167,7 @@ def their_forward(model: TheirModel, head_pose, source: torch.Tensor, driver: to
         uv = model.uv_generator_nw(_their_embed(model, z_d, out["e_s"]))[0]
         driven = sample(sample(canonical, uv), rigid_d).view(b, c * d, s, s)
         image = model.decoder_nw({}, {}, driven, False)[0]
-    out.update(v_s=v_s, pose_s=theta_s[:, :3], z_s=z_s, crop_s=crop_s, crop_d=crop_d, grid_s=xy, warped_s=warped_s, canonical=canonical,
+    out.update(v_s=v_s, pose_s=theta_s[:, :3], z_s=z_s, crop_s=crop_s, crop_d=crop_d, warped_unit=warped_unit, grid_s=xy, warped_s=warped_s, canonical=canonical,
                pose_d=theta_d[:, :3], z_d=z_d, grid_d=uv, driven=driven, image=image)
     return out
 
@@ -182,8 +187,10 @@ def our_modules(model, source: torch.Tensor, driver: torch.Tensor, ref: dict) ->
     sb, db, gen = model.source_branch, model.driver_branch, model.generator
     with torch.no_grad():
         v_s = sb.appearance_encoder(source)
-        warped_s = sample_volume(sample_volume(ref["v_s"], rigid_grid(invert_pose(ref["pose_s"]), ref["grid_s"])),
-                                 ref["grid_s"])
+        warp_s = lambda v: sample_volume(sample_volume(v, rigid_grid(invert_pose(ref["pose_s"]), ref["grid_s"])),
+                                         ref["grid_s"])
+        warped_s = warp_s(ref["v_s"])
+        warped_unit = warp_s(ref["v_s"] / ref["v_s"].abs().max())
         expressed = sample_volume(ref["canonical"], ref["grid_d"])
         driven = sample_volume(expressed, rigid_grid(ref["pose_d"], ref["grid_d"])).flatten(1, 2)
         encoder = db.expression_encoder
@@ -194,7 +201,7 @@ def our_modules(model, source: torch.Tensor, driver: torch.Tensor, ref: dict) ->
             crop_d=encoder.aligned_crop(driver, ref["pose_d"]), z_d_of_crop=z_of_crop(ref["crop_d"]),
             v_s=v_s, e_s=sb.global_descriptor(source), pose_s=db.head_pose(source),
             z_s=db.expression_encoder(source, ref["pose_s"]), grid_s=sb.source_warp(ref["z_s"], ref["e_s"]),
-            warped_s=warped_s, canonical=sb.canonical_generator(ref["warped_s"]), pose_d=db.head_pose(driver),
+            warped_s=warped_s, warped_unit=warped_unit, canonical=sb.canonical_generator(ref["warped_s"]), pose_d=db.head_pose(driver),
             z_d=db.expression_encoder(driver, ref["pose_d"]), grid_d=gen.driver_warp(ref["z_d"], ref["e_s"]),
             driven=driven,
             image=gen.image_generator(ref["driven"].unflatten(1, (ref["canonical"].shape[1], -1))))
@@ -292,18 +299,21 @@ def main(argv=None) -> int:
     t_ours = time.time() - t0
     print(f"forward: theirs {t_theirs:.1f} s, ours {t_ours:.1f} s")
     print("module by module (each of ours on their inputs to it):")
-    worst = 0.0
     ref.update(z_s_of_crop=ref["z_s"], z_d_of_crop=ref["z_d"])
-    for name in ("v_s", "e_s", "pose_s", "crop_s", "z_s", "z_s_of_crop", "grid_s", "warped_s", "canonical",
-                 "pose_d", "crop_d", "z_d", "z_d_of_crop", "grid_d", "driven", "image"):
+    failed = []
+    for name in ("v_s", "e_s", "pose_s", "crop_s", "z_s", "z_s_of_crop", "grid_s", "warped_s", "warped_unit",
+                 "canonical", "pose_d", "crop_d", "z_d", "z_d_of_crop", "grid_d", "driven", "image"):
         err = (ref[name].float() - got[name].float()).abs().max().item()
         scale = ref[name].float().abs().max().item()
-        worst = max(worst, err)
-        print(f"  {name:10s} max abs err {err:.2e}  (max |value| {scale:.3g}) {'ok' if err <= TOLERANCE else 'FAIL'}")
+        tolerance = TOLERANCE * max(1.0, scale)
+        if err > tolerance:
+            failed.append(name)
+        print(f"  {name:11s} max abs err {err:.2e}  (max |value| {scale:.3g}, tolerance {tolerance:.1e}) "
+              f"{'ok' if err <= tolerance else 'FAIL'}")
     image_mae = (ref["image"] - image).abs().mean().item()
     print(f"end to end (PyTorch, ours vs theirs): image mean abs err {image_mae:.2e} = {image_mae * 255:.4f}/255, "
           f"max {(ref['image'] - image).abs().max().item():.2e}")
-    ok = worst <= TOLERANCE
+    ok = not failed
     if a.bundle_dir:
         ok = _bundle_parity(ours, config, a.bundle_dir, source, driver, ref["image"], a.reuse_bundle) and ok
         ok = _sdk_parity(a.bundle_dir, source_u8.numpy(), driver_u8.numpy(), ref["image"]) and ok
