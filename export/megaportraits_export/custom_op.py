@@ -102,10 +102,12 @@ def _make_schema() -> OpSchema:
         "implemented by the megaportraits custom-op library (cpp_ext).",
         inputs=[
             OpSchema.FormalParameter("X", "T", "volume (N, C, D, H, W)"),
-            OpSchema.FormalParameter("grid", "T", "normalised (x, y, z) sample points (N, D', H', W', 3)"),
+            OpSchema.FormalParameter("grid", "T_grid", "normalised (x, y, z) sample points (N, D', H', W', 3)"),
         ],
         outputs=[OpSchema.FormalParameter("Y", "T", "sampled volume (N, C, D', H', W')")],
-        type_constraints=[("T", ["tensor(float)"], "float32 only")],
+        # the library's flavours: float32 volumes, and float16 ones (fp16 bundles) with a float32 grid
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16 volume"),
+                          ("T_grid", ["tensor(float)"], "float32 grid")],
         attributes=[
             OpSchema.Attribute("mode", onnx.helper.make_attribute("mode", "linear"), "linear | nearest"),
             OpSchema.Attribute("padding_mode", onnx.helper.make_attribute("padding_mode", "zeros"),

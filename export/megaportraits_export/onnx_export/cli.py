@@ -6,6 +6,7 @@ import logging
 import time
 
 from megaportraits_export import command
+from megaportraits_export.onnx_export.precision import CALIBRATION_FRAMES, PRECISIONS, calibration_frames_from
 from megaportraits_export.onnx_export.writing import export_bundle, export_random_init
 
 log = logging.getLogger("megaportraits_export.onnx_export")
@@ -26,6 +27,13 @@ def build_parser() -> command.Parser:
                         "(a default bundle then holds each weight once)")
     p.add_argument("--verify", action="store_true",
                    help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default); int8: the per-frame graphs quantized for CPUs (static QDQ, "
+                        "calibrated); fp16: the per-frame graphs in half precision for GPUs. Grids, pose "
+                        "maths and normalisation statistics stay float32; the source graph stays fp32")
+    p.add_argument("--calibration-frames", metavar="DIR",
+                   help=f"int8: calibrate on up to {CALIBRATION_FRAMES} face images from DIR (cropped as the SDK "
+                        "crops them) instead of the synthetic heads the demo models were trained on")
     return p
 
 
@@ -37,6 +45,8 @@ def main(argv=None) -> int:
                      "or give --checkpoint CKPT")
     if args.random_init and not args.preset:
         parser.error("--random-init needs --preset NAME")
+    if args.calibration_frames and args.precision != "int8":
+        parser.error("--calibration-frames calibrates int8 quantization; add --precision int8")
     return command.run(_export, args)
 
 
@@ -51,14 +61,22 @@ def _export(args) -> int:
         model, config, provenance = load_model_from_checkpoint(args.checkpoint)
         out = export_bundle(model, config, args.output, preset=provenance["preset"],
                             provenance=provenance, portable=args.portable, verify=args.verify,
-                            external_weights=args.external_weights)
+                            external_weights=args.external_weights, precision=args.precision,
+                            calibration_frames=_calibration_frames(args, config.image_size))
     else:
         from megaportraits_export.config import PRESETS
 
         if args.preset not in PRESETS:
             raise command.CommandError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         out = export_random_init(args.preset, args.seed, args.output, portable=args.portable,
-                                 verify=args.verify, external_weights=args.external_weights)
+                                 verify=args.verify, external_weights=args.external_weights,
+                                 precision=args.precision,
+                                 calibration_frames=_calibration_frames(args, PRESETS[args.preset].image_size))
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def _calibration_frames(args, image_size: int):
+    """The user's calibration frames, read before the slow export so a bad directory fails first."""
+    return calibration_frames_from(args.calibration_frames, image_size) if args.calibration_frames else None

@@ -18,6 +18,7 @@ from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
 from megaportraits_export.onnx_export.graphs import ExportedModel, export_graphs, random_model
 from megaportraits_export.onnx_export.portable import save_standard_twin
+from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_written_graphs
 from megaportraits_export.onnx_export.tracing import OPSET
 from megaportraits_export.onnx_export.verify import format_report, verify_bundle
 
@@ -31,19 +32,24 @@ def export_bundle(model: torch.nn.Module,
                   provenance: dict,
                   portable: bool = False,
                   verify: bool = False,
-                  external_weights: bool = False) -> Path:
+                  external_weights: bool = False,
+                  precision: str = "fp32",
+                  calibration_frames: CalibrationFrames | None = None) -> Path:
     """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
     check_output_dir(Path(output))
     exported = export_graphs(model, config, preset, provenance)
     return write_bundle(exported, output, portable=portable, verify_against=model if verify else None,
-                        external_weights=external_weights)
+                        external_weights=external_weights, precision=precision,
+                        calibration_frames=calibration_frames)
 
 
 def write_bundle(exported: ExportedModel,
                  output: str | os.PathLike,
                  portable: bool = False,
                  verify_against: torch.nn.Module | None = None,
-                 external_weights: bool = False) -> Path:
+                 external_weights: bool = False,
+                 precision: str = "fp32",
+                 calibration_frames: CalibrationFrames | None = None) -> Path:
     """Write a bundle to ``output`` (replacing a bundle already there) and return its path.
 
     Default flavour: each graph with the custom op plus its portable twin; ``portable``: the
@@ -52,7 +58,9 @@ def write_bundle(exported: ExportedModel,
     ``<file>.data`` beside it that its twin shares, which nearly halves a default bundle.
     With ``verify_against`` (the PyTorch model), every graph file is compared with it in ONNX
     Runtime before the bundle is put in place, and a mismatch raises :class:`ExportError` and
-    writes nothing.
+    writes nothing. ``precision`` int8 or fp16 then converts the per-frame graphs
+    (:mod:`.precision`; int8 calibrated on ``calibration_frames``, by default synthetic heads):
+    verification checks the fp32 trace, before the conversion.
     """
     output = Path(output)
     check_output_dir(output)
@@ -76,6 +84,13 @@ def write_bundle(exported: ExportedModel,
         mf.write_manifest(staging, manifest)
         if verify_against is not None:
             _verify_or_raise(staging, verify_against)
+        if precision != "fp32":
+            report = convert_written_graphs(staging, graphs, precision, exported.image_size, calibration_frames,
+                                            external_weights=external_weights, matte=exported.matte)
+            manifest.precision = precision
+            manifest.provenance["precision"] = report
+            manifest.files = {name: "" for name in _data_files(staging)}
+            mf.write_manifest(staging, manifest)
         move_into_place(staging, output)
     finally:
         if staging.exists():
@@ -166,9 +181,12 @@ def export_random_init(preset: str,
                        output: str | os.PathLike,
                        portable: bool = False,
                        verify: bool = False,
-                       external_weights: bool = False) -> Path:
+                       external_weights: bool = False,
+                       precision: str = "fp32",
+                       calibration_frames: CalibrationFrames | None = None) -> Path:
     """Export randomly initialised weights of a preset (tests, benchmarks at any size)."""
     model, config = random_model(preset, seed)
     return export_bundle(model, config, output, preset=preset,
                          provenance={"weights": "random-init", "seed": seed},
-                         portable=portable, verify=verify, external_weights=external_weights)
+                         portable=portable, verify=verify, external_weights=external_weights,
+                         precision=precision, calibration_frames=calibration_frames)

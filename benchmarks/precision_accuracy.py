@@ -1,0 +1,177 @@
+"""How far a reduced-precision bundle's frames are from its fp32 bundle's: image PSNR per frame.
+
+The reduced bundle is made from the fp32 one by the exporter's own conversion
+(``megaportraits_export.onnx_export.precision``, int8 calibrated on synthetic training heads),
+then both animate the same held-out synthetic identities (evaluation seeds, never seen by the
+calibration) through the same sessions the SDK builds: source fp32 once per avatar, then the
+driver and generator graphs per frame, cross-driven (avatar i, motion of identity i + 1).
+
+    python benchmarks/precision_accuracy.py                       # the bundled demo model, int8
+    python benchmarks/precision_accuracy.py --bundle DIR --precision fp16 --pairs 32 --json
+
+Prints the PSNR (dB, images in [0, 1]) of every frame's image against fp32: median, minimum,
+and the PSNR of the whole set (mean squared error over all frames), plus the pose and
+expression error of the driver graph.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from megaportraits import manifest as mf
+from megaportraits.schema import GRAPH_IO, GENERATOR, SOURCE, DRIVER
+
+
+def demo_bundle() -> Path:
+    import megaportraits
+
+    return Path(megaportraits.__file__).resolve().parent / "assets" / "demo_bundle"
+
+
+def held_out_frames(image_size: int, count: int, seed: int = 1) -> np.ndarray:
+    """(count, 3, S, S) float32: evaluation identities in random poses and expressions."""
+    from megaportraits_export.data.synthetic import HeadMotion, Identity, identity_seeds, render
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for identity_seed in identity_seeds("eval", count):
+        motion = HeadMotion.random(rng)
+        images.append(render(Identity.sample(identity_seed), motion.pose, motion.expression, image_size))
+    return np.stack([i.transpose(2, 0, 1) for i in images]).astype(np.float32) / 255.0
+
+
+def reduced_copy(bundle: Path, precision: str, workdir: Path, keep_float: tuple = ()) -> Path:
+    """A copy of ``bundle`` whose per-frame graphs are converted to ``precision``."""
+    from megaportraits_export.onnx_export.precision import convert_written_graphs
+
+    out = workdir / f"{bundle.name}-{precision}"
+    shutil.copytree(bundle, out)
+    manifest = mf.load_manifest(out)
+    report = convert_written_graphs(out, manifest.graphs, precision, manifest.image_size,
+                                    matte=manifest.has_matte, keep_float=keep_float)
+    manifest.precision = precision
+    manifest.provenance = {**manifest.provenance, "precision": report}
+    mf.write_manifest(out, manifest)
+    return out
+
+
+class BundleRunner:
+    """The bundle's three graphs in CPU sessions built as the SDK builds them."""
+
+    def __init__(self, bundle: Path, threads: int = 1):
+        from megaportraits import sessions
+
+        self.manifest = mf.load_manifest(bundle)
+        flavour = sessions.choose_flavour(self.manifest)
+        if flavour.problem:
+            raise SystemExit(f"error: {flavour.problem}")
+        options = sessions.session_options(threads, flavour.library)
+        self.sessions = {
+            role: sessions.create_session(bundle / self.manifest.graph_file(role, flavour.portable),
+                                          ["CPUExecutionProvider"], options)
+            for role in (SOURCE, DRIVER, GENERATOR)}
+
+    def run(self, role: str, feed: dict) -> dict:
+        names = [o.name for o in self.manifest.graphs[role].outputs]
+        return dict(zip(names, self.sessions[role].run(names, feed)))
+
+    def frames(self, images: np.ndarray, avatar_runner: "BundleRunner | None" = None):
+        """(images, motions) of avatar i driven by frame i + 1; the avatars come from
+        ``avatar_runner`` (the fp32 bundle) when given, so both sides share the avatar state."""
+        source = (avatar_runner or self)
+        out, motions = [], []
+        for i in range(len(images)):
+            avatar = source.run(SOURCE, {"source_image": images[i:i + 1]})
+            motion = self.run(DRIVER, {"driver_image": images[(i + 1) % len(images)][None]})
+            state = {**avatar, **motion}
+            rendering = self.run(GENERATOR, {n: state[n] for n in GRAPH_IO[GENERATOR].inputs})
+            out.append(rendering["image"][0])
+            motions.append(motion)
+        return np.stack(out), motions
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def compare(reference: Path, reduced: Path, pairs: int, threads: int = 1) -> dict:
+    ref, low = BundleRunner(reference, threads), BundleRunner(reduced, threads)
+    images = held_out_frames(ref.manifest.image_size, pairs)
+    ref_images, ref_motions = ref.frames(images)
+    low_images, low_motions = low.frames(images, avatar_runner=ref)
+    per_frame = [psnr(a, b) for a, b in zip(ref_images, low_images)]
+    pose_error = max(float(np.abs(a["pose"] - b["pose"]).max()) for a, b in zip(ref_motions, low_motions))
+    expression_error = max(float(np.abs(a["expression"] - b["expression"]).max() /
+                                 max(np.abs(a["expression"]).max(), 1e-12))
+                           for a, b in zip(ref_motions, low_motions))
+    return {
+        "reference": str(reference), "precision": low.manifest.precision,
+        "graph_precisions": low.manifest.provenance.get("precision", {}).get("graphs"),
+        "calibration": low.manifest.provenance.get("precision", {}).get("calibration"),
+        "pairs": pairs, "image_size": ref.manifest.image_size,
+        "psnr_db_median": float(np.median(per_frame)), "psnr_db_min": float(np.min(per_frame)),
+        "psnr_db_all": psnr(ref_images, low_images),
+        "max_abs_image": float(np.abs(ref_images - low_images).max()),
+        "pose_max_abs": pose_error, "expression_max_rel": expression_error,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", type=Path, default=None, help="fp32 bundle (default: the bundled demo model)")
+    p.add_argument("--precision", choices=("int8", "fp16"), default="int8")
+    p.add_argument("--pairs", type=int, default=24, help="held-out frames to animate (default 24)")
+    p.add_argument("--keep-float", default=None,
+                   help="int8: comma list of first,last (convolutions kept in float), or none "
+                        "(default: the exporter's choice)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.pairs < 2:
+        print("error: --pairs must be at least 2", file=sys.stderr)
+        return 1
+    bundle = args.bundle or demo_bundle()
+    try:
+        reference = mf.load_manifest(bundle)
+    except mf.BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if reference.precision != "fp32":
+        print(f"error: {bundle} is a {reference.precision} bundle; give the fp32 bundle to compare against",
+              file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from megaportraits_export.onnx_export.precision import DEFAULT_KEEP_FLOAT
+
+    keep_float = DEFAULT_KEEP_FLOAT if args.keep_float is None else tuple(
+        k for k in args.keep_float.split(",") if k and k != "none")
+    if set(keep_float) - {"first", "last"}:
+        print(f"error: --keep-float takes first, last or none, not {args.keep_float!r}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="megaportraits-precision-") as tmp:
+        reduced = reduced_copy(bundle, args.precision, Path(tmp), keep_float)
+        result = compare(bundle, reduced, args.pairs)
+    result["keep_float"] = list(keep_float)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.precision} vs fp32 on {bundle} ({result['pairs']} held-out cross-driven frames, "
+              f"{result['image_size']} px, convolutions kept in float: {','.join(keep_float) or 'none'}): image PSNR median "
+              f"{result['psnr_db_median']:.2f} dB, min {result['psnr_db_min']:.2f} dB, all {result['psnr_db_all']:.2f} dB; "
+              f"max |image diff| {result['max_abs_image']:.4f}; pose max abs {result['pose_max_abs']:.2e}, "
+              f"expression max rel {result['expression_max_rel']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""Reduced-precision graphs: int8 for CPUs (static QDQ quantization), fp16 for GPUs.
+
+A bundle exported with ``--precision int8`` or ``--precision fp16`` holds the same model as the
+fp32 export; its per-frame graphs (driver, generator) are converted after they are traced and
+checked. The source graph stays fp32 in every flavour: it runs once per avatar, so it costs
+nothing per frame, and the avatar state it computes (the canonical volume) feeds every frame.
+
+What stays in float32, and why:
+
+* int8 quantizes the convolutions only (weights per output channel, activations per tensor,
+  uint8/int8, the layout ONNX Runtime's x86 kernels with VNNI/AMX run fastest). Everything else
+  (the pose and coordinate maths, the sampling grids, both grid samples, the normalisation
+  statistics, the expression linear layers, the activations between layers) keeps its float
+  ops, so quantization error enters only where the GEMMs are.
+* fp16 converts the whole graph except the nodes :func:`float32_nodes` picks: every node that
+  computes a sampling grid or a pose (a 1e-3 relative error of a coordinate moves a sample by a
+  voxel fraction everywhere), the 3-channel deformation-field sample, and the statistics of
+  every normalisation (means and variances over up to 512 x 512 values, whose squares overflow
+  fp16's 65504). The heavy volume sample runs on float16 data with a float32 grid (the custom
+  op's float16 kernel, or standard GridSample-20, whose grid type is separate).
+
+Calibration (int8) runs the fp32 graphs on frames the model is meant for: by default the
+synthetic talking heads it was trained on (training identities, never the held-out ones the
+evaluation scores), or the user's own face images (``--calibration-frames DIR``, cropped as the
+SDK crops them). Activation ranges are collected here, a few tensors per pass, so that a
+paper512 generator never holds all its intermediate tensors at once; ONNX Runtime's quantizer
+then places the Q/DQ nodes from those ranges.
+
+Both conversions work on the graph's portable twin (standard ops: the quantizer's shape
+inference and calibration sessions know nothing of our op library) and turn the twin's
+formerly custom nodes back into ``GridSample3D`` by name afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from megaportraits.manifest import PRECISIONS
+from megaportraits.schema import DRIVER, GENERATOR, GRID_SAMPLE_3D, SOURCE
+from megaportraits_export.onnx_export.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+# The per-frame graphs; the source graph runs once per avatar and stays fp32.
+CONVERTED_ROLES = (DRIVER, GENERATOR)
+CALIBRATION_FRAMES = 16  # frames; generator calibration pairs them as (source, driver)
+RANGE_TENSORS_PER_PASS = 24  # activation ranges collected per forward pass (bounded memory)
+# int8 keeps the last convolutions (those writing the image, the matte, the motion codes) in float.
+# Measured on the demo model, 16 held-out cross-driven frames, image PSNR vs fp32 (median / min):
+# all convs int8 37.9 / 36.0 dB; first kept 38.3 / 37.5; last kept 42.0 / 39.6; both 42.9 / 41.2.
+# "last" is the cheap half (1x1 convs to a few channels); "first" would also keep the
+# generator's projection (1536 -> 512 channels at 64x64 for paper512) in float, for 0.9 dB.
+DEFAULT_KEEP_FLOAT = ("last",)
+
+# Ops whose outputs are features, not coordinates: walking back from a grid stops there.
+_FEATURE_OPS = {"Conv", "ConvTranspose", "Tanh", "Sigmoid", "Resize", "InstanceNormalization"}
+# Learned layers that end a pose regressor: kept in float, but the walk goes no further.
+_LAST_LAYER_OPS = {"Gemm", "MatMul"}
+_SAMPLING_OPS = {"GridSample", GRID_SAMPLE_3D.name}
+_STATISTICS_OPS = {"ReduceMean", "InstanceNormalization", "Sqrt", "Reciprocal", "Pow"}
+
+
+# ---- calibration frames ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalibrationFrames:
+    """Model-ready frames (K, 3, S, S) float32 in [0, 1], and where they came from."""
+
+    images: np.ndarray
+    origin: str
+
+
+def synthetic_calibration_frames(image_size: int, count: int = CALIBRATION_FRAMES,
+                                 seed: int = 0) -> CalibrationFrames:
+    """Synthetic talking heads (the demo models' training distribution) of ``count`` training
+    identities, each in a random pose and expression."""
+    from megaportraits_export.data.synthetic import HeadMotion, Identity, identity_seeds, render
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for identity_seed in identity_seeds("train", count):
+        motion = HeadMotion.random(rng)
+        images.append(render(Identity.sample(identity_seed), motion.pose, motion.expression, image_size))
+    return CalibrationFrames(_to_model_input(images),
+                             f"synthetic heads (training identities 0-{count - 1}, seed {seed})")
+
+
+def calibration_frames_from(directory: str | Path, image_size: int,
+                            count: int = CALIBRATION_FRAMES) -> CalibrationFrames:
+    """Up to ``count`` images of ``directory`` (sorted by name), each cropped around its largest
+    face as the SDK crops a source image; an image without a detectable face is used whole
+    (centre square), as an already cropped portrait would be with ``--no-crop``."""
+    from megaportraits.errors import MegaportraitsError
+    from megaportraits.faces import CropBox, CropGeometry, HaarFaceDetector, cut_crop, find_source_face
+    from megaportraits.images import is_image_path, load_image
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExportError(f"--calibration-frames {directory}: not a directory; give a directory of face images")
+    paths = sorted(p for p in directory.iterdir() if p.is_file() and is_image_path(p))[:count]
+    if len(paths) < 2:
+        raise ExportError(f"--calibration-frames {directory}: found {len(paths)} image(s), need at least 2 "
+                          f"(best {count}) frames of the faces the model will animate")
+    detector, geometry = HaarFaceDetector(), CropGeometry()
+    images = []
+    for path in paths:
+        try:
+            image = load_image(path, "calibration frame")
+        except MegaportraitsError as e:
+            raise ExportError(str(e)) from None
+        try:
+            box = find_source_face(image, detector, geometry)
+        except MegaportraitsError:
+            box = CropBox.whole(*image.shape[:2])
+        images.append(cut_crop(image, box, image_size))
+    return CalibrationFrames(_to_model_input(images), f"{len(images)} frames of {directory}")
+
+
+def _to_model_input(images: list) -> np.ndarray:
+    return np.stack([np.asarray(i, np.float32).transpose(2, 0, 1) / 255.0 for i in images]).astype(np.float32)
+
+
+def calibration_feeds(graph_files: dict, frames: CalibrationFrames) -> dict:
+    """role -> list of input feeds for the per-frame graphs, computed by the fp32 graphs
+    (``graph_files``: role -> standard-ops ONNX file) from the calibration frames: the driver
+    sees every frame; the generator sees frame i's avatar driven by frame i + 1's motion."""
+    import onnxruntime as ort
+
+    from megaportraits.schema import GRAPH_IO
+
+    def run(role, feed):
+        session = sessions.setdefault(role, ort.InferenceSession(str(graph_files[role]),
+                                                                 providers=["CPUExecutionProvider"]))
+        return dict(zip(GRAPH_IO[role].outputs, session.run(list(GRAPH_IO[role].outputs), feed)))
+
+    sessions: dict = {}
+    images = frames.images
+    avatars = [run(SOURCE, {"source_image": images[i:i + 1]}) for i in range(len(images))]
+    motions = [run(DRIVER, {"driver_image": images[i:i + 1]}) for i in range(len(images))]
+    generator_inputs = GRAPH_IO[GENERATOR].inputs
+    generator = []
+    for i in range(len(images)):
+        state = {**avatars[i], **motions[(i + 1) % len(images)]}
+        generator.append({name: state[name] for name in generator_inputs})
+    return {DRIVER: [{"driver_image": images[i:i + 1]} for i in range(len(images))], GENERATOR: generator}
+
+
+# ---- which nodes keep float32 ----------------------------------------------------------------
+def float32_nodes(graph: onnx.GraphProto) -> set:
+    """Names of the nodes that keep float32 in an fp16 graph (see the module's docstring):
+    the pose and coordinate paths, the deformation-field sample, normalisation statistics."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep: set = set()
+
+    def walk_back(tensor: str) -> None:
+        stack = [tensor]
+        while stack:
+            node = producers.get(stack.pop())
+            if node is None or node.name in keep or node.op_type in _FEATURE_OPS:
+                continue
+            keep.add(node.name)
+            if node.op_type in _LAST_LAYER_OPS:
+                continue
+            stack.extend(i for i in node.input if i)
+
+    # Every grid back to the feature layers; the walk takes in the 3-channel deformation-field
+    # sample (it computes a grid), never the volume sample (its output is features).
+    for node in graph.node:
+        if node.op_type in _SAMPLING_OPS and len(node.input) > 1:
+            walk_back(node.input[1])
+    for output in graph.output:
+        if output.name == "pose":
+            walk_back(output.name)
+    for node in graph.node:
+        if node.op_type in _STATISTICS_OPS:
+            keep.add(node.name)
+            for name in node.input:  # what a mean or a root is taken of: x - mean, (x - mean)^2
+                if name in producers and producers[name].op_type not in _FEATURE_OPS | _SAMPLING_OPS:
+                    keep.add(producers[name].name)
+            for name in node.output:  # x - mean, var + eps, x * rsqrt(...)
+                keep.update(c.name for c in consumers.get(name, []))
+    return keep
+
+
+def edge_convolutions(graph: onnx.GraphProto) -> tuple[set, set]:
+    """(first, last) Conv nodes: those reached from a graph input, or reaching a graph output,
+    without passing another Conv (the image-facing layers)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reach(starts, step) -> set:
+        found, seen, stack = set(), set(), list(starts)
+        while stack:
+            for node in step(stack.pop()):
+                if node.name in seen:
+                    continue
+                seen.add(node.name)
+                if node.op_type == "Conv":
+                    found.add(node.name)
+                else:
+                    stack.extend(node.output if step is forward else node.input)
+        return found
+
+    def forward(tensor):
+        return consumers.get(tensor, [])
+
+    def backward(tensor):
+        return [producers[tensor]] if tensor in producers else []
+
+    first = reach([i.name for i in graph.input], forward)
+    last = reach([o.name for o in graph.output], backward)
+    return first, last
+
+
+# ---- custom nodes across a conversion --------------------------------------------------------
+def custom_node_names(proto: onnx.ModelProto) -> set:
+    return {n.name for n in proto.graph.node if n.domain == GRID_SAMPLE_3D.domain and n.op_type == GRID_SAMPLE_3D.name}
+
+
+def restore_custom_nodes(proto: onnx.ModelProto, names: set) -> onnx.ModelProto:
+    """Turn the standard GridSample nodes called ``names`` back into GridSample3D (the converted
+    twin of a custom-op graph becomes a custom-op graph again)."""
+    restored = 0
+    for node in proto.graph.node:
+        if node.name in names and node.op_type == "GridSample" and not node.domain:
+            node.domain, node.op_type = GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.name
+            restored += 1
+    if restored != len(names):
+        raise ExportError(f"precision conversion lost {len(names) - restored} of the graph's "
+                          f"{GRID_SAMPLE_3D.name} node(s); the bundle was not written")
+    if names and not any(o.domain == GRID_SAMPLE_3D.domain for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(GRID_SAMPLE_3D.domain, GRID_SAMPLE_3D.version))
+    return proto
+
+
+# ---- int8 ------------------------------------------------------------------------------------
+def activation_ranges(model_path: Path, feeds: list, tensor_names: list,
+                      per_pass: int = RANGE_TENSORS_PER_PASS) -> dict:
+    """name -> (lowest, highest) of each tensor over all feeds, ``per_pass`` tensors per forward
+    pass (ONNX Runtime keeps only the requested outputs alive, so memory stays bounded)."""
+    import onnxruntime as ort
+
+    proto = onnx.load(model_path)
+    present = {o.name for o in proto.graph.output}
+    for name in tensor_names:
+        if name not in present:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    # Fused kernels would hide the tensors whose ranges are wanted; these are the unfused values.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del proto
+    lowest = {n: np.inf for n in tensor_names}
+    highest = {n: -np.inf for n in tensor_names}
+    groups = [tensor_names[i:i + per_pass] for i in range(0, len(tensor_names), per_pass)]
+    for g, group in enumerate(groups):
+        for feed in feeds:
+            for name, value in zip(group, session.run(group, feed)):
+                lowest[name] = min(lowest[name], float(np.min(value)))
+                highest[name] = max(highest[name], float(np.max(value)))
+        log.info("  activation ranges: %d/%d tensors", min((g + 1) * per_pass, len(tensor_names)), len(tensor_names))
+    return {n: (lowest[n], highest[n]) for n in tensor_names}
+
+
+def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_float: tuple = ()) -> dict:
+    """Write the int8 (QDQ) version of a standard-ops graph; returns what was quantized.
+
+    ``keep_float``: "first" and/or "last" keeps the image-facing convolutions in float
+    (:func:`edge_convolutions`)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    proto = onnx.load(standard_path, load_external_data=False)
+    graph = proto.graph
+    initializers = {t.name for t in graph.initializer}
+    first, last = edge_convolutions(graph)
+    excluded = (first if "first" in keep_float else set()) | (last if "last" in keep_float else set())
+    convolutions = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded]
+    tensors = sorted({name for n in convolutions for name in (n.input[0], n.output[0]) if name not in initializers})
+    ranges = activation_ranges(standard_path, feeds, tensors)
+    with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax,
+                                      {n: (np.float32(lo), np.float32(hi)) for n, (lo, hi) in ranges.items()}),
+                          cache)
+        quantize_static(str(standard_path), str(output_path), calibration_data_reader=None,
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                        nodes_to_quantize=[n.name for n in convolutions],
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache))
+    return {"quantized_convolutions": len(convolutions), "float_convolutions": sorted(excluded)}
+
+
+# ---- fp16 ------------------------------------------------------------------------------------
+def convert_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 version of a standard-ops graph: float32 inputs and outputs (the SDK's contract),
+    :func:`float32_nodes` kept in float32, and the volume sample's grid fed in float32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    keep = float32_nodes(proto.graph)
+    converted = convert_float_to_float16(proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST),
+                                         node_block_list=sorted(keep))
+    _feed_float32_grids(converted.graph, keep)
+    _sort_topologically(converted.graph)  # the converter appends its input casts at the end
+    del converted.graph.value_info[:]  # some of the converter's are stale; checkers infer them again
+    return converted
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ExportError("the fp16 conversion left a graph with a cycle or a missing input")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _feed_float32_grids(graph: onnx.GraphProto, keep: set) -> None:
+    """The converter casts the heavy sample's float32 grid to float16 for it; take the float32
+    grid instead (GridSample's grid has a type of its own, and so has GridSample3D's)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.op_type in _SAMPLING_OPS and node.name not in keep and len(node.input) > 1:
+            cast = producers.get(node.input[1])
+            if cast is not None and cast.op_type == "Cast":
+                node.input[1] = cast.input[0]
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+    for node in dead:
+        graph.node.remove(node)
+
+
+# ---- a bundle's graphs -----------------------------------------------------------------------
+def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: list | None,
+                  keep_float: tuple = ()) -> onnx.ModelProto:
+    """The ``precision`` version of one graph (``graph_path``: as exported, maybe with custom
+    nodes; ``standard_path``: its standard-ops twin), custom nodes restored."""
+    names = custom_node_names(onnx.load(graph_path, load_external_data=False))
+    if precision == "int8":
+        with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
+            out = Path(tmp) / "int8.onnx"
+            quantize_int8(standard_path, feeds, out, keep_float)
+            converted = onnx.load(out)
+    elif precision == "fp16":
+        converted = convert_fp16(onnx.load(standard_path))
+    else:
+        raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return restore_custom_nodes(converted, names)
+
+
+def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_size: int,
+                           frames: CalibrationFrames | None = None, external_weights: bool = False,
+                           matte: bool = False, keep_float: tuple = DEFAULT_KEEP_FLOAT) -> dict:
+    """Replace the fp32 per-frame graph files written in ``staging`` (and their portable twins)
+    by their ``precision`` versions. Returns what the manifest records: each role's precision
+    and, for int8, what the calibration ran on.
+
+    ``frames``: int8 calibration frames (default: :func:`synthetic_calibration_frames`)."""
+    from megaportraits_export.onnx_export.graph_files import check_graph, check_model
+    from megaportraits_export.onnx_export.portable import save_standard_twin
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    precisions = {role: "fp32" for role in graphs}
+    report = {"requested": precision, "graphs": precisions}
+    if precision == "fp32":
+        return report
+    standard = {role: staging / (spec.portable_file or spec.file) for role, spec in graphs.items()}
+    feeds: dict = {}
+    if precision == "int8":
+        frames = frames if frames is not None else synthetic_calibration_frames(image_size)
+        log.info("calibrating int8 on %s", frames.origin)
+        report["calibration"] = frames.origin
+        report["float_convolutions"] = list(keep_float)
+        feeds = calibration_feeds(standard, frames)
+    for role in CONVERTED_ROLES:
+        spec = graphs[role]
+        path = staging / spec.file
+        log.info("converting the %s graph to %s", role, precision)
+        converted = convert_graph(precision, path, standard[role], feeds.get(role), keep_float)
+        for old in _external_data_files(path) | _external_data_files(standard[role]):
+            (staging / old).unlink(missing_ok=True)
+        data_name = f"{spec.file}.data"
+        onnx.save(converted, path, save_as_external_data=external_weights, all_tensors_to_one_file=True,
+                  location=data_name)
+        check_model(path)
+        if spec.portable_file and spec.portable_file != spec.file:
+            save_standard_twin(path, staging / spec.portable_file)
+            check_graph(role, staging / spec.portable_file, portable=True, matte=matte)
+        check_graph(role, path, portable=spec.portable_file is None, matte=matte)
+        precisions[role] = precision
+    return report
+
+
+def _external_data_files(path: Path) -> set:
+    proto = onnx.load(path, load_external_data=False)
+    return {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for entry in t.external_data if entry.key == "location"}

@@ -1,0 +1,305 @@
+"""Reduced-precision bundles (``export --precision int8|fp16``) against the fp32 bundle of the
+same weights, on random inputs the calibration never saw, in ONNX Runtime on the CPU.
+
+Tolerances come from measurement (tiny preset, random weights, seed 0, ORT 1.32 CPU) with
+headroom, noted beside each; the fp32-vs-fp32 comparison is exact, so any conversion bug that
+changes a graph's function beyond rounding (a lost node, a swapped input, a grid computed in low
+precision) fails here. The node-selection rules are checked on hand-built graphs whose answer is
+known by construction.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from megaportraits import manifest as mf
+from megaportraits import sessions
+from megaportraits.schema import DRIVER, GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, SOURCE
+from megaportraits_export.onnx_export import ExportError, write_bundle
+from megaportraits_export.onnx_export import precision as pr
+
+PRESET = "tiny"
+
+
+@pytest.fixture(scope="module")
+def bundles(graphs_factory, tmp_path_factory, one_torch_thread):
+    """fp32, int8 and fp16 bundles written from one export of random_model('tiny', 0)."""
+    exported = graphs_factory(PRESET, 0)
+    root = tmp_path_factory.mktemp("precision")
+    frames = pr.synthetic_calibration_frames(exported.image_size, count=8)
+    return {p: write_bundle(exported, root / p, precision=p, calibration_frames=frames)
+            for p in ("fp32", "int8", "fp16")}
+
+
+def _runner(bundle, portable=False):
+    manifest = mf.load_manifest(bundle)
+    library = None if portable else sessions.require_custom_op_library()
+    options = sessions.session_options(1, library)
+    made = {role: sessions.create_session(bundle / manifest.graph_file(role, portable), ["CPUExecutionProvider"],
+                                          options) for role in (SOURCE, DRIVER, GENERATOR)}
+
+    def run(role, feed):
+        names = list(GRAPH_IO[role].outputs)
+        return dict(zip(names, made[role].run(names, feed)))
+    return run
+
+
+def _random_feeds(size, batch=2, seed=7):
+    rng = np.random.default_rng(seed)
+    return (rng.random((batch, 3, size, size), dtype=np.float32), rng.random((batch, 3, size, size), dtype=np.float32))
+
+
+def _outputs(bundle, portable=False):
+    """(driver outputs, generator outputs) on random images, the avatar always from fp32's source
+    graph (source graphs are fp32 in every flavour, checked below)."""
+    run = _runner(bundle, portable)
+    size = mf.load_manifest(bundle).image_size
+    source_image, driver_image = _random_feeds(size)
+    avatar = _runner(bundle)(SOURCE, {"source_image": source_image})
+    motion = run(DRIVER, {"driver_image": driver_image})
+    state = {**avatar, **motion}
+    return motion, run(GENERATOR, {n: state[n] for n in GRAPH_IO[GENERATOR].inputs})
+
+
+def _psnr(a, b):
+    return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+# ---- the manifest and the graphs' contents ----------------------------------------------------
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_manifest_records_the_precision_of_every_graph(bundles, precision):
+    manifest = mf.load_manifest(bundles[precision])
+    mf.verify_files(bundles[precision], manifest)
+    assert manifest.precision == precision
+    recorded = manifest.provenance["precision"]
+    assert recorded["graphs"] == {SOURCE: "fp32", DRIVER: precision, GENERATOR: precision}
+    assert ("calibration" in recorded) == (precision == "int8")
+    # the source graph is byte-for-byte the fp32 one
+    fp32 = mf.load_manifest(bundles["fp32"])
+    assert manifest.files["source.onnx"] == fp32.files["source.onnx"]
+    # the I/O contract does not change: float32 in and out
+    for role in (DRIVER, GENERATOR):
+        assert manifest.graphs[role].inputs == fp32.graphs[role].inputs
+        assert manifest.graphs[role].outputs == fp32.graphs[role].outputs
+
+
+def test_int8_quantizes_the_convolutions_and_nothing_on_the_grid_path(bundles):
+    for role in (DRIVER, GENERATOR):
+        fp32 = onnx.load(bundles["fp32"] / f"{role}.onnx")
+        proto = onnx.load(bundles["int8"] / f"{role}.onnx")
+        kept_float = pr.edge_convolutions(fp32.graph)[1]  # DEFAULT_KEEP_FLOAT: the last convolutions
+        assert pr.DEFAULT_KEEP_FLOAT == ("last",) and kept_float
+        convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name not in kept_float]
+        int8_weights = {t.name for t in proto.graph.initializer if t.data_type == TensorProto.INT8}
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        quantized = [n for n in proto.graph.node if n.op_type == "Conv"
+                     and producers.get(n.input[1]) is not None and producers[n.input[1]].input[0] in int8_weights]
+        assert len(quantized) == len(convs) > 0
+        # the sampling grids: nothing between the pose input and a grid is (de)quantized
+        for node in proto.graph.node:
+            if node.op_type in ("GridSample", GRID_SAMPLE_3D.name):
+                assert not {"QuantizeLinear", "DequantizeLinear"} & _grid_path_ops(proto.graph, node.input[1])
+    custom = [n for n in onnx.load(bundles["int8"] / "generator.onnx").graph.node if n.domain == GRID_SAMPLE_3D.domain]
+    assert len(custom) == 1  # the volume sample is still the custom op
+    portable = onnx.load(bundles["int8"] / "generator.portable.onnx")
+    assert not [n for n in portable.graph.node if n.domain == GRID_SAMPLE_3D.domain]
+
+
+def _grid_path_ops(graph, grid):
+    """Op types of every node a grid is computed from, back to the feature layers: the field's
+    Tanh, a Conv, or the Gemm that ends a pose regressor (the driver aligns its expression crop
+    with a grid made from the predicted pose)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    ops, stack, seen = set(), [grid], set()
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in ("Tanh", "Conv", "Gemm"):
+            continue
+        seen.add(node.name)
+        ops.add(node.op_type)
+        stack.extend(node.input)
+    return ops
+
+
+def test_fp16_keeps_the_grid_and_pose_paths_in_float32(bundles):
+    proto = onnx.load(bundles["fp16"] / "generator.onnx")
+    from megaportraits_export import custom_op
+
+    custom_op.register_onnx_schema()
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    assert any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer)
+    (volume_sample,) = [n for n in proto.graph.node if n.op_type == GRID_SAMPLE_3D.name]
+    assert types[volume_sample.input[0]] == TensorProto.FLOAT16  # the volume: half the bytes
+    assert types[volume_sample.input[1]] == TensorProto.FLOAT    # its grid: float32
+    (field_sample,) = [n for n in proto.graph.node if n.op_type == "GridSample"]
+    assert types[field_sample.input[1]] == TensorProto.FLOAT and types[field_sample.input[0]] == TensorProto.FLOAT
+    means = [n for n in proto.graph.node if n.op_type == "ReduceMean"]
+    assert means and all(types[n.input[0]] == TensorProto.FLOAT for n in means)
+
+
+# ---- against fp32 -----------------------------------------------------------------------------
+def test_fp32_flavour_is_the_plain_export(bundles):
+    motion, rendering = _outputs(bundles["fp32"])
+    motion_again, rendering_again = _outputs(bundles["fp32"], portable=True)
+    assert np.abs(rendering["image"] - rendering_again["image"]).max() < 1e-5
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_int8_graphs_match_fp32_on_random_inputs(bundles, portable):
+    ref_motion, ref = _outputs(bundles["fp32"], portable)
+    motion, out = _outputs(bundles["int8"], portable)
+    difference = np.abs(out["image"] - ref["image"])
+    # measured (8 calibration heads, 3 seeds of noise and of held-out heads): image PSNR 42.0-43.3 dB,
+    # max abs 0.041-0.058; pose max abs 4.8e-4-1.6e-3; expression max error 13-26% of the code's
+    # largest value (a random tiny network's 64-d code; the image is what it is for)
+    assert _psnr(out["image"], ref["image"]) > 36.0
+    assert difference.max() < 0.1
+    assert 0 < np.abs(motion["pose"] - ref_motion["pose"]).max() < 5e-3
+    scale = np.abs(ref_motion["expression"]).max()
+    assert np.abs(motion["expression"] - ref_motion["expression"]).max() < 0.4 * scale
+    assert difference.max() > 1e-4  # it really is quantized (the fp32 graphs agree to 1e-5)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_fp16_graphs_match_fp32_on_random_inputs(bundles, portable):
+    ref_motion, ref = _outputs(bundles["fp32"], portable)
+    motion, out = _outputs(bundles["fp16"], portable)
+    difference = np.abs(out["image"] - ref["image"])
+    # measured: image max abs 4.7e-3 (PSNR 63 dB); pose max abs 3.7e-4
+    assert difference.max() < 2e-2 and _psnr(out["image"], ref["image"]) > 50.0
+    assert np.abs(motion["pose"] - ref_motion["pose"]).max() < 3e-3
+    assert difference.max() > 1e-6
+
+
+def test_fp16_generator_matches_onnx_reference_evaluator(bundles):
+    """The converted graph as ONNX itself defines it (no ORT cast insertion, no fused kernels)."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.ops.op_grid_sample import GridSample
+
+    class GridSample3D(GridSample):
+        op_domain = GRID_SAMPLE_3D.domain
+
+    rng = np.random.default_rng(3)
+    size = mf.load_manifest(bundles["fp32"]).image_size
+    avatar = _runner(bundles["fp32"])(SOURCE, {"source_image": rng.random((1, 3, size, size), dtype=np.float32)})
+    motion = _runner(bundles["fp32"])(DRIVER, {"driver_image": rng.random((1, 3, size, size), dtype=np.float32)})
+    state = {**avatar, **motion}
+    feed = {n: state[n] for n in GRAPH_IO[GENERATOR].inputs}
+    reference = ReferenceEvaluator(str(bundles["fp16"] / "generator.onnx"), new_ops=[GridSample3D])
+    expected = _runner(bundles["fp32"])(GENERATOR, feed)["image"]
+    got = reference.run(["image"], feed)[0]
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() < 2e-2
+
+
+# ---- node selection on hand-built graphs -------------------------------------------------------
+def _sampling_graph():
+    """pose -> MatMul(identity grid) -> q; field = Tanh(Conv(features)); sampled = GridSample(field, q);
+    grid = q + sampled; volume = Conv(x); y = GridSample3D(volume, grid); image = Conv(Relu(y))
+    with a two-pass normalisation (ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Reciprocal, Mul)."""
+    f = TensorProto.FLOAT
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["base", "pose"], ["q"], name="q"),
+        n("Conv", ["features", "w_field"], ["field_raw"], name="field_conv"),
+        n("Tanh", ["field_raw"], ["field"], name="field_tanh"),
+        n("GridSample", ["field", "q"], ["sampled"], name="field_sample"),
+        n("Add", ["q", "sampled"], ["grid"], name="grid_add"),
+        n("Conv", ["x", "w_volume"], ["volume"], name="volume_conv"),
+        n("GridSample3D", ["volume", "grid"], ["y"], name="volume_sample", domain=GRID_SAMPLE_3D.domain),
+        n("ReduceMean", ["y"], ["mean"], name="mean"),
+        n("Sub", ["y", "mean"], ["centred"], name="centre"),
+        n("Mul", ["centred", "centred"], ["square"], name="square"),
+        n("ReduceMean", ["square"], ["variance"], name="variance"),
+        n("Add", ["variance", "eps"], ["variance_eps"], name="add_eps"),
+        n("Sqrt", ["variance_eps"], ["std"], name="sqrt"),
+        n("Reciprocal", ["std"], ["rstd"], name="reciprocal"),
+        n("Mul", ["centred", "rstd"], ["normalised"], name="normalise"),
+        n("Relu", ["normalised"], ["act"], name="relu"),
+        n("Conv", ["act", "w_image"], ["image"], name="image_conv"),
+    ]
+    inputs = [helper.make_tensor_value_info(name, f, None) for name in ("pose", "features", "x")]
+    return helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("image", f, None)])
+
+
+def test_float32_nodes_are_the_grid_path_the_field_sample_and_the_statistics():
+    keep = pr.float32_nodes(_sampling_graph())
+    assert keep == {"q", "field_sample", "grid_add",                       # coordinates
+                    "mean", "centre", "square", "variance", "add_eps", "sqrt", "reciprocal", "normalise"}
+    # never: feature layers, the volume sample itself (it takes float16 data), activations
+    assert not keep & {"field_conv", "field_tanh", "volume_conv", "volume_sample", "relu", "image_conv"}
+
+
+def test_edge_convolutions_are_the_image_facing_ones():
+    first, last = pr.edge_convolutions(_sampling_graph())
+    # image_conv is "first" too: the pose input reaches it through the grid and the volume sample
+    # without crossing another Conv (so keeping "first" in float keeps a generator's projection)
+    assert first == {"field_conv", "volume_conv", "image_conv"}
+    assert last == {"image_conv"}
+
+
+def test_restoring_custom_nodes_refuses_a_lost_node():
+    proto = helper.make_model(_sampling_graph())
+    for node in proto.graph.node:
+        if node.op_type == GRID_SAMPLE_3D.name:  # as in a portable twin
+            node.domain, node.op_type = "", "GridSample"
+    restored = pr.restore_custom_nodes(helper.make_model(proto.graph), {"volume_sample"})
+    assert [n.name for n in restored.graph.node if n.domain == GRID_SAMPLE_3D.domain] == ["volume_sample"]
+    with pytest.raises(ExportError, match="lost 1"):
+        pr.restore_custom_nodes(proto, {"volume_sample", "not_there"})
+
+
+# ---- calibration frames ------------------------------------------------------------------------
+def test_calibration_frames_from_a_directory(tmp_path):
+    import cv2
+
+    from megaportraits_export.data.synthetic import Identity, render
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), render(Identity.sample(i), size=96)[:, :, ::-1])
+    (tmp_path / "notes.txt").write_text("not an image")
+    frames = pr.calibration_frames_from(tmp_path, 64, count=2)
+    assert frames.images.shape == (2, 3, 64, 64) and frames.images.dtype == np.float32
+    assert 0.0 <= frames.images.min() and frames.images.max() <= 1.0 and frames.images.std() > 0.05
+
+
+@pytest.mark.parametrize("content", [None, 1])
+def test_calibration_frames_refuses_a_bad_directory(tmp_path, content):
+    target = tmp_path / "frames"
+    if content is not None:
+        target.mkdir()
+        shutil.copy(__file__, target / "one.png")  # one file, and not an image
+    with pytest.raises(ExportError) as e:
+        pr.calibration_frames_from(target, 64)
+    assert "\n" not in str(e.value) and "--calibration-frames" in str(e.value)
+
+
+def test_unknown_precision_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="choose one of fp32, fp16, int8"):
+        pr.convert_written_graphs(tmp_path, {}, "int4", 64)
+
+
+# ---- the command line --------------------------------------------------------------------------
+def test_export_command_refuses_calibration_frames_without_int8(capsys, tmp_path):
+    from megaportraits_export.onnx_export import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--preset", "tiny", "--random-init", "-o", str(tmp_path / "b"), "--calibration-frames", "x"])
+    assert e.value.code == 2
+    assert "add --precision int8" in capsys.readouterr().err
+
+
+def test_export_command_names_a_bad_calibration_directory_before_exporting(capsys, tmp_path):
+    from megaportraits_export.onnx_export import cli
+
+    code = cli.main(["--preset", "tiny", "--random-init", "-o", str(tmp_path / "b"), "--precision", "int8",
+                     "--calibration-frames", str(tmp_path / "missing")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "not a directory" in err
+    assert not (tmp_path / "b").exists()
