@@ -5,20 +5,29 @@ modules: the model is built on the meta device (no weights are allocated, so pap
 nothing) and run once on meta tensors, with forward hooks on the networks and a recording volume
 sampler reporting what flows between them. Multiply-accumulates of the convolutions and linear
 layers are counted from the same run.
+
+``describe --enhancer NAME`` does the same for a high-resolution enhancer (G_enh) preset, and adds
+the peak memory of one inference forward, also measured on meta tensors: every tensor an op
+creates (views excepted) counts from its creation until Python frees it.
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
+import weakref
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from . import command, warp
 from .config import PRESETS, ModelConfig, get_config
 from .model import MegaPortraits, build_model
 from .networks.blocks import count_parameters
+from .networks.enhancer import PRESETS as ENHANCER_PRESETS
+from .networks.enhancer import build_enhancer, get_enhancer_config
 
 # (module path, symbol, what it is); the path is relative to the model, with the shared driver
 # branch written as driver_branch
@@ -174,6 +183,108 @@ def _data_flow(seen: dict, batch: int, config: ModelConfig) -> list:
     return flow
 
 
+# G_enh's parts, in data-flow order: (module path, what it is)
+ENHANCER_PARTS = (
+    ("encoder", "conv + 2 residual blocks (the first halves the side)"),
+    ("decoder", "residual blocks at half the base side"),
+    ("up_stages", "2 upsampling stages (nearest 2x + a residual block)"),
+    ("high", "residual blocks at the high side"),
+    ("to_residual", "GN, ReLU, conv to the residual over bilinear upsampling"),
+)
+
+
+def _shape_recorder(shapes: dict, path: str):
+    def hook(module, inputs, output):
+        shapes[path] = list(output.shape)
+    return hook
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensors alive at once: each op's new outputs (not views) count until freed."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            for tensor in tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    self.add(tensor)
+        return out
+
+    def add(self, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(tensor, self._free, size)
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+
+def describe_enhancer(preset: str, batch: int = 1) -> dict:
+    """Parameters, multiply-accumulates per sample, peak inference memory and tensor shapes of
+    an enhancer preset, from one forward of the real module on meta tensors."""
+    config = get_enhancer_config(preset)
+    with torch.device("meta"):
+        model = build_enhancer(config).eval()
+    macs = {path: 0 for path, _ in ENHANCER_PARTS}
+    shapes = {}
+    handles = []
+    for path in macs:
+        part = getattr(model, path)
+        last = part[-1] if isinstance(part, nn.ModuleList) else part  # a ModuleList is never called
+        handles.append(last.register_forward_hook(_shape_recorder(shapes, path)))
+        for layer in part.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                handles.append(layer.register_forward_hook(_mac_counter(macs, path)))
+    memory = _LiveTensorBytes()
+    try:
+        with torch.device("meta"), torch.no_grad():
+            image = torch.empty(batch, config.channels, config.base_size, config.base_size)
+            with memory:
+                memory.add(image)
+                output = model(image)
+            del output
+    finally:
+        for handle in handles:
+            handle.remove()
+    parameters = count_parameters(model)
+    return {
+        "enhancer": config.name,
+        "batch": batch,
+        "input_shape": [batch, config.channels, config.base_size, config.base_size],
+        "output_shape": [batch, config.channels, config.output_size, config.output_size],
+        "parts": [{"module": path, "what": what, "parameters": count_parameters(getattr(model, path)),
+                   "macs_per_sample": macs[path] // batch, "output_shape": shapes[path]}
+                  for path, what in ENHANCER_PARTS],
+        "parameters": parameters,
+        "macs_per_sample": sum(macs.values()) // batch,
+        "fp32_weight_bytes": 4 * parameters,
+        "peak_activation_bytes": memory.peak,
+        "peak_memory_bytes": memory.peak + 4 * parameters,
+        "config": config.to_dict(),
+    }
+
+
+def format_enhancer_text(report: dict) -> str:
+    shape = "x".join(str(n) for n in report["input_shape"]), "x".join(str(n) for n in report["output_shape"])
+    lines = [f"enhancer {report['enhancer']}: {shape[0]} -> {shape[1]} (batch {report['batch']})", "",
+             f"{'part':<14}{'params':>12}{'GMAC/sample':>13}  {'output':<18}what"]
+    for row in report["parts"]:
+        out = "x".join(str(n) for n in row["output_shape"])
+        lines.append(f"{row['module']:<14}{row['parameters']:>12,}{row['macs_per_sample'] / 1e9:>13.3f}  "
+                     f"{out:<18}{row['what']}")
+    lines += ["", f"total {report['parameters']:,} parameters ({report['fp32_weight_bytes'] / 1e6:.1f} MB fp32), "
+                  f"{report['macs_per_sample'] / 1e9:.2f} GMAC per frame; peak inference memory "
+                  f"{report['peak_memory_bytes'] / 2**20:.0f} MiB (activations "
+                  f"{report['peak_activation_bytes'] / 2**20:.0f} MiB + weights)"]
+    return "\n".join(lines)
+
+
 def format_text(report: dict) -> str:
     lines = [f"preset {report['preset']} (batch {report['batch']})", "",
              f"{'network':<54}{'params':>12}{'reference':>12}{'GMAC/sample':>13}"]
@@ -194,9 +305,14 @@ def format_text(report: dict) -> str:
 
 def main(argv=None) -> int:
     parser = command.parser("describe", "parameter counts and data-flow tensor shapes of a preset")
-    parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model preset")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", choices=list(PRESETS), help="model preset")
+    which.add_argument("--enhancer", choices=list(ENHANCER_PRESETS),
+                       help="a high-resolution enhancer (G_enh) preset instead of a base model")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the shapes (default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--student", action="store_true",
+                        help="describe the real-time student of that size instead (networks/student.py)")
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
@@ -204,6 +320,20 @@ def main(argv=None) -> int:
 
 
 def _describe(args) -> int:
+    if args.enhancer:
+        report = describe_enhancer(args.enhancer, batch=args.batch)
+        print(json.dumps(report, indent=2) if args.json else format_enhancer_text(report))
+        return 0
+    if args.student:
+        from .networks.student import describe_student, format_student
+        from .student_config import STUDENT_PRESETS
+
+        if args.preset not in STUDENT_PRESETS:
+            raise command.CommandError(f"there is no student preset {args.preset!r}; students exist for "
+                                       f"{', '.join(STUDENT_PRESETS)}")
+        report = describe_student(STUDENT_PRESETS[args.preset])
+        print(json.dumps(report, indent=2) if args.json else format_student(report))
+        return 0
     report = describe(args.preset, batch=args.batch)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0

@@ -1,0 +1,111 @@
+"""G_enh: the network's shapes and structure, and what ``describe --enhancer`` reports."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from megaportraits_export import describe
+from megaportraits_export.networks.blocks import ResBlock2d
+from megaportraits_export.networks.enhancer import PRESETS, EnhancerConfig, build_enhancer, get_enhancer_config
+
+
+def _randomised(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The model with every parameter random (the last conv starts at zero otherwise)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_matte"])
+def test_forward_doubles_the_side_in_range(preset):
+    config = get_enhancer_config(preset)
+    model = _randomised(build_enhancer(config), seed=1)
+    image = torch.rand(2, config.channels, config.base_size, config.base_size, generator=torch.Generator().manual_seed(2))
+    out = model(image)
+    assert out.shape == (2, config.channels, 2 * config.base_size, 2 * config.base_size)
+    assert float(out.detach().min()) >= 0.0 and float(out.detach().max()) <= 1.0
+    # random weights do change the image: the residual branch is live
+    bilinear = torch.nn.functional.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
+    assert float((out - bilinear).detach().abs().mean()) > 1e-3
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_untrained_enhancer_is_bilinear_upsampling():
+    """Against OpenCV's bilinear resize (half-pixel centres), an independent implementation."""
+    config = get_enhancer_config("tiny")
+    model = build_enhancer(config).eval()
+    rng = np.random.default_rng(3)
+    image = rng.random((config.base_size, config.base_size, 3), dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    side = config.output_size
+    expected = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_structure_is_the_papers():
+    """Encoder conv + 2 residual blocks; 8 decoder blocks; 2 upsampling stages; 3 at the high side."""
+    model = build_enhancer("paper512")
+    assert isinstance(model.encoder[0], torch.nn.Conv2d)
+    assert [type(m) for m in model.encoder[1:]] == [ResBlock2d, ResBlock2d]
+    assert len(model.decoder) == 8 and len(model.up_stages) == 2 and len(model.high) == 3
+    assert PRESETS["paper512"].output_size == 1024 and PRESETS["demo128"].output_size == 256
+
+
+def test_config_round_trip_and_refusals():
+    config = PRESETS["demo128"]
+    assert EnhancerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="channels must be 3"):
+        config.replace(channels=2)
+    with pytest.raises(ValueError, match="unknown enhancer preset"):
+        get_enhancer_config("huge")
+
+
+def test_describe_counts_macs_like_torchs_flop_counter():
+    """MACs from describe's meta run == half the FLOPs torch's own counter sees on a real forward."""
+    report = describe.describe_enhancer("tiny", batch=2)
+    config = get_enhancer_config("tiny")
+    model = build_enhancer(config).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(2, 3, config.base_size, config.base_size))
+    conv_flops = sum(n for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    assert report["macs_per_sample"] == conv_flops // 2 // 2
+    assert report["parameters"] == sum(p.numel() for p in model.parameters())
+    assert report["output_shape"] == [2, 3, 128, 128]
+
+
+def test_describe_peak_memory_is_bounded_by_the_tensors_of_the_forward():
+    """At least the input and output held together plus the widest activation's twin; at most every
+    tensor the forward creates."""
+    config = get_enhancer_config("tiny")
+    report = describe.describe_enhancer("tiny")
+    side, channels = config.output_size, config.up_channels[-1]
+    output = 4 * config.channels * side * side
+    widest = 4 * channels * side * side  # a high-side activation: a residual block holds two of them
+    assert report["peak_activation_bytes"] >= output + 2 * widest
+
+    class Everything(describe._LiveTensorBytes):
+        def _free(self, size):  # never freed: the total of all creations
+            pass
+
+    model = build_enhancer(config).eval()
+    counter = Everything()
+    with torch.device("meta"), torch.no_grad(), counter:
+        model.to("meta")(torch.empty(1, 3, config.base_size, config.base_size))
+    assert report["peak_activation_bytes"] < counter.peak
+
+
+def test_describe_cli_enhancer_json(capsys):
+    assert describe.main(["--enhancer", "paper512", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == [1, 3, 512, 512] and report["output_shape"] == [1, 3, 1024, 1024]
+    assert report["peak_memory_bytes"] > report["fp32_weight_bytes"] > 0
+    assert report["macs_per_sample"] == sum(part["macs_per_sample"] for part in report["parts"])
