@@ -61,6 +61,16 @@ class CustomOp(NamedTuple):
 GRID_SAMPLE_3D = CustomOp(domain="com.megaportraits", name="GridSample3D", version=1)
 
 
+# ---- the distilled real-time student ----------------------------------------------------------
+# A student bundle has one graph: the driver image and, per sample, which of the student's
+# avatars to render (``avatar_index`` (N,) int64, a position in the manifest's student.avatars)
+# -> the image, and the matte where its teacher renders one. Its avatars are fixed at distillation.
+STUDENT = "student"
+AVATAR_INDEX = "avatar_index"
+STUDENT_IO = GraphIO((DRIVER_IMAGE, AVATAR_INDEX), (IMAGE_OUTPUT,), optional_outputs=(MATTE_OUTPUT,))
+STUDENT_ROLES = (STUDENT,)  # what a student bundle has instead of BASE_ROLES
+
+
 # ---- model families --------------------------------------------------------------------------
 # A bundle's family says which networks made it and so how the SDK composes motion between the
 # driver and generator graphs: one motion module per representation (docs/design.md, "Families").

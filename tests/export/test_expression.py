@@ -194,11 +194,22 @@ out_dir = "{tmp_path / 'run'}"
 checkpoint_every = 1
 progress = false
 """)
-    assert train.main(["--config", str(config), "--steps", "1"]) == 0
+    straight = tmp_path / "straight"
+    assert train.main(["--config", str(config), "--out-dir", str(straight)]) == 0      # 2 steps in one go
+    from megaportraits_export.training.config import load_config
+    from megaportraits_export.training.distributed import DistributedContext
+    from megaportraits_export.training.trainer import Trainer
+
+    interrupted = Trainer(load_config(config), DistributedContext(), config_path=str(config))
+    interrupted.train_step()                                                           # 1 step, stop ...
+    interrupted.save()
     start.unlink()
-    assert train.main(["--config", str(config), "--resume", "auto"]) == 0
+    assert train.main(["--config", str(config), "--resume", "auto"]) == 0             # ... resume to 2
     state = torch.load(tmp_path / "run" / "state_last.pt", weights_only=True)
     assert state["training"]["step"] == 2
+    reference = torch.load(straight / "state_last.pt", weights_only=True)
+    for name, value in reference["model"].items():     # the resumed run is the uninterrupted one
+        assert torch.equal(value, state["model"][name]), name
     assert state["provenance"]["initialised_from"]["checkpoint"] == "start.pt"
     assert state["provenance"]["data"]["expression_regions"] is True
     assert state["provenance"]["final_losses"]["train/expression"] > 0
