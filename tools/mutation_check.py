@@ -21,7 +21,7 @@ survives or any baseline fails, 2 if an anchor no longer matches.
 
 Run it from the repository root, on a quiet machine (one torch thread):
 
-    .venv/bin/python tools/mutation_check.py            # all 23: 18 min on the shared 2-core machine
+    .venv/bin/python tools/mutation_check.py            # all 24: 18 min on the shared 2-core machine
                                                         # (load ~10), 10 of them the two exports of
                                                         # the tiny model for the export mutation
     .venv/bin/python tools/mutation_check.py -k euro -k vgg   # names containing "euro" or "vgg"
@@ -151,6 +151,13 @@ MUTATIONS = (
              "motion = relative_motion((avatar.pose, avatar.expression), motion, base)",
              "motion = relative_motion((avatar.pose, avatar.expression), base, motion)",
              ("tests/export/test_evaluate.py", "-k", "relative")),
+    Mutation("evaluation: relative pose theta_s theta_d0^-1 theta_d (reversed product)",
+             "export/megaportraits_export/**/*.py",
+             "pose = (_homogeneous(driver_motion[0]) @ _homogeneous(invert_pose(reference_motion[0]))\n"
+             "            @ _homogeneous(source_motion[0]))[:, :3]",
+             "pose = (_homogeneous(source_motion[0]) @ _homogeneous(invert_pose(reference_motion[0]))\n"
+             "            @ _homogeneous(driver_motion[0]))[:, :3]",
+             ("tests/export/test_evaluate.py", "-k", "relative_cross or relative_and_absolute")),
     Mutation("metric accumulator averages the batch means",
              "export/megaportraits_export/metrics.py",
              "self.sums.get(name, 0.0) + float(values.sum())\n        self.count += prediction.shape[0]",

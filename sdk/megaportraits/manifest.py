@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .schema import BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
+from .schema import STUDENT, STUDENT_ROLES, BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -108,6 +108,10 @@ class Manifest:
     producer: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # a distilled student's bundle (its one graph is 'student'): its avatars, in avatar_index
+    # order, each {name, image, crop: [x, y, side], backdrop: file or null}, and the teacher it
+    # was distilled from {manifest_sha256, model_name, preset}; None for any other bundle
+    student: dict | None = None
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,6 +132,7 @@ class Manifest:
             "files": dict(self.files),
             "producer": dict(self.producer),
             "provenance": dict(self.provenance),
+            **({"student": self.student} if self.student is not None else {}),
         }
 
     @classmethod
@@ -164,6 +169,7 @@ class Manifest:
             producer=_object(d.get("producer", {}), "producer"),
             provenance=_object(d.get("provenance", {}), "provenance"),
             format_version=version,
+            student=_student(d.get("student"), graphs),
         )
         if "layout" in model and model["layout"] != "NCHW":
             raise _wrong("model.layout", model["layout"], "the string 'NCHW'")
@@ -180,6 +186,11 @@ class Manifest:
                 safe_name(f)
                 if f not in self.files:
                     raise BundleError(f"manifest: graph {role!r} file {f!r} has no sha256 entry in 'files'")
+        for avatar in (self.student or {}).get("avatars", ()):
+            for f in filter(None, (avatar["image"], avatar.get("backdrop"))):
+                if f not in self.files:
+                    raise BundleError(f"manifest: avatar {avatar['name'][:60]!r} file {f!r} has no sha256 entry "
+                                      "in 'files'")
 
     def graph_file(self, role: str, portable: bool = False) -> str:
         g = self.graphs[role]
@@ -193,7 +204,17 @@ class Manifest:
     def has_matte(self) -> bool:
         """True when the generator also renders the person's matte (a second output, ``matte``),
         so the SDK composites its frames onto the source's backdrop (megaportraits.compositing)."""
-        return any(t.name == MATTE_OUTPUT for t in self.graphs["generator"].outputs)
+        rendering = self.graphs[STUDENT if self.is_student else "generator"]
+        return any(t.name == MATTE_OUTPUT for t in rendering.outputs)
+
+    @property
+    def is_student(self) -> bool:
+        """True for a distilled student's bundle (one 'student' graph; avatars in ``student``)."""
+        return set(self.graphs) == set(STUDENT_ROLES)
+
+    def avatar_names(self) -> list:
+        """A student bundle's avatar names, in avatar_index order (empty for other bundles)."""
+        return [a["name"] for a in (self.student or {}).get("avatars", ())]
 
     @property
     def trained_on_synthetic_data(self) -> bool:
@@ -293,6 +314,8 @@ def _graphs(value: Any) -> dict:
             raise BundleError(f"manifest key 'graphs' names the unknown role {role[:40]!r}; expected roles among "
                               f"{', '.join(MANIFEST_ROLES)}")
         graphs[role] = GraphSpec.from_dict(g, f"graphs.{role}")
+    if set(graphs) == set(STUDENT_ROLES):  # a distilled student's bundle: its one graph
+        return graphs
     missing = [r for r in BASE_ROLES if r not in graphs]
     if missing:
         raise BundleError(f"manifest key 'graphs' lacks the {', '.join(missing)} graph(s); expected "
@@ -324,6 +347,44 @@ def _value_range(value: Any) -> tuple:
             or not value[0] < value[1]):
         raise _wrong("model.value_range", value, "a list [low, high] of two finite numbers, low < high")
     return (float(value[0]), float(value[1]))
+
+
+def _student(value: Any, graphs: dict) -> dict | None:
+    """The ``student`` section: present exactly when the bundle's one graph is the student."""
+    is_student = set(graphs) == set(STUDENT_ROLES)
+    if value is None:
+        if is_student:
+            raise BundleError("manifest: a student bundle needs a 'student' section {avatars, teacher}")
+        return None
+    if not is_student:
+        raise BundleError("manifest: a 'student' section belongs only to a bundle whose one graph is 'student'")
+    _require(value, ("avatars", "teacher"), "student", "an object {avatars, teacher}")
+    teacher = value["teacher"]
+    _require(teacher, ("manifest_sha256",), "student.teacher", "an object {manifest_sha256, ...}")
+    digest = teacher["manifest_sha256"]
+    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
+        raise _wrong("student.teacher.manifest_sha256", digest, "a sha256 hex digest (64 lowercase hex digits)")
+    avatars = _list(value["avatars"], "student.avatars", "a list of avatars")
+    if not avatars:
+        raise _wrong("student.avatars", avatars, "at least one avatar")
+    names = set()
+    for i, avatar in enumerate(avatars):
+        where = f"student.avatars[{i}]"
+        _require(avatar, ("name", "image", "crop"), where, "an avatar {name, image, crop, backdrop}")
+        name = _text(avatar["name"], f"{where}.name")
+        if name in names:
+            raise BundleError(f"manifest: two avatars are named {name[:60]!r}; expected distinct names")
+        names.add(name)
+        safe_name(_text(avatar["image"], f"{where}.image"))
+        if avatar.get("backdrop") is not None:
+            safe_name(_text(avatar["backdrop"], f"{where}.backdrop"))
+        crop = _list(avatar["crop"], f"{where}.crop", "[x, y, side] of the face crop in the image")
+        if len(crop) != 3:
+            raise _wrong(f"{where}.crop", crop, "[x, y, side] of the face crop in the image")
+        _whole(crop[0], f"{where}.crop[0]", -_MAX_DIM, _MAX_DIM, "a pixel column")
+        _whole(crop[1], f"{where}.crop[1]", -_MAX_DIM, _MAX_DIM, "a pixel row")
+        _whole(crop[2], f"{where}.crop[2]", 2, _MAX_DIM, "the crop's side in pixels")
+    return dict(value)
 
 
 def safe_name(name: str) -> str:
