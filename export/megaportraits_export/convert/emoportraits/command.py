@@ -211,10 +211,12 @@ def main(argv=None) -> int:
             raise ConversionError("the output directory must not be one of the input files")
         step(1, "reading and mapping their weights")
         base = config_from_arguments(read_arguments(a.args)) if a.args else get_config(PRESET)
+        if base != get_config(PRESET):   # other widths than the released model: say so in the manifest
+            base = base.replace(name=f"{PRESET}_custom")
         config = base.replace(matte=not a.keep_green)
         model, conversion = convert_checkpoint(a.checkpoint, a.head_pose, config)
         step(2, f"mapped {conversion.used} tensors (folds {conversion.folded}); exporting the graphs")
-        export_bundle(model, model.config, a.output, preset=PRESET,
+        export_bundle(model, model.config, a.output, preset=config.name,
                       provenance=provenance(a.checkpoint, a.head_pose, conversion, matte=not a.keep_green),
                       portable=a.portable, verify=a.verify)
         step(3, f"wrote {a.output}" + (" (verified in ONNX Runtime)" if a.verify else ""))
