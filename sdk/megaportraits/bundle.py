@@ -29,7 +29,7 @@ from . import manifest as mf
 from .errors import BundleError, CustomOpError
 from .onnx_refs import ModelFileError, read_model
 from .providers import resolve_providers
-from .schema import BASE_ROLES, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
+from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
                        fall_back, session_options, warn_fallback)
 
@@ -136,7 +136,37 @@ def contract_problems(manifest: mf.Manifest) -> list:
                             f"SDK needs {list(io.inputs)} -> {list(io.outputs)}"
                             + (f" (optionally also {list(io.optional_outputs)})" if io.optional_outputs else "")
                             + "; the bundle is incompatible")
+    if ENHANCER in manifest.graphs:
+        problems += _enhancer_problems(manifest)
     return problems
+
+
+def _enhancer_problems(manifest: mf.Manifest) -> list:
+    """The enhancer reads what the generator renders (with the matte exactly when it has one)
+    and returns the same tensors at model.enhanced_size."""
+    graph = manifest.graphs[ENHANCER]
+    matte = manifest.has_matte
+    want_in = ENHANCER_IO.inputs + ((BASE_MATTE,) if matte else ())
+    want_out = ENHANCER_IO.outputs + (ENHANCER_IO.optional_outputs if matte else ())
+    got_in, got_out = tuple(t.name for t in graph.inputs), tuple(t.name for t in graph.outputs)
+    if set(got_in) != set(want_in) or set(got_out) != set(want_out):
+        return [f"the 'enhancer' graph has inputs {list(got_in)} and outputs {list(got_out)}, but for this "
+                f"{'matte ' if matte else ''}model the SDK needs {list(want_in)} -> {list(want_out)}; "
+                "the bundle is incompatible"]
+    if manifest.enhanced_size <= manifest.image_size:
+        return [f"manifest model.enhanced_size {manifest.enhanced_size} is not above image_size "
+                f"{manifest.image_size}; an enhancer raises the resolution"]
+    return []
+
+
+def image_side(manifest: mf.Manifest, role: str, tensor: str) -> int | None:
+    """The side a graph's image tensor has: the enhancer's outputs are at model.enhanced_size, every
+    other image (the enhancer's inputs included) at model.image_size; None: not an image tensor."""
+    if role == ENHANCER:
+        if tensor in ENHANCER_IO.inputs or tensor == BASE_MATTE:
+            return manifest.image_size
+        return manifest.enhanced_size if tensor in ENHANCER_IO.outputs + ENHANCER_IO.optional_outputs else None
+    return manifest.image_size if tensor in IMAGE_TENSORS else None
 
 
 def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
@@ -189,10 +219,12 @@ def _graph_problems(directory: Path, manifest: mf.Manifest, role: str, spec: mf.
             problems.append(f"the {role!r} graph file {name!r} gives {value.name} the shape {list(value.shape)}, "
                             f"but its manifest entry says {list(specs[value.name].shape)}; the bundle is incompatible")
     for value in interface.inputs + interface.outputs:
-        if value.name in IMAGE_TENSORS and value.shape and len(value.shape) == 4:
+        expected = image_side(manifest, role, value.name)
+        if expected is not None and value.shape and len(value.shape) == 4:
             side = [d for d in value.shape[2:] if isinstance(d, int)]
-            if any(d != manifest.image_size for d in side):
-                problems.append(f"manifest image_size {manifest.image_size} does not match the {role!r} graph "
+            if any(d != expected for d in side):
+                key = "enhanced_size" if role == ENHANCER and expected != manifest.image_size else "image_size"
+                problems.append(f"manifest {key} {expected} does not match the {role!r} graph "
                                 f"file {name!r}, whose {value.name} is {value.shape[2]}x{value.shape[3]}; "
                                 "the bundle is incompatible")
     problems += _operator_problems(manifest, role, name, interface, twin)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .schema import STUDENT, STUDENT_ROLES, BASE_ROLES, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
+from .schema import STUDENT, STUDENT_ROLES, BASE_ROLES, ENHANCER, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -112,6 +112,9 @@ class Manifest:
     # order, each {name, image, crop: [x, y, side], backdrop: file or null}, and the teacher it
     # was distilled from {manifest_sha256, model_name, preset}; None for any other bundle
     student: dict | None = None
+    # the side of the enhancer's output (model.enhanced_size) when the bundle has an enhancer
+    # graph; image_size stays the base model's side
+    enhanced_size: int | None = None
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -124,6 +127,7 @@ class Manifest:
                 "value_range": list(self.value_range),
                 "channel_order": self.channel_order,
                 "layout": "NCHW",
+                **({"enhanced_size": self.enhanced_size} if self.enhanced_size is not None else {}),
             },
             "opset": self.opset,
             "custom_op": self.custom_op,
@@ -170,7 +174,12 @@ class Manifest:
             provenance=_object(d.get("provenance", {}), "provenance"),
             format_version=version,
             student=_student(d.get("student"), graphs),
+            enhanced_size=None if model.get("enhanced_size") is None else _whole(
+                model["enhanced_size"], "model.enhanced_size", *IMAGE_SIZES, "the enhancer's output side in pixels"),
         )
+        if (m.enhanced_size is None) != (ENHANCER not in graphs):
+            raise BundleError("manifest: model.enhanced_size and an 'enhancer' graph come together (the "
+                              "enhancer's output side); give both or neither")
         if "layout" in model and model["layout"] != "NCHW":
             raise _wrong("model.layout", model["layout"], "the string 'NCHW'")
         m.check_names()

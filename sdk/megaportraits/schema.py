@@ -45,9 +45,15 @@ GRAPH_IO = {
 IMAGE_TENSORS = (SOURCE_IMAGE, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT)
 ROLES = tuple(GRAPH_IO)  # the roles this SDK runs
 BASE_ROLES = (SOURCE, DRIVER, GENERATOR)  # every bundle has these
-# Roles a manifest may already name for the next features (a face enhancer, a distilled
-# student); this SDK accepts and hashes their graphs but does not run them yet.
-LATER_ROLES = ("enhancer", "student")
+# The optional high-resolution enhancer (G_enh): the generator's rendering at the base size
+# (the manifest's model.image_size) in, the same at the high size (model.enhanced_size) out. A
+# matte model's enhancer also takes the base matte and returns the matte at the high size.
+ENHANCER = "enhancer"
+BASE_IMAGE, BASE_MATTE = "base_image", "base_matte"
+ENHANCER_IO = GraphIO((BASE_IMAGE,), (IMAGE_OUTPUT,), optional_outputs=(MATTE_OUTPUT,))
+# Roles a manifest may name beyond the base ones (the enhancer, which the Animator runs when a
+# bundle has it; a distilled student, which this SDK accepts and hashes but does not run yet).
+LATER_ROLES = (ENHANCER, "student")
 
 
 class CustomOp(NamedTuple):
