@@ -11,17 +11,11 @@ import json
 from pathlib import Path
 
 from megaportraits_export import command
-# Re-exported for the callers of ``evaluate.<name>`` from before the evaluation became a package.
-from megaportraits_export.evaluation import (  # noqa: F401
+from megaportraits_export.evaluation import (
     DEFAULT_HELDOUT_IDENTITIES,
-    TASKS,
     BundleReenactor,
     CheckpointReenactor,
-    PairSet,
-    evaluate,
     format_table,
-    heldout_pairs,
-    relative_motion,
     run_evaluation,
 )
 from megaportraits_export.evaluation.options import add_evaluation_options, check_counts

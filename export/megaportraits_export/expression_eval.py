@@ -112,7 +112,7 @@ class CheckpointExpressionReenactor:
     """A PyTorch model: the relative pose of the driver with the driver's or the source's code."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int = 8, background: str = "source"):
-        from megaportraits_export.evaluate import CheckpointReenactor  # the evaluation's compositing
+        from megaportraits_export.evaluation import CheckpointReenactor  # the evaluation's compositing
 
         self.shown = CheckpointReenactor(model, batch_size=batch_size, background=background)
         self.model = model.eval()
@@ -121,7 +121,7 @@ class CheckpointExpressionReenactor:
 
     @torch.no_grad()
     def reenact_codes(self, source: torch.Tensor, driver: torch.Tensor, reference: torch.Tensor) -> dict:
-        from megaportraits_export.evaluate import relative_motion
+        from megaportraits_export.evaluation import relative_motion
 
         outputs = {code: [] for code in CODES}
         for i in range(0, source.shape[0], self.batch_size):

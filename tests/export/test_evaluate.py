@@ -81,7 +81,7 @@ def test_metrics_refuse_mismatched_shapes():
 # ---- the evaluation protocol ---------------------------------------------------------------------
 import json  # noqa: E402
 
-from megaportraits_export import evaluate  # noqa: E402
+from megaportraits_export import evaluate, evaluation  # noqa: E402
 from megaportraits_export.data import synthetic  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def test_relative_motion_is_the_documented_matrix_product():
     g = torch.Generator().manual_seed(2)
     s, d, r = (_random_pose(3, g).double() for _ in range(3))
     zs, zd, zr = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    pose, z = evaluate.relative_motion((s, zs), (d, zd), (r, zr))
+    pose, z = evaluation.relative_motion((s, zs), (d, zd), (r, zr))
 
     def h(m):
         return np.vstack([m.numpy(), [0, 0, 0, 1]])
@@ -109,7 +109,7 @@ def test_relative_motion_is_the_documented_matrix_product():
         assert np.allclose(pose[n].numpy(), expected[:3], atol=1e-10)
     assert torch.allclose(z, zs + zd - zr)
     # a driver at the source's own motion reproduces the driver's motion exactly
-    pose, z = evaluate.relative_motion((s, zs), (d, zd), (s, zs))
+    pose, z = evaluation.relative_motion((s, zs), (d, zd), (s, zs))
     assert torch.allclose(pose, d, atol=1e-10) and torch.allclose(z, zd)
 
 
@@ -129,7 +129,7 @@ def test_heldout_pairs_use_unseen_identities_and_exact_targets(monkeypatch):
     """Every image of every pair re-rendered from the identities and motions it must show."""
     n, size = 3, 64
     motions = _forced_motions(monkeypatch, 2 * n)
-    pairs = evaluate.heldout_pairs(n, size, seed=5, identities=4)
+    pairs = evaluation.heldout_pairs(n, size, seed=5, identities=4)
     eval_seeds = set(synthetic.identity_seeds("eval", 4))
     assert pairs.source.shape == (n, 3, size, size) and pairs.target_mask.shape == (n, 1, size, size)
 
@@ -157,9 +157,9 @@ def test_heldout_pairs_use_unseen_identities_and_exact_targets(monkeypatch):
         np.testing.assert_array_equal(pairs.source_pose[k].numpy(), m_s.pose.model_parameters())
         np.testing.assert_array_equal(pairs.driver_pose[k].numpy(), m_d.pose.model_parameters())
     monkeypatch.undo()
-    first, again = (evaluate.heldout_pairs(3, 32, seed=5, identities=4) for _ in range(2))
+    first, again = (evaluation.heldout_pairs(3, 32, seed=5, identities=4) for _ in range(2))
     assert torch.equal(again.cross_reference, first.cross_reference) and again.identities == first.identities
-    assert not torch.equal(evaluate.heldout_pairs(3, 32, seed=6, identities=4).source, first.source)
+    assert not torch.equal(evaluation.heldout_pairs(3, 32, seed=6, identities=4).source, first.source)
 
 
 class _Oracle:
@@ -175,16 +175,16 @@ class _Oracle:
 
 
 def test_evaluate_scores_the_model_and_the_baseline_on_the_same_targets():
-    pairs = evaluate.heldout_pairs(2, 64, seed=1, identities=3)
-    perfect = evaluate.evaluate(_Oracle(pairs, "target"), pairs)
-    for task in evaluate.TASKS:
+    pairs = evaluation.heldout_pairs(2, 64, seed=1, identities=3)
+    perfect = evaluation.evaluate(_Oracle(pairs, "target"), pairs)
+    for task in evaluation.TASKS:
         assert perfect["model"][task]["psnr"] == pytest.approx(100.0)
         assert perfect["model"][task]["ssim"] == pytest.approx(1.0)
         assert perfect["model"][task]["l1"] == 0.0
-    copy = evaluate.evaluate(_Oracle(pairs, "source"), pairs)
+    copy = evaluation.evaluate(_Oracle(pairs, "source"), pairs)
     assert copy["model"] == copy["source_unchanged"]
     assert copy["source_unchanged"]["self"]["l1"] > 0.0
-    table = evaluate.format_table(copy, "header")
+    table = evaluation.format_table(copy, "header")
     assert "source unchanged" in table and "LPIPS not computed" in table
 
 
@@ -201,8 +201,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_relative_and_absolute_agree_on_self_reenactment(tiny_checkpoint):
     _, model = tiny_checkpoint
-    pairs = evaluate.heldout_pairs(2, 64, seed=2, identities=3)
-    reenactor = evaluate.CheckpointReenactor(model)
+    pairs = evaluation.heldout_pairs(2, 64, seed=2, identities=3)
+    reenactor = evaluation.CheckpointReenactor(model)
     absolute = reenactor.reenact(pairs.source, pairs.self_driver, None)
     relative = reenactor.reenact(pairs.source, pairs.self_driver, pairs.source)
     assert torch.allclose(absolute, relative, atol=1e-4)
@@ -215,8 +215,8 @@ def test_relative_cross_reenactment_is_driver_times_inverse_reference_times_sour
     """With a reference that is not the source, the order of the product and which image plays
     which part matter: the expected image is generated from poses multiplied in numpy."""
     _, model = tiny_checkpoint
-    pairs = evaluate.heldout_pairs(2, 64, seed=2, identities=3)
-    got = evaluate.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
+    pairs = evaluation.heldout_pairs(2, 64, seed=2, identities=3)
+    got = evaluation.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
 
     def h(pose):
         return np.concatenate([pose.double().numpy(), np.tile([[[0, 0, 0, 1.0]]], (pose.shape[0], 1, 1))], axis=1)
@@ -231,7 +231,7 @@ def test_relative_cross_reenactment_is_driver_times_inverse_reference_times_sour
     expected = expected[:, :3].clamp(0, 1)
     assert torch.allclose(got, expected, atol=1e-5)
     # the reference matters: with another one the image is not the same
-    other = evaluate.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_driver)
+    other = evaluation.CheckpointReenactor(model).reenact(pairs.source, pairs.cross_driver, pairs.cross_driver)
     assert (other - got).abs().max() > 1e-3
 
 
@@ -257,9 +257,9 @@ def test_bundle_through_the_sdk_matches_the_checkpoint(bundle_factory):
     from megaportraits_export.onnx_export import random_model
 
     model, _ = random_model("tiny", 0)
-    pairs = evaluate.heldout_pairs(2, 64, seed=4, identities=3)
-    through_sdk = evaluate.BundleReenactor(str(bundle_factory("tiny", portable=True)))
-    in_torch = evaluate.CheckpointReenactor(model)
+    pairs = evaluation.heldout_pairs(2, 64, seed=4, identities=3)
+    through_sdk = evaluation.BundleReenactor(str(bundle_factory("tiny", portable=True)))
+    in_torch = evaluation.CheckpointReenactor(model)
     for reference in (None, pairs.cross_reference):
         expected = in_torch.reenact(pairs.source, pairs.cross_driver, reference)
         got = through_sdk.reenact(pairs.source, pairs.cross_driver, reference)
@@ -270,7 +270,7 @@ def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint
     """A regressor forced to answer each frame's own ground truth plus known offsets: the errors
     are those offsets exactly, so pairing a frame with another frame's truth cannot pass."""
     _, model = tiny_checkpoint
-    pairs = evaluate.heldout_pairs(3, 64, seed=3, identities=3)
+    pairs = evaluation.heldout_pairs(3, 64, seed=3, identities=3)
     truth_of = {}
     for images, poses in ((pairs.source, pairs.source_pose), (pairs.self_driver, pairs.driver_pose),
                           (pairs.cross_driver, pairs.driver_pose)):
@@ -285,7 +285,7 @@ def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint
         return scale.float(), (truth[:, 1:4] + offsets).float(), (truth[:, 4:7] - 0.004).float()
 
     monkeypatch.setattr(model.driver_branch.head_pose, "pose_parameters", forced)
-    errors = evaluate.CheckpointReenactor(model).pose_errors(pairs)
+    errors = evaluation.CheckpointReenactor(model).pose_errors(pairs)
     # by hand: 0.01 rad = 0.573 deg, 0.02 rad = 1.146 deg, 0.03 rad = 1.719 deg
     assert errors["yaw_deg"] == pytest.approx(0.5730, abs=1e-3)
     assert errors["pitch_deg"] == pytest.approx(1.1459, abs=1e-3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from megaportraits_export import evaluate
+from megaportraits_export import evaluation
 from megaportraits_export.checkpoint import initialise_from_checkpoint, save_checkpoint
 from megaportraits_export.config import get_config
 from megaportraits_export.model import build_model, split_matte
@@ -113,9 +113,9 @@ def test_the_checkpoint_evaluation_shows_the_composite_the_sdk_would(tmp_path):
     from megaportraits.compositing import composite as sdk_composite
 
     model = _model("tiny_matte", 7)
-    pairs = evaluate.heldout_pairs(2, 64, seed=3, identities=3)
-    shown = evaluate.CheckpointReenactor(model).reenact(pairs.source, pairs.self_driver, None)
-    raw = evaluate.CheckpointReenactor(model, background="generated").reenact(pairs.source, pairs.self_driver, None)
+    pairs = evaluation.heldout_pairs(2, 64, seed=3, identities=3)
+    shown = evaluation.CheckpointReenactor(model).reenact(pairs.source, pairs.self_driver, None)
+    raw = evaluation.CheckpointReenactor(model, background="generated").reenact(pairs.source, pairs.self_driver, None)
     with torch.no_grad():
         avatar = model.source_branch(pairs.source)
         image, matte = split_matte(model.generator(*avatar[:2], *model.driver_branch(pairs.self_driver)))
@@ -128,7 +128,7 @@ def test_the_checkpoint_evaluation_shows_the_composite_the_sdk_would(tmp_path):
 
 
 def test_evaluation_reports_raw_and_masked_metrics():
-    pairs = evaluate.heldout_pairs(2, 64, seed=1, identities=3)
+    pairs = evaluation.heldout_pairs(2, 64, seed=1, identities=3)
     assert pairs.target_mask.shape == (2, 1, 64, 64)
     assert 0.05 < float(pairs.target_mask.mean()) < 0.95     # a person and a backdrop
 
@@ -138,12 +138,12 @@ def test_evaluation_reports_raw_and_masked_metrics():
         def reenact(self, source, driver, reference):
             return torch.where(pairs.target_mask > 0, pairs.target, 1 - pairs.target)
 
-    results = evaluate.evaluate(Backdrop(), pairs)
-    for task in evaluate.TASKS:
+    results = evaluation.evaluate(Backdrop(), pairs)
+    for task in evaluation.TASKS:
         assert results["masked"]["model"][task]["l1"] == 0.0
         assert results["model"][task]["l1"] > 0.05
         assert results["masked"]["source_unchanged"][task]["l1"] > 0.0
-    table = evaluate.format_table(results, "header")
+    table = evaluation.format_table(results, "header")
     assert "model (masked)" in table and "source unchanged (raw)" in table
 
 
@@ -203,4 +203,4 @@ def test_a_matte_model_whose_matte_weight_is_zero_is_refused(tmp_path):
 
 def test_an_unknown_background_is_refused_in_one_line():
     with pytest.raises(ValueError, match="background must be one of source, generated"):
-        evaluate.CheckpointReenactor(_model("tiny_matte", 0), background="transparent")
+        evaluation.CheckpointReenactor(_model("tiny_matte", 0), background="transparent")
