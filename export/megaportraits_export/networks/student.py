@@ -1,6 +1,6 @@
 """The real-time student: driver image + avatar index -> the avatar rendered with the driver's motion.
 
-The paper's student (REFERENCE.md, "Real-time student") replaces the teacher's per-frame work
+The paper's real-time student (arXiv 2207.07621) replaces the teacher's per-frame work
 by two 2-D networks. A ResNet-18-style encoder reads the driver image (box-filtered to the
 encoder's input size) and ends at stride 32; that feature map starts a generator of SPADE
 residual blocks that doubles the resolution per block up to the output size. The avatar's
