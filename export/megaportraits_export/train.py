@@ -65,14 +65,19 @@ def _train(args) -> int:
                                        "or --resume auto")
         try:
             # a resumed run takes its weights from the state: [model] init_from is not read again
-            trainer = Trainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
+            if cfg.enhancer.preset:  # G_enh on top of the frozen base model
+                from .training.enhancement import EnhancerTrainer
+
+                trainer = EnhancerTrainer(cfg, ctx, config_path=str(args.config))
+            else:
+                trainer = Trainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
         except ValueError as e:  # a config the model or the data cannot take (CheckpointError: command.run)
             raise command.CommandError(str(e)) from None
         if resume:
             trainer.load(resume)
         trainer.run(progress=not args.no_progress and cfg.log.progress)
         if ctx.is_main:
-            print(f"done: {trainer.pose_step} pose-pretraining steps, {trainer.step} main steps, "
+            print(f"done: {getattr(trainer, 'pose_step', 0)} pose-pretraining steps, {trainer.step} main steps, "
                   f"{trainer.elapsed:.0f} s; checkpoints in {cfg.log.out_dir}")
     finally:
         teardown(ctx)

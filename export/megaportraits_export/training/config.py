@@ -83,6 +83,19 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class EnhancerSection:
+    """Train the high-resolution enhancer G_enh (networks.enhancer) on top of a frozen base model
+    instead of the base model itself; weights are the paper's (L1 100, FM 100, cycle 10)."""
+    preset: str = ""                   # an enhancer preset; empty: this run trains the base model
+    base_checkpoint: str = ""          # the frozen base model (model_*.pt) for the cross-driving branch
+    cross_driving: bool = True         # adversarial on enhanced cross-driven frames + the cycle loss
+    l1: float = 100.0                  # on the super-resolution pairs
+    adversarial: float = 1.0
+    feature_matching: float = 100.0
+    cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
+
+
+@dataclass(frozen=True)
 class LogSection:
     out_dir: str = "runs/default"
     log_every: int = 10
@@ -101,6 +114,7 @@ class TrainConfig:
     losses: LossSection = LossSection()
     train: TrainSection = TrainSection()
     log: LogSection = LogSection()
+    enhancer: EnhancerSection = EnhancerSection()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,7 +124,7 @@ class TrainConfig:
 
 
 _CHOICES = {
-    ("data", "kind"): ("synthetic", "video"),
+    ("data", "kind"): ("synthetic", "video", "portraits"),  # portraits: high-res photos, for an enhancer
     ("pose_pretrain", "main_stage"): ("frozen", "low_lr"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }
@@ -169,6 +183,24 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("[data] strong_expression_fraction must be between 0 and 1")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
+    _validate_enhancer(cfg)
+
+
+def _validate_enhancer(cfg: TrainConfig) -> None:
+    e = cfg.enhancer
+    if not e.preset:
+        if cfg.data.kind == "portraits":
+            raise ConfigError("[data] kind = \"portraits\" trains an enhancer: give [enhancer] preset")
+        return
+    if cfg.data.kind == "video":
+        raise ConfigError("an enhancer trains on [data] kind = \"synthetic\" or \"portraits\", not video clips")
+    if cfg.data.kind == "portraits" and not cfg.data.root:
+        raise ConfigError("[data] kind = \"portraits\" needs root = the folder of high-resolution portraits")
+    if e.cross_driving and not e.base_checkpoint:
+        raise ConfigError("[enhancer] cross_driving needs base_checkpoint = the frozen base model (model_*.pt); "
+                          "or set cross_driving = false for super-resolution pairs only")
+    if min(e.l1, e.adversarial, e.feature_matching, e.cycle) < 0:
+        raise ConfigError("[enhancer] loss weights must not be negative")
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -1,0 +1,346 @@
+"""Training the high-resolution enhancer G_enh on top of a frozen base model (``[enhancer]``).
+
+The paper's recipe ("High resolution"): the base model is frozen; G_enh learns from
+super-resolution pairs (a high-resolution portrait and its half-size downsample) with L1
+(lambda 100) and adversarial + feature-matching terms (lambda_FM 100), and from an unsupervised
+cross-driving branch: the base model renders x_c from a source and another identity's driver,
+G_enh lifts it to x_c^HR, the discriminator judges x_c^HR, and a cycle loss keeps its content,
+L1(down4(x_c), down8(x_c^HR)) (lambda 10).
+
+The run uses the training package's parts as the base trainer does (:class:`DataStream` shards
+and positions, DDP through the same :class:`DistributedContext`, AdamW and the cosine schedule,
+the multi-scale patch discriminator and hinge / feature-matching losses, random-generator
+capture, :class:`RunLogger`, the checkpoint format) and writes the same files: ``state_last.pt``
+(exact resume) and ``model_last.pt`` (the enhancer's weights, config and provenance, what
+:func:`megaportraits_export.onnx_export.enhancer.add_enhancer` exports).
+
+Both branches go through G_enh in one forward (the pairs' low halves and the cross-driven frames
+concatenated along the batch: GroupNorm is per sample, so this is exact), so DDP sees one
+forward per backward. The discriminator judges the RGB channels; a matte model's enhancer is
+held to its matte by the L1 term.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .. import checkpoint as model_checkpoint
+from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
+from ..networks.enhancer import build_enhancer, get_enhancer_config
+from .config import TrainConfig
+from .data_stream import DataStream
+from .distributed import DistributedContext, mean_across_processes
+from .logs import NullLogger, RunLogger
+from .objectives import build_discriminator
+from .optim import build_adamw, clip_gradients, cosine_schedule
+from .state import capture_rng, restore_rng, seed_everything
+
+STATE_FORMAT = "megaportraits-enhancer-train-state"
+STATE_VERSION = 1
+
+
+def build_enhancement_dataset(cfg: TrainConfig, base_size: int, with_mask: bool):
+    from ..data.enhancement import PortraitFolderPairs, SyntheticEnhancementPairs
+
+    if cfg.data.kind == "portraits":
+        if with_mask:
+            raise ValueError("a matte enhancer needs foreground masks: train it on [data] kind = \"synthetic\"")
+        return PortraitFolderPairs(cfg.data.root, base_size, seed=cfg.data.seed)
+    return SyntheticEnhancementPairs(cfg.data.train_identities, base_size, seed=cfg.data.seed, with_mask=with_mask)
+
+
+def cycle_loss(x_c: torch.Tensor, x_c_hr: torch.Tensor) -> torch.Tensor:
+    """L1(down4(x_c), down8(x_c^HR)): the enhanced frame keeps the base frame's content."""
+    return F.l1_loss(F.avg_pool2d(x_c_hr, 8), F.avg_pool2d(x_c, 4))
+
+
+class FrozenBase(nn.Module):
+    """The base model, frozen: (source, driver) -> its cross-driven rendering (RGB or RGBA)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenBase":  # stays in eval mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, source: torch.Tensor, driver: torch.Tensor) -> torch.Tensor:
+        return self.model.reenact(self.model.source_branch(source), self.model.driver_branch(driver))
+
+
+class EnhancerTrainer:
+    def __init__(self, cfg: TrainConfig, ctx: DistributedContext, config_path: str = "", dataset=None):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.device = ctx.device
+        self.config_path = config_path
+        self.out_dir = Path(cfg.log.out_dir)
+        e = cfg.enhancer
+        seed_everything(cfg.train.seed)
+        self.enhancer_config = get_enhancer_config(e.preset)
+        self.base, self.base_provenance = None, None
+        if e.cross_driving:
+            base, base_config, self.base_provenance = model_checkpoint.load_model_from_checkpoint(e.base_checkpoint)
+            if base_config.image_size != self.enhancer_config.base_size:
+                raise ValueError(f"the base model renders {base_config.image_size}x{base_config.image_size} but the "
+                                 f"{e.preset} enhancer reads {self.enhancer_config.base_size}; pick the enhancer "
+                                 "preset of the base model's size")
+            if bool(base_config.matte) != self.enhancer_config.matte:
+                raise ValueError(f"the base model {'has' if base_config.matte else 'has no'} matte but the {e.preset} "
+                                 f"enhancer has {self.enhancer_config.channels} channels; use a "
+                                 f"{'4' if base_config.matte else '3'}-channel enhancer preset")
+            self.base = FrozenBase(base).to(self.device)
+        self.model = build_enhancer(self.enhancer_config).to(self.device)
+        self.use_gan = e.adversarial > 0 or e.feature_matching > 0
+        self.discriminator = (build_discriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_scales,
+                                                  self.device) if self.use_gan else None)
+        self.dataset = dataset if dataset is not None else build_enhancement_dataset(
+            cfg, self.enhancer_config.base_size, self.enhancer_config.matte)
+        seed_everything(cfg.train.seed + 1000 * ctx.rank)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: dict = {}
+        self.stream = DataStream(self.dataset, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.data.seed,
+                                 cfg.data.num_workers)
+        o = cfg.optim
+        self.optimizer = build_adamw([{"params": list(self.model.parameters()), "lr": o.lr}], o.betas, o.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, cfg.train.steps, o.lr, o.lr_min)
+        if self.discriminator is not None:
+            self.d_optimizer = build_adamw([{"params": list(self.discriminator.parameters()),
+                                             "lr": o.discriminator_lr}], o.betas, o.weight_decay)
+            self.d_scheduler = cosine_schedule(self.d_optimizer, max(1, cfg.train.steps - cfg.losses.gan_start_step),
+                                               o.discriminator_lr, o.lr_min)
+        self.net = self._wrap(self.model)
+        self.critic = self._wrap(self.discriminator) if self.discriminator is not None else None
+        self.logger = RunLogger(self.out_dir) if ctx.is_main else NullLogger()
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if not self.ctx.enabled:
+            return module
+        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def gan_active(self) -> bool:
+        return self.discriminator is not None and self.step >= self.cfg.losses.gan_start_step
+
+    def _batches(self, wrappers: list):
+        n = self.cfg.train.grad_accum
+        for i in range(n):
+            with contextlib.ExitStack() as stack:
+                if i < n - 1:
+                    for w in wrappers:
+                        if isinstance(w, DDP):
+                            stack.enter_context(w.no_sync())
+                yield {k: v.to(self.device, non_blocking=True) for k, v in self.stream.next().items()}
+
+    def losses(self, batch: dict, gan: bool) -> tuple:
+        """(generator loss, discriminator inputs, scalars) of one micro-batch."""
+        e = self.cfg.enhancer
+        low, high = batch["low"], batch["high"]
+        inputs = [low]
+        x_c = None
+        if self.base is not None:
+            x_c = self.base(batch["cross_source"], batch["cross_driver"])
+            inputs.append(x_c)
+        out = self.net(torch.cat(inputs) if len(inputs) > 1 else low)
+        enhanced, x_c_hr = out[:len(low)], (out[len(low):] if x_c is not None else None)
+        terms = {"l1": F.l1_loss(enhanced, high)}
+        loss = e.l1 * terms["l1"]
+        if x_c is not None:
+            terms["cycle"] = cycle_loss(x_c, x_c_hr)
+            loss = loss + e.cycle * terms["cycle"]
+        fakes = [enhanced[:, :3]] + ([x_c_hr[:, :3]] if x_c_hr is not None else [])
+        if gan:
+            self.discriminator.requires_grad_(False)
+            real = self.discriminator(high[:, :3])   # unwrapped: DDP reduces the critic in its own pass
+            judged = [self.discriminator(f) for f in fakes]
+            terms["adversarial"] = torch.stack([generator_hinge_loss(j) for j in judged]).mean()
+            terms["feature_matching"] = feature_matching_loss(judged[0], real)  # paired: the SR branch only
+            loss = loss + e.adversarial * terms["adversarial"] + e.feature_matching * terms["feature_matching"]
+            self.discriminator.requires_grad_(True)
+        terms["loss"] = loss
+        return loss, (high[:, :3], [f.detach() for f in fakes]), terms
+
+    def train_step(self) -> dict:
+        gan = self.gan_active()
+        n = self.cfg.train.grad_accum
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if gan:
+            self.d_optimizer.zero_grad(set_to_none=True)
+        scalars: dict = {}
+        for batch in self._batches([self.net] + ([self.critic] if gan else [])):
+            loss, (real, fakes), terms = self.losses(batch, gan)
+            (loss / n).backward()
+            if gan:  # one critic forward (real and every fake along the batch) for DDP's one reduction
+                judged = _split(self.critic(torch.cat([real] + fakes)), len(real))
+                d_loss = torch.stack([discriminator_hinge_loss(judged[0], j) for j in judged[1:]]).mean()
+                (d_loss / n).backward()
+                terms["discriminator"] = d_loss
+            for k, v in terms.items():
+                scalars[k] = scalars.get(k, 0.0) + float(v.detach()) / n
+            self._last_images = [F.interpolate(batch["low"][:4, :3], scale_factor=2, mode="bicubic").clamp(0, 1),
+                                 fakes[0][:4], real[:4]]
+        clip_gradients(self.model, self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if gan:
+            clip_gradients(self.discriminator, self.cfg.optim.grad_clip)
+            self.d_optimizer.step()
+            self.d_scheduler.step()
+        self.step += 1
+        scalars["lr"] = self.scheduler.get_last_lr()[0]
+        return scalars
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def provenance(self) -> dict:
+        cfg, e = self.cfg, self.cfg.enhancer
+        base = self.base_provenance or {}
+        return {
+            "kind": "enhancer",
+            "data": {"kind": cfg.data.kind, "root": cfg.data.root, "train_identities": cfg.data.train_identities},
+            "base_model": {"preset": base.get("preset"), "checkpoint": base.get("checkpoint")} if base else None,
+            "steps": {"main": self.step,
+                      "batch_size": cfg.train.batch_size * cfg.train.grad_accum * self.ctx.world_size,
+                      "processes": self.ctx.world_size},
+            "training_seconds": round(self.elapsed, 1),
+            "losses": {"l1": e.l1, "adversarial": e.adversarial, "feature_matching": e.feature_matching,
+                       "cycle": e.cycle, "cross_driving": e.cross_driving, "gan_start_step": cfg.losses.gan_start_step},
+            "config_file": self.config_path,
+            "final_losses": {k: round(v, 6) for k, v in self.history.items()},
+        }
+
+    def _gather_rng(self) -> list:
+        import torch.distributed as dist
+
+        state = capture_rng()
+        if not self.ctx.enabled:
+            return [state]
+        states = [None] * self.ctx.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def save(self, tag: str = "last") -> Path | None:
+        rng_states = self._gather_rng()
+        self.ctx.barrier()
+        path = None
+        if self.ctx.is_main:
+            training = {"format": STATE_FORMAT, "version": STATE_VERSION, "train_config": self.cfg.to_dict(),
+                        "step": self.step, "elapsed": self.elapsed, "world_size": self.ctx.world_size,
+                        "rng": rng_states, "stream": self.stream.state_dict(),
+                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "history": dict(self.history)}
+            if self.discriminator is not None:
+                training.update(discriminator=self.discriminator.state_dict(),
+                                d_optimizer=self.d_optimizer.state_dict(), d_scheduler=self.d_scheduler.state_dict())
+            provenance = self.provenance()
+            preset = self.cfg.enhancer.preset
+            path = model_checkpoint.save_checkpoint(self.out_dir / f"state_{tag}.pt", self.model, self.enhancer_config,
+                                                    preset, provenance, extra={"training": training})
+            model_checkpoint.save_checkpoint(self.out_dir / f"model_{tag}.pt", self.model, self.enhancer_config,
+                                             preset, provenance)
+        self.ctx.barrier()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        training = state.get("training")
+        if not training or training.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not an enhancer training state; resume from the state_*.pt of an "
+                             "[enhancer] run")
+        self.model.load_state_dict(state["model"])
+        self.step, self.elapsed = int(training["step"]), float(training["elapsed"])
+        self.history = dict(training["history"])
+        self.stream.load_state_dict(training["stream"])
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scheduler.load_state_dict(training["scheduler"])
+        if self.discriminator is not None:
+            if "discriminator" not in training:
+                raise ValueError(f"{path} was trained without a discriminator; resume with the run's own config")
+            self.discriminator.load_state_dict(training["discriminator"])
+            self.d_optimizer.load_state_dict(training["d_optimizer"])
+            self.d_scheduler.load_state_dict(training["d_scheduler"])
+        if len(training["rng"]) == self.ctx.world_size:
+            restore_rng(training["rng"][self.ctx.rank])
+        elif self.ctx.is_main:
+            print(f"resuming with {self.ctx.world_size} process(es) from a run with {len(training['rng'])}: "
+                  "random generators are reseeded, so the continuation is not bit-exact")
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self, progress: bool | None = None) -> dict:
+        cfg = self.cfg
+        progress = cfg.log.progress if progress is None else progress
+        bar = None
+        if self.ctx.is_main and progress:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.train.steps, initial=self.step, dynamic_ncols=True, desc="train enhancer")
+        last_save = time.monotonic()
+        try:
+            while self.step < cfg.train.steps:
+                started = time.monotonic()
+                scalars = self.train_step()
+                self.elapsed += time.monotonic() - started
+                for k, v in scalars.items():
+                    self.history[f"enhancer/{k}"] = v
+                if self.step % cfg.log.log_every == 0 or self.step == 1:
+                    averaged = {k: float(mean_across_processes(torch.tensor(float(v), device=self.device), self.ctx))
+                                for k, v in scalars.items()}
+                    self.logger.scalars(averaged, self.step, prefix="enhancer/")
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "lr"}, refresh=False)
+                if bar is not None:
+                    bar.update(1)
+                if self.ctx.is_main and (self.step % cfg.log.image_every == 0 or self.step == 1):
+                    self.logger.images("train/enhancement (bicubic, enhanced, target)", self._last_images, self.step)
+                minutes = cfg.log.checkpoint_minutes
+                timed = minutes > 0 and time.monotonic() - last_save > minutes * 60
+                if self.ctx.enabled and minutes > 0:   # every process must agree to save
+                    import torch.distributed as dist
+
+                    flag = torch.tensor([1.0 if timed else 0.0], device=self.device)
+                    dist.broadcast(flag, 0)
+                    timed = bool(flag.item())
+                if self.step % cfg.log.checkpoint_every == 0 or timed:
+                    self.save()
+                    last_save = time.monotonic()
+            self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.logger.flush()
+        return dict(self.history)
+
+
+def _split(outputs: list, size: int) -> list:
+    """A discriminator's outputs on a concatenated batch -> one output per ``size``-long chunk."""
+    chunks = outputs[0][0].shape[0] // size
+    return [[[t[i * size:(i + 1) * size] for t in scale] for scale in outputs] for i in range(chunks)]
+
+
+def load_enhancer_checkpoint(path: str | Path):
+    """(G_enh in eval mode, its EnhancerConfig, provenance + checkpoint file and sha256) from a
+    ``model_*.pt`` / ``state_*.pt`` of an enhancer run."""
+    from megaportraits.manifest import sha256_file
+
+    from ..networks.enhancer import EnhancerConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise model_checkpoint.CheckpointError(f"enhancer checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config_dict = dict(state.get("config") or {})
+    preset = config_dict.pop("preset", None)
+    if state.get("format") != model_checkpoint.FORMAT or "base_size" not in config_dict:
+        raise model_checkpoint.CheckpointError(f"{path.name} is not an enhancer checkpoint (model_*.pt of an "
+                                               "[enhancer] training run)")
+    model = build_enhancer(EnhancerConfig.from_dict(config_dict))
+    model.load_state_dict(state["model"], strict=True)
+    provenance = {**(state.get("provenance") or {}), "preset": preset,
+                  "checkpoint": {"file": path.name, "sha256": sha256_file(path)}}
+    return model.eval(), model.config, provenance
