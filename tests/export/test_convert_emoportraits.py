@@ -23,7 +23,7 @@ from megaportraits_export.model import build_model
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "emoportraits_keys.json").read_text())
 NOT_PARAMETERS = ("weight_u", "weight_v", "running_mean", "running_var", "num_batches_tracked")
-# entries the real checkpoint also holds (REFERENCE: training-only networks), with made-up shapes
+# entries a real checkpoint also holds (their training-only networks, saved by train.py), made-up shapes
 TRAINING_ONLY = {"discriminator_ds.nets.0.blocks.0.conv.weight_orig": [64, 3, 4, 4],
                  "affine_match_loss.net.fc.weight": [9, 512]}
 
@@ -39,7 +39,7 @@ def test_the_key_map_covers_their_full_layout_and_fills_every_tensor_of_the_pres
     dropped = sum(conversion.dropped.values())
     assert conversion.used + dropped + conversion.recomputed == len(theirs) + len(FIXTURE["head_pose"])
     assert conversion.dropped["the discriminator"] == 1 and conversion.dropped["a loss network"] == 1
-    # the reparameterisations their code applies to the released model (REFERENCE: 110 SN, 65 WS)
+    # the reparameterisations their Model applies to the released networks: 110 SN, 65 WS modules
     assert conversion.folded == {"spectral_norm": 110, "weight_standardisation": 65, "batch_norm": 20}
     with torch.device("meta"):
         model = build_model("emoportraits")
