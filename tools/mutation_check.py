@@ -21,8 +21,8 @@ survives or any baseline fails, 2 if an anchor no longer matches.
 
 Run it from the repository root, on a quiet machine (one torch thread):
 
-    .venv/bin/python tools/mutation_check.py            # all 24: 18 min on the shared 2-core machine
-                                                        # (load ~10), 10 of them the two exports of
+    .venv/bin/python tools/mutation_check.py            # all 24: 932 s on the shared 2-core machine
+                                                        # (load ~11), 447 s of it the two exports of
                                                         # the tiny model for the export mutation
     .venv/bin/python tools/mutation_check.py -k euro -k vgg   # names containing "euro" or "vgg"
     .venv/bin/python tools/mutation_check.py --list     # the mutations and their tests
