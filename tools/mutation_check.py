@@ -21,7 +21,7 @@ survives or any baseline fails, 2 if an anchor no longer matches.
 
 Run it from the repository root, on a quiet machine (one torch thread):
 
-    .venv/bin/python tools/mutation_check.py            # all 24: 932 s on the shared 2-core machine
+    .venv/bin/python tools/mutation_check.py            # all 25: ~940 s on the shared 2-core machine
                                                         # (load ~11), 447 s of it the two exports of
                                                         # the tiny model for the export mutation
     .venv/bin/python tools/mutation_check.py -k euro -k vgg   # names containing "euro" or "vgg"
@@ -129,6 +129,11 @@ MUTATIONS = (
              "sdk/megaportraits/files.py",
              "            yield tmp\n            os.replace(tmp, path)",
              "            yield path\n            os.replace(path, path)",
+             ("tests/sdk/test_sdk_images.py", "-k", "atomic or midway")),
+    Mutation("atomic output leaves its partial file behind when the write fails",
+             "sdk/megaportraits/files.py",
+             "            tmp.unlink(missing_ok=True)\n            raise write_failed(path, e) from None",
+             "            raise write_failed(path, e) from None",
              ("tests/sdk/test_sdk_images.py", "-k", "atomic or midway")),
     # ---- export/: metrics and the warp -------------------------------------------------------
     Mutation("L1 metric is a batch mean, not per image",
