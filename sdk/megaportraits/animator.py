@@ -12,6 +12,10 @@ volume and descriptor are placed on the device once and bound to the generator o
 place (measured: no faster with IOBinding). The driver's input buffer is reused, and the
 paste-back mask and region are computed once per avatar.
 
+A bundle with an ``enhancer`` graph renders at the enhancer's size (``model.enhanced_size``, e.g.
+512 -> 1024) unless ``enhance=False``: the generator's frame (and matte) goes through the
+enhancer, and the backdrop, the composite and the paste-back work at the high size.
+
 A bundle whose generator also outputs a ``matte`` renders only the person; with
 ``background="source"`` (the default) each frame is composited onto the source's own backdrop,
 inpainted where the person was (:mod:`megaportraits.compositing`), made once per avatar.
@@ -39,7 +43,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle, open_bundle
+from .bundle import Bundle, open_bundle, open_role
 from .compositing import background_plate, composite
 from .errors import InputError, MegaportraitsError, NoFaceError
 from .files import check_output_path
@@ -48,6 +52,7 @@ from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDe
 from .images import OUTPUT_IMAGE_EXTENSIONS, as_rgb_image, check_size, save_image, to_rgb8
 from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
+from .schema import BASE_IMAGE, BASE_MATTE, ENHANCER
 
 FACE_FALLBACKS = ("error", "centre")
 MAX_THREADS = 1024  # ONNX Runtime intra-op threads: more is a typo, not a machine
@@ -76,6 +81,8 @@ class AnimatorOptions:
     background: str = "source"        # source | generated: for a model with a matte, composite the
                                       # person onto the source's inpainted backdrop, or keep the
                                       # generator's image as it is (models without a matte: always)
+    enhance: bool = True              # run the bundle's enhancer when it has one (frames at its size);
+                                      # False: frames at the base model's size
 
     def validate(self) -> "AnimatorOptions":
         if (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
@@ -132,6 +139,12 @@ class Animator:
         self.bundle: Bundle = open_bundle(bundle, provider=options.provider, threads=options.threads,
                                           portable=options.portable)
         self.image_size = self.bundle.image_size
+        #: the bundle's enhancer runs on every frame (it has one and enhance is on)
+        self.enhances = bool(options.enhance) and ENHANCER in self.bundle.manifest.graphs
+        if self.enhances:
+            open_role(self.bundle, ENHANCER, options.threads)
+        #: the side of the crops the Animator renders: the enhancer's output when it runs
+        self.output_size = self.bundle.manifest.enhanced_size if self.enhances else self.image_size
         self._device = device_of(self.bundle.providers)
         self._io_binding = options.io_binding if options.io_binding is not None else self._device != "cpu"
         self._detector = None
@@ -186,6 +199,8 @@ class Animator:
             device_state = {"canonical_volume": ort.OrtValue.ortvalue_from_numpy(volume, self._device, 0),
                             "global_descriptor": ort.OrtValue.ortvalue_from_numpy(descriptor, self._device, 0)}
         motion = Motion(pose, expression)
+        if self.enhances:  # the backdrop is cut at the size frames are composited at
+            crop = cut_crop(image, box, self.output_size)
         backdrop = self._backdrop(crop, volume, descriptor, motion) if self.composites else None
         return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop,
                       Path(source_path) if source_path is not None else None)
@@ -194,12 +209,23 @@ class Animator:
         """The source crop without the person. The person is cut out along the model's own matte
         of the source (re-rendered with the source's motion), so plate and frames agree on it."""
         generator = self.input_dtypes["generator"]
-        (matte,) = run_graph(self._session("generator"), "generator", ["matte"], {
+        image, matte = run_graph(self._session("generator"), "generator", ["image", "matte"], {
             "canonical_volume": volume, "global_descriptor": descriptor,
             "pose": motion.pose.astype(generator["pose"], copy=False),
             "expression": motion.expression.astype(generator["expression"], copy=False)},
             self.output_specs["generator"])
+        if self.enhances:
+            image, matte = self.enhance([image, matte], ["image", "matte"])
         return background_plate(to_tensor(crop)[0], matte[0].astype(np.float32, copy=False))
+
+    def enhance(self, rendering: list, outputs: list) -> list:
+        """The enhancer on the generator's ``[image]`` or ``[image, matte]`` (base size) ->
+        ``outputs`` (``image``, and ``matte`` if asked) at the high size."""
+        dtypes = self.input_dtypes[ENHANCER]
+        feeds = {BASE_IMAGE: rendering[0].astype(dtypes[BASE_IMAGE], copy=False)}
+        if BASE_MATTE in dtypes:
+            feeds[BASE_MATTE] = rendering[1].astype(dtypes[BASE_MATTE], copy=False)
+        return run_graph(self._session(ENHANCER), ENHANCER, outputs, feeds, self.output_specs[ENHANCER])
 
     def _source_crop(self, image: np.ndarray) -> CropBox:
         if not self.options.crop:
@@ -286,12 +312,16 @@ class Performance:
         self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
         self._relative = None
         self._composites = animator.composites
-        self._outputs = ["image", "matte"] if self._composites else ["image"]
+        self._enhances = animator.enhances
+        # what the frame needs: the matte to composite, and a matte model's enhancer reads it too
+        self._enhanced_outputs = ["image", "matte"] if self._composites else ["image"]
+        self._outputs = ["image", "matte"] if self._composites or (self._enhances and animator.has_matte) else ["image"]
         if self._composites:
-            if avatar.backdrop is None:
-                raise MegaportraitsError("this avatar has no backdrop to composite onto; prepare it with "
-                                         "an Animator whose background is 'source'")
-            self._frame = np.empty((1, 3, size, size), np.float32)  # the composited frame, reused
+            if avatar.backdrop is None or avatar.backdrop.shape[-1] != animator.output_size:
+                raise MegaportraitsError("this avatar has no backdrop to composite onto at this size; prepare it "
+                                         "with this Animator (background 'source')")
+            out = animator.output_size
+            self._frame = np.empty((1, 3, out, out), np.float32)  # the composited frame, reused
         self._busy = threading.Lock()
         self._binding = None
         if animator._io_binding:
@@ -345,6 +375,8 @@ class Performance:
         """The generator's frame (1, 3, S, S), composited onto the avatar's backdrop for a
         matte model with background="source"."""
         outputs = self._run_generator(motion)
+        if self._enhances:
+            outputs = self.animator.enhance(outputs, self._enhanced_outputs)
         if not self._composites:
             return outputs[0]
         image, matte = outputs

@@ -315,6 +315,13 @@ def _open_sessions(report: BundleReport, providers: list, threads: int, roles: t
     return bundle, flavour
 
 
+def open_role(bundle: Bundle, role: str, threads: int = 0) -> ort.InferenceSession:
+    """Open one more graph of an open bundle (the enhancer, when the Animator runs it), with the
+    same session options and flavour as the base graphs."""
+    bundle.sessions[role] = _open_session(bundle, role, session_options(threads, bundle.custom_op_library))
+    return bundle.sessions[role]
+
+
 def _open_session(bundle: Bundle, role: str, options: ort.SessionOptions) -> ort.InferenceSession:
     path = bundle.graph_path(role)
     session = create_session(path, bundle.providers, options, what=f"the {role!r} graph {path.name!r}")

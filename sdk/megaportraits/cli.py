@@ -83,6 +83,8 @@ def _add_animation_options(p: argparse.ArgumentParser, crop_by_default: bool = T
                    help="for a model that predicts a matte: put the animated person on the source photo's own "
                         "backdrop, inpainted where the person was (source, the default), or keep the "
                         "generator's background (generated); models without a matte always do the latter")
+    p.add_argument("--no-enhance", action="store_true",
+                   help="for a bundle with an enhancer: render at the base model's size instead of the enhancer's")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N driver frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -92,7 +94,8 @@ def _animator(args, bundle, motion: str):
 
     return Animator(bundle, provider=args.provider, threads=args.threads, motion=motion,
                     smooth=args.smooth, crop=not args.no_crop, paste_back=not args.no_paste_back,
-                    face_fallback="centre" if args.centre_crop else "error", background=args.background)
+                    face_fallback="centre" if args.centre_crop else "error", background=args.background,
+                    enhance=not args.no_enhance)
 
 
 # ---- animate -----------------------------------------------------------------------------
@@ -225,7 +228,7 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
                      image_size=manifest.image_size, precision=manifest.precision,
                      custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
                      graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
-                     matte=manifest.has_matte, runs_with=report.runs_with,
+                     matte=manifest.has_matte, enhanced_size=manifest.enhanced_size, runs_with=report.runs_with,
                      producer=manifest.producer, provenance=manifest.provenance)
     info["bundle"] = entry
     return info, report.ok
@@ -248,7 +251,10 @@ def _print_info(info: dict) -> None:
         lines += [f"  model: {bundle['model']} ({bundle['preset']}), {bundle['image_size']}px, {bundle['precision']}",
                   f"  custom op: {bundle['custom_op'] or 'none (portable bundle)'}; runs with {bundle['runs_with']}",
                   "  matte: " + ("yes (composited onto the source's backdrop unless --background generated)"
-                                 if bundle["matte"] else "no (the generator's image is shown as it is)")]
+                                 if bundle["matte"] else "no (the generator's image is shown as it is)"),
+                  "  enhancer: " + (f"{bundle['image_size']} -> {bundle['enhanced_size']}px (frames at "
+                                    f"{bundle['enhanced_size']}px unless --no-enhance)" if bundle["enhanced_size"]
+                                    else "none")]
         lines += [f"  {role}: {g['file']}" + (f" (portable: {g['portable_file']})" if g["portable_file"] else "")
                   for role, g in bundle["graphs"].items()]
         if bundle["provenance"]:
