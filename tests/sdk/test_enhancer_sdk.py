@@ -172,3 +172,21 @@ def test_animate_no_enhance_flag(enhanced_bundle, tmp_path, rng):
         assert main(["animate", str(tmp_path / "s.png"), str(tmp_path / "d.png"), "-o", str(out),
                      "--bundle", str(enhanced_bundle), "--no-crop", "--no-paste-back", "--provider", "cpu"] + flag) == 0
         assert cv2.imread(str(out)).shape == (side, side, 3)
+
+
+def test_benchmark_has_an_enhancer_stage(enhanced_bundle, toy_bundle):
+    from megaportraits.benchmark.machine import MachinePeaks
+    from megaportraits.benchmark.runner import BenchmarkPlan, run_benchmark
+    from megaportraits.benchmark.stages import RunSettings
+
+    peaks = {1: MachinePeaks(threads=1, gemm_gflops=100.0, gemm_size=1, numpy_gemm_gflops=None,
+                             bandwidth_gbs=10.0, copy_gbs=None, ort_stream_gbs=10.0)}
+    settings = RunSettings(warmup=1, runs=2, max_seconds=0.2)
+    plan = BenchmarkPlan(bundle_dir=enhanced_bundle, threads=(1,), stages=("generator", "enhancer"), settings=settings)
+    report = run_benchmark(plan, log=lambda _: None, peaks=peaks)
+    enhancer = next(r for r in report.results if r.stage == "enhancer")
+    # by hand: Mul and Add on 3 x 64 x 64 (Resize nearest counts nothing)
+    assert enhancer.flops == 2 * 3 * (2 * SIZE) ** 2 and enhancer.timing.median_ms > 0
+    plain = run_benchmark(BenchmarkPlan(bundle_dir=toy_bundle, threads=(1,), stages=("enhancer",), settings=settings),
+                          log=lambda _: None, peaks=peaks)
+    assert not plain.results and any("no enhancer graph" in n for n in plain.notes)

@@ -17,7 +17,7 @@ SCHEMA = "megaportraits-benchmark/1"
 # custom-op graphs, standard-op twins, PyTorch eager, our kernel called from numpy (pybind11)
 VARIANTS = ("ours", "portable", "torch", "native")
 _ALTERNATIVES = VARIANTS[1:]  # what "ours" is compared with
-STAGES = ("source", "driver", "generator", "per_frame", "warp", "face_crop", "paste_back", "backdrop",
+STAGES = ("source", "driver", "generator", "per_frame", "enhancer", "warp", "face_crop", "paste_back", "backdrop",
           "composite", "video_decode", "video_encode")
 _REPORT_KEYS = ("schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes")
 _RESULT_KEYS = ("stage", "variant", "provider", "threads", "batch", "timing", "flops", "bytes_moved",

@@ -12,7 +12,7 @@ from .report import Report
 from .stages import (PROVIDERS, BundleVariant, CostBook, RunSettings, UnavailableVariant,
                      measure_graph_stages, measure_warp)
 
-GRAPH_STAGES = ("source", "driver", "generator", "per_frame")
+GRAPH_STAGES = ("source", "driver", "generator", "per_frame", "enhancer")  # enhancer: when the bundle has one
 IO_STAGES = ("face_crop", "paste_back", "backdrop", "composite", "video_decode", "video_encode")
 BUSY_CORES = 0.25  # CPU used by other processes during the run above which timings are flagged
 
@@ -81,11 +81,14 @@ def _measure_variant(report: Report, bundle_dir: Path, manifest: mf.Manifest, bo
                      plan: BenchmarkPlan, peaks: MachinePeaks | None, log) -> None:
     label = f"{variant} on {provider}, {threads} thread(s), batch {batch}"
     stages = graph_stages
+    if "enhancer" in stages and "enhancer" not in manifest.graphs:
+        stages = tuple(s for s in stages if s != "enhancer")
+        _note_once(report, "enhancer not measured: the bundle has no enhancer graph")
     if variant == "portable" and manifest.custom_op is not None:
         # A graph without the custom op is its own portable twin: measuring it again adds nothing.
         same = [s for s in graph_stages if s in manifest.graphs
                 and manifest.graphs[s].portable_file == manifest.graphs[s].file]
-        stages = tuple(s for s in graph_stages if s not in same)
+        stages = tuple(s for s in stages if s not in same)
         if same:
             _note_once(report, f"portable {', '.join(same)}: the same graph file as ours, measured once")
     try:

@@ -1,7 +1,7 @@
 """Measuring each stage of the pipeline on its own, the way the SDK runs it.
 
 Stages: the SOURCE graph (avatar preparation, once per avatar), the DRIVER and GENERATOR graphs
-and their sum per frame, the heavy volume warp alone (the custom op against the standard
+and their sum per frame, the ENHANCER graph (a bundle's optional high-resolution stage, per frame), the heavy volume warp alone (the custom op against the standard
 GridSample), and the image-side work around the networks: face crop, paste-back, video decode
 and encode. Graph stages are timed on ONNX Runtime sessions with the thread count fixed, fed
 with inputs shaped by the bundle's manifest.
@@ -22,7 +22,8 @@ import onnxruntime as ort
 
 from .. import manifest as mf
 from .flops import GraphCost, count_graph
-from ..schema import AVATAR, CANONICAL_VOLUME, EXPRESSION, GENERATOR, GRID_SAMPLE_3D, IMAGE_OUTPUT, IMAGE_TENSORS, POSE
+from ..schema import (AVATAR, BASE_IMAGE, BASE_MATTE, CANONICAL_VOLUME, ENHANCER, EXPRESSION, GENERATOR,
+                      GRID_SAMPLE_3D, IMAGE_OUTPUT, IMAGE_TENSORS, POSE)
 from ..sessions import create_session, session_options
 from .machine import MachinePeaks
 from .report import StageResult
@@ -57,7 +58,7 @@ def random_feeds(specs, batch: int, rng: np.random.Generator) -> dict:
     for spec in specs:
         shape = tuple(batch if isinstance(d, str) else int(d) for d in spec.shape)
         dtype = np.dtype(spec.dtype)
-        if spec.name in IMAGE_TENSORS:
+        if spec.name in IMAGE_TENSORS or spec.name in (BASE_IMAGE, BASE_MATTE):
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
@@ -118,7 +119,7 @@ class BundleVariant:
     """
 
     def __init__(self, bundle_dir: Path, manifest: mf.Manifest, variant: str, provider: str, threads: int):
-        from ..bundle import open_bundle
+        from ..bundle import open_bundle, open_role
         from ..errors import MegaportraitsError
 
         if variant == "ours" and manifest.custom_op is None:
@@ -133,6 +134,8 @@ class BundleVariant:
         if variant == "ours" and bundle.portable:
             custom_ops_library()  # raises with the reason the SDK fell back
             raise UnavailableVariant("the SDK could not register the custom-op library")
+        if ENHANCER in manifest.graphs:
+            open_role(bundle, ENHANCER, threads)
         self.manifest = manifest
         self.variant = variant
         self.sessions = bundle.sessions
@@ -191,6 +194,7 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
     generator_feeds[POSE] = frontal_pose(batch, dtype=np.dtype(pose_spec.dtype))
 
     generate = generator_call(graphs, provider, generator_feeds)
+    enhancer_feeds = random_feeds(specs[ENHANCER].inputs, batch, rng) if ENHANCER in specs else None
 
     def per_frame():
         motion = dict(zip((o.name for o in specs["driver"].outputs), graphs.run("driver", driver_feeds)))
@@ -201,6 +205,7 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
         "driver": (lambda: graphs.run("driver", driver_feeds), ["driver"]),
         "generator": (lambda: generate(generator_feeds[EXPRESSION]), ["generator"]),
         "per_frame": (per_frame, ["driver", "generator"]),
+        "enhancer": (lambda: graphs.run(ENHANCER, enhancer_feeds), [ENHANCER]),
     }
     results = []
     for stage in stages:
