@@ -50,8 +50,10 @@ from .files import check_output_path
 from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
                     cut_crop, find_source_face)
 from .images import OUTPUT_IMAGE_EXTENSIONS, as_rgb_image, check_size, save_image, to_rgb8
+from . import motion_liveportrait
 from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .providers import device_of
+from .schema import LIVEPORTRAIT
 from .schema import BASE_IMAGE, BASE_MATTE, ENHANCER
 
 FACE_FALLBACKS = ("error", "centre")
@@ -149,7 +151,10 @@ class Animator:
         self._io_binding = options.io_binding if options.io_binding is not None else self._device != "cpu"
         self._detector = None
         self._detector_lock = threading.Lock()
-        self._geometry = CropGeometry(scale=options.crop_scale)
+        #: the model family (megaportraits.schema.FAMILIES): how motion goes from driver to generator
+        self.family = self.bundle.manifest.family
+        self._geometry = _crop_geometry(self.bundle.manifest.crop("source")) or CropGeometry(scale=options.crop_scale)
+        self._driver_geometry = _crop_geometry(self.bundle.manifest.crop("driver")) or self._geometry
         self.input_dtypes = {role: {i.name: _ORT_FLOATS.get(i.type, np.float32) for i in session.get_inputs()}
                              for role, session in self.bundle.sessions.items()}
         #: the generator renders a matte too (see megaportraits.compositing)
@@ -186,6 +191,13 @@ class Animator:
         box = self._source_crop(image)
         crop = cut_crop(image, box, self.image_size)
         source_input = to_tensor(crop).astype(self.input_dtypes["source"]["source_image"], copy=False)
+        if self.family == LIVEPORTRAIT:  # implicit keypoints: megaportraits.motion_liveportrait
+            state = motion_liveportrait.read_source(
+                lambda names, feeds: run_graph(self._session("source"), "source", names, feeds,
+                                               self.output_specs["source"]), source_input)
+            return Avatar(state.feature_volume, None, state, image, box,
+                          PasteBack(image, box) if self.options.paste_back else None, {}, None,
+                          Path(source_path) if source_path is not None else None)
         volume, descriptor, pose, expression = run_graph(
             self._session("source"), "source", ["canonical_volume", "global_descriptor", "pose", "expression"],
             {"source_image": source_input}, self.output_specs["source"])
@@ -304,12 +316,18 @@ class Performance:
         self._driver = animator._session("driver")
         self._generator = animator._session("generator")
         self._driver_input = np.zeros((1, 3, size, size), animator.input_dtypes["driver"]["driver_image"])
-        self._motion_dtypes = (animator.input_dtypes["generator"]["pose"], animator.input_dtypes["generator"]["expression"])
+        generator_inputs = animator.input_dtypes["generator"]
+        self._motion_dtypes = (generator_inputs.get("pose"), generator_inputs.get("expression"))
+        self._keypoints = None  # the keypoint family's composer (relative/absolute, smoothing)
+        if animator.family == LIVEPORTRAIT:
+            self._keypoints = motion_liveportrait.KeypointComposer(
+                avatar.motion.motion, options.motion, options.smooth, fps, options.smooth_min_cutoff, options.smooth_beta)
         self._tracker = None
         if options.crop:
-            self._tracker = FaceTracker(animator.detector, animator._geometry,
+            self._tracker = FaceTracker(animator.detector, animator._driver_geometry,
                                         centre_fallback=options.face_fallback == "centre")
-        self._smoother = MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta) if options.smooth else None
+        self._smoother = (MotionSmoother(fps, options.smooth_min_cutoff, options.smooth_beta)
+                          if options.smooth and self._keypoints is None else None)
         self._relative = None
         self._composites = animator.composites
         self._enhances = animator.enhances
@@ -324,7 +342,7 @@ class Performance:
             self._frame = np.empty((1, 3, out, out), np.float32)  # the composited frame, reused
         self._busy = threading.Lock()
         self._binding = None
-        if animator._io_binding:
+        if animator._io_binding and self._keypoints is None:
             self._binding = self._generator.io_binding()
             state = avatar.device_state or {  # an avatar prepared without binding
                 "canonical_volume": ort.OrtValue.ortvalue_from_numpy(avatar.canonical_volume, animator._device, 0),
@@ -334,6 +352,9 @@ class Performance:
 
     def set_reference(self, frame: np.ndarray) -> None:
         """Use ``frame`` as the driver's neutral first frame for relative motion."""
+        if self._keypoints is not None:
+            self._keypoints.set_reference(self._driver_keypoints(frame))
+            return
         self._relative = RelativeMotion(self.avatar.motion, self._driver_motion(frame))
 
     def _specs(self, role: str) -> dict:
@@ -349,6 +370,8 @@ class Performance:
             self._busy.release()
 
     def _animate(self, frame: np.ndarray) -> np.ndarray:
+        if self._keypoints is not None:
+            return self._animate_keypoints(frame)
         motion = self._driver_motion(frame)
         if self._smoother is not None:
             motion = self._smoother(motion)
@@ -361,12 +384,30 @@ class Performance:
 
     animate = __call__
 
-    def _driver_motion(self, frame: np.ndarray) -> Motion:
+    def _animate_keypoints(self, frame: np.ndarray) -> np.ndarray:
+        """The keypoint family's frame: driver motion -> driving keypoints -> generator."""
+        driving = self._keypoints(self._driver_keypoints(frame))
+        (image,) = run_graph(self._generator, "generator", ["image"],
+                             motion_liveportrait.generator_feeds(self.avatar.motion, driving), self._specs("generator"))
+        crop = to_image(image)
+        return self.avatar.paste(crop) if self.avatar.paste is not None else crop
+
+    def _driver_keypoints(self, frame: np.ndarray):
+        self._driver_tensor(frame)
+        return motion_liveportrait.read_driver(
+            lambda names, feeds: run_graph(self._driver, "driver", names, feeds, self._specs("driver")),
+            self._driver_input)
+
+    def _driver_tensor(self, frame: np.ndarray) -> np.ndarray:
+        """The driver frame's face crop, into the reused driver input buffer."""
         frame = _rgb_frame(frame)
         check_size(frame.shape[1], frame.shape[0], "driver frame")
         box = self._tracker.update(frame) if self._tracker is not None else CropBox.whole(*frame.shape[:2])
         crop = cut_crop(frame, box, self.animator.image_size)
-        to_tensor(crop, out=self._driver_input)
+        return to_tensor(crop, out=self._driver_input)
+
+    def _driver_motion(self, frame: np.ndarray) -> Motion:
+        self._driver_tensor(frame)
         pose, expression = run_graph(self._driver, "driver", ["pose", "expression"],
                                      {"driver_image": self._driver_input}, self._specs("driver"))
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
@@ -400,6 +441,12 @@ class Performance:
             raise _graph_failed("generator", e) from None
         values = [value.numpy() for value in self._binding.get_outputs()]
         return check_outputs("generator", self._outputs, values, self._specs("generator"))
+
+
+def _crop_geometry(crop) -> CropGeometry | None:
+    """A manifest's crop (side = scale x face, centre moved by vy_ratio x side, +y down) as the
+    SDK's framing around a detected face box (side = scale x box, lifted by ``lift`` box heights)."""
+    return None if crop is None else CropGeometry(scale=crop.scale, lift=-crop.vy_ratio * crop.scale)
 
 
 def run_graph(session, role: str, outputs: list, feeds: dict, specs: dict | None = None) -> list:

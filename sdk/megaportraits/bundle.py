@@ -126,7 +126,7 @@ def contract_problems(manifest: mf.Manifest) -> list:
     if tuple(manifest.value_range) != (0.0, 1.0) or manifest.channel_order != "RGB":
         problems.append(f"bundle expects {manifest.channel_order} images in {list(manifest.value_range)}; "
                         "this SDK feeds RGB in [0, 1]: re-export the bundle")
-    for role, io in GRAPH_IO.items():
+    for role, io in manifest.graph_io.items():  # the family's tensor names
         graph = manifest.graphs[role]
         got_in = tuple(t.name for t in graph.inputs)
         got_out = tuple(t.name for t in graph.outputs)
@@ -166,7 +166,10 @@ def image_side(manifest: mf.Manifest, role: str, tensor: str) -> int | None:
         if tensor in ENHANCER_IO.inputs or tensor == BASE_MATTE:
             return manifest.image_size
         return manifest.enhanced_size if tensor in ENHANCER_IO.outputs + ENHANCER_IO.optional_outputs else None
-    return manifest.image_size if tensor in IMAGE_TENSORS else None
+    if tensor not in IMAGE_TENSORS:
+        return None
+    outputs = {t.name for t in manifest.graphs[role].outputs}  # a family may size roles apart
+    return manifest.output_size(role) if tensor in outputs else manifest.input_size(role)
 
 
 def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
@@ -325,7 +328,7 @@ def open_role(bundle: Bundle, role: str, threads: int = 0) -> ort.InferenceSessi
 def _open_session(bundle: Bundle, role: str, options: ort.SessionOptions) -> ort.InferenceSession:
     path = bundle.graph_path(role)
     session = create_session(path, bundle.providers, options, what=f"the {role!r} graph {path.name!r}")
-    io = GRAPH_IO.get(role)
+    io = bundle.manifest.graph_io.get(role)
     if io is not None:  # validated from the file already; ONNX Runtime must agree
         got_in = {i.name for i in session.get_inputs()}
         got_out = {o.name for o in session.get_outputs()}

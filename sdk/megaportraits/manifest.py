@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import BundleError
 from .schema import STUDENT, STUDENT_ROLES, BASE_ROLES, ENHANCER, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
+from .schema import FAMILIES, FAMILY_GRAPH_IO, MEGAPORTRAITS, MOTION_REPRESENTATIONS
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -91,6 +92,36 @@ class GraphSpec:
         return d
 
 
+@dataclass(frozen=True)
+class CropSpec:
+    """How a role's input is cut from a frame around the face (LivePortrait's convention): the
+    crop's side is ``scale`` times the face's size, its centre moved by ``vx_ratio`` and
+    ``vy_ratio`` times the side (+x right, +y down: a negative ``vy_ratio`` takes in the hair)."""
+
+    scale: float
+    vx_ratio: float = 0.0
+    vy_ratio: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "vx_ratio": self.vx_ratio, "vy_ratio": self.vy_ratio}
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """Per role, what a family may set apart from the bundle's ``image_size``: the side of the
+    image the graph reads and of the image it renders, and how its input is cropped."""
+
+    input_size: int | None = None
+    output_size: int | None = None
+    crop: CropSpec | None = None
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in (("input_size", self.input_size), ("output_size", self.output_size)) if v is not None}
+        if self.crop is not None:
+            d["crop"] = self.crop.to_dict()
+        return d
+
+
 @dataclass
 class Manifest:
     """Everything the SDK needs to run a bundle, and nothing it has to guess."""
@@ -108,6 +139,10 @@ class Manifest:
     producer: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # The model family (megaportraits.schema.FAMILIES): which networks made the bundle, so which
+    # tensor names its graphs have and how the SDK composes motion between them.
+    family: str = MEGAPORTRAITS
+    roles: dict = field(default_factory=dict)  # role -> RoleSpec, where a family needs one
     # a distilled student's bundle (its one graph is 'student'): its avatars, in avatar_index
     # order, each {name, image, crop: [x, y, side], backdrop: file or null}, and the teacher it
     # was distilled from {manifest_sha256, model_name, preset}; None for any other bundle
@@ -127,6 +162,8 @@ class Manifest:
                 "value_range": list(self.value_range),
                 "channel_order": self.channel_order,
                 "layout": "NCHW",
+                "family": self.family,
+                "motion": MOTION_REPRESENTATIONS[self.family],
                 **({"enhanced_size": self.enhanced_size} if self.enhanced_size is not None else {}),
             },
             "opset": self.opset,
@@ -136,6 +173,7 @@ class Manifest:
             "files": dict(self.files),
             "producer": dict(self.producer),
             "provenance": dict(self.provenance),
+            **({"roles": {role: r.to_dict() for role, r in self.roles.items()}} if self.roles else {}),
             **({"student": self.student} if self.student is not None else {}),
         }
 
@@ -173,6 +211,8 @@ class Manifest:
             producer=_object(d.get("producer", {}), "producer"),
             provenance=_object(d.get("provenance", {}), "provenance"),
             format_version=version,
+            family=_family(model),
+            roles=_roles(d.get("roles", {}), graphs),
             student=_student(d.get("student"), graphs),
             enhanced_size=None if model.get("enhanced_size") is None else _whole(
                 model["enhanced_size"], "model.enhanced_size", *IMAGE_SIZES, "the enhancer's output side in pixels"),
@@ -208,6 +248,26 @@ class Manifest:
                 raise BundleError(f"bundle has no portable variant of the {role!r} graph")
             return g.portable_file
         return g.file
+
+    @property
+    def graph_io(self) -> dict:
+        """role -> GraphIO: the tensor names of this family's graphs."""
+        return FAMILY_GRAPH_IO[self.family]
+
+    def input_size(self, role: str) -> int:
+        """Side of the image the role's graph reads (default: ``image_size``)."""
+        spec = self.roles.get(role)
+        return spec.input_size if spec is not None and spec.input_size is not None else self.image_size
+
+    def output_size(self, role: str) -> int:
+        """Side of the image the role's graph renders (default: ``image_size``)."""
+        spec = self.roles.get(role)
+        return spec.output_size if spec is not None and spec.output_size is not None else self.image_size
+
+    def crop(self, role: str) -> CropSpec | None:
+        """How the role's input is cropped, when the family says so (else the SDK's default)."""
+        spec = self.roles.get(role)
+        return spec.crop if spec is not None else None
 
     @property
     def has_matte(self) -> bool:
@@ -348,6 +408,42 @@ def _custom_op(value: Any) -> dict | None:
     _text(value["domain"], "custom_op.domain")
     _whole(value["version"], "custom_op.version", 1, 1 << 31, "the custom op's version")
     return dict(value)
+
+
+def _family(model: dict) -> str:
+    family = _one_of(model.get("family", MEGAPORTRAITS), "model.family", FAMILIES)
+    motion = model.get("motion", MOTION_REPRESENTATIONS[family])
+    if motion != MOTION_REPRESENTATIONS[family]:
+        raise _wrong("model.motion", motion, f"{MOTION_REPRESENTATIONS[family]!r}, the motion representation of "
+                                              f"the {family!r} family")
+    return family
+
+
+def _ratio(value: Any, key: str, positive: bool = False) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (positive and not 0 < value <= 100) or (not positive and not -10 <= value <= 10)):
+        raise _wrong(key, value, "a positive number up to 100" if positive else "a number from -10 to 10")
+    return float(value)
+
+
+def _roles(value: Any, graphs: dict) -> dict:
+    roles = {}
+    for role, spec in _object(value, "roles").items():
+        where = f"roles.{role}"
+        if role not in graphs:
+            raise _wrong("roles", sorted(value), f"roles the manifest has graphs for ({', '.join(graphs)})")
+        spec = _object(spec, where)
+        sizes = {k: _whole(spec[k], f"{where}.{k}", *IMAGE_SIZES, "an image side in pixels")
+                 for k in ("input_size", "output_size") if k in spec}
+        crop = None
+        if "crop" in spec:
+            c = _object(spec["crop"], f"{where}.crop")
+            _require(c, ("scale",), f"{where}.crop", "an object {scale, vx_ratio, vy_ratio}")
+            crop = CropSpec(_ratio(c["scale"], f"{where}.crop.scale", positive=True),
+                            _ratio(c.get("vx_ratio", 0.0), f"{where}.crop.vx_ratio"),
+                            _ratio(c.get("vy_ratio", 0.0), f"{where}.crop.vy_ratio"))
+        roles[role] = RoleSpec(crop=crop, **sizes)
+    return roles
 
 
 def _value_range(value: Any) -> tuple:

@@ -149,3 +149,73 @@ def test_composer_modes_and_smoothing():
     assert moved.size and np.all((moved > 0) & (moved < 1))
     with pytest.raises(ValueError, match="motion must be one of"):
         mlp.KeypointComposer(source, "sideways")
+
+
+# ---- the family switch in the manifest ---------------------------------------------------------
+def _manifest_dict(family=None, motion=None, roles=None):
+    from megaportraits.schema import FAMILY_GRAPH_IO
+
+    io = FAMILY_GRAPH_IO.get(family, FAMILY_GRAPH_IO["megaportraits"])
+    graphs = {role: {"file": f"{role}.onnx", "inputs": [{"name": n, "shape": ["batch"], "dtype": "float32"}
+                                                         for n in spec.inputs],
+                     "outputs": [{"name": n, "shape": ["batch"], "dtype": "float32"} for n in spec.outputs]}
+              for role, spec in io.items()}
+    model = {"name": "m", "preset": "p", "image_size": 256}
+    if family is not None:
+        model["family"] = family
+    if motion is not None:
+        model["motion"] = motion
+    d = {"format_version": 1, "model": model, "graphs": graphs, "opset": 20,
+         "files": {f"{r}.onnx": "0" * 64 for r in graphs}}
+    if roles is not None:
+        d["roles"] = roles
+    return d
+
+
+LP_ROLES = {"source": {"input_size": 256, "crop": {"scale": 2.3, "vx_ratio": 0.0, "vy_ratio": -0.125}},
+            "driver": {"input_size": 256, "crop": {"scale": 2.2, "vy_ratio": -0.1}},
+            "generator": {"output_size": 512}}
+
+
+def test_manifest_names_the_family_and_its_motion():
+    from megaportraits import manifest as mf
+    from megaportraits.schema import LIVEPORTRAIT_GRAPH_IO, MEGAPORTRAITS
+
+    old = mf.Manifest.from_dict(_manifest_dict())
+    assert old.family == MEGAPORTRAITS and old.output_size("generator") == 256 and old.crop("source") is None
+    lp = mf.Manifest.from_dict(_manifest_dict("liveportrait", roles=LP_ROLES))
+    assert lp.family == "liveportrait" and lp.graph_io == LIVEPORTRAIT_GRAPH_IO
+    assert (lp.input_size("source"), lp.output_size("generator"), lp.output_size("source")) == (256, 512, 256)
+    assert lp.crop("source") == mf.CropSpec(2.3, 0.0, -0.125) and lp.crop("driver").vy_ratio == -0.1
+    again = mf.Manifest.from_dict(lp.to_dict())  # round trip through JSON's form
+    assert again.to_dict() == lp.to_dict()
+    assert lp.to_dict()["model"]["motion"] == "implicit_keypoints"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(family="emoportraits"), "model.family"),
+    (dict(family="liveportrait", motion="pose_expression"), "model.motion"),
+    (dict(family="liveportrait", roles={"enhancer": {"output_size": 512}}), "roles"),
+    (dict(family="liveportrait", roles={"source": {"crop": {"scale": -1}}}), "roles.source.crop.scale"),
+    (dict(family="liveportrait", roles={"source": {"crop": {"vy_ratio": 0.1}}}), "roles.source.crop"),
+    (dict(family="liveportrait", roles={"generator": {"output_size": 3}}), "roles.generator.output_size"),
+])
+def test_manifest_refuses_a_wrong_family_switch(change, message):
+    from megaportraits import manifest as mf
+    from megaportraits.errors import BundleError
+
+    with pytest.raises(BundleError, match=message.replace(".", r"\.")):
+        mf.Manifest.from_dict(_manifest_dict(**change))
+
+
+def test_the_sdk_checks_graph_names_against_the_bundle_family():
+    from megaportraits import bundle
+    from megaportraits import manifest as mf
+
+    lp = mf.Manifest.from_dict(_manifest_dict("liveportrait", roles=LP_ROLES))
+    assert bundle.contract_problems(lp) == []
+    # LivePortrait's graphs in a manifest that says (by default) megaportraits: refused, named
+    d = _manifest_dict("liveportrait")
+    del d["model"]["family"]
+    problems = bundle.contract_problems(mf.Manifest.from_dict(d))
+    assert problems and "'source' graph" in problems[0] and "incompatible" in problems[0]

@@ -48,6 +48,17 @@ CROP_GEOMETRY = {
 }
 
 
+def role_specs(config: LivePortraitConfig) -> dict:
+    """Per role, the sizes and crops the manifest records (the SDK crops and pastes by them)."""
+    def crop(role):
+        c = CROP_GEOMETRY[role]
+        return mf.CropSpec(c["scale"], c["vx_ratio"], c["vy_ratio"])
+
+    return {"source": mf.RoleSpec(input_size=config.image_size, crop=crop("source")),
+            "driver": mf.RoleSpec(input_size=config.image_size, crop=crop("driver")),
+            "generator": mf.RoleSpec(output_size=config.output_size)}
+
+
 def example_inputs(networks: LivePortraitNetworks, batch: int, seed: int) -> dict:
     """role -> (inputs, PyTorch outputs) on random images, the generator fed with the keypoints
     the networks themselves read from them (so every graph sees realistic values)."""
@@ -154,7 +165,8 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
             model_name=LIVEPORTRAIT, preset=PRESET, image_size=networks.config.image_size, graphs=graphs,
             files={p.name: "" for p in staging.iterdir() if p.is_file()}, opset=OPSET,
             custom_op=None if portable else {"domain": GRID_SAMPLE_3D.domain, "version": GRID_SAMPLE_3D.version},
-            precision="fp32", producer=producer_versions(), provenance=provenance_info)
+            precision="fp32", producer=producer_versions(), provenance=provenance_info,
+            family=LIVEPORTRAIT, roles=role_specs(networks.config))
         mf.write_manifest(staging, manifest)
         if check:
             report = verify(staging, networks, progress)
