@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from megaportraits_export.liveportrait.weights import LivePortraitNetworks, Weig
 from megaportraits_export.onnx_export import (OPSET, ExportError, compare_outputs, export_graph, format_report,
                                               ort_session, producer_versions, save_graph, save_standard_twin)
 from megaportraits_export.onnx_export import check_graph as onnx_check_graph
-from megaportraits_export.onnx_export.writing import check_output_dir, move_into_place
+from megaportraits_export.onnx_export.writing import check_output_dir, staged_bundle
 
 LICENCE = "MIT"
 SOURCE_REPOSITORY = "https://github.com/KwaiVGI/LivePortrait"
@@ -154,9 +152,7 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
     output = Path(output)
     check_output_dir(output)
     programs = export_programs(networks, progress)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staged_bundle(output) as staging:
         graphs = {}
         for role, program in programs.items():
             progress(f"writing the {role} graph ...")
@@ -175,10 +171,6 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
             if failed:
                 raise ExportError(f"{len(failed)} output(s) differ from PyTorch beyond tolerance "
                                   f"(first: {failed[0].describe()}); the bundle was not written")
-        move_into_place(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -88,7 +87,7 @@ def save_enhancer_graph(enhancer: Enhancer, path: str | os.PathLike) -> tuple:
 def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os.PathLike,
                  provenance: dict | None = None) -> Path:
     """Write at ``output`` the base ``bundle`` plus ``enhancer`` (see the module docstring)."""
-    from megaportraits_export.onnx_export.writing import check_output_dir, move_into_place
+    from megaportraits_export.onnx_export.writing import check_output_dir, staged_bundle
 
     bundle, output = Path(bundle), Path(output)
     manifest = mf.load_manifest(bundle)
@@ -105,9 +104,7 @@ def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os
         raise ExportError(f"the enhancer has {config.channels} channels but the bundle's generator "
                           f"{'renders a matte' if manifest.has_matte else 'renders no matte'}; use an enhancer "
                           f"with {4 if manifest.has_matte else 3} channels")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staged_bundle(output) as staging:
         for name in manifest.files:
             shutil.copy2(bundle / name, staging / name)
         inputs, outputs = save_enhancer_graph(enhancer, staging / ENHANCER_FILE)
@@ -117,8 +114,50 @@ def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os
         manifest.enhanced_size = config.output_size
         manifest.provenance = dict(manifest.provenance, enhancer=dict(provenance or {}, config=config.to_dict()))
         mf.write_manifest(staging, manifest)
-        move_into_place(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+def main(argv=None) -> int:
+    """``python -m megaportraits_export add-enhancer BUNDLE -o OUT (--checkpoint CKPT | --preset NAME
+    --random-init [--seed N])``: the base bundle plus an enhancer, written to a new directory."""
+    from megaportraits_export import command
+    from megaportraits_export.networks.enhancer import PRESETS
+
+    parser = command.parser("add-enhancer", "add a high-resolution enhancer to a bundle (written to a new directory)")
+    parser.add_argument("bundle", help="the base model's bundle directory (not modified)")
+    parser.add_argument("-o", "--output", required=True, help="the new bundle's directory")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="an enhancer training run's model_*.pt")
+    which.add_argument("--preset", choices=list(PRESETS), help="with --random-init: an enhancer preset")
+    parser.add_argument("--random-init", action="store_true", help="random weights (benchmarks, tests)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
+    args = parser.parse_args(argv)
+    if args.preset and not args.random_init:
+        parser.error("--preset needs --random-init (trained weights come from --checkpoint)")
+    return command.run(_add_enhancer, args)
+
+
+def _add_enhancer(args) -> int:
+    from megaportraits_export.networks.enhancer import build_enhancer, get_enhancer_config
+
+    if args.checkpoint:
+        from megaportraits_export.training.enhancement import load_enhancer_checkpoint
+
+        enhancer, _, provenance = load_enhancer_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(args.seed)
+        config = get_enhancer_config(args.preset)
+        manifest = mf.load_manifest(args.bundle)
+        if manifest.has_matte and not config.matte:  # a matte model's bundle takes the RGBA twin
+            config = config.replace(channels=4)
+        enhancer, provenance = build_enhancer(config), {"weights": "random-init", "seed": args.seed}
+    out = add_enhancer(args.bundle, enhancer.eval(), args.output, provenance=provenance)
+    config = enhancer.config
+    print(f"wrote {out}: {config.base_size} -> {config.output_size} px enhancer ({config.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

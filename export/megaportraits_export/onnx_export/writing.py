@@ -2,11 +2,13 @@
 all in a staging directory renamed into place at the end (an interrupted export leaves nothing)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import torch
@@ -63,10 +65,7 @@ def write_bundle(exported: ExportedModel,
     verification checks the fp32 trace, before the conversion.
     """
     output = Path(output)
-    check_output_dir(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staged_bundle(output) as staging:
         graphs = {role: _write_role(role, program, staging, portable, external_weights, exported.matte)
                   for role, program in exported.programs.items()}
         manifest = mf.Manifest(
@@ -91,10 +90,6 @@ def write_bundle(exported: ExportedModel,
             manifest.provenance["precision"] = report
             manifest.files = {name: "" for name in _data_files(staging)}
             mf.write_manifest(staging, manifest)
-        move_into_place(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output
 
 
@@ -138,6 +133,23 @@ def check_output_dir(output: Path) -> None:
     if output.is_dir() and any(output.iterdir()) and not (output / mf.MANIFEST_NAME).is_file():
         raise ExportError(f"--output {output} is a non-empty directory that is not a bundle; "
                           "choose a new directory (an existing bundle is replaced)")
+
+
+@contextlib.contextmanager
+def staged_bundle(output: str | os.PathLike) -> Iterator[Path]:
+    """A staging directory beside ``output`` to write a bundle into: renamed into place when the
+    block ends, removed when it raises, so an interrupted write never leaves half a bundle.
+    Every writer of bundles (export, enhancer, converters) goes through it."""
+    output = Path(output)
+    check_output_dir(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield staging
+        move_into_place(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def move_into_place(staging: Path, output: Path) -> None:
