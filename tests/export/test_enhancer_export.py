@@ -99,3 +99,26 @@ def test_manifest_needs_enhanced_size_with_the_enhancer(tmp_path, one_torch_thre
     del data["model"]["enhanced_size"]
     with pytest.raises(mf.BundleError, match="enhanced_size and an 'enhancer' graph come together"):
         mf.Manifest.from_dict(data)
+
+
+def test_add_enhancer_command(tmp_path, capsys, one_torch_thread):
+    from megaportraits_export import checkpoint
+    from megaportraits_export.__main__ import main
+
+    base = make_toy_bundle(tmp_path / "base")
+    # a size the bundle does not render: one line, exit 1, nothing written
+    assert main(["add-enhancer", str(base), "-o", str(tmp_path / "x"), "--preset", "tiny", "--random-init"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads 64x64 images but the bundle renders 32x32" in err[0]
+    assert not (tmp_path / "x").exists()
+    enhancer = random_enhancer("tiny", base_size=SIZE, seed=4)
+    ckpt = checkpoint.save_checkpoint(tmp_path / "model_last.pt", enhancer, enhancer.config, "tiny", {"steps": 3})
+    assert main(["add-enhancer", str(base), "-o", str(tmp_path / "e"), "--checkpoint", str(ckpt)]) == 0
+    manifest = validate_bundle(tmp_path / "e").manifest
+    assert manifest.enhanced_size == 2 * SIZE
+    assert manifest.provenance["enhancer"]["checkpoint"]["file"] == "model_last.pt"
+    session = ort.InferenceSession(str(tmp_path / "e" / "enhancer.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {BASE_IMAGE: x})[0], enhancer(torch.from_numpy(x)).numpy(),
+                                   atol=2e-5, rtol=0)
