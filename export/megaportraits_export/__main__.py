@@ -17,6 +17,8 @@ COMMANDS = {
     "expression-eval": ("megaportraits_export.expression_eval",
                         "the expression path alone: strong expressions, driver's code vs the source's own"),
     "export": ("megaportraits_export.onnx_export.cli", "export a checkpoint or a random-init preset to an ONNX bundle"),
+    "evaluate-enhancer": ("megaportraits_export.evaluation.enhancement",
+                          "the enhancer against bicubic on held-out synthetic identities at 2x"),
     "add-enhancer": ("megaportraits_export.onnx_export.enhancer",
                      "add a high-resolution enhancer (trained checkpoint or random init) to a bundle"),
     "convert": ("megaportraits_export.convert.cli", "convert another project's released weights into a bundle"),

@@ -109,3 +109,36 @@ def test_describe_cli_enhancer_json(capsys):
     assert report["input_shape"] == [1, 3, 512, 512] and report["output_shape"] == [1, 3, 1024, 1024]
     assert report["peak_memory_bytes"] > report["fp32_weight_bytes"] > 0
     assert report["macs_per_sample"] == sum(part["macs_per_sample"] for part in report["parts"])
+
+
+def test_enhancement_scores_against_bicubic_on_heldout_identities(one_torch_thread):
+    """An untrained enhancer is bilinear upsampling: its super-resolution scores must equal those of
+    OpenCV's bilinear resize of the box-downsampled truth, computed here independently."""
+    from megaportraits_export.evaluation.enhancement import enhancement_scores
+    from megaportraits_export.evaluation.pairs import heldout_pairs
+    from megaportraits_export.metrics import psnr
+    from megaportraits_export.model import build_model
+
+    torch.manual_seed(0)
+    base, enhancer = build_model("tiny"), build_enhancer("tiny")
+    scores = enhancement_scores(base, enhancer, pairs=3, identities=4, batch_size=2)
+    truth = heldout_pairs(3, 128, 0, 4).target
+    ours = []
+    for image in truth.permute(0, 2, 3, 1).numpy():
+        low = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA)
+        ours.append(cv2.resize(low, (128, 128), interpolation=cv2.INTER_LINEAR))
+    expected = psnr(torch.from_numpy(np.stack(ours)).permute(0, 3, 1, 2).clamp(0, 1), truth).mean()
+    assert scores["super_resolution"]["enhanced"]["psnr"] == pytest.approx(float(expected), abs=1e-3)
+    assert scores["super_resolution"]["bicubic"]["psnr"] > 10
+    for task in ("self_reenactment", "super_resolution"):
+        assert set(scores[task]) == {"enhanced", "bicubic"}
+        assert all(np.isfinite(v) for m in scores[task].values() for v in m.values())
+
+
+def test_enhancement_scores_of_a_matte_model_composite_at_2x(one_torch_thread):
+    from megaportraits_export.evaluation.enhancement import enhancement_scores
+    from megaportraits_export.model import build_model
+
+    torch.manual_seed(0)
+    scores = enhancement_scores(build_model("tiny_matte"), build_enhancer("tiny_matte"), pairs=2, identities=2)
+    assert all(np.isfinite(v) for t in scores.values() for m in t.values() for v in m.values())
