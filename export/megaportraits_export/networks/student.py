@@ -158,25 +158,21 @@ def parameters_per_avatar(config: StudentConfig) -> int:
     return total
 
 
-def macs_per_frame(student: Student, batch: int = 1) -> int:
-    """Multiply-accumulates of the convolutions for one frame, counted on a meta-device run."""
+def macs_per_frame(config: StudentConfig, batch: int = 1) -> int:
+    """Multiply-accumulates of the convolutions for one frame, counted on a meta-device build."""
+    with torch.device("meta"):
+        student = build_student(config).eval()
     counts = [0]
 
     def hook(layer, inputs, output):
         counts[0] += output.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
 
-    handles = [m.register_forward_hook(hook) for m in student.modules() if isinstance(m, nn.Conv2d)]
-    was_training = student.training
-    student.eval()
-    try:
-        size = student.config.image_size
-        with torch.no_grad():
-            student(torch.empty(batch, 3, size, size, device="meta"),
-                    torch.zeros(batch, dtype=torch.int64, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
-        student.train(was_training)
+    for m in student.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    size = config.image_size
+    with torch.no_grad():
+        student(torch.empty(batch, 3, size, size, device="meta"), torch.zeros(batch, dtype=torch.int64, device="meta"))
     return counts[0] // batch
 
 
@@ -200,7 +196,7 @@ def describe_student(config: StudentConfig, teacher_macs: int | None = None) -> 
         "parameters_per_avatar": per_avatar,
         "num_avatars": config.num_avatars,
         "fp32_bytes_per_avatar": 4 * per_avatar,
-        "macs_per_frame": macs_per_frame(student),
+        "macs_per_frame": macs_per_frame(config),
         "generator_blocks": blocks,
         "config": config.to_dict(),
     }
