@@ -260,9 +260,12 @@ class Manifest:
         return spec.input_size if spec is not None and spec.input_size is not None else self.image_size
 
     def output_size(self, role: str) -> int:
-        """Side of the image the role's graph renders (default: ``image_size``)."""
+        """Side of the image the role's graph renders (default: ``image_size``; the enhancer's:
+        ``enhanced_size``)."""
         spec = self.roles.get(role)
-        return spec.output_size if spec is not None and spec.output_size is not None else self.image_size
+        if spec is not None and spec.output_size is not None:
+            return spec.output_size
+        return self.enhanced_size if role == ENHANCER and self.enhanced_size is not None else self.image_size
 
     def crop(self, role: str) -> CropSpec | None:
         """How the role's input is cropped, when the family says so (else the SDK's default)."""
