@@ -14,8 +14,6 @@ teacher by its manifest's sha256. Written in a staging directory renamed into pl
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
 from megaportraits_export.onnx_export.group_norm import with_stable_group_norms
 from megaportraits_export.onnx_export.tracing import OPSET, export_graph
-from megaportraits_export.onnx_export.writing import check_output_dir, move_into_place, producer_versions
+from megaportraits_export.onnx_export.writing import check_output_dir, producer_versions, staged_bundle
 
 MODEL_NAME = "megaportraits-student"
 
@@ -82,9 +80,7 @@ def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, out
         raise ExportError(f"the student holds {student.config.num_avatars} avatars but {len(avatars)} were given")
     check_output_dir(output)
     teacher = mf.load_manifest(teacher_dir)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with staged_bundle(output) as staging:
         specs_in, specs_out = export_student_graph(student, staging / f"{STUDENT}.onnx")
         entries = []
         for i, avatar in enumerate(avatars):
@@ -110,10 +106,6 @@ def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, out
                                  "model_name": teacher.model_name, "preset": teacher.preset}},
         )
         mf.write_manifest(staging, manifest)
-        move_into_place(staging, output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output
 
 
