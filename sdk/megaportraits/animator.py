@@ -135,6 +135,16 @@ class Animator:
     official weights (``python -m megaportraits_export convert``) or train on real talking-head
     video (``configs/paper512_voxceleb2.toml``), and pass its bundle directory."""
 
+    def __new__(cls, bundle: str | Path | None = None, options: AnimatorOptions | None = None, **overrides):
+        """A distilled student's bundle gives a :class:`megaportraits.student.StudentAnimator`
+        (same calls; avatars prepared by name, absolute motion only)."""
+        if cls is Animator and bundle is not None:
+            from .student import StudentAnimator, is_student_bundle
+
+            if is_student_bundle(bundle):
+                return StudentAnimator(bundle, options, **overrides)
+        return super().__new__(cls)
+
     def __init__(self, bundle: str | Path | None = None, options: AnimatorOptions | None = None, **overrides):
         options = dataclasses.replace(options or AnimatorOptions(), **overrides).validate()
         self.options = options

@@ -100,7 +100,7 @@ def _animator(args, bundle, motion: str):
 
 # ---- animate -----------------------------------------------------------------------------
 def _animate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="portrait photo (PNG, JPEG, ...)")
+    p.add_argument("source", help="portrait photo (PNG, JPEG, ...), or an avatar's name with a student --bundle")
     p.add_argument("driver", help="driving video (any common format), or a single image")
     p.add_argument("-o", "--output", required=True,
                    help="output file: .mp4 for a driving video, an image (.png, .jpg) for a driving image")
@@ -120,6 +120,10 @@ SYNTHETIC_MODEL_NOTE = ("note: this model was trained only on synthetic rendered
 
 
 def _run_animation(args, source, driver, output, bundle, users_photo: bool = False) -> int:
+    from .student import is_student_bundle, run_cli
+
+    if bundle is not None and is_student_bundle(bundle):  # SOURCE is one of its avatars' names
+        return run_cli(args, source, driver, output, bundle, _shown, PROG)
     from .files import check_output_path, check_readable_file
     from .images import OUTPUT_IMAGE_EXTENSIONS, is_image_path, load_image, save_image
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
-from .schema import STUDENT, STUDENT_ROLES, BASE_ROLES, ENHANCER, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
+from .schema import STUDENT, STUDENT_IO, STUDENT_ROLES, BASE_ROLES, ENHANCER, LATER_ROLES, MATTE_OUTPUT, ROLES, SYNTHETIC_DATA
 from .schema import FAMILIES, FAMILY_GRAPH_IO, MEGAPORTRAITS, MOTION_REPRESENTATIONS
 
 FORMAT_VERSION = 1
@@ -251,7 +251,9 @@ class Manifest:
 
     @property
     def graph_io(self) -> dict:
-        """role -> GraphIO: the tensor names of this family's graphs."""
+        """role -> GraphIO: the tensor names of this family's graphs (a student bundle: its one graph)."""
+        if self.is_student:
+            return {STUDENT: STUDENT_IO}
         return FAMILY_GRAPH_IO[self.family]
 
     def input_size(self, role: str) -> int:
