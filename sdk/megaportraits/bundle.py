@@ -28,6 +28,7 @@ import onnxruntime as ort
 from . import manifest as mf
 from .errors import BundleError, CustomOpError
 from .onnx_refs import ModelFileError, read_model
+from .precision import precision_problem
 from .providers import resolve_providers
 from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
@@ -295,7 +296,11 @@ def open_bundle(directory: str | Path | None = None,
     sessions. Raises :class:`BundleError` or :class:`ProviderError` with the reason."""
     report = validate_bundle(directory, portable=portable)
     report.raise_for_problems()
-    bundle, flavour = _open_sessions(report, resolve_providers(provider), threads, roles)
+    providers = resolve_providers(provider)
+    problem = precision_problem(report.manifest, providers)  # e.g. fp16 graphs on the CPU
+    if problem:
+        raise BundleError(problem)
+    bundle, flavour = _open_sessions(report, providers, threads, roles)
     if flavour.fallback_reason is not None:
         warn_fallback(flavour.fallback_reason)
     return bundle

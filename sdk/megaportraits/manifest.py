@@ -59,12 +59,14 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One ONNX graph of the bundle, and optionally its portable twin (standard ops only)."""
+    """One ONNX graph of the bundle, and optionally its portable twin (standard ops only).
+    ``precision``: fp32, fp16 or int8 (both files have the same; inputs and outputs stay float32)."""
 
     file: str
     inputs: tuple
     outputs: tuple
     portable_file: str | None = None
+    precision: str = "fp32"
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "GraphSpec":
@@ -79,7 +81,8 @@ class GraphSpec:
                 raise BundleError(f"manifest key '{where}.{side}' names a tensor twice ({names}); "
                                   "expected distinct names")
         return cls(file=_text(d["file"], f"{where}.file"), inputs=specs["inputs"], outputs=specs["outputs"],
-                   portable_file=None if portable is None else _text(portable, f"{where}.portable_file"))
+                   portable_file=None if portable is None else _text(portable, f"{where}.portable_file"),
+                   precision=_one_of(d.get("precision", "fp32"), f"{where}.precision", PRECISIONS))
 
     def to_dict(self) -> dict:
         d = {
@@ -89,6 +92,8 @@ class GraphSpec:
         }
         if self.portable_file:
             d["portable_file"] = self.portable_file
+        if self.precision != "fp32":  # fp32 manifests stay as they were
+            d["precision"] = self.precision
         return d
 
 
