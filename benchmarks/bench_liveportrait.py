@@ -50,14 +50,16 @@ def session(path: Path, threads: int):
 
 
 def export_warping(ours, path: Path) -> None:
-    """Our warping module alone as an ONNX graph (both samples on GridSample3D)."""
+    """Our warping module alone as an ONNX graph, in the form the bundle holds it (both samples
+    on GridSample3D, the deep 3-D conv depth-sliced)."""
+    from megaportraits_export.convert.liveportrait import deployable
     from megaportraits_export.onnx_export import export_graph, save_graph
 
     c = ours.config
     g = torch.Generator().manual_seed(1)
     volume = torch.randn(2, c.reshape_channel, c.reshape_depth, c.feature_size, c.feature_size, generator=g)
     kp = torch.rand(2, c.num_kp, 3, generator=g) - 0.5
-    program = export_graph(ours.warping_module.eval(), (volume, kp, kp + 0.05),
+    program = export_graph(deployable(ours).warping_module, (volume, kp, kp + 0.05),
                            ("feature_volume", "source_keypoints", "driving_keypoints"), ("warped",))
     save_graph(program, path)
 
