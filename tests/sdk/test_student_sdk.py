@@ -97,3 +97,20 @@ def test_cli_animates_a_named_avatar(student_bundle, tmp_path, capsys):
     assert main(["animate", "--bundle", str(path), "bob", str(driver), "-o", str(tmp_path / "y.png"),
                  "--relative"]) == 1
     assert "absolute motion" in capsys.readouterr().err
+
+
+def test_cli_animates_a_driver_video(student_bundle, tmp_path, capsys):
+    from media import probe, write_video
+
+    from megaportraits.cli import main
+
+    path = student_bundle[0]
+    rng = np.random.default_rng(4)
+    driver = write_video(tmp_path / "driver.mp4", [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                                                   for _ in range(5)], fps=10)
+    out = tmp_path / "out.mp4"
+    assert main(["animate", "--bundle", str(path), "ann", str(driver), "-o", str(out), "--no-crop",
+                 "--threads", "1", "--quiet"]) == 0
+    info = probe(out)["video"]
+    assert info["frames"] == 5 and (info["width"], info["height"]) == (90, 100)  # ann's photo, pasted back
+    assert "5 frames" in capsys.readouterr().err
