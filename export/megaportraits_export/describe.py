@@ -189,7 +189,7 @@ ENHANCER_PARTS = (
     ("decoder", "residual blocks at half the base side"),
     ("up_stages", "2 upsampling stages (nearest 2x + a residual block)"),
     ("high", "residual blocks at the high side"),
-    ("to_residual", "GN, ReLU, conv to the residual over bilinear upsampling"),
+    ("to_residual", "GN, ReLU, conv to the residual over bicubic upsampling"),
 )
 
 

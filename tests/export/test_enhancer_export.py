@@ -21,7 +21,7 @@ from toy_bundle import SIZE, make_toy_bundle  # noqa: E402
 
 
 def random_enhancer(preset: str, base_size: int | None = None, seed: int = 0):
-    """An enhancer whose every weight is random (the untrained one is plain bilinear upsampling)."""
+    """An enhancer whose every weight is random (the untrained one is plain bicubic upsampling)."""
     config = get_enhancer_config(preset)
     if base_size is not None:
         config = config.replace(base_size=base_size)
@@ -59,8 +59,8 @@ def test_graph_equals_pytorch(preset, tmp_path, one_torch_thread):
         assert got.shape == (batch, config.channels, config.output_size, config.output_size)
         assert got.min() >= 0.0 and got.max() <= 1.0
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
-        bilinear = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear").numpy()
-        assert np.abs(got - bilinear).mean() > 1e-3  # the random residual branch is in the graph
+        bicubic = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bicubic").numpy()
+        assert np.abs(got - bicubic).mean() > 1e-3  # the random residual branch is in the graph
 
 
 def test_add_enhancer_writes_a_valid_bundle_and_keeps_the_input(tmp_path, one_torch_thread):

@@ -34,7 +34,7 @@ def test_a_step_lowers_the_loss_on_a_fixed_batch_with_the_base_frozen(base_check
     cfg = tiny_config(base_checkpoint, tmp_path / "run", steps=20, grad_accum=1)
     cfg = cfg.replace("losses", gan_start_step=100)  # L1 + cycle: a loss that must fall
     trainer = EnhancerTrainer(cfg, setup("cpu"))
-    # start away from the bilinear initialisation (already close to this batch's optimum under L1,
+    # start away from the bicubic initialisation (already close to this batch's optimum under L1,
     # where progress is slow): a random residual the steps must undo
     with torch.no_grad():
         trainer.model.to_residual[-1].weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
