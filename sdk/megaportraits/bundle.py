@@ -31,6 +31,7 @@ from .onnx_refs import ModelFileError, read_model
 from .precision import precision_problem
 from .providers import resolve_providers
 from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
+from .schema import STUDENT_ROLES
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
                        fall_back, session_options, warn_fallback)
 
@@ -113,7 +114,8 @@ def validate_bundle(directory: str | Path | None = None, portable: bool = False,
     report = BundleReport(directory, manifest, tuple(dict.fromkeys(problems)), flavour)
     if open_sessions and report.ok:
         try:
-            _, flavour = _open_sessions(report, ["CPUExecutionProvider"], threads=1, roles=BASE_ROLES)
+            roles = STUDENT_ROLES if manifest.is_student else BASE_ROLES  # a student bundle: its one graph
+            _, flavour = _open_sessions(report, ["CPUExecutionProvider"], threads=1, roles=roles)
             report = dataclasses.replace(report, flavour=flavour)
         except BundleError as e:
             report = dataclasses.replace(report, problems=(str(e),))

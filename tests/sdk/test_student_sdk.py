@@ -114,3 +114,13 @@ def test_cli_animates_a_driver_video(student_bundle, tmp_path, capsys):
     info = probe(out)["video"]
     assert info["frames"] == 5 and (info["width"], info["height"]) == (90, 100)  # ann's photo, pasted back
     assert "5 frames" in capsys.readouterr().err
+
+
+def test_info_validates_a_student_bundle(student_bundle, capsys):
+    from megaportraits.bundle import validate_bundle
+    from megaportraits.cli import main
+
+    report = validate_bundle(student_bundle[0], open_sessions=True)
+    assert report.ok and report.manifest.is_student, report.problems
+    assert main(["info", "--bundle", str(student_bundle[0])]) == 0
+    assert "status: ok" in capsys.readouterr().out
