@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 # The per-frame graphs; the source graph runs once per avatar and stays fp32.
 CONVERTED_ROLES = (DRIVER, GENERATOR)
 CALIBRATION_FRAMES = 16  # frames; generator calibration pairs them as (source, driver)
-RANGE_TENSORS_PER_PASS = 24  # activation ranges collected per forward pass (bounded memory)
+# Activation ranges collected per forward pass at 256 px (bounded memory); fewer at larger sizes,
+# as the largest activations grow with the image's area (paper512's G2D: 150 MB each).
+RANGE_TENSORS_PER_PASS = 24
 # int8 keeps the last convolutions (those writing the image, the matte, the motion codes) in float.
 # Measured on the demo model, 16 held-out cross-driven frames, image PSNR vs fp32 (median / min):
 # all convs int8 37.9 / 36.0 dB; first kept 38.3 / 37.5; last kept 42.0 / 39.6; both 42.9 / 41.2.
@@ -124,18 +126,22 @@ def _to_model_input(images: list) -> np.ndarray:
     return np.stack([np.asarray(i, np.float32).transpose(2, 0, 1) / 255.0 for i in images]).astype(np.float32)
 
 
-def calibration_feeds(graph_files: dict, frames: CalibrationFrames) -> dict:
+def calibration_feeds(graph_files: dict, frames: CalibrationFrames, library: str | None = None) -> dict:
     """role -> list of input feeds for the per-frame graphs, computed by the fp32 graphs
-    (``graph_files``: role -> standard-ops ONNX file) from the calibration frames: the driver
-    sees every frame; the generator sees frame i's avatar driven by frame i + 1's motion."""
+    (``graph_files``: role -> ONNX file; ``library`` the op library when they hold custom nodes)
+    from the calibration frames: the driver sees every frame; the generator sees frame i's
+    avatar driven by frame i + 1's motion."""
     import onnxruntime as ort
 
     from megaportraits.schema import GRAPH_IO
 
     def run(role, feed):
-        session = sessions.setdefault(role, ort.InferenceSession(str(graph_files[role]),
-                                                                 providers=["CPUExecutionProvider"]))
-        return dict(zip(GRAPH_IO[role].outputs, session.run(list(GRAPH_IO[role].outputs), feed)))
+        if role not in sessions:
+            options = ort.SessionOptions()
+            if library is not None:
+                options.register_custom_ops_library(library)
+            sessions[role] = ort.InferenceSession(str(graph_files[role]), options, providers=["CPUExecutionProvider"])
+        return dict(zip(GRAPH_IO[role].outputs, sessions[role].run(list(GRAPH_IO[role].outputs), feed)))
 
     sessions: dict = {}
     images = frames.images
@@ -246,38 +252,58 @@ def restore_custom_nodes(proto: onnx.ModelProto, names: set) -> onnx.ModelProto:
 
 # ---- int8 ------------------------------------------------------------------------------------
 def activation_ranges(model_path: Path, feeds: list, tensor_names: list,
-                      per_pass: int = RANGE_TENSORS_PER_PASS) -> dict:
+                      per_pass: int = RANGE_TENSORS_PER_PASS, library: str | None = None) -> dict:
     """name -> (lowest, highest) of each tensor over all feeds, ``per_pass`` tensors per forward
-    pass (ONNX Runtime keeps only the requested outputs alive, so memory stays bounded)."""
+    pass (ONNX Runtime keeps only the requested outputs alive, so memory stays bounded).
+
+    ``library``: the op library, to run a custom-op graph (its volume sample is ~100x faster
+    than standard GridSample's). Graph optimisations stay on: ONNX Runtime never fuses away a
+    node whose output is a graph output, so every requested tensor is computed as it is."""
     import onnxruntime as ort
 
     proto = onnx.load(model_path)
+    groups = [tensor_names[i:i + per_pass] for i in range(0, len(tensor_names), per_pass)]
     present = {o.name for o in proto.graph.output}
     for name in tensor_names:
         if name not in present:
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
-    # Fused kernels would hide the tensors whose ranges are wanted; these are the unfused values.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if library is not None:
+        options.register_custom_ops_library(library)
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del proto
     lowest = {n: np.inf for n in tensor_names}
     highest = {n: -np.inf for n in tensor_names}
-    groups = [tensor_names[i:i + per_pass] for i in range(0, len(tensor_names), per_pass)]
-    for g, group in enumerate(groups):
+    done = 0
+    for group in groups:
         for feed in feeds:
             for name, value in zip(group, session.run(group, feed)):
                 lowest[name] = min(lowest[name], float(np.min(value)))
                 highest[name] = max(highest[name], float(np.max(value)))
-        log.info("  activation ranges: %d/%d tensors", min((g + 1) * per_pass, len(tensor_names)), len(tensor_names))
+        done += len(group)
+        log.info("  activation ranges: %d/%d tensors", done, len(tensor_names))
     return {n: (lowest[n], highest[n]) for n in tensor_names}
 
 
-def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_float: tuple = ()) -> dict:
+def _usable_library() -> str | None:
+    from megaportraits.sessions import custom_op_status
+
+    status = custom_op_status()
+    return status.path if status.available else None
+
+
+def range_tensors_per_pass(image_size: int) -> int:
+    """How many activation ranges one pass collects at ``image_size`` (24 at 256 px, 6 at 512)."""
+    return int(min(RANGE_TENSORS_PER_PASS, max(4, RANGE_TENSORS_PER_PASS * (256 / image_size) ** 2)))
+
+
+def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_float: tuple = (),
+                  per_pass: int = RANGE_TENSORS_PER_PASS, range_graph: Path | None = None) -> dict:
     """Write the int8 (QDQ) version of a standard-ops graph; returns what was quantized.
 
     ``keep_float``: "first" and/or "last" keeps the image-facing convolutions in float
-    (:func:`edge_convolutions`)."""
+    (:func:`edge_convolutions`). ``range_graph``: the same graph with custom nodes, run for the
+    activation ranges when the op library is usable here (same tensors, much faster)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
@@ -288,7 +314,8 @@ def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_floa
     excluded = (first if "first" in keep_float else set()) | (last if "last" in keep_float else set())
     convolutions = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded]
     tensors = sorted({name for n in convolutions for name in (n.input[0], n.output[0]) if name not in initializers})
-    ranges = activation_ranges(standard_path, feeds, tensors)
+    library = _usable_library() if range_graph is not None else None
+    ranges = activation_ranges(range_graph if library else standard_path, feeds, tensors, per_pass, library)
     with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax,
@@ -350,14 +377,15 @@ def _feed_float32_grids(graph: onnx.GraphProto, keep: set) -> None:
 
 # ---- a bundle's graphs -----------------------------------------------------------------------
 def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: list | None,
-                  keep_float: tuple = ()) -> onnx.ModelProto:
+                  keep_float: tuple = (), image_size: int = 256) -> onnx.ModelProto:
     """The ``precision`` version of one graph (``graph_path``: as exported, maybe with custom
     nodes; ``standard_path``: its standard-ops twin), custom nodes restored."""
     names = custom_node_names(onnx.load(graph_path, load_external_data=False))
     if precision == "int8":
         with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
-            quantize_int8(standard_path, feeds, out, keep_float)
+            quantize_int8(standard_path, feeds, out, keep_float, range_tensors_per_pass(image_size),
+                          range_graph=graph_path if names else None)
             converted = onnx.load(out)
     elif precision == "fp16":
         converted = convert_fp16(onnx.load(standard_path))
@@ -390,12 +418,14 @@ def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_si
         log.info("calibrating int8 on %s", frames.origin)
         report["calibration"] = frames.origin
         report["float_convolutions"] = list(keep_float)
-        feeds = calibration_feeds(standard, frames)
+        library = _usable_library()
+        feeds = calibration_feeds({role: staging / spec.file for role, spec in graphs.items()} if library else standard,
+                                  frames, library)
     for role in CONVERTED_ROLES:
         spec = graphs[role]
         path = staging / spec.file
         log.info("converting the %s graph to %s", role, precision)
-        converted = convert_graph(precision, path, standard[role], feeds.get(role), keep_float)
+        converted = convert_graph(precision, path, standard[role], feeds.get(role), keep_float, image_size)
         for old in _external_data_files(path) | _external_data_files(standard[role]):
             (staging / old).unlink(missing_ok=True)
         data_name = f"{spec.file}.data"

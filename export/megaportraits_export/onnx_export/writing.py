@@ -3,6 +3,7 @@ all in a staging directory renamed into place at the end (an interrupted export 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -88,6 +89,8 @@ def write_bundle(exported: ExportedModel,
                                             external_weights=external_weights, matte=exported.matte)
             manifest.precision = precision
             manifest.provenance["precision"] = report
+            manifest.graphs = {role: dataclasses.replace(spec, precision=report["graphs"][role])
+                               for role, spec in graphs.items()}
             manifest.files = {name: "" for name in _data_files(staging)}
             mf.write_manifest(staging, manifest)
     return output
