@@ -42,12 +42,14 @@ def teacher_bundle(root: Path, preset: str, seed: int) -> Path:
     from megaportraits_export.onnx_export import export_random_init
 
     path = root / f"{preset}-seed{seed}"
-    try:
-        m = mf.load_manifest(path)
-        if m.preset == preset and m.provenance.get("seed") == seed:
-            return path
-    except mf.BundleError:
-        pass
+    for candidate in (path, root / f"{preset}-seed{seed}-fp32"):  # the latter: precision_benchmark.py's
+        try:
+            m = mf.load_manifest(candidate)
+        except mf.BundleError:
+            continue
+        if (m.preset == preset and m.precision == "fp32" and m.provenance.get("weights") == "random-init"
+                and m.provenance.get("seed") == seed):
+            return candidate
     print(f"exporting the random-weight {preset} teacher to {path} ...", file=sys.stderr, flush=True)
     return export_random_init(preset, seed, path)
 
