@@ -120,7 +120,7 @@ def torch_eager(bundle: Path, manifest: mf.Manifest, device: str):
 # ---- fp16 flavours ------------------------------------------------------------------------------
 def fp16_flavour(bundle: Path) -> Path:
     """The fp16 flavour of an fp32 bundle, made beside it once (``<bundle>-fp16``)."""
-    from megaportraits_export.onnx_export.precision import convert_written_graphs
+    from megaportraits_export.onnx_export.precision import convert_written_graphs, record_conversion
 
     target = bundle.with_name(bundle.name + "-fp16")
     try:
@@ -133,8 +133,7 @@ def fp16_flavour(bundle: Path) -> Path:
     shutil.copytree(bundle, staging)
     manifest = mf.load_manifest(staging)
     report = convert_written_graphs(staging, manifest.graphs, "fp16", manifest.image_size, matte=manifest.has_matte)
-    manifest.precision = "fp16"
-    manifest.provenance = {**manifest.provenance, "precision": report}
+    record_conversion(manifest, report)
     mf.write_manifest(staging, manifest)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

@@ -50,15 +50,14 @@ def held_out_frames(image_size: int, count: int, seed: int = 1) -> np.ndarray:
 
 def reduced_copy(bundle: Path, precision: str, workdir: Path, keep_float: tuple = ()) -> Path:
     """A copy of ``bundle`` whose per-frame graphs are converted to ``precision``."""
-    from megaportraits_export.onnx_export.precision import convert_written_graphs
+    from megaportraits_export.onnx_export.precision import convert_written_graphs, record_conversion
 
     out = workdir / f"{bundle.name}-{precision}"
     shutil.copytree(bundle, out)
     manifest = mf.load_manifest(out)
     report = convert_written_graphs(out, manifest.graphs, precision, manifest.image_size,
                                     matte=manifest.has_matte, keep_float=keep_float)
-    manifest.precision = precision
-    manifest.provenance = {**manifest.provenance, "precision": report}
+    record_conversion(manifest, report)
     mf.write_manifest(out, manifest)
     return out
 
@@ -115,7 +114,7 @@ def compare(reference: Path, reduced: Path, pairs: int, threads: int = 1) -> dic
                            for a, b in zip(ref_motions, low_motions))
     return {
         "reference": str(reference), "precision": low.manifest.precision,
-        "graph_precisions": low.manifest.provenance.get("precision", {}).get("graphs"),
+        "graph_precisions": {role: g.precision for role, g in low.manifest.graphs.items()},
         "calibration": low.manifest.provenance.get("precision", {}).get("calibration"),
         "pairs": pairs, "image_size": ref.manifest.image_size,
         "psnr_db_median": float(np.median(per_frame)), "psnr_db_min": float(np.min(per_frame)),

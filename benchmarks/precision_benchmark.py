@@ -56,7 +56,8 @@ def fp32_bundle(root: Path, preset: str, seed: int) -> Path:
 
 
 def int8_bundle(fp32: Path) -> Path:
-    from megaportraits_export.onnx_export.precision import convert_written_graphs, synthetic_calibration_frames
+    from megaportraits_export.onnx_export.precision import (convert_written_graphs, record_conversion,
+                                                            synthetic_calibration_frames)
 
     path = fp32.with_name(fp32.name.replace("-fp32", "") + "-int8")
     try:
@@ -72,8 +73,7 @@ def int8_bundle(fp32: Path) -> Path:
         frames = synthetic_calibration_frames(manifest.image_size, CALIBRATION_FRAMES_FOR_SPEED)
         report = convert_written_graphs(staging, manifest.graphs, "int8", manifest.image_size, frames,
                                         external_weights=True, matte=manifest.has_matte)
-        manifest.precision = "int8"
-        manifest.provenance = {**manifest.provenance, "precision": report}
+        record_conversion(manifest, report)
         mf.write_manifest(staging, manifest)
         shutil.rmtree(path, ignore_errors=True)
         os.rename(staging, path)

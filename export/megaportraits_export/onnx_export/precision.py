@@ -440,6 +440,17 @@ def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_si
     return report
 
 
+def record_conversion(manifest, report: dict) -> None:
+    """Write a conversion's report into ``manifest`` (in memory): the bundle's precision, each
+    graph's, and ``provenance.precision`` (what the calibration ran on)."""
+    import dataclasses
+
+    manifest.precision = report["requested"]
+    manifest.provenance = {**manifest.provenance, "precision": report}
+    manifest.graphs = {role: dataclasses.replace(spec, precision=report["graphs"].get(role, spec.precision))
+                       for role, spec in manifest.graphs.items()}
+
+
 def _external_data_files(path: Path) -> set:
     proto = onnx.load(path, load_external_data=False)
     return {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL

@@ -3,7 +3,6 @@ all in a staging directory renamed into place at the end (an interrupted export 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import shutil
@@ -21,7 +20,7 @@ from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
 from megaportraits_export.onnx_export.graphs import ExportedModel, export_graphs, random_model
 from megaportraits_export.onnx_export.portable import save_standard_twin
-from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_written_graphs
+from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_written_graphs, record_conversion
 from megaportraits_export.onnx_export.tracing import OPSET
 from megaportraits_export.onnx_export.verify import format_report, verify_bundle
 
@@ -87,10 +86,7 @@ def write_bundle(exported: ExportedModel,
         if precision != "fp32":
             report = convert_written_graphs(staging, graphs, precision, exported.image_size, calibration_frames,
                                             external_weights=external_weights, matte=exported.matte)
-            manifest.precision = precision
-            manifest.provenance["precision"] = report
-            manifest.graphs = {role: dataclasses.replace(spec, precision=report["graphs"][role])
-                               for role, spec in graphs.items()}
+            record_conversion(manifest, report)
             manifest.files = {name: "" for name in _data_files(staging)}
             mf.write_manifest(staging, manifest)
     return output
