@@ -223,11 +223,11 @@ class Animator:
         motion = Motion(pose, expression)
         if self.enhances:  # the backdrop is cut at the size frames are composited at
             crop = cut_crop(image, box, self.output_size)
-        backdrop = self._backdrop(crop, volume, descriptor, motion) if self.composites else None
+        backdrop = self.render_backdrop(crop, volume, descriptor, motion) if self.composites else None
         return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop,
                       Path(source_path) if source_path is not None else None)
 
-    def _backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion) -> np.ndarray:
+    def render_backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion) -> np.ndarray:
         """The source crop without the person. The person is cut out along the model's own matte
         of the source (re-rendered with the source's motion), so plate and frames agree on it."""
         generator = self.input_dtypes["generator"]

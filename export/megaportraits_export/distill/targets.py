@@ -102,7 +102,7 @@ class TeacherRenderer:
         backdrop = None
         if self.has_matte:
             crop = cut_crop(avatar.image, avatar.crop, self.image_size)
-            backdrop = self.animator._backdrop(crop, avatar.canonical_volume, avatar.global_descriptor, avatar.motion)
+            backdrop = self.animator.render_backdrop(crop, avatar.canonical_volume, avatar.global_descriptor, avatar.motion)
         return avatar, backdrop
 
     def render(self, avatar, drivers: np.ndarray) -> np.ndarray:
