@@ -254,16 +254,6 @@ def test_library_lives_inside_the_package_and_exports_only_the_entry_point():
                             text=True).stdout.split("\n")
     exported = sorted(line.split()[-1] for line in listed if line.strip())
     assert exported == ["RegisterCustomOps"]
-    # "only": the dynamic symbol table defines nothing else (no C++ or STL symbol leaks out to
-    # clash with another library's copy); nm reads the ELF table itself
-    import shutil
-    import subprocess
-    if shutil.which("nm") is None:
-        pytest.skip("nm (binutils) is needed to list the library's exported symbols")
-    listed = subprocess.run(["nm", "-D", "--defined-only", str(path)], check=True, capture_output=True,
-                            text=True).stdout.split("\n")
-    exported = sorted(line.split()[-1] for line in listed if line.strip())
-    assert exported == ["RegisterCustomOps"]
 
 
 def test_missing_library_error_says_how_to_build_it(monkeypatch):
