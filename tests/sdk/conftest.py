@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megaportraits.animator import Animator
+
 sys.path.insert(0, str(Path(__file__).parent))
 
+from hardening_inputs import make_media  # noqa: E402
 from toy_bundle import make_toy_bundle  # noqa: E402
 
 
@@ -44,3 +47,16 @@ def tiny_bundle(bundle_factory) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """The hardening tests' inputs (hardening_inputs.make_media): a drawn source photo and driver videos."""
+    return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="module")
+def toy(toy_bundle):
+    """An Animator on the toy bundle, CPU, one thread."""
+    with Animator(toy_bundle, provider="cpu", threads=1) as a:
+        yield a

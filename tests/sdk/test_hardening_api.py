@@ -11,18 +11,6 @@ from megaportraits.errors import InputError, MegaportraitsError
 from megaportraits.images import save_image
 
 from drawn_faces import draw_face
-from hardening_inputs import make_media
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("media"))
-
-
-@pytest.fixture(scope="module")
-def toy(toy_bundle):
-    with Animator(toy_bundle, provider="cpu", threads=1) as a:
-        yield a
 
 
 @pytest.mark.parametrize("source,message", [

@@ -15,19 +15,8 @@ from megaportraits.video import DamagedVideoWarning, VideoReader
 
 from drawn_faces import draw_face
 from hardening_inputs import (audio_seconds, count_frames, digest, driver_frames, frame_times, jpeg_with_orientation,
-                              make_media, png_with_orientation, tiff_with_orientation, webp_with_orientation, run_cli, temporary_files, tiff_header, vfr_video, webp_header, write_rgb)
+                              png_with_orientation, tiff_with_orientation, webp_with_orientation, run_cli, temporary_files, tiff_header, vfr_video, webp_header, write_rgb)
 from media import write_video
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("media"))
-
-
-@pytest.fixture(scope="module")
-def toy(toy_bundle):
-    with Animator(toy_bundle, provider="cpu", threads=1) as a:
-        yield a
 
 
 # ---- 4: orientation ------------------------------------------------------------------------

@@ -18,18 +18,7 @@ from megaportraits.errors import InputError, MegaportraitsError
 from megaportraits.files import TEMPORARY_NAME_EXTRA
 from megaportraits.images import OUTPUT_IMAGE_EXTENSIONS, load_image, save_image
 
-from hardening_inputs import REPO, count_frames, digest, make_media, run_cli, temporary_files
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("media"))
-
-
-@pytest.fixture(scope="module")
-def toy(toy_bundle):
-    with Animator(toy_bundle, provider="cpu", threads=1) as a:
-        yield a
+from hardening_inputs import REPO, count_frames, digest, run_cli, temporary_files
 
 
 # ---- 1: the output may never be an input ---------------------------------------------------

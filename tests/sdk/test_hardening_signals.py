@@ -9,12 +9,7 @@ import pytest
 
 from megaportraits.animator import Animator
 
-from hardening_inputs import N_FRAMES, count_frames, digest, make_media, run_with_signal, temporary_files
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    return make_media(tmp_path_factory.mktemp("media"))
+from hardening_inputs import N_FRAMES, count_frames, digest, run_with_signal, temporary_files
 
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGHUP"])
