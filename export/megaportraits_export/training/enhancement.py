@@ -35,11 +35,12 @@ from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_
 from ..networks.enhancer import build_enhancer, get_enhancer_config
 from .config import TrainConfig
 from .data_stream import DataStream
-from .distributed import DistributedContext, mean_across_processes
+from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
+from .loop import checkpoint_due, gather_rng, progress_bar, record_step, resume_rng
 from .objectives import build_discriminator
 from .optim import build_adamw, clip_gradients, cosine_schedule
-from .state import capture_rng, restore_rng, seed_everything
+from .state import seed_everything
 
 STATE_FORMAT = "megaportraits-enhancer-train-state"
 STATE_VERSION = 1
@@ -216,18 +217,8 @@ class EnhancerTrainer:
             "final_losses": {k: round(v, 6) for k, v in self.history.items()},
         }
 
-    def _gather_rng(self) -> list:
-        import torch.distributed as dist
-
-        state = capture_rng()
-        if not self.ctx.enabled:
-            return [state]
-        states = [None] * self.ctx.world_size
-        dist.all_gather_object(states, state)
-        return states
-
     def save(self, tag: str = "last") -> Path | None:
-        rng_states = self._gather_rng()
+        rng_states = gather_rng(self.ctx)
         self.ctx.barrier()
         path = None
         if self.ctx.is_main:
@@ -266,54 +257,28 @@ class EnhancerTrainer:
             self.discriminator.load_state_dict(training["discriminator"])
             self.d_optimizer.load_state_dict(training["d_optimizer"])
             self.d_scheduler.load_state_dict(training["d_scheduler"])
-        if len(training["rng"]) == self.ctx.world_size:
-            restore_rng(training["rng"][self.ctx.rank])
-        elif self.ctx.is_main:
-            print(f"resuming with {self.ctx.world_size} process(es) from a run with {len(training['rng'])}: "
-                  "random generators are reseeded, so the continuation is not bit-exact")
+        resume_rng(self.ctx, training["rng"])
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool | None = None) -> dict:
         cfg = self.cfg
         progress = cfg.log.progress if progress is None else progress
-        bar = None
-        if self.ctx.is_main and progress:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.train.steps, initial=self.step, dynamic_ncols=True, desc="train enhancer")
-        last_save = time.monotonic()
-        try:
+        with progress_bar(self.ctx, progress, self.logger, total=cfg.train.steps, initial=self.step,
+                          desc="train enhancer") as bar:
+            last_save = time.monotonic()
             while self.step < cfg.train.steps:
                 started = time.monotonic()
                 scalars = self.train_step()
                 self.elapsed += time.monotonic() - started
-                for k, v in scalars.items():
-                    self.history[f"enhancer/{k}"] = v
-                if self.step % cfg.log.log_every == 0 or self.step == 1:
-                    averaged = {k: float(mean_across_processes(torch.tensor(float(v), device=self.device), self.ctx))
-                                for k, v in scalars.items()}
-                    self.logger.scalars(averaged, self.step, prefix="enhancer/")
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in averaged.items() if k != "lr"}, refresh=False)
-                if bar is not None:
-                    bar.update(1)
+                record_step(scalars, "enhancer", self.step, history=self.history, logger=self.logger,
+                            log_every=cfg.log.log_every, bar=bar, ctx=self.ctx, device=self.device)
                 if self.ctx.is_main and (self.step % cfg.log.image_every == 0 or self.step == 1):
                     self.logger.images("train/enhancement (bicubic, enhanced, target)", self._last_images, self.step)
-                minutes = cfg.log.checkpoint_minutes
-                timed = minutes > 0 and time.monotonic() - last_save > minutes * 60
-                if self.ctx.enabled and minutes > 0:   # every process must agree to save
-                    import torch.distributed as dist
-
-                    flag = torch.tensor([1.0 if timed else 0.0], device=self.device)
-                    dist.broadcast(flag, 0)
-                    timed = bool(flag.item())
-                if self.step % cfg.log.checkpoint_every == 0 or timed:
+                if checkpoint_due(self.step, cfg.log.checkpoint_every, cfg.log.checkpoint_minutes, last_save,
+                                  self.ctx, self.device):
                     self.save()
                     last_save = time.monotonic()
             self.save()
-        finally:
-            if bar is not None:
-                bar.close()
-            self.logger.flush()
         return dict(self.history)
 
 

@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import checkpoint as model_checkpoint
 from .config import TrainConfig
 from .data_stream import DataStream
-from .distributed import DistributedContext, mean_across_processes
+from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
+from .loop import checkpoint_due, gather_rng, progress_bar, record_step, resume_rng
 from .objectives import (
     LossComputer,
     PoseParameters,
@@ -41,7 +41,7 @@ from .objectives import (
     pose_targets,
 )
 from .optim import build_adamw, clip_gradients, cosine_schedule
-from .state import capture_rng, restore_rng, seed_everything
+from .state import seed_everything
 
 STATE_FORMAT = "megaportraits-train-state"
 STATE_VERSION = 1
@@ -249,14 +249,6 @@ class Trainer:
         return scalars
 
     # ---- checkpoints --------------------------------------------------------------------------
-    def _gather_rng(self) -> list:
-        state = capture_rng()
-        if not self.ctx.enabled:
-            return [state]
-        states = [None] * self.ctx.world_size
-        dist.all_gather_object(states, state)
-        return states
-
     def provenance(self) -> dict:
         cfg = self.cfg
         return {
@@ -303,7 +295,7 @@ class Trainer:
         Both are checkpoints in the format of :mod:`megaportraits_export.checkpoint` (written
         to a temporary file, then renamed); the state file adds a ``training`` entry.
         """
-        rng_states = self._gather_rng()
+        rng_states = gather_rng(self.ctx)
         self.ctx.barrier()
         path = None
         if self.ctx.is_main:
@@ -346,25 +338,16 @@ class Trainer:
             self.d_optimizer.load_state_dict(training["optimizers"]["discriminator"])
             self.d_scheduler.load_state_dict(training["schedulers"]["discriminator"])
             self.d_scaler.load_state_dict(training["scalers"]["discriminator"])
-        rng = training["rng"]
-        if len(rng) == self.ctx.world_size:
-            restore_rng(rng[self.ctx.rank])
-        elif self.ctx.is_main:
-            print(f"resuming with {self.ctx.world_size} process(es) from a run with {len(rng)}: "
-                  "random generators are reseeded, so the continuation is not bit-exact")
+        resume_rng(self.ctx, training["rng"])
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool | None = None) -> dict:
         cfg = self.cfg
         progress = cfg.log.progress if progress is None else progress
         total = cfg.pose_pretrain.steps + cfg.train.steps
-        bar = None
-        if self.ctx.is_main and progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, initial=self.pose_step + self.step, dynamic_ncols=True,
-                       desc="train")
-        last_save = time.monotonic()
-        try:
+        with progress_bar(self.ctx, progress, self.logger, total=total, initial=self.pose_step + self.step,
+                          desc="train") as bar:
+            last_save = time.monotonic()
             while self.pose_step < cfg.pose_pretrain.steps:
                 started = time.monotonic()
                 scalars = self.pose_pretrain_step()
@@ -379,34 +362,16 @@ class Trainer:
                 self._after_step(scalars, "train", self.step, bar)
                 if self.step % cfg.log.image_every == 0 or self.step == 1:
                     self.log_images()
-                minutes = cfg.log.checkpoint_minutes
-                timed = minutes > 0 and time.monotonic() - last_save > minutes * 60
-                if self.ctx.enabled and minutes > 0:   # every process must agree to save
-                    flag = torch.tensor([1.0 if timed else 0.0], device=self.device)
-                    dist.broadcast(flag, 0)
-                    timed = bool(flag.item())
-                if self.step % cfg.log.checkpoint_every == 0 or timed:
+                if checkpoint_due(self.step, cfg.log.checkpoint_every, cfg.log.checkpoint_minutes, last_save,
+                                  self.ctx, self.device):
                     self.save()
                     last_save = time.monotonic()
             self.save()
-        finally:
-            if bar is not None:
-                bar.close()
-            self.logger.flush()
         return dict(self.history)
 
     def _after_step(self, scalars: dict, stage: str, step: int, bar) -> None:
-        for k, v in scalars.items():
-            self.history[f"{stage}/{k}"] = v
-        if step % self.cfg.log.log_every == 0 or step == 1:
-            averaged = {k: float(mean_across_processes(torch.tensor(float(v), device=self.device), self.ctx))
-                        for k, v in scalars.items()}
-            self.logger.scalars(averaged, step, prefix=f"{stage}/")
-            if bar is not None:
-                shown = {k: f"{v:.4g}" for k, v in averaged.items() if k != "lr"}
-                bar.set_postfix(shown, refresh=False)
-        if bar is not None:
-            bar.update(1)
+        record_step(scalars, stage, step, history=self.history, logger=self.logger,
+                    log_every=self.cfg.log.log_every, bar=bar, ctx=self.ctx, device=self.device)
 
     def log_images(self) -> Path | None:
         if not self.ctx.is_main or not hasattr(self, "_last_images"):
