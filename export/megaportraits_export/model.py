@@ -112,13 +112,21 @@ class Generator(nn.Module):
 
 
 class MegaPortraits(nn.Module):
-    """The base model: source branch, driver branch (shared), generator."""
+    """The base model: source branch, driver branch (shared), generator.
+
+    A model with another layout of the same three parts (EMOPortraits' converted weights)
+    subclasses this and names its own branch classes.
+    """
+
+    source_branch_class = SourceBranch
+    driver_branch_class = DriverBranch
+    generator_class = Generator
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.source_branch = SourceBranch(config, DriverBranch(config))
-        self.generator = Generator(config)
+        self.source_branch = self.source_branch_class(config, self.driver_branch_class(config))
+        self.generator = self.generator_class(config)
 
     @property
     def driver_branch(self) -> DriverBranch:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...model import AvatarState, Motion, split_matte
+from ...model import AvatarState, MegaPortraits, Motion
 from ...warp import invert_pose, sample_volume, transform_points
 from . import networks as nets
 
@@ -79,26 +79,11 @@ class Generator(nn.Module):
         return self.image_generator(sample_volume(expressed, rigid_grid(pose, grid))), grid
 
 
-class EmoPortraits(nn.Module):
-    """Source branch, driver branch (shared), generator: the attributes the exporter reads."""
+class EmoPortraits(MegaPortraits):
+    """Source branch, driver branch (shared), generator: the attributes the exporter reads, wired
+    as :class:`MegaPortraits` wires them (its ``forward`` returns the same dict;
+    ``source_deformation`` / ``driver_deformation`` hold their full sampling grids)."""
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.source_branch = SourceBranch(config, DriverBranch(config))
-        self.generator = Generator(config)
-
-    @property
-    def driver_branch(self) -> DriverBranch:
-        return self.source_branch.driver_branch
-
-    def forward(self, source_image: torch.Tensor, driver_image: torch.Tensor) -> dict:
-        """Their inference on a (masked) source and a driver, in the dict MegaPortraits.forward
-        returns (``source_deformation`` / ``driver_deformation`` hold their full sampling grids)."""
-        avatar, source_grid = self.source_branch.encode(source_image)
-        motion = self.driver_branch(driver_image)
-        rendering, driver_grid = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion)
-        image, matte = split_matte(rendering)
-        return {"image": image, "matte": matte, "avatar": avatar, "motion": motion,
-                "driver_expression": motion.expression, "source_deformation": source_grid,
-                "driver_deformation": driver_grid}
+    source_branch_class = SourceBranch
+    driver_branch_class = DriverBranch
+    generator_class = Generator
