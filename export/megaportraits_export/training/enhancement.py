@@ -37,7 +37,7 @@ from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
-from .loop import checkpoint_due, gather_rng, progress_bar, record_step, resume_rng
+from .loop import checkpoint_due, progress_bar, record_step, resume_rng, save_checkpoints
 from .objectives import build_discriminator
 from .optim import build_adamw, clip_gradients, cosine_schedule
 from .state import seed_everything
@@ -217,27 +217,21 @@ class EnhancerTrainer:
             "final_losses": {k: round(v, 6) for k, v in self.history.items()},
         }
 
+    def training_state(self, rng_states: list) -> dict:
+        """The ``training`` entry of a state file: everything an exact resume needs."""
+        training = {"format": STATE_FORMAT, "version": STATE_VERSION, "train_config": self.cfg.to_dict(),
+                    "step": self.step, "elapsed": self.elapsed, "world_size": self.ctx.world_size,
+                    "rng": rng_states, "stream": self.stream.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "history": dict(self.history)}
+        if self.discriminator is not None:
+            training.update(discriminator=self.discriminator.state_dict(),
+                            d_optimizer=self.d_optimizer.state_dict(), d_scheduler=self.d_scheduler.state_dict())
+        return training
+
     def save(self, tag: str = "last") -> Path | None:
-        rng_states = gather_rng(self.ctx)
-        self.ctx.barrier()
-        path = None
-        if self.ctx.is_main:
-            training = {"format": STATE_FORMAT, "version": STATE_VERSION, "train_config": self.cfg.to_dict(),
-                        "step": self.step, "elapsed": self.elapsed, "world_size": self.ctx.world_size,
-                        "rng": rng_states, "stream": self.stream.state_dict(),
-                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "history": dict(self.history)}
-            if self.discriminator is not None:
-                training.update(discriminator=self.discriminator.state_dict(),
-                                d_optimizer=self.d_optimizer.state_dict(), d_scheduler=self.d_scheduler.state_dict())
-            provenance = self.provenance()
-            preset = self.cfg.enhancer.preset
-            path = model_checkpoint.save_checkpoint(self.out_dir / f"state_{tag}.pt", self.model, self.enhancer_config,
-                                                    preset, provenance, extra={"training": training})
-            model_checkpoint.save_checkpoint(self.out_dir / f"model_{tag}.pt", self.model, self.enhancer_config,
-                                             preset, provenance)
-        self.ctx.barrier()
-        return path
+        return save_checkpoints(self.ctx, self.out_dir, tag, self.model, self.enhancer_config,
+                                self.cfg.enhancer.preset, self.provenance, self.training_state)
 
     def load(self, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,14 +1,17 @@
 """The pieces of a training loop that the trainer and the enhancer's trainer share: the
-progress bar, recording a step's scalars, when to checkpoint, and the per-process random
-generator states a training state saves and restores."""
+progress bar, recording a step's scalars, when to checkpoint, writing the checkpoints, and the
+per-process random generator states a training state saves and restores."""
 from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from .. import checkpoint as model_checkpoint
 from .distributed import DistributedContext, mean_across_processes
 from .state import capture_rng, restore_rng
 
@@ -76,3 +79,20 @@ def resume_rng(ctx: DistributedContext, states: list) -> None:
     elif ctx.is_main:
         print(f"resuming with {ctx.world_size} process(es) from a run with {len(states)}: "
               "random generators are reseeded, so the continuation is not bit-exact")
+
+
+def save_checkpoints(ctx: DistributedContext, out_dir: Path, tag: str, model, model_config, preset,
+                     provenance: Callable[[], dict], training: Callable[[list], dict]) -> Path | None:
+    """Write ``state_<tag>.pt`` (resume: adds ``training(rng_states)`` as its ``training`` entry)
+    and ``model_<tag>.pt`` (export) on rank 0, every process's generator states gathered first;
+    the path of the state file on rank 0, None elsewhere. Every process must call it."""
+    rng_states = gather_rng(ctx)
+    ctx.barrier()
+    path = None
+    if ctx.is_main:
+        record = provenance()
+        path = model_checkpoint.save_checkpoint(Path(out_dir) / f"state_{tag}.pt", model, model_config, preset,
+                                                record, extra={"training": training(rng_states)})
+        model_checkpoint.save_checkpoint(Path(out_dir) / f"model_{tag}.pt", model, model_config, preset, record)
+    ctx.barrier()
+    return path

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
-from .loop import checkpoint_due, gather_rng, progress_bar, record_step, resume_rng
+from .loop import checkpoint_due, progress_bar, record_step, resume_rng, save_checkpoints
 from .objectives import (
     LossComputer,
     PoseParameters,
@@ -295,19 +295,8 @@ class Trainer:
         Both are checkpoints in the format of :mod:`megaportraits_export.checkpoint` (written
         to a temporary file, then renamed); the state file adds a ``training`` entry.
         """
-        rng_states = gather_rng(self.ctx)
-        self.ctx.barrier()
-        path = None
-        if self.ctx.is_main:
-            provenance = self.provenance()
-            model_config = self.model_config
-            path = model_checkpoint.save_checkpoint(
-                self.out_dir / f"state_{tag}.pt", self.model, model_config, self.cfg.model.preset,
-                provenance, extra={"training": self.state_dict(rng_states)})
-            model_checkpoint.save_checkpoint(self.out_dir / f"model_{tag}.pt", self.model,
-                                             model_config, self.cfg.model.preset, provenance)
-        self.ctx.barrier()
-        return path
+        return save_checkpoints(self.ctx, self.out_dir, tag, self.model, self.model_config, self.cfg.model.preset,
+                                self.provenance, self.state_dict)
 
     def load(self, path: str | Path) -> None:
         """Restore everything for an exact continuation of the run saved in ``path``."""
