@@ -21,14 +21,12 @@ held to its matte by the L1 term.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import checkpoint as model_checkpoint
 from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
@@ -37,7 +35,7 @@ from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
-from .loop import checkpoint_due, progress_bar, record_step, resume_rng, save_checkpoints
+from .loop import checkpoint_due, micro_batches, progress_bar, record_step, resume_rng, save_checkpoints, wrap_ddp
 from .objectives import build_discriminator
 from .optim import build_adamw, clip_gradients, cosine_schedule
 from .state import seed_everything
@@ -123,22 +121,14 @@ class EnhancerTrainer:
         self.logger = RunLogger(self.out_dir) if ctx.is_main else NullLogger()
 
     def _wrap(self, module: nn.Module) -> nn.Module:
-        if not self.ctx.enabled:
-            return module
-        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return wrap_ddp(module, self.ctx)
 
     def gan_active(self) -> bool:
         return self.discriminator is not None and self.step >= self.cfg.losses.gan_start_step
 
     def _batches(self, wrappers: list):
-        n = self.cfg.train.grad_accum
-        for i in range(n):
-            with contextlib.ExitStack() as stack:
-                if i < n - 1:
-                    for w in wrappers:
-                        if isinstance(w, DDP):
-                            stack.enter_context(w.no_sync())
-                yield {k: v.to(self.device, non_blocking=True) for k, v in self.stream.next().items()}
+        return micro_batches(self.cfg.train.grad_accum, wrappers,
+                             lambda: {k: v.to(self.device, non_blocking=True) for k, v in self.stream.next().items()})
 
     def losses(self, batch: dict, gan: bool) -> tuple:
         """(generator loss, discriminator inputs, scalars) of one micro-batch."""

@@ -1,6 +1,7 @@
-"""The pieces of a training loop that the trainer and the enhancer's trainer share: the
-progress bar, recording a step's scalars, when to checkpoint, writing the checkpoints, and the
-per-process random generator states a training state saves and restores."""
+"""The pieces of a training loop that the trainer and the enhancer's trainer share: DDP
+wrapping and gradient accumulation, the progress bar, recording a step's scalars, when to
+checkpoint, writing the checkpoints, and the per-process random generator states a training
+state saves and restores."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +11,32 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import checkpoint as model_checkpoint
 from .distributed import DistributedContext, mean_across_processes
 from .state import capture_rng, restore_rng
+
+
+def wrap_ddp(module: nn.Module, ctx: DistributedContext) -> nn.Module:
+    """``module`` in DistributedDataParallel on this process's device when running distributed."""
+    if not ctx.enabled:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DDP(module, device_ids=ids)
+
+
+def micro_batches(n: int, wrappers: list, next_batch: Callable[[], dict]):
+    """Yield a step's ``n`` micro-batches (``next_batch()``); the DDP ones among ``wrappers``
+    all-reduce gradients only after the last one."""
+    for i in range(n):
+        with contextlib.ExitStack() as stack:
+            if i < n - 1:
+                for w in wrappers:
+                    if isinstance(w, DDP):
+                        stack.enter_context(w.no_sync())
+            yield next_batch()
 
 
 @contextlib.contextmanager

@@ -16,20 +16,18 @@ generators, the data streams' positions and the step counters.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import checkpoint as model_checkpoint
 from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
 from .logs import NullLogger, RunLogger
-from .loop import checkpoint_due, progress_bar, record_step, resume_rng, save_checkpoints
+from .loop import checkpoint_due, micro_batches, progress_bar, record_step, resume_rng, save_checkpoints, wrap_ddp
 from .objectives import (
     LossComputer,
     PoseParameters,
@@ -104,10 +102,7 @@ class Trainer:
 
     # ---- construction ---------------------------------------------------------------------
     def _wrap(self, module: nn.Module) -> nn.Module:
-        if not self.ctx.enabled:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(module, device_ids=ids)
+        return wrap_ddp(module, self.ctx)
 
     def _build_pose_stage(self) -> None:
         p = self.cfg.pose_pretrain
@@ -165,14 +160,7 @@ class Trainer:
 
     def _micro_batches(self, stream: DataStream, wrappers: list):
         """Yield the step's micro-batches; DDP all-reduces gradients only after the last one."""
-        n = self.cfg.train.grad_accum
-        for i in range(n):
-            with contextlib.ExitStack() as stack:
-                if i < n - 1:
-                    for w in wrappers:
-                        if isinstance(w, DDP):
-                            stack.enter_context(w.no_sync())
-                yield self._to_device(stream.next())
+        return micro_batches(self.cfg.train.grad_accum, wrappers, lambda: self._to_device(stream.next()))
 
     def _to_device(self, batch: dict) -> dict:
         def move(v):
