@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ...liveportrait.weights import fold_spectral_norm  # noqa: F401 - the one spectral-norm fold
+
 WS_EPS = 1e-5
 BN_EPS = 1e-5
-
-
-def fold_spectral_norm(weight_orig: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    matrix = weight_orig.reshape(weight_orig.shape[0], -1)
-    sigma = torch.dot(u, matrix @ v)
-    return weight_orig / sigma
 
 
 def fold_weight_standardisation(weight: torch.Tensor) -> torch.Tensor:
