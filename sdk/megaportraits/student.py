@@ -17,16 +17,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .animator import AnimatorOptions, _rgb_frame, run_graph, to_image, to_tensor
 from .bundle import open_bundle
 from .compositing import composite
 from .errors import InputError, MegaportraitsError
 from .faces import CropBox, CropGeometry, FaceTracker, HaarFaceDetector, PasteBack, cut_crop
-from .images import check_size, load_image
+from .images import as_rgb_image, check_size, load_image
 from .schema import AVATAR_INDEX, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT, STUDENT, STUDENT_ROLES
 
 ABSOLUTE_ONLY = ("a student bundle reproduces the driver's absolute motion (it sees only the driver image, so "
@@ -50,8 +52,6 @@ class StudentAnimator:
     """Loads a student bundle and animates its avatars by name (see the module docstring)."""
 
     def __init__(self, bundle, options=None, **overrides):
-        from .animator import AnimatorOptions
-
         if overrides.get("motion") == "relative" or (options is not None and options.motion == "relative"
                                                      and "motion" not in overrides and _explicit(options)):
             raise MegaportraitsError(ABSOLUTE_ONLY)
@@ -70,6 +70,7 @@ class StudentAnimator:
         self._outputs = [IMAGE_OUTPUT] + ([MATTE_OUTPUT] if self.has_matte else [])
         self._geometry = CropGeometry(scale=options.crop_scale)
         self._detector = None
+        self._detector_lock = threading.Lock()
 
     def __enter__(self) -> "StudentAnimator":
         return self
@@ -82,9 +83,10 @@ class StudentAnimator:
 
     @property
     def detector(self):
-        if self._detector is None:
-            self._detector = self.options.detector or HaarFaceDetector()
-        return self._detector
+        with self._detector_lock:  # as Animator.detector: threads' first frames parse the cascade once
+            if self._detector is None:
+                self._detector = self.options.detector or HaarFaceDetector()
+            return self._detector
 
     def prepare(self, name, source_path=None) -> StudentAvatar:
         """The avatar called ``name``; an unknown name is an :class:`InputError` listing the bundle's."""
@@ -117,8 +119,6 @@ class StudentAnimator:
             yield performance(frame)
 
     def animate_frame(self, avatar: StudentAvatar, driver_frame, reference_frame=None) -> np.ndarray:
-        from .images import as_rgb_image
-
         return self.performance(avatar)(as_rgb_image(driver_frame, "driver image"))
 
     def animate_video(self, avatar: StudentAvatar, driver, output, max_frames=None, progress: bool = True):
@@ -138,12 +138,10 @@ class StudentPerformance:
                                      centre_fallback=options.face_fallback == "centre") if options.crop else None)
         self._input = np.empty((1, 3, size, size), np.float32)
         self._index = np.array([avatar.index], dtype=np.int64)
-        self._frame = np.empty((1, 3, size, size), np.float32)
+        self._frame = np.empty((1, 3, size, size), np.float32) if animator.composites else None
         self._session = animator.bundle.sessions[STUDENT]
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        from .animator import _rgb_frame, run_graph, to_image, to_tensor
-
         frame = _rgb_frame(frame)
         check_size(frame.shape[1], frame.shape[0], "driver frame")
         box = self._tracker.update(frame) if self._tracker is not None else CropBox.whole(*frame.shape[:2])
