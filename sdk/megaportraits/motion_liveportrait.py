@@ -40,6 +40,9 @@ ABSOLUTE_EXPRESSION = (
     *((k, slice(0, 3)) for k in (1, 2, 6, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20)),
     (3, slice(1, 2)), (4, slice(1, 2)), (5, slice(2, 3)), (8, slice(2, 3)), (9, slice(1, 3)),
 )
+# the same (keypoint, axis) pairs as two index arrays, so a frame copies them in one assignment
+_ABSOLUTE_ROWS, _ABSOLUTE_AXES = (np.array(v, np.intp) for v in zip(
+    *((k, a) for k, axes in ABSOLUTE_EXPRESSION for a in range(3)[axes])))
 
 
 class KeypointMotion(NamedTuple):
@@ -116,8 +119,7 @@ def absolute_keypoints(source: KeypointMotion, driver: KeypointMotion) -> np.nda
     """LivePortrait's absolute driving: the driver's rotation and translation, the source's
     scale, the driver's expression at :data:`ABSOLUTE_EXPRESSION` and the source's elsewhere."""
     expression = source.expression.copy()
-    for k, axes in ABSOLUTE_EXPRESSION:
-        expression[:, k, axes] = driver.expression[:, k, axes]
+    expression[:, _ABSOLUTE_ROWS, _ABSOLUTE_AXES] = driver.expression[:, _ABSOLUTE_ROWS, _ABSOLUTE_AXES]
     return keypoints(source.canonical, driver.rotation, expression, source.scale, driver.translation)
 
 
