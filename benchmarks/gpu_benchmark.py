@@ -214,7 +214,6 @@ def warp_comparison(device: str, seconds_each: float) -> dict:
             key = f"{label}, {precision}"
             try:
                 options = session_options(0, library)
-                options.enable_profiling = False
                 session = ort.InferenceSession(_one_node(op, data_type), options, providers=providers)
                 binding = session.io_binding()
                 binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(volume, device, 0))

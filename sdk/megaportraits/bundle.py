@@ -189,7 +189,7 @@ def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
         for name, twin in ((spec.file, False), (spec.portable_file, True)):
             if name is not None and name in intact and (role, name) not in read:
                 read.add((role, name))
-                problems += _graph_problems(directory, manifest, role, spec, name, twin=twin and name != spec.file)
+                problems += _graph_problems(directory, manifest, role, spec, name, twin=twin)
     return problems
 
 

@@ -402,12 +402,17 @@ def _graphs(value: Any) -> dict:
     return graphs
 
 
+def _sha256(value: Any, key: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not set(value) <= _HEX:
+        raise _wrong(key, value, "a sha256 hex digest (64 lowercase hex digits)")
+    return value
+
+
 def _files(value: Any) -> dict:
     if not isinstance(value, dict):
         raise _wrong("files", value, "an object mapping file name -> sha256 hex digest")
     for name, digest in value.items():
-        if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
-            raise _wrong(f"files.{name[:60]}", digest, "a sha256 hex digest (64 lowercase hex digits)")
+        _sha256(digest, f"files.{name[:60]}")
     return dict(value)
 
 
@@ -476,9 +481,7 @@ def _student(value: Any, graphs: dict) -> dict | None:
     _require(value, ("avatars", "teacher"), "student", "an object {avatars, teacher}")
     teacher = value["teacher"]
     _require(teacher, ("manifest_sha256",), "student.teacher", "an object {manifest_sha256, ...}")
-    digest = teacher["manifest_sha256"]
-    if not isinstance(digest, str) or len(digest) != 64 or not set(digest) <= _HEX:
-        raise _wrong("student.teacher.manifest_sha256", digest, "a sha256 hex digest (64 lowercase hex digits)")
+    _sha256(teacher["manifest_sha256"], "student.teacher.manifest_sha256")
     avatars = _list(value["avatars"], "student.avatars", "a list of avatars")
     if not avatars:
         raise _wrong("student.avatars", avatars, "at least one avatar")

@@ -85,13 +85,11 @@ def model_interface(path: str | os.PathLike) -> ModelInterface:
 def read_model(path: str | os.PathLike) -> tuple[list[ExternalRef], ModelInterface]:
     """Both answers from one pass over the file (the pass is the cost: ~10^5 fields per model)."""
     found = _with_model_bytes(path, _read)
+    if not found.has_graph:
+        raise ModelFileError("the file holds no graph")
     interface = ModelInterface(inputs=tuple(v for v in found.inputs if v.name not in found.initializers),
                                outputs=tuple(found.outputs), ops=frozenset(found.ops))
-    return found.refs, interface if found.has_graph else _no_graph()
-
-
-def _no_graph():
-    raise ModelFileError("the file holds no graph")
+    return found.refs, interface
 
 
 def _with_model_bytes(path, read):
