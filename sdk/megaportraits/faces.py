@@ -56,9 +56,9 @@ def detect_faces(detector, frame: np.ndarray) -> np.ndarray:
     if (w <= 0).any() or (h <= 0).any():
         raise InputError(f"{problem} a box without a positive width and height; {expected}")
     limit = MAX_BOX_SCALE * max(height, width)
-    if ((w > limit) | (h > limit) | (x + w <= 0) | (y + h <= 0) | (x >= width) | (y >= height)).any():
-        bad = boxes[int(np.argmax((w > limit) | (h > limit) | (x + w <= 0) | (y + h <= 0)
-                                  | (x >= width) | (y >= height)))]
+    misfit = (w > limit) | (h > limit) | (x + w <= 0) | (y + h <= 0) | (x >= width) | (y >= height)
+    if misfit.any():
+        bad = boxes[int(np.argmax(misfit))]
         raise InputError(f"{problem} the box {tuple(float(v) for v in bad)}, which does not fit the "
                          f"{width}x{height} frame; {expected}")
     return boxes
