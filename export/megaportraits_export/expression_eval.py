@@ -45,6 +45,7 @@ from megaportraits_export import command, metrics
 from megaportraits_export.data.expression_pairs import (STRONG_EXPRESSIONS, expression_region, neutral_expression,
                                                          strong_expression)
 from megaportraits_export.evaluation.options import add_evaluation_options, check_counts
+from megaportraits_export.evaluation.reenactors import to_uint8
 
 DEFAULT_PAIRS = 48
 DEFAULT_IDENTITIES = 32
@@ -130,9 +131,10 @@ class CheckpointExpressionReenactor:
             pose, expression = relative_motion((avatar.pose, avatar.expression),
                                                tuple(self.model.driver_branch(driver[part])),
                                                tuple(self.model.driver_branch(reference[part])))
+            plates = self.shown.backdrop_plates(avatar, source[part])  # per avatar, not per rendering
             for code, z in (("driver_code", expression), ("source_code", avatar.expression)):
                 rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, pose, z)
-                outputs[code].append(self.shown._shown(rendering, avatar, source[part]))
+                outputs[code].append(self.shown.shown_image(rendering, plates))
         return {code: torch.cat(v).clamp(0.0, 1.0) for code, v in outputs.items()}
 
 
@@ -153,22 +155,18 @@ class BundleExpressionReenactor:
 
         outputs = {code: [] for code in CODES}
         for n in range(source.shape[0]):
-            avatar = self.animator.prepare(_to_uint8(source[n]))
+            avatar = self.animator.prepare(to_uint8(source[n]))
             performance = self.animator.performance(avatar)
-            performance.set_reference(_to_uint8(reference[n]))
-            shown = performance(_to_uint8(driver[n]))  # the public path: what a user gets
+            performance.set_reference(to_uint8(reference[n]))
+            driver_frame = to_uint8(driver[n])
+            shown = performance(driver_frame)  # the public path: what a user gets
             # the same relative pose with the avatar's own expression: the generator step of
             # the Performance, fed a motion of our making
-            motion = performance._relative(performance._driver_motion(_to_uint8(driver[n])))
+            motion = performance._relative(performance._driver_motion(driver_frame))
             own = to_image(performance._generate(Motion(motion.pose, avatar.motion.expression)))
             for code, frame in (("driver_code", shown), ("source_code", own)):
                 outputs[code].append(torch.from_numpy(frame.astype(np.float32) / 255.0).permute(2, 0, 1))
         return {code: torch.stack(v) for code, v in outputs.items()}
-
-
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) RGB uint8, as an image file would hold it."""
-    return (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
 # ---- scores ----------------------------------------------------------------------------------------

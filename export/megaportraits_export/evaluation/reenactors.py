@@ -54,23 +54,35 @@ class CheckpointReenactor:
                 base = tuple(self.model.driver_branch(reference[part]))
                 motion = relative_motion((avatar.pose, avatar.expression), motion, base)
             rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion)
-            outputs.append(self._shown(rendering, avatar, source[part]))
+            outputs.append(self.shown_image(rendering, self.backdrop_plates(avatar, source[part])))
         return torch.cat(outputs).clamp(0.0, 1.0)
 
-    def _shown(self, rendering: torch.Tensor, avatar, source: torch.Tensor) -> torch.Tensor:
-        """The image a user sees: the rendering, composited over the backdrop for a matte model."""
-        from megaportraits.compositing import background_plate, composite
+    def backdrop_plates(self, avatar, source: torch.Tensor) -> np.ndarray | None:
+        """The sources' inpainted backdrops (N, 3, S, S), once per batch of avatars; None when
+        nothing is composited (no matte, or ``background="generated"``)."""
+        from megaportraits.compositing import background_plate
 
         from megaportraits_export.model import split_matte
 
-        image, matte = split_matte(rendering)
-        if matte is None or self.background == "generated":
-            return image
+        if not self.model.config.matte or self.background == "generated":
+            return None
         # the backdrop is cut out with the matte of the source re-rendered with its own motion,
         # as the SDK does when it prepares an avatar
         own = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, avatar.pose, avatar.expression)
         source_matte = split_matte(own)[1].numpy()
-        plates = np.stack([background_plate(s.numpy(), m) for s, m in zip(source, source_matte)])
+        return np.stack([background_plate(s.numpy(), m) for s, m in zip(source, source_matte)])
+
+    @staticmethod
+    def shown_image(rendering: torch.Tensor, plates: np.ndarray | None) -> torch.Tensor:
+        """The image a user sees: the rendering, composited over ``plates`` (from
+        :meth:`backdrop_plates`) for a matte model."""
+        from megaportraits.compositing import composite
+
+        from megaportraits_export.model import split_matte
+
+        image, matte = split_matte(rendering)
+        if plates is None:
+            return image
         return torch.from_numpy(composite(image.numpy(), matte.numpy(), plates))
 
     @torch.no_grad()
@@ -105,13 +117,13 @@ class BundleReenactor:
         animator = self.animators["absolute" if reference is None else "relative"]
         outputs = []
         for n in range(source.shape[0]):
-            avatar = animator.prepare(_to_uint8(source[n]))
-            frame = animator.animate_frame(avatar, _to_uint8(driver[n]),
-                                           reference_frame=None if reference is None else _to_uint8(reference[n]))
+            avatar = animator.prepare(to_uint8(source[n]))
+            frame = animator.animate_frame(avatar, to_uint8(driver[n]),
+                                           reference_frame=None if reference is None else to_uint8(reference[n]))
             outputs.append(torch.from_numpy(frame.astype(np.float32) / 255.0).permute(2, 0, 1))
         return torch.stack(outputs)
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
+def to_uint8(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> (H, W, 3) RGB uint8, as an image file would hold it."""
     return (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
