@@ -19,7 +19,6 @@ and pastes the crop back; ``--keep-green`` exports their raw rendering instead.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ... import command
 from ...config import RESNET18, RESNET50, ModelConfig, get_config
 from . import LICENCE, SOURCE_REPOSITORY
 from .keymap import Conversion, ConversionError, load_into, map_head_pose_state, map_model_state
@@ -182,9 +182,8 @@ def provenance(checkpoint: Path, head_pose: Path, conversion: Conversion, matte:
     }
 
 
-def _parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m megaportraits_export convert emoportraits",
-                                description="Convert an official EMOPortraits stage-1 checkpoint into a bundle.")
+def build_parser():
+    p = command.parser("convert emoportraits", "Convert an official EMOPortraits stage-1 checkpoint into a bundle.")
     p.add_argument("--checkpoint", required=True, type=Path, help="their NNN_model.pth (stage-1 state dict)")
     p.add_argument("--head-pose", required=True, type=Path, help="their repos/head_pose_regressor.pth")
     p.add_argument("--args", type=Path, help="their logs/<experiment>/args.txt: take the architecture from it "
@@ -194,11 +193,17 @@ def _parse_args(argv) -> argparse.Namespace:
     p.add_argument("--portable", action="store_true", help="standard ONNX ops only (no custom-op library)")
     p.add_argument("--keep-green", action="store_true",
                    help="export their raw rendering on green, without the keyed matte")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv=None) -> int:
-    a = _parse_args(argv)
+def _convert(a) -> int:
+    try:
+        return _convert_checkpoint(a)
+    except ConversionError as error:   # their files are not what this converter understands
+        raise command.CommandError(str(error)) from None
+
+
+def _convert_checkpoint(a) -> int:
     from ...onnx_export import export_bundle   # heavy (onnx, exporter): after argument checks
     steps = 3
     start = time.time()
@@ -206,24 +211,22 @@ def main(argv=None) -> int:
     def step(index: int, text: str) -> None:
         print(f"[{index}/{steps}] {text} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
 
-    try:
-        if a.output.resolve() in (a.checkpoint.resolve(), a.head_pose.resolve()):
-            raise ConversionError("the output directory must not be one of the input files")
-        step(1, "reading and mapping their weights")
-        base = config_from_arguments(read_arguments(a.args)) if a.args else get_config(PRESET)
-        if base != get_config(PRESET):   # other widths than the released model: say so in the manifest
-            base = base.replace(name=f"{PRESET}_custom")
-        config = base.replace(matte=not a.keep_green)
-        model, conversion = convert_checkpoint(a.checkpoint, a.head_pose, config)
-        step(2, f"mapped {conversion.used} tensors (folds {conversion.folded}); exporting the graphs")
-        export_bundle(model, model.config, a.output, preset=config.name,
-                      provenance=provenance(a.checkpoint, a.head_pose, conversion, matte=not a.keep_green),
-                      portable=a.portable, verify=a.verify)
-        step(3, f"wrote {a.output}" + (" (verified in ONNX Runtime)" if a.verify else ""))
-    except (ConversionError, OSError) as error:
-        print(f"megaportraits_export: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("megaportraits_export: interrupted: no bundle written", file=sys.stderr)
-        return 130
+    if a.output.resolve() in (a.checkpoint.resolve(), a.head_pose.resolve()):
+        raise command.CommandError("the output directory must not be one of the input files")
+    step(1, "reading and mapping their weights")
+    base = config_from_arguments(read_arguments(a.args)) if a.args else get_config(PRESET)
+    if base != get_config(PRESET):   # other widths than the released model: say so in the manifest
+        base = base.replace(name=f"{PRESET}_custom")
+    config = base.replace(matte=not a.keep_green)
+    model, conversion = convert_checkpoint(a.checkpoint, a.head_pose, config)
+    step(2, f"mapped {conversion.used} tensors (folds {conversion.folded}); exporting the graphs")
+    export_bundle(model, model.config, a.output, preset=config.name,
+                  provenance=provenance(a.checkpoint, a.head_pose, conversion, matte=not a.keep_green),
+                  portable=a.portable, verify=a.verify)
+    step(3, f"wrote {a.output}" + (" (verified in ONNX Runtime)" if a.verify else ""))
     return 0
+
+
+def main(argv=None) -> int:
+    """The shared conventions of every export subcommand (one error line, exit 1; Ctrl-C 130)."""
+    return command.run(_convert, build_parser().parse_args(sys.argv[1:] if argv is None else argv))
