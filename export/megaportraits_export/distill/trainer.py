@@ -31,6 +31,7 @@ from megaportraits_export.distill.targets import Targets
 from megaportraits_export.networks.student import Student, build_student
 from megaportraits_export.student_config import StudentConfig
 from megaportraits_export.training import distributed
+from megaportraits_export.training.loop import wrap_ddp
 from megaportraits_export.training.state import capture_rng, restore_rng
 
 CHECKPOINT = "student_checkpoint.pt"
@@ -123,10 +124,7 @@ def distill(config: StudentConfig, targets: Targets, out: Path, options: Distill
             start = state["step"]
             if ctx.is_main:
                 print(f"distill: resuming at step {start} from {checkpoint}", file=sys.stderr, flush=True)
-        model = student
-        if ctx.enabled:
-            model = torch.nn.parallel.DistributedDataParallel(student, device_ids=[ctx.local_rank]
-                                                              if ctx.device.type == "cuda" else None)
+        model = wrap_ddp(student, ctx)
         loss_fn = DistillLoss(options.perceptual_weight, options.vgg_weights).to(ctx.device)
         logger = _logger(out) if ctx.is_main else None
         started = time.perf_counter()
@@ -146,9 +144,10 @@ def distill(config: StudentConfig, targets: Targets, out: Path, options: Distill
                 if logger is not None:
                     for name, value in terms.items():
                         logger.add_scalar(f"distill/{name}", float(value.detach()), done)
-            if ctx.is_main and (done % options.save_every == 0 or done == options.steps):
-                save_checkpoint(checkpoint, student, optimizer, done, options, extra)
-            ctx.barrier()
+            if done % options.save_every == 0 or done == options.steps:
+                if ctx.is_main:
+                    save_checkpoint(checkpoint, student, optimizer, done, options, extra)
+                ctx.barrier()  # on save steps only: every rank reaches them, none waits per step
         if logger is not None:
             logger.close()
         return student
