@@ -120,30 +120,32 @@ SYNTHETIC_MODEL_NOTE = ("note: this model was trained only on synthetic rendered
 
 
 def _run_animation(args, source, driver, output, bundle, users_photo: bool = False) -> int:
-    from .student import is_student_bundle, run_cli
-
-    if bundle is not None and is_student_bundle(bundle):  # SOURCE is one of its avatars' names
-        return run_cli(args, source, driver, output, bundle, _shown, PROG)
     from .files import check_output_path, check_readable_file
     from .images import OUTPUT_IMAGE_EXTENSIONS, is_image_path, load_image, save_image
+    from .student import is_student_bundle
 
+    student = bundle is not None and is_student_bundle(bundle)  # SOURCE is then one of its avatars' names
     single_image = is_image_path(driver)
-    check_output_path(output, OUTPUT_IMAGE_EXTENSIONS if single_image else (".mp4",),
-                      inputs={"source image": source, "driver image" if single_image else "driver video": driver})
+    driver_role = "driver image" if single_image else "driver video"
+    inputs = {driver_role: driver} if student else {"source image": source, driver_role: driver}
+    check_output_path(output, OUTPUT_IMAGE_EXTENSIONS if single_image else (".mp4",), inputs=inputs)
     replacing = Path(output).exists()
-    check_readable_file(driver, "driver image" if single_image else "driver video")
+    check_readable_file(driver, driver_role)
     if args.max_frames is not None and args.max_frames < 1:
         raise MegaportraitsError(f"--max-frames must be at least 1, not {args.max_frames}")
-    source_image = load_image(source, "source image")
+    source_image = None if student else load_image(source, "source image")
     driver_image = load_image(driver, "driver image") if single_image else None
-    motion = args.motion or ("absolute" if single_image else "relative")
+    # a student sees only the driver image: absolute motion (an explicit --relative is refused)
+    motion = args.motion or ("absolute" if single_image or student else "relative")
     with _animator(args, bundle, motion) as animator:
-        if users_photo and animator.bundle.manifest.trained_on_synthetic_data:
-            print(f"{PROG}: {SYNTHETIC_MODEL_NOTE}", file=sys.stderr)
-        avatar = animator.prepare(source_image, source_path=source)
+        if student:
+            avatar = animator.prepare(source)
+        else:
+            if users_photo and animator.bundle.manifest.trained_on_synthetic_data:
+                print(f"{PROG}: {SYNTHETIC_MODEL_NOTE}", file=sys.stderr)
+            avatar = animator.prepare(source_image, source_path=source)
         if single_image:
-            save_image(output, animator.animate_frame(avatar, driver_image), inputs={"source image": source,
-                                                                                    "driver image": driver})
+            save_image(output, animator.animate_frame(avatar, driver_image), inputs=inputs)
             print(f"{PROG}: wrote {_shown(output)}" + (" (replaced the existing file)" if replacing else ""),
                   file=sys.stderr)
             return 0
@@ -151,9 +153,10 @@ def _run_animation(args, source, driver, output, bundle, users_photo: bool = Fal
                                         progress=not args.quiet)
     audio = f", audio {result.audio}" if result.audio else ", no audio"
     damaged = ", the driver is truncated: see the warning" if result.damage else ""
+    of_student = f", avatar {source!r} of the student" if student else ""
     replaced = "; replaced the existing file" if replacing else ""
     print(f"{PROG}: wrote {_shown(result.path)} ({result.frames} frames at {float(result.fps):g} fps{audio}{damaged}"
-          f"{replaced})", file=sys.stderr)
+          f"{of_student}{replaced})", file=sys.stderr)
     return 0
 
 

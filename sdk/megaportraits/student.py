@@ -172,32 +172,3 @@ def is_student_bundle(directory) -> bool:
         return False
     except OSError:
         return False
-
-
-def run_cli(args, name: str, driver, output, bundle, shown, prog: str) -> int:
-    """``megaportraits animate --bundle STUDENT NAME DRIVER -o OUT``: the command's student path."""
-    import sys
-
-    from .files import check_output_path, check_readable_file
-    from .images import OUTPUT_IMAGE_EXTENSIONS, is_image_path, save_image
-
-    if args.motion == "relative":
-        raise MegaportraitsError(ABSOLUTE_ONLY)
-    single_image = is_image_path(driver)
-    check_output_path(output, OUTPUT_IMAGE_EXTENSIONS if single_image else (".mp4",),
-                      inputs={"driver image" if single_image else "driver video": driver})
-    check_readable_file(driver, "driver image" if single_image else "driver video")
-    with StudentAnimator(bundle, provider=args.provider, threads=args.threads, crop=not args.no_crop,
-                         background=args.background,
-                         paste_back=not args.no_paste_back,
-                         face_fallback="centre" if args.centre_crop else "error") as animator:
-        avatar = animator.prepare(name)
-        if single_image:
-            save_image(output, animator.animate_frame(avatar, load_image(driver, "driver image")),
-                       inputs={"driver image": driver})
-            print(f"{prog}: wrote {shown(output)}", file=sys.stderr)
-            return 0
-        result = animator.animate_video(avatar, driver, output, max_frames=args.max_frames, progress=not args.quiet)
-    print(f"{prog}: wrote {shown(result.path)} ({result.frames} frames at {float(result.fps):g} fps, "
-          f"avatar {name!r} of the student)", file=sys.stderr)
-    return 0
