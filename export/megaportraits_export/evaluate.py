@@ -51,7 +51,7 @@ def _evaluate(args) -> int:
     if args.checkpoint:
         from megaportraits_export.checkpoint import load_model_from_checkpoint
 
-        model, _, _ = load_model_from_checkpoint(args.checkpoint)
+        model, config, provenance = load_model_from_checkpoint(args.checkpoint)
         reenactor = CheckpointReenactor(model, background=args.background)
         subject = f"checkpoint {args.checkpoint}"
     else:
@@ -70,15 +70,17 @@ def _evaluate(args) -> int:
                   f"{e['pitch_deg']:.2f} deg, roll {e['roll_deg']:.2f} deg, translation {e['translation']:.4f}, "
                   f"scale {100 * e['scale_relative']:.2f} %")
     if args.write_provenance:
-        write_metrics_to_checkpoint(args.checkpoint, results)
+        write_metrics_to_checkpoint(args.checkpoint, model, config, provenance, results)
     return 0
 
 
-def write_metrics_to_checkpoint(path: str, results: dict) -> None:
-    """Re-save the checkpoint with ``provenance["metrics"]`` set to ``results``."""
-    from megaportraits_export.checkpoint import load_model_from_checkpoint, save_checkpoint
+def write_metrics_to_checkpoint(path: str, model, config, provenance: dict, results: dict) -> None:
+    """Re-save the checkpoint at ``path`` (``model``, ``config``, ``provenance`` as
+    :func:`~megaportraits_export.checkpoint.load_model_from_checkpoint` gave them, not loaded
+    twice) with ``provenance["metrics"]`` set to ``results``."""
+    from megaportraits_export.checkpoint import save_checkpoint
 
-    model, config, provenance = load_model_from_checkpoint(path)
+    provenance = dict(provenance)
     for added_by_loader in ("preset", "checkpoint"):
         provenance.pop(added_by_loader, None)
     provenance["metrics"] = {"evaluation": results}
