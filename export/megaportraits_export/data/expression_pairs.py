@@ -9,13 +9,17 @@ exact pixels that the expression changes:
 - :func:`expression_region`: the pixels where two renderings of the same person with the same
   pose but different expressions differ (slightly dilated: a feature that lands a pixel off
   still counts as the feature);
+- :func:`face_feature_region`: the pixels of one rendering's eyes, brows, mouth, nose and
+  glasses (where it differs from the same head drawn without them), so that features can be
+  learnt in every self-reconstruction, not only where two expressions differ;
 - :func:`strong_expression`: a clearly visible expression (open mouth, closed eyes, raised
   brows, a smile), what the expression evaluation drives neutral sources with;
 - :class:`ExpressionPairHeads`: self-reenactment pairs like ``SyntheticTalkingHeads`` plus
   ``driver_expression_region``, the region where the driver's expression differs from the
   source's, seen in the driver's pose (:mod:`megaportraits_export.losses.region` weighs the
-  reconstruction there). Half the drivers (``strong_fraction``) show a strong expression to a
-  mild source, so the expression path has something to carry in most batches.
+  reconstruction there), and ``driver_feature_region``, the driver's face features. Half the
+  drivers (``strong_fraction``) show a strong expression to a mild source, so the expression
+  path has something to carry in most batches.
 
 Both the training set and the evaluation (:mod:`megaportraits_export.expression_eval`) derive
 their regions with the same function, so "the expression region" means one thing.
@@ -52,6 +56,16 @@ def expression_region(image: np.ndarray, other: np.ndarray) -> np.ndarray:
     radius = max(1, round(REGION_DILATION_PX * image.shape[0] / 128))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     return cv2.dilate(differs.astype(np.uint8), kernel).astype(bool)
+
+
+def face_feature_region(identity: Identity, pose, expression: Expression, size: int,
+                        image: np.ndarray | None = None) -> np.ndarray:
+    """(size, size) bool: the eyes, brows, mouth, nose and glasses of ``identity`` rendered with
+    ``pose`` and ``expression`` (``image``, that rendering, when the caller already has it),
+    as :func:`expression_region` of it against the same head drawn without its features."""
+    if image is None:
+        image = render(identity, pose, expression, size)
+    return expression_region(image, render(identity, pose, expression, size, face_features=False))
 
 
 def neutral_expression(rng: np.random.Generator) -> Expression:
@@ -104,8 +118,10 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
     both are ``HeadMotion.random``. Keys as ``SyntheticTalkingHeads``' first pair (``source``,
     ``driver``, ``driver_input``, masks, ``*_pose_params``, ``*_expression_params``,
     ``identity``) plus ``driver_expression_region`` (1, S, S) in {0, 1}: where the driver
-    differs from the same person in the driver's pose with the source's expression. No second
-    pair: the recipes that use this set train without the cycle loss.
+    differs from the same person in the driver's pose with the source's expression, and
+    ``driver_feature_region`` (1, S, S) in {0, 1}: the driver's face features
+    (:func:`face_feature_region`). No second pair: the recipes that use this set train without
+    the cycle loss.
     """
 
     def __init__(self, num_identities: int, size: int = 128, seed: int = 0, split: str = "train",
@@ -135,6 +151,7 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
         driver, driver_mask = render(identity, driver_motion.pose, driver_motion.expression, self.size, True)
         counterfactual = render(identity, driver_motion.pose, source_motion.expression, self.size)
         region = expression_region(driver, counterfactual)
+        features = face_feature_region(identity, driver_motion.pose, driver_motion.expression, self.size, driver)
         driver_t = _tensor(driver)
         return {
             "source": _tensor(source),
@@ -143,6 +160,7 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
             "source_mask": _tensor(source_mask),
             "driver_mask": _tensor(driver_mask),
             "driver_expression_region": torch.from_numpy(region[None].astype(np.float32)),
+            "driver_feature_region": torch.from_numpy(features[None].astype(np.float32)),
             "source_pose_params": torch.from_numpy(source_motion.pose.model_parameters()),
             "driver_pose_params": torch.from_numpy(driver_motion.pose.model_parameters()),
             "source_expression_params": torch.from_numpy(source_motion.expression.as_array()),

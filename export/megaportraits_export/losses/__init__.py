@@ -31,7 +31,9 @@ class LossWeights:
     paper does not have: a model that predicts its matte (``ModelConfig.matte``) learns it from
     the foreground masks, because it is trained, like the paper's, on the foreground only. ``expression`` weighs
     :func:`region_l1` on the pairs' expression regions (``ExpressionPairHeads``): the term that
-    makes the expression code matter on small synthetic faces.
+    makes the expression code matter on small synthetic faces. ``features`` weighs it on the
+    driver's face features (eyes, brows, mouth, nose, glasses; ``driver_feature_region``), so a
+    model learns to render them in every pair, not only where two expressions differ.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -43,6 +45,7 @@ class LossWeights:
     l1: float = 0.0
     matte: float = 1.0             # not the paper's: pyramid L1 of a matte model's matte to the mask
     expression: float = 0.0        # not the paper's: L1 on the pixels the driver's expression changes
+    features: float = 0.0          # not the paper's: L1 on the driver's eyes, brows, mouth, nose
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

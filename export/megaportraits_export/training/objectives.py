@@ -169,6 +169,12 @@ class LossComputer:
                 raise ValueError("the expression loss needs the pairs' expression regions: set [data] "
                                  "expression_regions = true (synthetic heads)")
             terms["expression"] = losses.region_l1(prediction, target, region)
+        if self.weights.features:
+            features = batch.get("driver_feature_region")
+            if features is None:
+                raise ValueError("the features loss needs the pairs' face-feature regions: set [data] "
+                                 "expression_regions = true (synthetic heads)")
+            terms["features"] = losses.region_l1(prediction, target, features)
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():

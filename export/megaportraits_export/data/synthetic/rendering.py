@@ -215,13 +215,14 @@ def _draw_face(canvas, identity, geometry, camera, expression, line_width):
 
 
 def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Expression(),
-           size: int = 128, with_mask: bool = False):
+           size: int = 128, with_mask: bool = False, face_features: bool = True):
     """``identity`` with ``pose`` and ``expression`` as a ``(size, size, 3)`` uint8 RGB image.
 
     With ``with_mask``, returns ``(image, mask)``: ``mask`` (size, size) uint8 is the person's
     coverage (255 on the head, hair, neck and shoulders, 0 on the backdrop, soft at edges), the
     foreground the paper computes its losses on. Deterministic: the same arguments always give
-    the same bytes.
+    the same bytes. ``face_features=False`` leaves out the eyes, brows, mouth, nose and glasses
+    (a bare head): where the two renderings differ is where the face's features are.
     """
     canvas_size = size * _SUPERSAMPLE
     canvas = _background(identity, canvas_size).copy()
@@ -229,7 +230,7 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
     geometry = _static_geometry(identity)
     _draw_body(canvas, identity, geometry, camera)
     _draw_head(canvas, identity, geometry, camera, expression)
-    if camera.facing(np.array([0.0, 0.0, -1.0])) < 0.2:
+    if face_features and camera.facing(np.array([0.0, 0.0, -1.0])) < 0.2:
         _draw_face(canvas, identity, geometry, camera, expression, line_width=max(1, round(canvas_size / 128)))
     rgba = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     image = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
