@@ -52,6 +52,7 @@ from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDe
 from .images import OUTPUT_IMAGE_EXTENSIONS, as_rgb_image, check_size, save_image, to_rgb8
 from . import motion_liveportrait
 from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
+from .precision import check_precision_choice
 from .providers import device_of
 from .schema import LIVEPORTRAIT
 from .schema import BASE_IMAGE, BASE_MATTE, ENHANCER
@@ -85,6 +86,8 @@ class AnimatorOptions:
                                       # generator's image as it is (models without a matte: always)
     enhance: bool = True              # run the bundle's enhancer when it has one (frames at its size);
                                       # False: frames at the base model's size
+    precision: str = "auto"           # auto | fp32 | fp16 | int8: which of the bundle's graph flavours
+                                      # run (auto: the fastest the provider runs well; megaportraits.precision)
 
     def validate(self) -> "AnimatorOptions":
         if (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
@@ -96,6 +99,7 @@ class AnimatorOptions:
         if self.face_fallback not in FACE_FALLBACKS:
             raise MegaportraitsError(f"face_fallback must be one of {', '.join(FACE_FALLBACKS)}, "
                                      f"not {self.face_fallback!r}")
+        check_precision_choice(self.precision)
         if self.background not in BACKGROUNDS:
             raise MegaportraitsError(f"background must be one of {', '.join(BACKGROUNDS)}, not {self.background!r}")
         if not (isinstance(self.crop_scale, numbers.Real) and math.isfinite(self.crop_scale)
@@ -149,7 +153,7 @@ class Animator:
         options = dataclasses.replace(options or AnimatorOptions(), **overrides).validate()
         self.options = options
         self.bundle: Bundle = open_bundle(bundle, provider=options.provider, threads=options.threads,
-                                          portable=options.portable)
+                                          portable=options.portable, precision=options.precision)
         self.image_size = self.bundle.image_size
         #: the bundle's enhancer runs on every frame (it has one and enhance is on)
         self.enhances = bool(options.enhance) and ENHANCER in self.bundle.manifest.graphs

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from . import manifest as mf
 from .errors import BundleError, CustomOpError
 from .onnx_refs import ModelFileError, read_model
-from .precision import precision_problem
+from .precision import choose_precisions
 from .providers import resolve_providers
 from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
 from .schema import STUDENT_ROLES
@@ -186,7 +186,8 @@ def _file_problems(directory: Path, manifest: mf.Manifest) -> list:
             problems.append(str(e))
     read = set()  # a graph without the custom op is its own twin: read it once
     for role, spec in manifest.graphs.items():
-        for name, twin in ((spec.file, False), (spec.portable_file, True)):
+        pairs = [(spec.file, spec.portable_file)] + [(f.file, f.portable_file) for f in spec.flavours]
+        for name, twin in [(file, False) for file, _ in pairs] + [(twin, True) for _, twin in pairs]:
             if name is not None and name in intact and (role, name) not in read:
                 read.add((role, name))
                 problems += _graph_problems(directory, manifest, role, spec, name, twin=twin)
@@ -280,37 +281,47 @@ class Bundle:
     portable: bool
     sessions: dict = field(default_factory=dict)
     custom_op_library: str | None = None
+    precisions: dict = field(default_factory=dict)  # role -> the flavour that runs (absent: the main file's)
 
     @property
     def image_size(self) -> int:
         return self.manifest.image_size
 
+    def precision(self, role: str) -> str:
+        """The precision the ``role`` graph runs in."""
+        return self.precisions.get(role) or self.manifest.graphs[role].precision
+
     def graph_path(self, role: str) -> Path:
-        return self.directory / self.manifest.graph_file(role, portable=self.portable)
+        return self.directory / self.manifest.graph_file(role, portable=self.portable,
+                                                         precision=self.precisions.get(role))
 
 
 def open_bundle(directory: str | Path | None = None,
                 provider: str = "auto",
                 threads: int = 0,
                 portable: bool = False,
-                roles: tuple = BASE_ROLES) -> Bundle:
+                roles: tuple = BASE_ROLES,
+                precision: str = "auto") -> Bundle:
     """Validate the bundle at ``directory`` (default: the bundled demo model) and open its
-    sessions. Raises :class:`BundleError` or :class:`ProviderError` with the reason."""
+    sessions, each graph in the precision :func:`megaportraits.precision.choose_precisions`
+    picks for the provider and ``precision`` (auto | fp32 | fp16 | int8). Raises
+    :class:`BundleError` or :class:`ProviderError` with the reason."""
     report = validate_bundle(directory, portable=portable)
     report.raise_for_problems()
     providers = resolve_providers(provider)
-    problem = precision_problem(report.manifest, providers)  # e.g. fp16 graphs on the CPU
-    if problem:
-        raise BundleError(problem)
-    bundle, flavour = _open_sessions(report, providers, threads, roles)
+    choice = choose_precisions(report.manifest, providers, precision,  # e.g. fp16 graphs on the CPU
+                               custom_op_graphs=not report.flavour.portable, library=report.flavour.library)
+    choice.raise_for_problem()
+    bundle, flavour = _open_sessions(report, providers, threads, roles, choice.graphs)
     if flavour.fallback_reason is not None:
         warn_fallback(flavour.fallback_reason)
     return bundle
 
 
-def _open_sessions(report: BundleReport, providers: list, threads: int, roles: tuple) -> tuple:
+def _open_sessions(report: BundleReport, providers: list, threads: int, roles: tuple,
+                   precisions: dict | None = None) -> tuple:
     """(the Bundle with a session per role, the flavour that runs: the portable twins when
-    registering the op library fails)."""
+    registering the op library fails). ``precisions``: role -> flavour (default: main files)."""
     manifest, flavour = report.manifest, report.flavour
     try:
         options = session_options(threads, flavour.library)
@@ -319,7 +330,8 @@ def _open_sessions(report: BundleReport, providers: list, threads: int, roles: t
         if flavour.problem:
             raise BundleError(flavour.problem) from None
         options = session_options(threads)
-    bundle = Bundle(report.directory, manifest, providers, flavour.portable, custom_op_library=flavour.library)
+    bundle = Bundle(report.directory, manifest, providers, flavour.portable, custom_op_library=flavour.library,
+                    precisions=dict(precisions or {}))
     for role in roles:
         bundle.sessions[role] = _open_session(bundle, role, options)
     return bundle, flavour

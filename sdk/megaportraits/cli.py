@@ -45,6 +45,11 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime execution provider (default: auto, CUDA when available)")
     p.add_argument("--threads", type=_thread_count, default=0, metavar="N",
                    help="CPU threads for ONNX Runtime (default: 0, its own choice)")
+    from .precision import PRECISION_CHOICES
+
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="which of the bundle's graph flavours run (default: auto, the fastest the provider runs "
+                        "well: int8 on the CPU, fp16 on CUDA, else fp32); one the provider cannot run is refused")
 
 
 def _thread_count(text: str) -> int:
@@ -95,7 +100,7 @@ def _animator(args, bundle, motion: str):
     return Animator(bundle, provider=args.provider, threads=args.threads, motion=motion,
                     smooth=args.smooth, crop=not args.no_crop, paste_back=not args.no_paste_back,
                     face_fallback="centre" if args.centre_crop else "error", background=args.background,
-                    enhance=not args.no_enhance)
+                    enhance=not args.no_enhance, precision=args.precision)
 
 
 # ---- animate -----------------------------------------------------------------------------

@@ -58,15 +58,52 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class GraphFlavour:
+    """Another precision of a graph, carried beside its main file: the same inputs and outputs
+    (float32), its own file and portable twin (``export --precision fp32,int8``)."""
+
+    precision: str
+    file: str
+    portable_file: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, **({"portable_file": self.portable_file} if self.portable_file else {})}
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     """One ONNX graph of the bundle, and optionally its portable twin (standard ops only).
-    ``precision``: fp32, fp16 or int8 (both files have the same; inputs and outputs stay float32)."""
+    ``precision``: fp32, fp16 or int8 (both files have the same; inputs and outputs stay float32).
+    ``flavours``: the same graph in other precisions (:class:`GraphFlavour`), which the SDK picks
+    from by provider and option (:mod:`megaportraits.precision`); a bundle without them (every
+    bundle written before them) has one flavour per graph, its main file."""
 
     file: str
     inputs: tuple
     outputs: tuple
     portable_file: str | None = None
     precision: str = "fp32"
+    flavours: tuple = ()  # GraphFlavour, none of them of ``precision``
+
+    @property
+    def precisions(self) -> tuple:
+        """Every precision this graph is carried in, its main file's first."""
+        return (self.precision,) + tuple(f.precision for f in self.flavours)
+
+    def files_of(self, precision: str | None = None) -> tuple:
+        """(file, portable_file) of the graph in ``precision`` (None: the main file's)."""
+        if precision is None or precision == self.precision:
+            return self.file, self.portable_file
+        for flavour in self.flavours:
+            if flavour.precision == precision:
+                return flavour.file, flavour.portable_file
+        raise BundleError(f"this bundle has no {precision} flavour of the graph {self.file!r} "
+                          f"(it has {', '.join(self.precisions)})")
+
+    def all_files(self) -> list:
+        """Every graph file of every flavour (portable twins included)."""
+        return [f for pair in [(self.file, self.portable_file)] + [(f.file, f.portable_file) for f in self.flavours]
+                for f in pair if f]
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "GraphSpec":
@@ -80,9 +117,10 @@ class GraphSpec:
             if len(set(names)) != len(names):
                 raise BundleError(f"manifest key '{where}.{side}' names a tensor twice ({names}); "
                                   "expected distinct names")
+        precision = _one_of(d.get("precision", "fp32"), f"{where}.precision", PRECISIONS)
         return cls(file=_text(d["file"], f"{where}.file"), inputs=specs["inputs"], outputs=specs["outputs"],
                    portable_file=None if portable is None else _text(portable, f"{where}.portable_file"),
-                   precision=_one_of(d.get("precision", "fp32"), f"{where}.precision", PRECISIONS))
+                   precision=precision, flavours=_flavours(d.get("flavours", {}), f"{where}.flavours", precision))
 
     def to_dict(self) -> dict:
         d = {
@@ -94,7 +132,28 @@ class GraphSpec:
             d["portable_file"] = self.portable_file
         if self.precision != "fp32":  # fp32 manifests stay as they were
             d["precision"] = self.precision
+        if self.flavours:
+            d["flavours"] = {f.precision: f.to_dict() for f in self.flavours}
         return d
+
+
+def _flavours(value: Any, where: str, main: str) -> tuple:
+    """``{precision: {file, portable_file?}}`` -> GraphFlavour tuple, in PRECISIONS order."""
+    if not isinstance(value, dict):
+        raise _wrong(where, value, "an object mapping precision -> {file, portable_file}")
+    flavours = []
+    for precision in value:
+        _one_of(precision, f"{where} (a precision)", PRECISIONS)
+        if precision == main:
+            raise BundleError(f"manifest key '{where}.{precision}' repeats the graph's own precision; a flavour "
+                              "is another precision of the graph")
+    for precision in (p for p in PRECISIONS if p in value):
+        entry = value[precision]
+        _require(entry, ("file",), f"{where}.{precision}", "a flavour {file, portable_file}")
+        portable = entry.get("portable_file")
+        flavours.append(GraphFlavour(precision, _text(entry["file"], f"{where}.{precision}.file"),
+                                     None if portable is None else _text(portable, f"{where}.{precision}.portable_file")))
+    return tuple(flavours)
 
 
 @dataclass(frozen=True)
@@ -236,7 +295,7 @@ class Manifest:
         for name in self.files:
             safe_name(name)
         for role, g in self.graphs.items():
-            for f in filter(None, (g.file, g.portable_file)):
+            for f in g.all_files():
                 safe_name(f)
                 if f not in self.files:
                     raise BundleError(f"manifest: graph {role!r} file {f!r} has no sha256 entry in 'files'")
@@ -246,13 +305,15 @@ class Manifest:
                     raise BundleError(f"manifest: avatar {avatar['name'][:60]!r} file {f!r} has no sha256 entry "
                                       "in 'files'")
 
-    def graph_file(self, role: str, portable: bool = False) -> str:
-        g = self.graphs[role]
+    def graph_file(self, role: str, portable: bool = False, precision: str | None = None) -> str:
+        """The file of the ``role`` graph: its portable twin when asked, in ``precision`` (None:
+        the main file's precision; see :attr:`GraphSpec.flavours`)."""
+        file, twin = self.graphs[role].files_of(precision)
         if portable and self.custom_op is not None:
-            if not g.portable_file:
+            if not twin:
                 raise BundleError(f"bundle has no portable variant of the {role!r} graph")
-            return g.portable_file
-        return g.file
+            return twin
+        return file
 
     @property
     def graph_io(self) -> dict:
@@ -307,7 +368,8 @@ class Manifest:
     @property
     def has_portable(self) -> bool:
         """True when every graph can run without the custom-op library."""
-        return self.custom_op is None or all(g.portable_file for g in self.graphs.values())
+        return self.custom_op is None or all(
+            g.portable_file and all(f.portable_file for f in g.flavours) for g in self.graphs.values())
 
 
 def _tensor_dict(t: TensorSpec) -> dict:
@@ -575,7 +637,7 @@ def write_manifest(bundle_dir: str | os.PathLike, manifest: Manifest) -> Path:
     bundle_dir = Path(bundle_dir)
     names = set(manifest.files)
     for g in manifest.graphs.values():
-        names.update(filter(None, (g.file, g.portable_file)))
+        names.update(g.all_files())
     manifest.files = {n: sha256_file(bundle_dir / safe_name(n)) for n in sorted(names)}
     manifest.check_names()
     text = json.dumps(manifest.to_dict(), indent=2) + "\n"

@@ -58,7 +58,7 @@ class StudentAnimator:
         options = dataclasses.replace(options or AnimatorOptions(), **{**overrides, "motion": "absolute"}).validate()
         self.options = options
         self.bundle = open_bundle(bundle, provider=options.provider, threads=options.threads,
-                                  portable=options.portable, roles=STUDENT_ROLES)
+                                  portable=options.portable, roles=STUDENT_ROLES, precision=options.precision)
         manifest = self.bundle.manifest
         if not manifest.is_student:
             raise MegaportraitsError(f"{bundle} is not a student bundle; use megaportraits.Animator")
