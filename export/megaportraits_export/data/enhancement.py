@@ -12,7 +12,11 @@ Two sources, one item layout:
 Items: ``high`` (C, 2S, 2S) and ``low`` (C, S, S) float32 in [0, 1], ``low`` the box-filter
 (area) downsample of ``high``; C is 3, or 4 with the mask as a 4th channel (``with_mask``, a
 matte model's enhancer). ``cross_source`` / ``cross_driver`` (3, S, S): what the frozen base
-model renders a cross-driven frame from.
+model renders a reenacted frame from. In the synthetic pairs the driver performs the motion of
+``high`` (half the items the person themself, half another identity), so ``cross_target`` (C, 2S,
+2S), ``high`` itself, is the exact truth at 2x of the base model's rendering: supervised pairs
+(base output -> truth at 2x) that real video cannot give (the paper's cross-driving branch has no
+truth). Portrait folders have no such truth and no ``cross_target``.
 """
 from __future__ import annotations
 
@@ -65,12 +69,14 @@ class SyntheticEnhancementPairs(torch.utils.data.Dataset):
         motion = HeadMotion.random(rng)
         image, mask = render(person, motion.pose, motion.expression, 2 * self.base_size, True)
         high = _tensor(np.concatenate([image, mask[..., None]], axis=2) if self.with_mask else image)
-        source_motion, driver_motion = HeadMotion.random(rng), HeadMotion.random(rng)
+        source_motion = HeadMotion.random(rng)
+        driver = person if rng.random() < 0.5 else stranger   # self- or cross-reenactment, same truth
         return {
             "high": high,
             "low": half(high),
             "cross_source": _tensor(render(person, source_motion.pose, source_motion.expression, self.base_size)),
-            "cross_driver": _tensor(render(stranger, driver_motion.pose, driver_motion.expression, self.base_size)),
+            "cross_driver": _tensor(render(driver, motion.pose, motion.expression, self.base_size)),
+            "cross_target": high,
         }
 
 

@@ -93,6 +93,7 @@ class EnhancerSection:
     adversarial: float = 1.0
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
+    reenacted: float = 0.0             # L1(x_c_HR, truth at 2x): synthetic data only (the paper has no truth)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,10 @@ def _validate_enhancer(cfg: TrainConfig) -> None:
     if e.cross_driving and not e.base_checkpoint:
         raise ConfigError("[enhancer] cross_driving needs base_checkpoint = the frozen base model (model_*.pt); "
                           "or set cross_driving = false for super-resolution pairs only")
-    if min(e.l1, e.adversarial, e.feature_matching, e.cycle) < 0:
+    if e.reenacted > 0 and not (e.cross_driving and cfg.data.kind == "synthetic"):
+        raise ConfigError("[enhancer] reenacted needs cross_driving = true and [data] kind = \"synthetic\" (only "
+                          "the renderer knows the truth of the base model's renderings)")
+    if min(e.l1, e.adversarial, e.feature_matching, e.cycle, e.reenacted) < 0:
         raise ConfigError("[enhancer] loss weights must not be negative")
 
 
