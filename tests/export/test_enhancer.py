@@ -142,3 +142,27 @@ def test_enhancement_scores_of_a_matte_model_composite_at_2x(one_torch_thread):
     torch.manual_seed(0)
     scores = enhancement_scores(build_model("tiny_matte"), build_enhancer("tiny_matte"), pairs=2, identities=2)
     assert all(np.isfinite(v) for t in scores.values() for m in t.values() for v in m.values())
+
+
+def test_evaluate_enhancer_command_stores_its_scores_for_the_manifest(tmp_path, capsys, one_torch_thread):
+    """The command prints the table and, with --write-provenance, leaves the same scores in the
+    enhancer checkpoint, which still loads (and keeps its weights)."""
+    from megaportraits_export import checkpoint
+    from megaportraits_export.config import get_config
+    from megaportraits_export.evaluation import enhancement
+    from megaportraits_export.model import build_model
+    from megaportraits_export.training.enhancement import load_enhancer_checkpoint
+
+    torch.manual_seed(0)
+    base = checkpoint.save_checkpoint(tmp_path / "base.pt", build_model("tiny"), get_config("tiny"), "tiny", {})
+    model = _randomised(build_enhancer("tiny"), seed=4)
+    path = checkpoint.save_checkpoint(tmp_path / "enh.pt", model, model.config, "tiny", {"kind": "enhancer"})
+    argv = ["--base", str(base), "--enhancer", str(path), "--pairs", "2", "--identities", "2", "--json"]
+    assert enhancement.main(argv + ["--write-provenance"]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\nscores stored")[0])
+    reloaded, _, provenance = load_enhancer_checkpoint(path)
+    stored = provenance["metrics"]["evaluation"]
+    assert stored["enhancement"] == printed and stored["pairs"] == 2 and provenance["kind"] == "enhancer"
+    assert printed["super_resolution"]["enhanced"]["psnr"] != printed["super_resolution"]["bicubic"]["psnr"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[k], v)

@@ -93,6 +93,9 @@ def main(argv=None) -> int:
     parser.add_argument("--identities", type=int, default=DEFAULT_HELDOUT_IDENTITIES, help="held-out identities")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--write-provenance", action="store_true",
+                        help="store the scores in the enhancer checkpoint's provenance (metrics), which "
+                             "add-enhancer copies into the bundle manifest")
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.identities < 2:
         parser.error("--pairs must be at least 1 and --identities at least 2")
@@ -105,13 +108,20 @@ def _evaluate(args) -> int:
     from ..checkpoint import load_model_from_checkpoint
     from ..training.enhancement import load_enhancer_checkpoint
 
-    base, _, _ = load_model_from_checkpoint(args.base)
-    enhancer, _, _ = load_enhancer_checkpoint(args.enhancer)
+    base, _, base_provenance = load_model_from_checkpoint(args.base)
+    enhancer, config, provenance = load_enhancer_checkpoint(args.enhancer)
     try:
         scores = enhancement_scores(base, enhancer, args.pairs, args.seed, args.identities)
     except ValueError as e:
         raise command_error(str(e)) from None
     print(json.dumps(scores, indent=2) if args.json else format_scores(scores))
+    if args.write_provenance:
+        from ..evaluate import write_metrics_to_checkpoint
+
+        write_metrics_to_checkpoint(args.enhancer, enhancer, config, provenance, {
+            "enhancement": scores, "pairs": args.pairs, "identities": args.identities, "seed": args.seed,
+            "base_checkpoint": base_provenance.get("checkpoint")})
+        print(f"scores stored in {args.enhancer}'s provenance")
     return 0
 
 
