@@ -10,7 +10,9 @@ Reproduces everything under ``sdk/megaportraits/assets/`` from nothing but this 
 2. evaluate the checkpoint on held-out synthetic identities against the "source unchanged"
    baseline and store the numbers in its provenance (which the exporter copies into the
    bundle's manifest);
-3. export the bundle into ``assets/demo_bundle/`` (custom-op graphs plus portable twins) and
+3. export the bundle into ``assets/demo_bundle/`` (custom-op graphs plus portable twins), with
+   ``--enhancer`` add the demo enhancer to it (128 -> 256; trained on the base's weights by
+   ``configs/enhancer_demo128.toml``, scored by ``evaluate-enhancer --write-provenance``), and
    check its size (at most 25 MB, so it can ship inside the package);
 4. evaluate the bundle through the SDK, as a check that export kept the numbers;
 5. render ``demo_source.png`` (a held-out identity, framed like the training data, 256x256) and
@@ -18,6 +20,8 @@ Reproduces everything under ``sdk/megaportraits/assets/`` from nothing but this 
 
     python tools/make_demo_assets.py                      # all of it (about 2.5 hours on 2 cores)
     python tools/make_demo_assets.py --checkpoint runs/demo128_matte/model_last.pt
+    python tools/make_demo_assets.py --checkpoint runs/demo128_from_bundle/model_last.pt \
+        --enhancer runs/enhancer_demo128/model_last.pt   # re-exported base + the demo enhancer
     python tools/make_demo_assets.py --clips-only          # only step 5
 
 Every step is a public command (``python -m megaportraits_export train|evaluate|export``); this
@@ -105,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="use this trained checkpoint instead of training")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted training run")
     parser.add_argument("--clips-only", action="store_true", help="only render the demo clips")
+    parser.add_argument("--enhancer", help="add this enhancer checkpoint (model_*.pt of an [enhancer] run)")
     args = parser.parse_args(argv)
 
     render_clips()
@@ -123,6 +128,13 @@ def main(argv=None) -> int:
     if staging.exists():
         shutil.rmtree(staging)
     run("megaportraits_export", "export", "--checkpoint", checkpoint, "--output", str(staging))
+    if args.enhancer:
+        base_only = staging.with_name(".demo_bundle.base")
+        if base_only.exists():
+            shutil.rmtree(base_only)
+        staging.rename(base_only)
+        run("megaportraits_export", "add-enhancer", str(base_only), "-o", str(staging), "--checkpoint", args.enhancer)
+        shutil.rmtree(base_only)
     size = bundle_bytes(staging)
     if size > MAX_BUNDLE_BYTES:
         raise SystemExit(f"the demo bundle is {size / 2**20:.1f} MiB, over the 25 MB the package may ship; "
