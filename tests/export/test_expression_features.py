@@ -80,3 +80,34 @@ def test_features_term_is_the_region_l1_of_the_foreground_on_the_feature_region(
         computer.generator({"prediction": prediction, "matte": matte}, {"driver": target, "driver_mask": foreground},
                            None)
     assert losses.LossWeights().features == 0.0                      # off unless a recipe asks for it
+
+
+def test_expression_path_learns_at_its_own_rate_and_everything_else_at_the_base_rate(tmp_path):
+    from megaportraits_export.training.config import ConfigError, config_from_dict
+    from megaportraits_export.training.distributed import DistributedContext
+    from megaportraits_export.training.trainer import Trainer
+
+    def trainer(scale):
+        cfg = config_from_dict({
+            "model": {"preset": "tiny"}, "data": {"train_identities": 2, "augment": False},
+            "optim": {"lr": 1e-3, "lr_min": 1e-5, "expression_path_lr_scale": scale},
+            "losses": {"cycle": False, "weights": {"perceptual": 0.0, "adversarial": 0.0, "feature_matching": 0.0,
+                                                   "cycle": 0.0, "l1": 1.0}},
+            "pose_pretrain": {"steps": 1, "main_stage": "frozen"},
+            "train": {"steps": 10, "batch_size": 1, "device": "cpu", "threads": 1},
+            "log": {"out_dir": str(tmp_path / f"run{scale}"), "progress": False}})
+        return Trainer(cfg, DistributedContext())
+
+    fast = trainer(4.0)
+    model = fast.model
+    path = {id(p) for m in (model.driver_branch.expression_encoder, model.source_branch.source_warp,
+                            model.generator.driver_warp) for p in m.parameters()}
+    pose = {id(p) for p in model.driver_branch.head_pose.parameters()}
+    groups = [({id(p) for p in g["params"]}, g["lr"]) for g in fast.optimizer.param_groups]
+    assert sorted(lr for _, lr in groups) == pytest.approx([1e-3, 4e-3])
+    assert [ids for ids, lr in groups if lr > 2e-3] == [path]
+    rest = {id(p) for p in model.parameters()} - path - pose
+    assert [ids for ids, lr in groups if lr < 2e-3] == [rest]          # the pose regressor stays frozen
+    assert len(trainer(1.0).optimizer.param_groups) == 1
+    with pytest.raises(ConfigError, match="expression_path_lr_scale"):
+        trainer(0.0)

@@ -50,6 +50,9 @@ class OptimSection:
     weight_decay: float = 1e-2
     discriminator_lr: float = 2e-4
     grad_clip: float = 0.0             # 0: no clipping
+    # the expression path (expression encoder, both warping generators) learns this many times
+    # faster than the rest: it can move while the renderer, matte and backdrop stay where they are
+    expression_path_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"[{section}] {key} must be at least 1")
     if cfg.optim.lr_min > cfg.optim.lr:
         raise ConfigError("[optim] lr_min must not exceed lr")
+    if cfg.optim.expression_path_lr_scale <= 0:
+        raise ConfigError("[optim] expression_path_lr_scale must be positive (1: the same rate as the rest)")
     if cfg.model.matte is not None and not isinstance(cfg.model.matte, bool):
         raise ConfigError(f"[model] matte = {cfg.model.matte!r} should be true or false")
     if cfg.data.expression_regions and (cfg.data.kind != "synthetic" or cfg.data.augment or cfg.losses.cycle):

@@ -28,6 +28,13 @@ def pose_regressor_of(model: nn.Module) -> nn.Module:
     return model.driver_branch.head_pose
 
 
+def expression_path_parameters(model: nn.Module) -> list:
+    """What carries the driver's expression to the image: the expression encoder and the two
+    warping generators (``[optim] expression_path_lr_scale`` gives them their own rate)."""
+    modules = (model.driver_branch.expression_encoder, model.source_branch.source_warp, model.generator.driver_warp)
+    return [p for module in modules for p in module.parameters()]
+
+
 class PoseParameters(nn.Module):
     """image -> (scale (N, 3), yaw/pitch/roll (N, 3), translation (N, 3)) of the pose regressor."""
 

@@ -35,6 +35,7 @@ from .objectives import (
     build_discriminator,
     build_pose_dataset,
     build_training_dataset,
+    expression_path_parameters,
     pose_regressor_of,
     pose_targets,
 )
@@ -119,8 +120,13 @@ class Trainer:
         pose_ids = {id(p) for p in regressor.parameters()}
         pretrained = cfg.pose_pretrain.steps > 0 or bool(cfg.model.init_from)
         frozen = pretrained and cfg.pose_pretrain.main_stage == "frozen"
-        other = [p for p in self.model.parameters() if id(p) not in pose_ids]
+        expression_ids = {id(p) for p in expression_path_parameters(self.model)} \
+            if cfg.optim.expression_path_lr_scale != 1.0 else set()
+        other = [p for p in self.model.parameters() if id(p) not in pose_ids | expression_ids]
         groups = [{"params": other, "lr": cfg.optim.lr}]
+        if expression_ids:
+            groups.append({"params": [p for p in self.model.parameters() if id(p) in expression_ids],
+                           "lr": cfg.optim.lr * cfg.optim.expression_path_lr_scale})
         if not frozen:
             scale = cfg.pose_pretrain.main_lr_scale if pretrained else 1.0
             groups.append({"params": list(regressor.parameters()), "lr": cfg.optim.lr * scale})
