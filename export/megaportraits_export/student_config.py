@@ -40,6 +40,10 @@ class StudentConfig:
     num_avatars: int = 1
     # a fourth output channel, the person's matte, where the teacher renders one
     matte: bool = False
+    # the last block runs at half the image size and the output conv predicts each 2x2 pixel
+    # group (4x the channels, then a pixel shuffle): at small sizes the full-resolution block of
+    # 8 channels would cost a third of all multiply-accumulates
+    subpixel_output: bool = False
 
     def __post_init__(self) -> None:
         start = self.encoder_input_size // 32
@@ -49,14 +53,15 @@ class StudentConfig:
         if self.image_size % self.encoder_input_size:
             raise ValueError(f"student {self.name}: image_size {self.image_size} must be a multiple of "
                              f"encoder_input_size {self.encoder_input_size}")
-        if start * 2 ** (len(self.generator_channels) - 1) != self.image_size:
+        top = self.image_size // 2 if self.subpixel_output else self.image_size
+        if start * 2 ** (len(self.generator_channels) - 1) != top:
             raise ValueError(f"student {self.name}: generator_channels needs one entry per doubling from "
-                             f"{start} to {self.image_size} plus the first ({start} * 2**"
-                             f"{len(self.generator_channels) - 1} != {self.image_size})")
+                             f"{start} to {top} plus the first ({start} * 2**"
+                             f"{len(self.generator_channels) - 1} != {top})")
         if self.num_avatars < 1 or self.spade_cap < 1:
             raise ValueError(f"student {self.name}: num_avatars and spade_cap must be at least 1")
-        if self.encoder.block not in ("basic", "bottleneck") or len(self.encoder.layers) != 4:
-            raise ValueError(f"student {self.name}: encoder must have block 'basic' or 'bottleneck' and 4 stages")
+        if self.encoder.block != "basic" or len(self.encoder.layers) != 4:
+            raise ValueError(f"student {self.name}: encoder must have block 'basic' (ResNet-18's) and 4 stages")
 
     @property
     def start_size(self) -> int:
@@ -64,7 +69,7 @@ class StudentConfig:
         return self.encoder_input_size // 32
 
     def block_sizes(self) -> tuple:
-        """Resolution of each generator block."""
+        """Resolution of each generator block (the last is half the image size with subpixel_output)."""
         return tuple(self.start_size * 2 ** i for i in range(len(self.generator_channels)))
 
     def replace(self, **changes) -> "StudentConfig":
@@ -91,11 +96,11 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
     "small256": StudentConfig(
         name="small256", image_size=256,
         encoder=BackboneConfig("basic", (1, 1, 1, 1), 16), encoder_input_size=128,
-        generator_channels=(96, 96, 64, 32, 16, 8, 8), spade_cap=32),
+        generator_channels=(96, 96, 64, 32, 16, 8), spade_cap=32, subpixel_output=True),
     "demo128": StudentConfig(
         name="demo128", image_size=128,
         encoder=BackboneConfig("basic", (1, 1, 1, 1), 8), encoder_input_size=128,
-        generator_channels=(64, 48, 32, 16, 8, 8), spade_cap=32, matte=True),
+        generator_channels=(64, 48, 32, 16, 8), spade_cap=32, matte=True, subpixel_output=True),
     "tiny": StudentConfig(
         name="tiny", image_size=64,
         encoder=BackboneConfig("basic", (1, 1, 1, 1), 4), encoder_input_size=64,

@@ -17,9 +17,13 @@ from megaportraits_export.student_config import get_student_config
 def _student(matte: bool, avatars: int = 3):
     torch.manual_seed(1)
     student = build_student(get_student_config("tiny").replace(num_avatars=avatars, matte=matte)).eval()
-    with torch.no_grad():  # avatars that differ, as after training
+    with torch.no_grad():  # avatars that differ and BatchNorm statistics away from (0, 1), as after training
         for tensors in student.avatar_parameters():
             tensors.normal_(0, 0.3)
+        for norm in student.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.normal_(0, 0.5)
+                norm.running_var.uniform_(0.3, 3.0)
     return student
 
 

@@ -61,6 +61,37 @@ def test_avatar_gradients_reach_only_the_rendered_avatar():
         assert tensors.grad[0].abs().sum() == 0 and tensors.grad[2].abs().sum() == 0
 
 
+def test_inference_copy_folds_every_batch_norm_and_computes_the_same():
+    student = _tiny(matte=True)
+    with torch.no_grad():  # trained-looking statistics and avatar maps
+        student.train()
+        for _ in range(3):
+            student(torch.rand(4, 3, 64, 64) * 2, torch.tensor([0, 1, 2, 1]))
+        for maps in student.avatar_parameters():
+            maps.normal_(0, 0.3)
+    student.eval()
+    folded = student.inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and m is not folded.generator.to_rgb[0]
+                   for m in folded.modules())
+    # the SPADE tables are at each block's full resolution: nothing is resized at run time
+    tables = [m for m in folded.modules() if type(m).__name__ == "AvatarTables"]
+    assert [t.scale.shape[-1] for t in tables] == [s for s in student.config.block_sizes() for _ in (1, 2)]
+    driver, index = torch.rand(3, 3, 64, 64), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(driver, index), student(driver, index), atol=1e-5, rtol=0)
+    assert student.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+
+
+def test_subpixel_output_renders_the_last_block_at_half_size():
+    config = get_student_config("tiny").replace(generator_channels=(16, 16, 8, 8, 8), subpixel_output=True)
+    assert config.block_sizes()[-1] == 32
+    student = build_student(config).eval()
+    with torch.no_grad():
+        assert student(torch.rand(1, 3, 64, 64), torch.tensor([0])).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="generator_channels"):
+        get_student_config("tiny").replace(subpixel_output=True)
+
+
 def test_spade_tensors_are_capped_and_counted():
     config = STUDENT_PRESETS["paper512"]
     report = describe_student(config)

@@ -67,7 +67,6 @@ def main(argv=None) -> int:
 def _distill(args) -> int:
     import torch
 
-    from megaportraits import manifest as mf
     from megaportraits_export.distill.graph import StudentAvatar, write_student_bundle
     from megaportraits_export.distill.targets import TeacherRenderer, build_targets, synthetic_drivers, user_drivers
     from megaportraits_export.distill.trainer import DistillOptions, distill
@@ -110,9 +109,9 @@ def _distill(args) -> int:
     bundle = write_student_bundle(student.cpu().eval(), entries, Path(teacher_dir), out / "bundle",
                                   provenance={"distilled_from": renderer.manifest.model_name, "steps": args.steps,
                                               "driver_frames": len(drivers),
-                                              "drivers": "user" if args.drivers else "synthetic"})
-    print(f"distill: wrote the student bundle {bundle} (teacher manifest "
-          f"{mf.sha256_file(Path(teacher_dir) / mf.MANIFEST_NAME)[:12]})")
+                                              "drivers": "user" if args.drivers else "synthetic"},
+                                  teacher=targets.teacher)
+    print(f"distill: wrote the student bundle {bundle} (teacher manifest {targets.teacher['manifest_sha256'][:12]})")
     return 0
 
 

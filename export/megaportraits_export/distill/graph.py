@@ -1,10 +1,11 @@
 """The ``student`` graph: a trained student traced to ONNX, and the student bundle written around it.
 
 The graph is (driver_image (N, 3, S, S) float32, avatar_index (N,) int64) -> image (N, 3, S, S)
-[+ matte (N, 1, S, S)], names from :mod:`megaportraits.schema` (STUDENT_IO). It is traced from a
-folded copy of the student (weight standardisation folded into plain convs, GroupNorms in the
-two-pass form ONNX Runtime computes accurately: the same preparation as the teacher's graphs),
-with a dynamic batch axis on both inputs. It has only standard ops, so the bundle is portable.
+[+ matte (N, 1, S, S)], names from :mod:`megaportraits.schema` (STUDENT_IO). It is traced from
+``Student.inference()``, the eval-mode copy with every BatchNorm folded away (encoder norms into
+their convs, each SPADE layer into full-resolution per-avatar scale and shift tables gathered by
+the avatar index: no Resize, no statistics, no Split at run time), with a dynamic batch axis on
+both inputs. It has only standard ops, so the bundle is portable.
 
 The bundle holds, beside the graph, every avatar's source photo (PNG, hashed like every file),
 where its face crop lies in that photo and, for a matte student, the backdrop the SDK composites
@@ -13,7 +14,6 @@ teacher by its manifest's sha256. Written in a staging directory renamed into pl
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +23,9 @@ import torch
 
 from megaportraits import manifest as mf
 from megaportraits.schema import MATTE_OUTPUT, STUDENT, STUDENT_IO
-from megaportraits_export.networks.blocks import fold_weight_standardisation
 from megaportraits_export.networks.student import Student, StudentGraph
 from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
-from megaportraits_export.onnx_export.group_norm import with_stable_group_norms
 from megaportraits_export.onnx_export.tracing import OPSET, export_graph
 from megaportraits_export.onnx_export.writing import check_output_dir, producer_versions, staged_bundle
 
@@ -52,8 +50,7 @@ def student_io(matte: bool) -> tuple:
 
 def deployable(student: Student) -> torch.nn.Module:
     """A folded copy of ``student`` wrapped as the graph computes it (the original is untouched)."""
-    folded = fold_weight_standardisation(copy.deepcopy(student).eval())
-    return StudentGraph(with_stable_group_norms(folded)).eval()
+    return StudentGraph(student.inference()).eval()
 
 
 def example_inputs(config, batch: int = 2, seed: int = 0) -> tuple:
@@ -73,13 +70,19 @@ def export_student_graph(student: Student, path: Path) -> tuple:
 
 
 def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, output: Path,
-                         provenance: dict | None = None) -> Path:
-    """Export ``student`` with its ``avatars`` (in avatar_index order) into a bundle at ``output``."""
+                         provenance: dict | None = None, teacher: dict | None = None) -> Path:
+    """Export ``student`` with its ``avatars`` (in avatar_index order) into a bundle at ``output``.
+
+    ``teacher``: the teacher's record (manifest_sha256, model_name, preset) as it was when the
+    targets were rendered; default: read from ``teacher_dir`` now."""
     output = Path(output)
     if len(avatars) != student.config.num_avatars:
         raise ExportError(f"the student holds {student.config.num_avatars} avatars but {len(avatars)} were given")
     check_output_dir(output)
-    teacher = mf.load_manifest(teacher_dir)
+    if teacher is None:
+        loaded = mf.load_manifest(teacher_dir)
+        teacher = {"manifest_sha256": mf.sha256_file(Path(teacher_dir) / mf.MANIFEST_NAME),
+                   "model_name": loaded.model_name, "preset": loaded.preset}
     with staged_bundle(output) as staging:
         specs_in, specs_out = export_student_graph(student, staging / f"{STUDENT}.onnx")
         entries = []
@@ -102,8 +105,7 @@ def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, out
             producer=producer_versions(),
             provenance={**(provenance or {}), "student_config": student.config.to_dict()},
             student={"avatars": entries,
-                     "teacher": {"manifest_sha256": mf.sha256_file(Path(teacher_dir) / mf.MANIFEST_NAME),
-                                 "model_name": teacher.model_name, "preset": teacher.preset}},
+                     "teacher": {k: teacher[k] for k in ("manifest_sha256", "model_name", "preset")}},
         )
         mf.write_manifest(staging, manifest)
     return output

@@ -7,6 +7,13 @@ and the generator with the driver's absolute motion, which is what a student rep
 only the driver image). Each target pairs the driver crop the student will see with the
 teacher's rendering of one avatar: (avatar, frame) -> image [+ matte].
 
+The teacher's base model is distilled, with any enhancer the bundle carries switched off
+explicitly (``enhance=False``): the student renders at the base size, and adding an enhancer to a
+teacher bundle later changes none of its targets. The teacher's identity as it was when the
+targets were rendered (its manifest's sha256, name and preset) is stored with them
+(``targets/teacher.json``) and is what the student bundle records, even if the teacher bundle
+changes afterwards.
+
 Drivers: the project's synthetic talking heads by default (random identities and motions,
 rendered at the teacher's size, already face crops), or the user's videos and image folders,
 face-cropped the way the SDK crops a source (largest face, the SDK's crop geometry; the whole
@@ -15,6 +22,7 @@ frame when no face is found). Targets are stored as uint8 arrays in the output d
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -24,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from megaportraits import Animator
+from megaportraits import manifest as mf
 from megaportraits.animator import run_graph, to_tensor
 from megaportraits.errors import NoFaceError
 from megaportraits.faces import CropBox, CropGeometry, HaarFaceDetector, cut_crop, find_source_face
@@ -40,6 +49,7 @@ class Targets:
 
     drivers: np.ndarray
     renderings: np.ndarray
+    teacher: dict | None = None     # the teacher as it was when these were rendered (TeacherRenderer.record)
 
     @property
     def has_matte(self) -> bool:
@@ -90,11 +100,16 @@ class TeacherRenderer:
 
     def __init__(self, teacher: str | os.PathLike, threads: int = 0):
         # paste_back off: frames come back as crops; background "generated": the raw rendering
+        # enhance=False: the base model's output is distilled (see the module docstring)
         self.animator = Animator(teacher, threads=threads, paste_back=False, background="generated",
-                                 face_fallback="centre")
+                                 face_fallback="centre", enhance=False)
         self.image_size = self.animator.image_size
         self.has_matte = self.animator.has_matte
         self.manifest = self.animator.bundle.manifest
+        directory = self.animator.bundle.directory
+        #: the teacher as loaded now: what a student distilled from these renderings records
+        self.record = {"manifest_sha256": mf.sha256_file(Path(directory) / mf.MANIFEST_NAME),
+                       "model_name": self.manifest.model_name, "preset": self.manifest.preset}
 
     def avatar(self, image):
         """The SDK's Avatar of a photo (face crop, source graph); its backdrop for a matte teacher."""
@@ -125,9 +140,15 @@ def build_targets(renderer: TeacherRenderer, avatars: list, drivers: np.ndarray,
     """Render every avatar over every driver crop (progress on stderr), or load them from ``directory``."""
     directory = Path(directory)
     driver_file, rendering_file = directory / "drivers.npy", directory / "renderings.npy"
+    teacher_file = directory / "teacher.json"
     if driver_file.is_file() and rendering_file.is_file():
-        targets = Targets(np.load(driver_file), np.load(rendering_file))
+        recorded = json.loads(teacher_file.read_text()) if teacher_file.is_file() else renderer.record
+        targets = Targets(np.load(driver_file), np.load(rendering_file), recorded)
         if targets.renderings.shape[:2] == (len(avatars), len(drivers)):
+            if recorded["manifest_sha256"] != renderer.record["manifest_sha256"]:
+                print(f"distill: the teacher's manifest changed since these targets were rendered; the student "
+                      f"records the one they came from ({recorded['manifest_sha256'][:12]})",
+                      file=sys.stderr, flush=True)
             return targets
     channels = 4 if renderer.has_matte else 3
     renderings = np.empty((len(avatars), len(drivers), renderer.image_size, renderer.image_size, channels), np.uint8)
@@ -140,7 +161,11 @@ def build_targets(renderer: TeacherRenderer, avatars: list, drivers: np.ndarray,
     directory.mkdir(parents=True, exist_ok=True)
     _save_atomically(driver_file, drivers)
     _save_atomically(rendering_file, renderings)
-    return Targets(drivers, renderings)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".teacher.json.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(renderer.record, f, indent=2)
+    os.replace(tmp, teacher_file)
+    return Targets(drivers, renderings, renderer.record)
 
 
 def _save_atomically(path: Path, array: np.ndarray) -> None:

@@ -5,16 +5,24 @@ by two 2-D networks. A ResNet-18-style encoder reads the driver image (box-filte
 encoder's input size) and ends at stride 32; that feature map starts a generator of SPADE
 residual blocks that doubles the resolution per block up to the output size. The avatar's
 appearance is not computed from a source image at run time: each avatar owns, for every SPADE
-normalisation, a learned tensor holding its scale and shift maps, at most ``spade_cap`` pixels
-on a side and bilinearly upsampled to the block's resolution. An ``avatar_index`` (N,) int64
-selects each sample's tensors (a Gather in the exported graph), so one network holds all of its
-avatars, and adding work per avatar costs memory, not time.
+normalisation, learned scale and shift maps, at most ``spade_cap`` pixels on a side and
+bilinearly upsampled to the block's resolution. An ``avatar_index`` (N,) int64 selects each
+sample's maps (a Gather in the exported graph), so one network holds all of its avatars, and
+adding avatars costs memory, not time.
+
+Normalisation is BatchNorm, as in SPADE itself and the ResNet-18 the paper names: in training
+it normalises by batch statistics, at inference it is a fixed per-channel affine. That is what
+makes the student cheap to run: :meth:`Student.inference` folds every encoder BatchNorm into its
+convolution, and every SPADE normalisation together with its avatar maps (upsampled once to the
+block's resolution) into two per-avatar tables, so a SPADE layer at run time is one Gather of a
+scale and one of a shift, a Mul and an Add, with no statistics, no Resize and no Split.
 
 The output is RGB in [0, 1] (a sigmoid), plus the person's matte as a fourth channel where the
 teacher renders one (``StudentGraph`` splits it into the ``image`` and ``matte`` outputs).
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -22,16 +30,71 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..student_config import StudentConfig
-from .blocks import downscale, num_groups, plain_conv, ws_conv
-from .resnet import build_trunk
+from .blocks import downscale
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias)
+
+
+class ConvNorm(nn.Module):
+    """A convolution followed by BatchNorm; :meth:`folded` is the one convolution they equal in eval mode."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        self.conv = conv(in_channels, out_channels, kernel_size, stride, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+    def folded(self) -> nn.Conv2d:
+        return torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv, self.norm)
+
+
+class EncoderBlock(nn.Module):
+    """ResNet's basic block: (conv, BN, ReLU, conv, BN) + shortcut (1x1 conv + BN when the shape changes), ReLU."""
+
+    def __init__(self, in_channels: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = ConvNorm(in_channels, width, 3, stride)
+        self.conv2 = ConvNorm(width, width, 3)
+        self.shortcut = (ConvNorm(in_channels, width, 1, stride) if stride != 1 or in_channels != width
+                         else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+
+
+class DriverEncoder(nn.Module):
+    """ResNet-style trunk (7x7 stem, max pool, four stages, stride 32) on the box-filtered driver
+    image, then a 1x1 conv to the generator's width."""
+
+    def __init__(self, config: StudentConfig):
+        super().__init__()
+        self.input_size = config.encoder_input_size
+        width = config.encoder.width
+        self.stem = ConvNorm(3, width, 7, 2)
+        blocks, channels = [], width
+        for stage, count in enumerate(config.encoder.layers):
+            for i in range(count):
+                blocks.append(EncoderBlock(channels, width * 2 ** stage, 2 if stage and not i else 1))
+                channels = width * 2 ** stage
+        self.blocks = nn.Sequential(*blocks)
+        self.to_generator = conv(channels, config.generator_channels[0], 1)
+
+    def forward(self, driver_image: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(downscale(driver_image, self.input_size)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return self.to_generator(self.blocks(x))
 
 
 class AvatarSpade(nn.Module):
-    """Parameter-free GroupNorm, then each avatar's own scale and shift maps.
+    """BatchNorm without its own affine, then each avatar's scale and shift maps.
 
-    ``tensors`` (A, 2C, h, h): for avatar a, channels [0, C) are the scale offset (the scale is
-    1 + offset, so zero-initialised tensors start as plain normalisation) and [C, 2C) the shift;
-    h = min(resolution, cap), upsampled bilinearly to the block's resolution when smaller.
+    ``scale`` and ``shift`` (A, C, h, h): avatar a's maps, h = min(resolution, cap), upsampled
+    bilinearly to the block's resolution when smaller. The scale is 1 + ``scale`` (zero maps start
+    as plain normalisation).
     """
 
     def __init__(self, channels: int, resolution: int, cap: int, num_avatars: int):
@@ -39,19 +102,45 @@ class AvatarSpade(nn.Module):
         self.channels = channels
         self.resolution = resolution
         side = min(resolution, cap)
-        self.norm = nn.GroupNorm(num_groups(channels), channels, affine=False)
-        self.tensors = nn.Parameter(torch.randn(num_avatars, 2 * channels, side, side) * 0.02)
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.scale = nn.Parameter(torch.randn(num_avatars, channels, side, side) * 0.02)
+        self.shift = nn.Parameter(torch.randn(num_avatars, channels, side, side) * 0.02)
+
+    def _full(self, maps: torch.Tensor) -> torch.Tensor:
+        if maps.shape[-1] == self.resolution:
+            return maps
+        return F.interpolate(maps, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
 
     def modulation(self, avatar_index: torch.Tensor) -> tuple:
         """(scale, shift), each (N, C, R, R), of the avatars ``avatar_index`` (N,) selects."""
-        maps = torch.index_select(self.tensors, 0, avatar_index)
-        if maps.shape[-1] != self.resolution:
-            maps = F.interpolate(maps, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        return 1 + maps[:, :self.channels], maps[:, self.channels:]
+        scale = self._full(torch.index_select(self.scale, 0, avatar_index))
+        shift = self._full(torch.index_select(self.shift, 0, avatar_index))
+        return 1 + scale, shift
 
     def forward(self, x: torch.Tensor, avatar_index: torch.Tensor) -> torch.Tensor:
         scale, shift = self.modulation(avatar_index)
         return self.norm(x) * scale + shift
+
+    def folded(self) -> "AvatarTables":
+        """The eval-mode layer as per-avatar tables: norm(x) * s + t == x * S + T with
+        S = s / sqrt(var + eps), T = t - mean * S, at full resolution for every avatar."""
+        with torch.no_grad():
+            inv_std = torch.rsqrt(self.norm.running_var + self.norm.eps)[None, :, None, None]
+            scale = (1 + self._full(self.scale)) * inv_std
+            shift = self._full(self.shift) - self.norm.running_mean[None, :, None, None] * scale
+        return AvatarTables(scale, shift)
+
+
+class AvatarTables(nn.Module):
+    """An inference-time SPADE layer: x * scale_table[avatar] + shift_table[avatar]."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale.contiguous())
+        self.register_buffer("shift", shift.contiguous())
+
+    def forward(self, x: torch.Tensor, avatar_index: torch.Tensor) -> torch.Tensor:
+        return x * torch.index_select(self.scale, 0, avatar_index) + torch.index_select(self.shift, 0, avatar_index)
 
 
 class SpadeResBlock(nn.Module):
@@ -60,28 +149,15 @@ class SpadeResBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, resolution: int, cap: int, num_avatars: int):
         super().__init__()
         self.norm1 = AvatarSpade(in_channels, resolution, cap, num_avatars)
-        self.conv1 = ws_conv(2, in_channels, out_channels, 3)
+        self.conv1 = conv(in_channels, out_channels, 3)
         self.norm2 = AvatarSpade(out_channels, resolution, cap, num_avatars)
-        self.conv2 = ws_conv(2, out_channels, out_channels, 3)
-        self.skip = ws_conv(2, in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.skip = conv(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, avatar_index: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.relu(self.norm1(x, avatar_index)))
         h = self.conv2(F.relu(self.norm2(h, avatar_index)))
         return h + self.skip(x)
-
-
-class DriverEncoder(nn.Module):
-    """ResNet-style trunk on the box-filtered driver image, then a 1x1 conv to the generator's width."""
-
-    def __init__(self, config: StudentConfig):
-        super().__init__()
-        self.input_size = config.encoder_input_size
-        self.trunk = build_trunk(config.encoder)
-        self.to_generator = plain_conv(2, self.trunk.out_channels, config.generator_channels[0], 1)
-
-    def forward(self, driver_image: torch.Tensor) -> torch.Tensor:
-        return self.to_generator(self.trunk(downscale(driver_image, self.input_size)))
 
 
 class StudentGenerator(nn.Module):
@@ -94,10 +170,12 @@ class StudentGenerator(nn.Module):
         self.blocks = nn.ModuleList(
             SpadeResBlock(widths[max(i - 1, 0)], widths[i], sizes[i], config.spade_cap, config.num_avatars)
             for i in range(len(widths)))
-        # one group over all channels, as G2D's last norm (a per-channel norm would remove the
-        # image's global colour, which the last conv could not restore)
-        self.to_rgb = nn.Sequential(nn.GroupNorm(1, widths[-1]), nn.ReLU(),
-                                    plain_conv(2, widths[-1], 4 if config.matte else 3, 3))
+        # BatchNorm keeps each image's global colour (unlike a per-image norm, which would remove
+        # it and leave the last conv unable to restore it); at inference it is a per-channel affine
+        channels = 4 if config.matte else 3
+        shuffle = [nn.PixelShuffle(2)] if config.subpixel_output else []
+        self.to_rgb = nn.Sequential(nn.BatchNorm2d(widths[-1]), nn.ReLU(),
+                                    conv(widths[-1], channels * 4 if shuffle else channels, 3), *shuffle)
 
     def forward(self, features: torch.Tensor, avatar_index: torch.Tensor) -> torch.Tensor:
         x = features
@@ -121,12 +199,23 @@ class Student(nn.Module):
         return self.generator(self.encoder(driver_image), avatar_index)
 
     def avatar_parameters(self) -> list:
-        """The per-avatar tensors (axis 0 is the avatar), e.g. to give them their own learning rate."""
-        return [m.tensors for m in self.modules() if isinstance(m, AvatarSpade)]
+        """The per-avatar maps (axis 0 is the avatar), e.g. to give them their own learning rate."""
+        return [p for m in self.modules() if isinstance(m, AvatarSpade) for p in (m.scale, m.shift)]
 
     def shared_parameters(self) -> list:
         own = {id(p) for p in self.avatar_parameters()}
         return [p for p in self.parameters() if id(p) not in own]
+
+    def inference(self) -> "Student":
+        """An eval-mode copy computing the same function with every BatchNorm folded away: encoder
+        norms into their convs, SPADE layers into per-avatar tables (see the module docstring).
+        The original is untouched."""
+        folded = copy.deepcopy(self).eval()
+        for module in list(folded.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, (ConvNorm, AvatarSpade)):
+                    setattr(module, name, child.folded())
+        return folded
 
 
 class StudentGraph(nn.Module):
@@ -158,6 +247,13 @@ def parameters_per_avatar(config: StudentConfig) -> int:
     return total
 
 
+def table_values_per_avatar(config: StudentConfig) -> int:
+    """How many values one avatar adds to an exported bundle: its scale and shift tables in every
+    SPADE layer at the block's full resolution (upsampled once at export, see the module docstring)."""
+    widths, sizes = config.generator_channels, config.block_sizes()
+    return sum(2 * (widths[max(i - 1, 0)] + width) * size * size for i, (width, size) in enumerate(zip(widths, sizes)))
+
+
 def macs_per_frame(config: StudentConfig, batch: int = 1) -> int:
     """Multiply-accumulates of the convolutions for one frame, counted on a meta-device build."""
     with torch.device("meta"):
@@ -186,7 +282,7 @@ def describe_student(config: StudentConfig, teacher_macs: int | None = None) -> 
     encoder = sum(p.numel() for p in student.encoder.parameters())
     blocks = []
     for width, size, block in zip(config.generator_channels, config.block_sizes(), student.generator.blocks):
-        blocks.append({"shape": [width, size, size], "spade_side": block.norm1.tensors.shape[-1]})
+        blocks.append({"shape": [width, size, size], "spade_side": block.norm1.scale.shape[-1]})
     return {
         "student": config.name,
         "image_size": config.image_size,
@@ -196,6 +292,7 @@ def describe_student(config: StudentConfig, teacher_macs: int | None = None) -> 
         "parameters_per_avatar": per_avatar,
         "num_avatars": config.num_avatars,
         "fp32_bytes_per_avatar": 4 * per_avatar,
+        "bundle_bytes_per_avatar": 4 * table_values_per_avatar(config),
         "macs_per_frame": macs_per_frame(config),
         "generator_blocks": blocks,
         "config": config.to_dict(),
@@ -207,7 +304,8 @@ def format_student(report: dict) -> str:
              f"encoder (input {'x'.join(map(str, report['encoder_input']))}): {report['encoder_parameters']:,} parameters",
              f"generator, shared: {report['generator_shared_parameters']:,} parameters",
              f"per avatar: {report['parameters_per_avatar']:,} parameters "
-             f"({report['fp32_bytes_per_avatar'] / 1e6:.2f} MB fp32)",
+             f"({report['fp32_bytes_per_avatar'] / 1e6:.2f} MB fp32; "
+             f"{report['bundle_bytes_per_avatar'] / 1e6:.2f} MB as the bundle's full-resolution tables)",
              f"per frame: {report['macs_per_frame'] / 1e9:.3f} GMAC", "",
              f"{'block':<7}{'features':<16}spade tensor side"]
     for i, block in enumerate(report["generator_blocks"]):
