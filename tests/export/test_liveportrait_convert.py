@@ -118,15 +118,68 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert export_main(["convert", "nosuchfamily"]) == 2
 
 
-@pytest.mark.parametrize("kernel, padding", [(7, 3), (3, 1), ((5, 3, 1), (2, 1, 0))])
-def test_depth_sliced_conv3d_equals_conv3d(kernel, padding):
-    from megaportraits_export.liveportrait.blocks import DepthSlicedConv3d
+@pytest.mark.parametrize("form", ["conv_input_taps", "conv_output_taps"])
+@pytest.mark.parametrize("kernel, padding", [(7, 3), (3, 1), ((5, 3, 1), (2, 1, 0)), ((3, 5, 3), (0, 2, 1))])
+def test_slice_convs_equal_conv3d(form, kernel, padding):
+    from megaportraits_export.liveportrait import sliced
 
     torch.manual_seed(2)
     conv = torch.nn.Conv3d(6, 4, kernel, padding=padding).eval()
     x = torch.randn(2, 6, 9, 10, 7)
     with torch.no_grad():
-        torch.testing.assert_close(DepthSlicedConv3d(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+        got = getattr(sliced, form)(x.transpose(1, 2), conv.weight, conv.bias, conv.padding).transpose(1, 2)
+        torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_slice_conv_folds_batch_norm_and_pads_channels():
+    from megaportraits_export.liveportrait.sliced import SliceConv
+
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv3d(5, 3, 3, padding=1).eval()
+    norm = torch.nn.BatchNorm3d(3).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5, generator=g)
+        norm.running_var.uniform_(0.3, 3.0, generator=g)
+        norm.weight.normal_(1.0, 0.3, generator=g)
+        norm.bias.normal_(0, 0.3, generator=g)
+        x = torch.randn(2, 5, 6, 8, 8, generator=g)
+        expected = norm(conv(x))
+        sliced = SliceConv(conv, norm, pad_inputs=3, pad_outputs=2)
+        padded = torch.cat([x, torch.randn(2, 3, 6, 8, 8, generator=g)], dim=1)  # ignored channels
+        got = sliced(padded.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(got[:, :3], expected, rtol=1e-5, atol=1e-5)
+    assert got.shape[1] == 5 and torch.equal(got[:, 3:], torch.zeros_like(got[:, 3:]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sliced_dense_motion_equals_the_network(seed):
+    """The slice form the bundle holds against the published computation; the tiny hourglass's
+    input (6 x 3 = 18 channels) is padded to 32 as the published 110 is to 112."""
+    from megaportraits_export.liveportrait.dense_motion import DenseMotionNetwork
+    from megaportraits_export.liveportrait.sliced import SlicedDenseMotion
+
+    c = tiny_config()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    network = DenseMotionNetwork(c).eval()
+    with torch.no_grad():
+        for m in network.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.normal_(1.0, 0.2, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+        sliced = SlicedDenseMotion(network).eval()
+        assert sliced.pad > 0
+        f = c.feature_size
+        volume = torch.randn(2, c.reshape_channel, c.reshape_depth, f, f, generator=g)
+        kp_source = torch.rand(2, c.num_kp, 3, generator=g) - 0.5
+        kp_driving = kp_source + 0.1 * torch.randn(2, c.num_kp, 3, generator=g)
+        expected = network(volume, kp_driving, kp_source)
+        got = sliced(volume, kp_driving, kp_source)
+    for e, o in zip(expected, got):
+        assert e.shape == o.shape
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
 
 
 def test_the_animator_runs_a_liveportrait_bundle(tiny, tmp_path):

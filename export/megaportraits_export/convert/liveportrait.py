@@ -24,9 +24,9 @@ from megaportraits import manifest as mf
 from megaportraits.schema import GRID_SAMPLE_3D, LIVEPORTRAIT, LIVEPORTRAIT_GRAPH_IO
 from megaportraits_export import command
 from megaportraits_export.liveportrait import keypoints
-from megaportraits_export.liveportrait.blocks import with_depth_sliced_conv3d
 from megaportraits_export.liveportrait.config import LivePortraitConfig
 from megaportraits_export.liveportrait.graphs import role_modules
+from megaportraits_export.liveportrait.sliced import with_sliced_dense_motion
 from megaportraits_export.liveportrait.weights import LivePortraitNetworks, WeightsError, load_networks
 from megaportraits_export.onnx_export import (OPSET, ExportError, compare_outputs, export_graph, format_report,
                                               ort_session, producer_versions, save_graph, save_standard_twin)
@@ -78,8 +78,9 @@ def example_inputs(networks: LivePortraitNetworks, batch: int, seed: int) -> dic
 
 
 def deployable(networks: LivePortraitNetworks) -> LivePortraitNetworks:
-    """A copy in the form ONNX Runtime runs fastest (deep 3-D convs as sliced 2-D convs)."""
-    return with_depth_sliced_conv3d(copy.deepcopy(networks)).eval()
+    """A copy in the form ONNX Runtime runs fastest (the dense motion's 3-D convs as 2-D convs
+    of depth slices: :mod:`megaportraits_export.liveportrait.sliced`)."""
+    return with_sliced_dense_motion(copy.deepcopy(networks)).eval()
 
 
 def export_programs(networks: LivePortraitNetworks, progress=print) -> dict:

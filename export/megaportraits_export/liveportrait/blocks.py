@@ -1,8 +1,8 @@
 """Building blocks shared by LivePortrait's networks (conv + BatchNorm units, the 3-D hourglass,
 SPADE). Attribute names follow the published checkpoints so their keys load unchanged.
 
-Every BatchNorm runs with its running statistics (inference); ONNX Runtime folds it into the
-convolution before it when the graph is optimised.
+Every BatchNorm runs with its running statistics (inference). The bundle holds the dense
+motion's 3-D blocks in another form (:mod:`.sliced`: 2-D convs of depth slices, BatchNorm folded).
 """
 from __future__ import annotations
 
@@ -179,61 +179,3 @@ class SPADEResnetBlock(nn.Module):
         dx = self.conv_0(F.leaky_relu(self.norm_0(x, label), 0.2))
         dx = self.conv_1(F.leaky_relu(self.norm_1(dx, label), 0.2))
         return shortcut + dx
-
-
-class DepthSlicedConv3d(nn.Module):
-    """Export-only stand-in for an ``nn.Conv3d`` (stride 1, no dilation, one group, zero
-    padding): the same function as kd 2-D convolutions over the volume's depth slices.
-
-    ONNX Runtime's CPU Conv on 5-D tensors takes a generic im2col path, slower per multiply-add
-    than its blocked 2-D convolution; the dense motion's 7x7x7 mask conv (142 -> 22 channels at
-    16x64x64, 70 G multiply-adds) alone was a quarter of the generator's time. So the slices
-    are batched, one 2-D conv computes every depth tap at once (the taps' weights stacked as
-    output channels), and output slice o sums tap j of input slice o + j - pad. Same parameters
-    and state_dict keys as the Conv3d it replaces.
-
-    Measured (ORT 1.32, 1 thread, CPU seconds, median of 3, 1x142x16x64x64 input): 7x7x7 to 22
-    channels 2.95 -> 1.47; 3x3x3 to 142 channels 0.79 -> 0.87 and 110 -> 64 0.29 -> 0.29, so
-    only deep kernels are replaced (:data:`SLICED_MIN_DEPTH`).
-    """
-
-    def __init__(self, conv: nn.Conv3d):
-        super().__init__()
-        if conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1 \
-                or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"DepthSlicedConv3d cannot stand in for {conv}")
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.padding = conv.padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, d, h, w = x.shape
-        cout, _, kd, kh, kw = self.weight.shape
-        pd, ph, pw = self.padding
-        taps = self.weight.permute(2, 0, 1, 3, 4).reshape(kd * cout, c, kh, kw)
-        y = F.conv2d(x.transpose(1, 2).reshape(n * d, c, h, w), taps, padding=(ph, pw))
-        h2, w2 = y.shape[-2:]
-        y = y.reshape(n, d, kd, cout, h2, w2)
-        if pd:
-            y = F.pad(y, (0, 0, 0, 0, 0, 0, 0, 0, pd, pd))
-        depth = d + 2 * pd - kd + 1
-        out = y[:, 0:depth, 0]
-        for j in range(1, kd):
-            out = out + y[:, j:j + depth, j]
-        if self.bias is not None:
-            out = out + self.bias[:, None, None]
-        return out.transpose(1, 2)
-
-
-SLICED_MIN_DEPTH = 5  # kernel depth from which the sliced form is faster in ONNX Runtime
-
-
-def with_depth_sliced_conv3d(module: nn.Module, min_depth: int = SLICED_MIN_DEPTH) -> nn.Module:
-    """Replace, in place, every ``nn.Conv3d`` inside ``module`` whose kernel is at least
-    ``min_depth`` deep by a :class:`DepthSlicedConv3d`."""
-    for name, child in list(module.named_children()):
-        if isinstance(child, nn.Conv3d) and child.kernel_size[0] >= min_depth:
-            setattr(module, name, DepthSlicedConv3d(child))
-        else:
-            with_depth_sliced_conv3d(child, min_depth)
-    return module

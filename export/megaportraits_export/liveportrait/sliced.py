@@ -1,0 +1,204 @@
+"""The dense motion network in *slice layout*, the form of it that the bundle holds.
+
+ONNX Runtime's CPU convolution on 5-D tensors is an im2col + GEMM path without the blocked
+(NCHWc) kernels its 2-D convolution has; inside the generator graph the hourglass's 3x3x3 convs
+at 16x64x64 ran at 3-5 G multiply-adds per second against 30-45 for 2-D convs (profiled, one
+thread). So here the volume is kept as a stack of depth slices, ``(N, D, C, H, W)``, from the
+hourglass's input to the mask and occlusion heads, and every 3-D operation becomes 2-D:
+
+* a 3-D conv (stride 1, zero padding) is 2-D convs of the slices: either the kd depth
+  neighbours of each slice concatenated as input channels, one conv with the taps' weights side
+  by side (:func:`conv_input_taps`), or one conv whose output channels are the taps, shifted and
+  summed (:func:`conv_output_taps`, for the 7x7x7 mask conv: 22 outputs are too few for the
+  blocked kernel, 7 x 22 are not);
+* each BatchNorm is folded into the conv before it (:func:`fold_batch_norm`), so ReLU fuses too;
+* the hourglass's input (22 x 5 = 110 channels) gets zero channels up to a multiple of 16
+  (:data:`CHANNEL_BLOCK`), and the convs reading it (the first, the last, the mask and occlusion
+  heads) zero weights for them: ONNX Runtime only gives a conv its blocked kernel when the input
+  channels are a multiple of its block (16 with AVX-512), and 3 x 110 or 3 x 142 are not;
+* H/W pooling and nearest upsampling act on the slices as 2-D ops; skips concatenate channels;
+* the occlusion conv reads ``(N, D * C, H, W)``: its weight's channels are permuted to match
+  instead of the prediction being transposed back.
+
+Exact up to float rounding (the tests compare with :class:`.dense_motion.DenseMotionNetwork`).
+Built from a loaded network, it reads the same parameters; it is an export-time form only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megaportraits_export.warp import sample_volume
+
+from .blocks import Hourglass
+from .dense_motion import DenseMotionNetwork, coordinate_grid, keypoint_heatmaps
+
+OUTPUT_TAPS_MIN_DEPTH = 5  # kernel depth from which the taps go to output channels (the mask conv)
+CHANNEL_BLOCK = 16  # MLAS's NCHWc block with AVX-512 (8 with AVX2 divides it)
+
+
+def fold_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d | None) -> tuple:
+    """(weight, bias) of ``norm(conv(x))`` as one conv, in float64 then back to the conv's dtype."""
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    if norm is not None:
+        scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+        weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        bias = (bias - norm.running_mean.double()) * scale + norm.bias.detach().double()
+    return weight.to(conv.weight.dtype), bias.to(conv.weight.dtype)
+
+
+def _check_plain(conv: nn.Conv3d) -> None:
+    if conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1 \
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"no slice form for {conv} (stride 1, no dilation, one group, zero padding only)")
+
+
+def conv_input_taps(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """3-D conv of ``(N, D, C, H, W)`` slices: each output slice o is one 2-D conv of input
+    slices o - pd .. o + pd (zeros beyond the ends) stacked as channels, with the taps' weights
+    (Cout, C, kd, kh, kw) laid out as (Cout, kd * C, kh, kw) in the same order."""
+    n, d, c, h, w = slices.shape
+    cout, _, kd, kh, kw = weight.shape
+    pd, ph, pw = padding
+    depth = d + 2 * pd - kd + 1
+    padded = F.pad(slices, (0, 0, 0, 0, 0, 0, pd, pd)) if pd else slices
+    stacked = torch.cat([padded[:, j:j + depth] for j in range(kd)], dim=2) if kd > 1 else padded
+    taps = weight.permute(0, 2, 1, 3, 4).reshape(cout, kd * c, kh, kw)
+    out = F.conv2d(stacked.reshape(n * depth, kd * c, h, w), taps, bias, padding=(ph, pw))
+    return out.reshape(n, depth, cout, *out.shape[-2:])
+
+
+def conv_output_taps(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple) -> torch.Tensor:
+    """The same 3-D conv as one 2-D conv of every slice to kd x Cout channels (tap j's weights
+    are outputs j * Cout ..), after which output slice o sums tap j of input slice o + j - pd."""
+    n, d, c, h, w = slices.shape
+    cout, _, kd, kh, kw = weight.shape
+    pd, ph, pw = padding
+    taps = weight.permute(2, 0, 1, 3, 4).reshape(kd * cout, c, kh, kw)
+    y = F.conv2d(slices.reshape(n * d, c, h, w), taps, padding=(ph, pw))
+    y = y.reshape(n, d, kd, cout, *y.shape[-2:])
+    if pd:
+        y = F.pad(y, (0, 0, 0, 0, 0, 0, 0, 0, pd, pd))
+    depth = d + 2 * pd - kd + 1
+    out = y[:, 0:depth, 0]
+    for j in range(1, kd):
+        out = out + y[:, j:j + depth, j]
+    return out + bias[:, None, None]
+
+
+def _zero_channels(weight: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+    """``weight`` with ``count`` zero entries appended along ``dim``."""
+    if not count:
+        return weight
+    shape = list(weight.shape)
+    shape[dim] = count
+    return torch.cat([weight, weight.new_zeros(shape)], dim=dim)
+
+
+class SliceConv(nn.Module):
+    """A Conv3d (with the BatchNorm after it folded in) on slices; the taps' layout chosen by
+    kernel depth (:data:`OUTPUT_TAPS_MIN_DEPTH`). ``pad_inputs`` zero input channels (appended
+    to the conv's) are ignored; ``pad_outputs`` output channels of zeros are appended."""
+
+    def __init__(self, conv: nn.Conv3d, norm: nn.BatchNorm3d | None = None, pad_inputs: int = 0,
+                 pad_outputs: int = 0):
+        super().__init__()
+        _check_plain(conv)
+        weight, bias = fold_batch_norm(conv, norm)
+        weight = _zero_channels(_zero_channels(weight, 1, pad_inputs), 0, pad_outputs)
+        bias = _zero_channels(bias, 0, pad_outputs)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.padding = tuple(conv.padding)
+        self.output_taps = conv.kernel_size[0] >= OUTPUT_TAPS_MIN_DEPTH
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        form = conv_output_taps if self.output_taps else conv_input_taps
+        return form(slices, self.weight, self.bias, self.padding)
+
+
+def _per_slice(fn, slices: torch.Tensor) -> torch.Tensor:
+    """Apply a 4-D op to every slice: (N, D, C, H, W) -> (N * D, C, H, W) -> back."""
+    n, d = slices.shape[:2]
+    out = fn(slices.reshape(n * d, *slices.shape[2:]))
+    return out.reshape(n, d, *out.shape[1:])
+
+
+class SlicedHourglass(nn.Module):
+    """:class:`.blocks.Hourglass` on slices: down blocks conv+BN+ReLU then 2x2 pooling, up
+    blocks 2x nearest upsampling then conv+BN+ReLU, skips concatenated on channels."""
+
+    def __init__(self, hourglass: Hourglass, pad_inputs: int = 0):
+        """``pad_inputs``: zero channels appended to the input; the output carries as many more,
+        zeros too (the input is the last skip, so they end both)."""
+        super().__init__()
+        down = hourglass.encoder.down_blocks
+        self.down = nn.ModuleList(SliceConv(b.conv, b.norm, pad_inputs if i == 0 else 0) for i, b in enumerate(down))
+        self.up = nn.ModuleList(SliceConv(b.conv, b.norm) for b in hourglass.decoder.up_blocks)
+        self.out = SliceConv(hourglass.decoder.conv, hourglass.decoder.norm, pad_inputs, pad_inputs)
+
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        skips = [slices]
+        for conv in self.down:
+            skips.append(_per_slice(lambda x: F.avg_pool2d(x, 2), F.relu(conv(skips[-1]))))
+        out = skips.pop()
+        for conv in self.up:
+            up = _per_slice(lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"), out)
+            out = torch.cat([F.relu(conv(up)), skips.pop()], dim=2)
+        return F.relu(self.out(out))
+
+
+class SlicedDenseMotion(nn.Module):
+    """:class:`.dense_motion.DenseMotionNetwork`, same inputs and outputs, computed on slices."""
+
+    def __init__(self, network: DenseMotionNetwork):
+        super().__init__()
+        self.num_kp = network.num_kp
+        self.compress = network.compress  # 1x1x1 conv on the 32-channel volume: cheap as it is
+        self.norm = network.norm
+        inputs = network.hourglass.encoder.down_blocks[0].conv.in_channels
+        self.pad = -inputs % CHANNEL_BLOCK
+        self.hourglass = SlicedHourglass(network.hourglass, self.pad)
+        self.mask = SliceConv(network.mask, pad_inputs=self.pad)
+        occlusion = network.occlusion
+        channels = network.hourglass.out_filters
+        # its input channels are c * D + d; the slices give d * (C + pad) + c
+        weight = occlusion.weight.detach()
+        weight = weight.reshape(weight.shape[0], channels, -1, *weight.shape[-2:]).transpose(1, 2)
+        weight = _zero_channels(weight, 2, self.pad)
+        self.register_buffer("occlusion_weight", weight.flatten(1, 2).contiguous())
+        self.register_buffer("occlusion_bias", occlusion.bias.detach().clone())
+        self.occlusion_padding = occlusion.padding
+
+    def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> tuple:
+        """-> (deformation (N, D, H, W, 3), occlusion map (N, 1, H, W)), as the network's."""
+        feature = F.relu(self.norm(self.compress(feature)))
+        n, c, d, h, w = feature.shape
+        k = self.num_kp
+        grid = coordinate_grid(d, h, w, feature)
+        shifts = kp_source - kp_driving
+        proposals = torch.cat([grid.expand(n, 1, d, h, w, 3),
+                               grid[None, None] + shifts[:, :, None, None, None, :]], dim=1)
+        moved = sample_volume(feature, proposals.reshape(n, (k + 1) * d, h, w, 3))  # (N, C, (K+1) D, H, W)
+        moved = moved.reshape(n, c, k + 1, d, h, w).permute(0, 3, 2, 1, 4, 5)  # (N, D, K+1, C, H, W)
+        heatmaps = keypoint_heatmaps(kp_driving, grid) - keypoint_heatmaps(kp_source, grid)  # (N, K, D, H, W)
+        heatmaps = torch.cat([heatmaps.new_zeros(n, 1, d, h, w), heatmaps], dim=1).transpose(1, 2)
+        slices = torch.cat([heatmaps[:, :, :, None], moved], dim=3).reshape(n, d, (k + 1) * (c + 1), h, w)
+        if self.pad:
+            slices = F.pad(slices, (0, 0, 0, 0, 0, self.pad))
+
+        prediction = self.hourglass(slices)  # (N, D, C' + pad, H, W)
+        mask = torch.softmax(self.mask(prediction), dim=2)  # (N, D, K+1, H, W)
+        deformation = grid[None] + torch.einsum("ndkhw,nkc->ndhwc", mask[:, :, 1:], shifts)
+        occlusion = F.conv2d(prediction.reshape(n, -1, h, w), self.occlusion_weight, self.occlusion_bias,
+                             padding=self.occlusion_padding)
+        return deformation, torch.sigmoid(occlusion)
+
+
+def with_sliced_dense_motion(networks):
+    """Replace, in place, the warping module's dense motion network by its slice form."""
+    warping = networks.warping_module
+    warping.dense_motion_network = SlicedDenseMotion(warping.dense_motion_network).eval()
+    return networks
