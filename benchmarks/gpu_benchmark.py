@@ -328,9 +328,9 @@ def main(argv=None) -> int:
         manifest = mf.load_manifest(bundle)
         say(f"measuring {bundle} ({manifest.preset}, {manifest.precision}) at {elapsed:.0f} s")
         extra, notes = None, []
-        if manifest.precision == "fp32":
-            notes.append("fp16: not measured for this bundle: it is fp32 (an fp16 bundle is measured "
-                         "when one is given with --bundle)")
+        if manifest.precision == "fp32" and not args.fp16:
+            notes.append("fp16: not measured for this bundle: it is fp32 (--fp16 measures its fp16 flavour "
+                         "too, or give an fp16 bundle with --bundle)")
         if not args.no_torch:
             eager, why = torch_eager(bundle, manifest, provider)
             if eager is None:
@@ -349,6 +349,9 @@ def main(argv=None) -> int:
                              stages=GPU_STAGES, settings=settings)
         report = run_benchmark(plan, extra_measurements=extra, log=say)
         report.notes += notes
+        if not report.results:  # e.g. fp16 graphs in --cpu-dry-run: the CPU provider refuses them
+            say(f"nothing measured for {bundle}: " + "; ".join(report.notes))
+            continue
         print(format_table(report))
         stem = f"gpu_{manifest.preset}_{manifest.precision}" + ("_cpu_dry_run" if args.cpu_dry_run else "")
         save_report(report, args.output_dir, stem, log=say)

@@ -7,10 +7,11 @@
     animator.animate_video(avatar, "driver.mp4", "out.mp4")
 
 Per frame, nothing depends on the avatar but its cached tensors. On a GPU the avatar's canonical
-volume and descriptor are placed on the device once and bound to the generator once per stream
-(IOBinding), so a frame does not re-upload 25 MB; on the CPU a plain run already reads them in
-place (measured: no faster with IOBinding). The driver's input buffer is reused, and the
-paste-back mask and region are computed once per avatar.
+volume and descriptor are placed on the device once and the stream's graphs are bound once
+(IOBinding, :mod:`megaportraits.binding`): a frame is uploaded once, the generator's image feeds
+the enhancer on the device, and the frame comes back once; on the CPU a plain run already reads
+everything in place (``io_binding`` then defaults to off; on, it is bit-equal). The driver's
+input buffer is reused, and the paste-back mask and region are computed once per avatar.
 
 A bundle with an ``enhancer`` graph renders at the enhancer's size (``model.enhanced_size``, e.g.
 512 -> 1024) unless ``enhance=False``: the generator's frame (and matte) goes through the
@@ -43,6 +44,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import onnxruntime as ort
 
+from .binding import BoundFrames
+from .binding import device_state as device_state_of
 from .bundle import Bundle, open_bundle, open_role
 from .compositing import background_plate, composite
 from .errors import InputError, MegaportraitsError, NoFaceError
@@ -220,10 +223,7 @@ class Animator:
         descriptor = np.ascontiguousarray(descriptor, dtype=generator["global_descriptor"])
         pose, expression = (np.ascontiguousarray(x, dtype=np.float32) for x in (pose, expression))
         paste = PasteBack(image, box) if self.options.paste_back else None
-        device_state = {}
-        if self._io_binding:
-            device_state = {"canonical_volume": ort.OrtValue.ortvalue_from_numpy(volume, self._device, 0),
-                            "global_descriptor": ort.OrtValue.ortvalue_from_numpy(descriptor, self._device, 0)}
+        device_state = device_state_of(volume, descriptor, self._device) if self._io_binding else {}
         motion = Motion(pose, expression)
         if self.enhances:  # the backdrop is cut at the size frames are composited at
             crop = cut_crop(image, box, self.output_size)
@@ -355,14 +355,12 @@ class Performance:
             out = animator.output_size
             self._frame = np.empty((1, 3, out, out), np.float32)  # the composited frame, reused
         self._busy = threading.Lock()
-        self._binding = None
+        self._binding = None  # megaportraits.binding: the avatar on the device, frames in and out once
         if animator._io_binding and self._keypoints is None:
-            self._binding = self._generator.io_binding()
-            state = avatar.device_state or {  # an avatar prepared without binding
-                "canonical_volume": ort.OrtValue.ortvalue_from_numpy(avatar.canonical_volume, animator._device, 0),
-                "global_descriptor": ort.OrtValue.ortvalue_from_numpy(avatar.global_descriptor, animator._device, 0)}
-            for name, value in state.items():
-                self._binding.bind_ortvalue_input(name, value)
+            state = avatar.device_state or device_state_of(  # an avatar prepared without binding
+                avatar.canonical_volume, avatar.global_descriptor, animator._device)
+            self._binding = BoundFrames(animator.bundle.sessions, animator._device, state, self._driver_input,
+                                        animator.output_specs, enhance=self._enhances)
 
     def set_reference(self, frame: np.ndarray) -> None:
         """Use ``frame`` as the driver's neutral first frame for relative motion."""
@@ -422,39 +420,39 @@ class Performance:
 
     def _driver_motion(self, frame: np.ndarray) -> Motion:
         self._driver_tensor(frame)
-        pose, expression = run_graph(self._driver, "driver", ["pose", "expression"],
-                                     {"driver_image": self._driver_input}, self._specs("driver"))
+        if self._binding is not None:
+            pose, expression = self._binding.motion(["pose", "expression"])
+        else:
+            pose, expression = run_graph(self._driver, "driver", ["pose", "expression"],
+                                         {"driver_image": self._driver_input}, self._specs("driver"))
         return Motion(pose.astype(np.float32, copy=False), expression.astype(np.float32, copy=False))
 
     def _generate(self, motion: Motion) -> np.ndarray:
         """The generator's frame (1, 3, S, S), composited onto the avatar's backdrop for a
         matte model with background="source"."""
-        outputs = self._run_generator(motion)
-        if self._enhances:
-            outputs = self.animator.enhance(outputs, self._enhanced_outputs)
+        if self._binding is not None:
+            motion = self._motion_for_generator(motion)
+            outputs = self._binding.render(motion.pose, motion.expression, self._outputs,
+                                           self._enhanced_outputs if self._enhances else [])
+        else:
+            outputs = self._run_generator(motion)
+            if self._enhances:
+                outputs = self.animator.enhance(outputs, self._enhanced_outputs)
         if not self._composites:
             return outputs[0]
         image, matte = outputs
         return composite(image, matte, self.avatar.backdrop, out=self._frame)
 
+    def _motion_for_generator(self, motion: Motion) -> Motion:
+        return Motion(motion.pose.astype(self._motion_dtypes[0], copy=False),
+                      motion.expression.astype(self._motion_dtypes[1], copy=False))
+
     def _run_generator(self, motion: Motion) -> list:
-        motion = Motion(motion.pose.astype(self._motion_dtypes[0], copy=False),
-                        motion.expression.astype(self._motion_dtypes[1], copy=False))
-        if self._binding is None:
-            return run_graph(self._generator, "generator", self._outputs, {
-                "canonical_volume": self.avatar.canonical_volume,
-                "global_descriptor": self.avatar.global_descriptor,
-                "pose": motion.pose, "expression": motion.expression}, self._specs("generator"))
-        self._binding.bind_cpu_input("pose", np.ascontiguousarray(motion.pose))
-        self._binding.bind_cpu_input("expression", np.ascontiguousarray(motion.expression))
-        for name in self._outputs:  # get_outputs() follows this order
-            self._binding.bind_output(name, "cpu")
-        try:
-            self._generator.run_with_iobinding(self._binding)
-        except Exception as e:
-            raise _graph_failed("generator", e) from None
-        values = [value.numpy() for value in self._binding.get_outputs()]
-        return check_outputs("generator", self._outputs, values, self._specs("generator"))
+        motion = self._motion_for_generator(motion)
+        return run_graph(self._generator, "generator", self._outputs, {
+            "canonical_volume": self.avatar.canonical_volume,
+            "global_descriptor": self.avatar.global_descriptor,
+            "pose": motion.pose, "expression": motion.expression}, self._specs("generator"))
 
 
 def _crop_geometry(crop) -> CropGeometry | None:
