@@ -182,6 +182,37 @@ def test_sliced_dense_motion_equals_the_network(seed):
         torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_phased_conv_equals_conv_of_the_upsampled_map(scale):
+    import torch.nn.functional as F
+
+    from megaportraits_export.liveportrait.phased_spade import PhasedUpsampledConv
+
+    torch.manual_seed(scale)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1).eval()
+    x = torch.randn(2, 5, 6, 9)
+    with torch.no_grad():
+        expected = F.relu(conv(F.interpolate(x, scale_factor=scale, mode="nearest")))
+        got = PhasedUpsampledConv(conv, scale, relu=True)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_with_phased_label_convs_equals_the_decoder():
+    import copy
+
+    from megaportraits_export.liveportrait.phased_spade import PhasedSPADE, with_phased_label_convs
+    from megaportraits_export.liveportrait.spade_decoder import SPADEDecoder
+
+    c = tiny_config()
+    torch.manual_seed(4)
+    decoder = SPADEDecoder(c).eval()
+    phased = with_phased_label_convs(copy.deepcopy(decoder)).eval()
+    assert sum(isinstance(m, PhasedSPADE) for m in phased.modules()) == 6
+    x = torch.randn(2, c.warp_channels, c.feature_size, c.feature_size)
+    with torch.no_grad():
+        torch.testing.assert_close(phased(x), decoder(x), rtol=1e-5, atol=1e-5)
+
+
 def test_the_animator_runs_a_liveportrait_bundle(tiny, tmp_path):
     """The family switch end to end: Animator on the tiny bundle, relative motion, against the
     PyTorch networks with LivePortrait's rule composed in torch."""

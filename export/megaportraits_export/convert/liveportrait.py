@@ -26,6 +26,7 @@ from megaportraits_export import command
 from megaportraits_export.liveportrait import keypoints
 from megaportraits_export.liveportrait.config import LivePortraitConfig
 from megaportraits_export.liveportrait.graphs import role_modules
+from megaportraits_export.liveportrait.phased_spade import with_phased_label_convs
 from megaportraits_export.liveportrait.sliced import with_sliced_dense_motion
 from megaportraits_export.liveportrait.weights import LivePortraitNetworks, WeightsError, load_networks
 from megaportraits_export.onnx_export import (OPSET, ExportError, compare_outputs, export_graph, format_report,
@@ -78,9 +79,12 @@ def example_inputs(networks: LivePortraitNetworks, batch: int, seed: int) -> dic
 
 
 def deployable(networks: LivePortraitNetworks) -> LivePortraitNetworks:
-    """A copy in the form ONNX Runtime runs fastest (the dense motion's 3-D convs as 2-D convs
-    of depth slices: :mod:`megaportraits_export.liveportrait.sliced`)."""
-    return with_sliced_dense_motion(copy.deepcopy(networks)).eval()
+    """A copy in the form ONNX Runtime runs fastest, the same function: the dense motion's 3-D
+    convs as 2-D convs of depth slices (:mod:`megaportraits_export.liveportrait.sliced`), the
+    decoder's label convs at the label's resolution (:mod:`~megaportraits_export.liveportrait.phased_spade`)."""
+    fast = with_sliced_dense_motion(copy.deepcopy(networks))
+    with_phased_label_convs(fast.spade_generator)
+    return fast.eval()
 
 
 def export_programs(networks: LivePortraitNetworks, progress=print) -> dict:
