@@ -239,7 +239,9 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
         entry.update(status="ok", model=manifest.model_name, preset=manifest.preset,
                      image_size=manifest.image_size, precision=manifest.precision,
                      custom_op=manifest.custom_op, portable_graphs=manifest.has_portable,
-                     graphs={r: {"file": g.file, "portable_file": g.portable_file} for r, g in manifest.graphs.items()},
+                     graphs={r: {"file": g.file, "portable_file": g.portable_file, "precisions": list(g.precisions),
+                                 "flavours": {f.precision: f.to_dict() for f in g.flavours}}
+                             for r, g in manifest.graphs.items()},
                      matte=manifest.has_matte, enhanced_size=manifest.enhanced_size, runs_with=report.runs_with,
                      producer=manifest.producer, provenance=manifest.provenance)
     info["bundle"] = entry
@@ -268,6 +270,7 @@ def _print_info(info: dict) -> None:
                                     f"{bundle['enhanced_size']}px unless --no-enhance)" if bundle["enhanced_size"]
                                     else "none")]
         lines += [f"  {role}: {g['file']}" + (f" (portable: {g['portable_file']})" if g["portable_file"] else "")
+                  + "".join(f"; {p}: {f['file']}" for p, f in g["flavours"].items())
                   for role, g in bundle["graphs"].items()]
         if bundle["provenance"]:
             lines.append(f"  provenance: {json.dumps(bundle['provenance'])}")

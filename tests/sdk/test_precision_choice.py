@@ -256,3 +256,14 @@ def test_the_cli_precision_option_picks_and_refuses(flavoured_bundle, tmp_path, 
     assert cli.main(args + ["-o", str(tmp_path / "fp16.png"), "--precision", "fp16"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--precision fp16" in err and not (tmp_path / "fp16.png").exists()
+
+
+def test_info_lists_each_graphs_flavours(flavoured_bundle, capsys):
+    from megaportraits import cli
+
+    assert cli.main(["info", "--bundle", str(flavoured_bundle), "--json"]) == 0
+    graphs = json.loads(capsys.readouterr().out)["bundle"]["graphs"]
+    assert graphs["generator"]["precisions"] == ["fp32", "int8"] and graphs["source"]["precisions"] == ["fp32"]
+    assert graphs["generator"]["flavours"] == {"int8": {"file": "generator.int8.onnx"}}
+    assert cli.main(["info", "--bundle", str(flavoured_bundle)]) == 0
+    assert "generator: generator.onnx; int8: generator.int8.onnx" in capsys.readouterr().out
