@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -85,8 +86,7 @@ def measure_student(preset: str, threads: int, runs: int, avatars: int, work: Pa
     torch.manual_seed(0)
     student = build_student(config).eval()
     path = work / f"student-{preset}-{avatars}.onnx"
-    if not path.is_file():
-        export_student_graph(student, path)
+    export_student_graph(student, path)  # always: a graph left by an older architecture would mislead
     session = create_session(path, ["CPUExecutionProvider"], session_options(threads))
     rng = np.random.default_rng(0)
     feeds = {"driver_image": rng.random((1, 3, config.image_size, config.image_size), dtype=np.float32),
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     root = Path(args.bundle_root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores", flush=True)
     for preset in args.presets:
         teacher = measure_teacher(teacher_bundle(root, preset, args.seed), args.threads, args.runs)
         student = measure_student(preset, args.threads, args.runs, args.avatars, root)
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
               f"{t:9.1f} ms (min {min(teacher['ms']):.1f})  student {s:7.2f} ms (min {min(student['ms']):.2f}, "
               f"{student['gmac']:.3f} GMAC)  speed-up {t / s:6.1f}x", flush=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"rows": rows, "runs": args.runs, "avatars": args.avatars}, indent=2) + "\n")
+    Path(args.output).write_text(json.dumps({"rows": rows, "runs": args.runs, "avatars": args.avatars,
+                                             "load_average": os.getloadavg()}, indent=2) + "\n")
     return 0
 
 

@@ -31,6 +31,13 @@ from .faces import CropBox, CropGeometry, FaceTracker, HaarFaceDetector, PasteBa
 from .images import as_rgb_image, check_size, load_image
 from .schema import AVATAR_INDEX, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT, STUDENT, STUDENT_ROLES
 
+#: the driver's face is detected on one frame in this many and followed by its appearance between
+#: (faces.FaceFollower): the detector costs several times the student's whole frame otherwise
+REDETECT_EVERY = 8
+
+#: the student of the bundled demo model, distilled for the demo portrait (``megaportraits demo --student``)
+DEMO_STUDENT = Path(__file__).resolve().parent / "assets" / "demo_student"
+
 ABSOLUTE_ONLY = ("a student bundle reproduces the driver's absolute motion (it sees only the driver image, so "
                  "there is no source motion to be relative to); use absolute motion (--absolute, motion='absolute')")
 
@@ -134,7 +141,7 @@ class StudentPerformance:
         self.animator, self.avatar = animator, avatar
         size = animator.image_size
         options = animator.options
-        self._tracker = (FaceTracker(animator.detector, animator._geometry,
+        self._tracker = (FaceTracker(animator.detector, animator._geometry, redetect_every=REDETECT_EVERY,
                                      centre_fallback=options.face_fallback == "centre") if options.crop else None)
         self._input = np.empty((1, 3, size, size), np.float32)
         self._index = np.array([avatar.index], dtype=np.int64)
