@@ -190,7 +190,7 @@ setup(
     packages=find_packages("sdk") + find_packages("export"),
     # the face cascade, and the bundled demo: model bundle, source portrait and driving clip
     package_data={"megaportraits": ["data/*.xml", "assets/*.png", "assets/*.mp4", "assets/*.md",
-                                    "assets/demo_bundle/*"]},
+                                    "assets/demo_bundle/*", "assets/demo_student/*"]},
     ext_modules=native_extensions(),
     cmdclass={"build_ext": BuildNative},
     # onnxruntime and onnxruntime-gpu install the same `onnxruntime` module; [gpu] users replace

@@ -23,6 +23,8 @@ COMMANDS = {
                      "add a high-resolution enhancer (trained checkpoint or random init) to a bundle"),
     "convert": ("megaportraits_export.convert.cli", "convert another project's released weights into a bundle"),
     "distill": ("megaportraits_export.distill.cli", "distil a real-time student of some avatars from a teacher bundle"),
+    "distill-fidelity": ("megaportraits_export.distill.fidelity",
+                         "a student against its teacher on held-out drivers, and against ground truth"),
 }
 
 

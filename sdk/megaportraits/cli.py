@@ -175,6 +175,8 @@ def _shown(path) -> str:
 # ---- demo --------------------------------------------------------------------------------
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="megaportraits_demo.mp4", help="output video (default: %(default)s)")
+    p.add_argument("--student", action="store_true",
+                   help="run the bundled real-time student of the demo model (the demo portrait is its avatar)")
     _add_runtime_options(p)
     _add_animation_options(p, crop_by_default=False)
 
@@ -187,6 +189,15 @@ def _demo(args) -> int:
     if missing:
         raise MegaportraitsError(f"the bundled demo clips are not installed ({missing[0]} is missing); animate "
                                  "your own: megaportraits animate SOURCE DRIVER -o OUT")
+    if args.student:
+        from .manifest import load_manifest
+        from .student import DEMO_STUDENT, is_student_bundle
+
+        if not is_student_bundle(DEMO_STUDENT):
+            raise MegaportraitsError(f"the bundled demo student is not installed (expected in {DEMO_STUDENT}); distill "
+                                     "one: python -m megaportraits_export distill (see docs/student.md)")
+        name = load_manifest(DEMO_STUDENT).avatar_names()[0]
+        return _run_animation(args, name, DEMO_DRIVER, args.output, DEMO_STUDENT)
     return _run_animation(args, DEMO_SOURCE, DEMO_DRIVER, args.output, None)
 
 

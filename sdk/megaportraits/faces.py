@@ -183,8 +183,13 @@ class PasteBack:
         interpolation = cv2.INTER_CUBIC if side > crop.shape[0] else cv2.INTER_AREA
         resized = cv2.resize(crop, (side, side), interpolation=interpolation)[self.inner]
         out = self.frame.copy()
-        blended = self._background + resized.astype(np.float32) * self.mask
-        out[self.region] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        # background + crop * mask, rounded: in place, one buffer. The sum of two convex weights of
+        # values in 0..255 lies in [0, 255], so + 0.5 and truncation need no clip to stay in uint8
+        blended = resized.astype(np.float32)
+        np.multiply(blended, self.mask, out=blended)
+        np.add(self._background, blended, out=blended)
+        blended += np.float32(0.5)
+        out[self.region] = blended  # float -> uint8 truncates, as astype does
         return out
 
 
