@@ -21,6 +21,7 @@ from megaportraits import manifest as mf
 from megaportraits import sessions
 from megaportraits.schema import DRIVER, GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, SOURCE
 from megaportraits_export.onnx_export import ExportError, write_bundle
+from megaportraits_export.onnx_export import int8_graph
 from megaportraits_export.onnx_export import precision as pr
 
 PRESET = "tiny"
@@ -28,20 +29,22 @@ PRESET = "tiny"
 
 @pytest.fixture(scope="module")
 def bundles(graphs_factory, tmp_path_factory, one_torch_thread):
-    """fp32, int8 and fp16 bundles written from one export of random_model('tiny', 0)."""
+    """fp32, int8 and fp16 bundles, and one carrying all three (fp32 main files, int8 and fp16
+    flavours), written from one export of random_model('tiny', 0)."""
     exported = graphs_factory(PRESET, 0)
     root = tmp_path_factory.mktemp("precision")
     frames = pr.synthetic_calibration_frames(exported.image_size, count=8)
-    return {p: write_bundle(exported, root / p, precision=p, calibration_frames=frames)
-            for p in ("fp32", "int8", "fp16")}
+    return {p: write_bundle(exported, root / p.replace(",", "-"), precision=p, calibration_frames=frames)
+            for p in ("fp32", "int8", "fp16", "fp32,int8,fp16")}
 
 
-def _runner(bundle, portable=False):
+def _runner(bundle, portable=False, precision=None):
     manifest = mf.load_manifest(bundle)
     library = None if portable else sessions.require_custom_op_library()
     options = sessions.session_options(1, library)
-    made = {role: sessions.create_session(bundle / manifest.graph_file(role, portable), ["CPUExecutionProvider"],
-                                          options) for role in (SOURCE, DRIVER, GENERATOR)}
+    made = {role: sessions.create_session(
+        bundle / manifest.graph_file(role, portable, precision if role != SOURCE else None),
+        ["CPUExecutionProvider"], options) for role in (SOURCE, DRIVER, GENERATOR)}
 
     def run(role, feed):
         names = list(GRAPH_IO[role].outputs)
@@ -54,10 +57,11 @@ def _random_feeds(size, batch=2, seed=7):
     return (rng.random((batch, 3, size, size), dtype=np.float32), rng.random((batch, 3, size, size), dtype=np.float32))
 
 
-def _outputs(bundle, portable=False):
+def _outputs(bundle, portable=False, precision=None):
     """(driver outputs, generator outputs) on random images, the avatar always from fp32's source
-    graph (source graphs are fp32 in every flavour, checked below)."""
-    run = _runner(bundle, portable)
+    graph (source graphs are fp32 in every flavour, checked below); ``precision``: that flavour
+    of a bundle carrying several."""
+    run = _runner(bundle, portable, precision)
     size = mf.load_manifest(bundle).image_size
     source_image, driver_image = _random_feeds(size)
     avatar = _runner(bundle)(SOURCE, {"source_image": source_image})
@@ -95,12 +99,22 @@ def test_int8_quantizes_the_convolutions_and_nothing_on_the_grid_path(bundles):
         proto = onnx.load(bundles["int8"] / f"{role}.onnx")
         kept_float = pr.edge_convolutions(fp32.graph)[1]  # DEFAULT_KEEP_FLOAT: the last convolutions
         assert pr.DEFAULT_KEEP_FLOAT == ("last",) and kept_float
+        kept_float |= int8_graph.small_output_convolutions(fp32.graph)  # too narrow to gain from int8
         convs = [n for n in fp32.graph.node if n.op_type == "Conv" and n.name not in kept_float]
         int8_weights = {t.name for t in proto.graph.initializer if t.data_type == TensorProto.INT8}
         producers = {o: n for n in proto.graph.node for o in n.output}
         quantized = [n for n in proto.graph.node if n.op_type == "Conv"
                      and producers.get(n.input[1]) is not None and producers[n.input[1]].input[0] in int8_weights]
         assert len(quantized) == len(convs) > 0
+        # the rewrites: each GroupNorm one InstanceNormalization (its three means gone; every
+        # Reciprocal of these graphs is a GroupNorm's), and no tensor dequantized twice the same way
+        count = lambda model, op: sum(n.op_type == op for n in model.graph.node)  # noqa: E731
+        group_norms = count(fp32, "Reciprocal")
+        assert group_norms > 0
+        assert count(proto, "ReduceMean") == count(fp32, "ReduceMean") - 3 * group_norms
+        assert count(proto, "InstanceNormalization") == count(fp32, "InstanceNormalization") + group_norms
+        dequantizers = [tuple(n.input) for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+        assert len(dequantizers) == len(set(dequantizers))
         # the sampling grids: nothing between the pose input and a grid is (de)quantized
         for node in proto.graph.node:
             if node.op_type in ("GridSample", GRID_SAMPLE_3D.name):
@@ -284,6 +298,71 @@ def test_calibration_frames_refuses_a_bad_directory(tmp_path, content):
 def test_unknown_precision_is_refused(tmp_path):
     with pytest.raises(ExportError, match="choose one of fp32, fp16, int8"):
         pr.convert_written_graphs(tmp_path, {}, "int4", 64)
+
+
+def test_the_exported_generators_group_norms_are_all_rewritten_and_agree(bundles):
+    """On the real exported tiny generator: every two-pass GroupNorm matched; the rewritten fp32
+    graph computes what the two-pass graph does (random inputs; fp32 rounding apart)."""
+    from megaportraits import manifest as mf
+    from megaportraits.schema import GENERATOR, GRAPH_IO
+
+    bundle = bundles["fp32"]
+    path = bundle / mf.load_manifest(bundle).graph_file(GENERATOR, portable=True)
+    model = onnx.load(path)
+    reciprocals = sum(n.op_type == "Reciprocal" for n in model.graph.node)
+    assert int8_graph.instance_norm_group_norms(model) == reciprocals > 0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(9)
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in value.shape]
+        feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
+    feeds["pose"] = (np.eye(3, 4, dtype=np.float32) + 0.05 * rng.standard_normal((3, 4)).astype(np.float32))[None]
+    want = session.run(list(GRAPH_IO[GENERATOR].outputs), feeds)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        list(GRAPH_IO[GENERATOR].outputs), feeds)
+    for a, b in zip(got, want):
+        assert np.abs(a - b).max() < 1e-4
+
+
+# ---- a bundle carrying several flavours ------------------------------------------------------------
+def test_a_bundle_carries_each_precision_as_a_flavour_beside_the_fp32_files(bundles):
+    bundle = bundles["fp32,int8,fp16"]
+    manifest = mf.load_manifest(bundle)
+    mf.verify_files(bundle, manifest)
+    assert manifest.precision == "fp32" and manifest.graphs[SOURCE].precisions == ("fp32",)
+    for role in (DRIVER, GENERATOR):
+        assert manifest.graphs[role].precisions == ("fp32", "fp16", "int8")
+        assert manifest.graph_file(role, precision="int8") == f"{role}.int8.onnx"
+        assert manifest.graph_file(role, portable=True, precision="fp16") in (f"{role}.fp16.portable.onnx",
+                                                                                f"{role}.fp16.onnx")
+    assert set(manifest.provenance["precision_flavours"]) == {"int8", "fp16"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
+def test_each_flavour_computes_what_the_single_precision_bundle_does(bundles, precision):
+    """Same weights, same calibration frames: the flavour is the single-precision export."""
+    motion, rendering = _outputs(bundles["fp32,int8,fp16"], precision=precision)
+    want_motion, want = _outputs(bundles[precision])
+    for name in want_motion:
+        np.testing.assert_array_equal(motion[name], want_motion[name])
+    for name in want:
+        np.testing.assert_array_equal(rendering[name], want[name])
+
+
+def test_the_sdk_opens_the_flavour_the_provider_runs_well(bundles):
+    from megaportraits.bundle import open_bundle
+
+    bundle = bundles["fp32,int8,fp16"]
+    assert open_bundle(bundle, provider="cpu").precisions == {SOURCE: "fp32", DRIVER: "int8", GENERATOR: "int8"}
+    assert open_bundle(bundle, provider="cpu", precision="fp32").graph_path(GENERATOR).name == "generator.onnx"
+
+
+@pytest.mark.parametrize("text,words", [("fp32,fp32", "twice"), ("int8,fp32", "put fp32 first"),
+                                        ("fp8", "one or more of"), ("", "one or more of")])
+def test_a_bad_precision_list_is_refused(text, words):
+    with pytest.raises(ExportError, match=words):
+        pr.parse_precisions(text)
 
 
 # ---- the command line --------------------------------------------------------------------------

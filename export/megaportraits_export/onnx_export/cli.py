@@ -6,6 +6,7 @@ import logging
 import time
 
 from megaportraits_export import command
+from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.precision import CALIBRATION_FRAMES, PRECISIONS, calibration_frames_from
 from megaportraits_export.onnx_export.writing import export_bundle, export_random_init
 
@@ -27,14 +28,27 @@ def build_parser() -> command.Parser:
                         "(a default bundle then holds each weight once)")
     p.add_argument("--verify", action="store_true",
                    help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", type=_precisions, default=("fp32",), metavar="|".join(PRECISIONS) + "[,...]",
                    help="fp32 (default); int8: the per-frame graphs quantized for CPUs (static QDQ, "
                         "calibrated); fp16: the per-frame graphs in half precision for GPUs. Grids, pose "
-                        "maths and normalisation statistics stay float32; the source graph stays fp32")
+                        "maths and normalisation statistics stay float32; the source graph stays fp32. "
+                        "Several, e.g. fp32,int8,fp16: the bundle carries each (the first as its main files) "
+                        "and the SDK picks by provider and its own --precision")
     p.add_argument("--calibration-frames", metavar="DIR",
                    help=f"int8: calibrate on up to {CALIBRATION_FRAMES} face images from DIR (cropped as the SDK "
                         "crops them) instead of the synthetic heads the demo models were trained on")
     return p
+
+
+def _precisions(text: str) -> tuple:
+    import argparse
+
+    from megaportraits_export.onnx_export.precision import parse_precisions
+
+    try:
+        return parse_precisions(text)
+    except ExportError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv=None) -> int:
@@ -45,7 +59,7 @@ def main(argv=None) -> int:
                      "or give --checkpoint CKPT")
     if args.random_init and not args.preset:
         parser.error("--random-init needs --preset NAME")
-    if args.calibration_frames and args.precision != "int8":
+    if args.calibration_frames and "int8" not in args.precision:
         parser.error("--calibration-frames calibrates int8 quantization; add --precision int8")
     return command.run(_export, args)
 
@@ -61,7 +75,7 @@ def _export(args) -> int:
         model, config, provenance = load_model_from_checkpoint(args.checkpoint)
         out = export_bundle(model, config, args.output, preset=provenance["preset"],
                             provenance=provenance, portable=args.portable, verify=args.verify,
-                            external_weights=args.external_weights, precision=args.precision,
+                            external_weights=args.external_weights, precision=",".join(args.precision),
                             calibration_frames=_calibration_frames(args, config.image_size))
     else:
         from megaportraits_export.config import PRESETS
@@ -70,7 +84,7 @@ def _export(args) -> int:
             raise command.CommandError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
         out = export_random_init(args.preset, args.seed, args.output, portable=args.portable,
                                  verify=args.verify, external_weights=args.external_weights,
-                                 precision=args.precision,
+                                 precision=",".join(args.precision),
                                  calibration_frames=_calibration_frames(args, PRESETS[args.preset].image_size))
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s)")

@@ -8,10 +8,13 @@ nothing per frame, and the avatar state it computes (the canonical volume) feeds
 What stays in float32, and why:
 
 * int8 quantizes the convolutions only (weights per output channel, activations per tensor,
-  uint8/int8, the layout ONNX Runtime's x86 kernels with VNNI/AMX run fastest). Everything else
-  (the pose and coordinate maths, the sampling grids, both grid samples, the normalisation
-  statistics, the expression linear layers, the activations between layers) keeps its float
-  ops, so quantization error enters only where the GEMMs are.
+  uint8/int8, the layout ONNX Runtime's x86 kernels with VNNI/AMX run fastest), except those
+  writing fewer than 8 channels (slower in int8). Everything else (the pose and coordinate
+  maths, the sampling grids, both grid samples, the normalisation statistics, the expression
+  linear layers, the activations between layers) keeps its float ops, so quantization error
+  enters only where the GEMMs are. Between the convolutions each GroupNorm becomes one
+  InstanceNormalization (:mod:`.int8_graph`: the float work there, not the GEMMs, was most of
+  an int8 frame).
 * fp16 converts the whole graph except the nodes :func:`float32_nodes` picks: every node that
   computes a sampling grid or a pose (a 1e-3 relative error of a coordinate moves a sample by a
   voxel fraction everywhere), the 3-channel deformation-field sample, and the statistics of
@@ -307,26 +310,40 @@ def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_floa
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    proto = onnx.load(standard_path, load_external_data=False)
+    from megaportraits_export.onnx_export.int8_graph import (instance_norm_group_norms, share_dequantizers,
+                                                             small_output_convolutions)
+
+    proto = onnx.load(standard_path)
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
     first, last = edge_convolutions(graph)
     excluded = (first if "first" in keep_float else set()) | (last if "last" in keep_float else set())
-    convolutions = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded]
+    narrow = small_output_convolutions(graph) - excluded
+    convolutions = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded | narrow]
     tensors = sorted({name for n in convolutions for name in (n.input[0], n.output[0]) if name not in initializers})
     library = _usable_library() if range_graph is not None else None
+    # the ranges are the fp32 graph's; the rewrite below keeps every convolution's tensor names
     ranges = activation_ranges(range_graph if library else standard_path, feeds, tensors, per_pass, library)
+    group_norms = instance_norm_group_norms(proto)
     with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
+        rewritten, quantized = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, rewritten, save_as_external_data=True, location="float.onnx.data")
+        del proto
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax,
                                       {n: (np.float32(lo), np.float32(hi)) for n, (lo, hi) in ranges.items()}),
                           cache)
-        quantize_static(str(standard_path), str(output_path), calibration_data_reader=None,
+        quantize_static(str(rewritten), str(quantized), calibration_data_reader=None,
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                         nodes_to_quantize=[n.name for n in convolutions],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache))
-    return {"quantized_convolutions": len(convolutions), "float_convolutions": sorted(excluded)}
+        result = onnx.load(quantized)
+    shared = share_dequantizers(result)
+    onnx.save(result, output_path)
+    return {"quantized_convolutions": len(convolutions), "float_convolutions": sorted(excluded),
+            "narrow_float_convolutions": sorted(narrow), "instance_norm_group_norms": group_norms,
+            "shared_dequantizers": shared}
 
 
 # ---- fp16 ------------------------------------------------------------------------------------
@@ -384,8 +401,9 @@ def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: 
     if precision == "int8":
         with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
-            quantize_int8(standard_path, feeds, out, keep_float, range_tensors_per_pass(image_size),
-                          range_graph=graph_path if names else None)
+            done = quantize_int8(standard_path, feeds, out, keep_float, range_tensors_per_pass(image_size),
+                                 range_graph=graph_path if names else None)
+            log.info("  int8: %s", ", ".join(f"{k} {len(v) if isinstance(v, list) else v}" for k, v in done.items()))
             converted = onnx.load(out)
     elif precision == "fp16":
         converted = convert_fp16(onnx.load(standard_path))
@@ -394,12 +412,52 @@ def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: 
     return restore_custom_nodes(converted, names)
 
 
+def parse_precisions(text: str) -> tuple:
+    """``"fp32"`` or ``"fp32,int8"`` -> the precisions a bundle carries, the main files' first
+    (the others are written as flavours beside them: :attr:`megaportraits.manifest.GraphSpec.flavours`)."""
+    precisions = tuple(p.strip() for p in str(text).split(",") if p.strip())
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if not precisions or unknown:
+        raise ExportError(f"--precision {text!r}: give one or more of {', '.join(PRECISIONS)} separated by commas "
+                          "(e.g. fp32,int8), the main flavour first")
+    if len(set(precisions)) != len(precisions):
+        raise ExportError(f"--precision {text!r} names a precision twice")
+    if "fp32" in precisions[1:]:
+        raise ExportError(f"--precision {text!r}: put fp32 first (the main files; the other flavours are made "
+                          "from it), e.g. fp32,int8")
+    return precisions
+
+
+def convert_bundle_graphs(staging: Path, manifest, precisions: tuple, frames: CalibrationFrames | None = None,
+                          external_weights: bool = False) -> None:
+    """Give the fp32 bundle staged in ``staging`` (``manifest`` in memory, not yet rewritten)
+    the ``precisions`` of :func:`parse_precisions`: each flavour after the first is written beside
+    the fp32 files, then the first, when it is not fp32, converts the main files in place."""
+    fp32_graphs = dict(manifest.graphs)
+    for precision in precisions[1:]:
+        record_conversion(manifest, convert_written_graphs(
+            staging, fp32_graphs, precision, manifest.image_size, frames, external_weights=external_weights,
+            matte=manifest.has_matte, as_flavour=True))
+    if precisions[0] != "fp32":
+        report = convert_written_graphs(staging, fp32_graphs, precisions[0], manifest.image_size, frames,
+                                        external_weights=external_weights, matte=manifest.has_matte)
+        record_conversion(manifest, report)
+
+
+def flavour_file(role: str, precision: str, portable: bool = False) -> str:
+    """The file name of a role's graph in another precision: ``generator.int8.onnx``."""
+    return f"{role}.{precision}{'.portable' if portable else ''}.onnx"
+
+
 def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_size: int,
                            frames: CalibrationFrames | None = None, external_weights: bool = False,
-                           matte: bool = False, keep_float: tuple = DEFAULT_KEEP_FLOAT) -> dict:
-    """Replace the fp32 per-frame graph files written in ``staging`` (and their portable twins)
-    by their ``precision`` versions. Returns what the manifest records: each role's precision
-    and, for int8, what the calibration ran on.
+                           matte: bool = False, keep_float: tuple = DEFAULT_KEEP_FLOAT,
+                           as_flavour: bool = False) -> dict:
+    """Convert the fp32 per-frame graph files written in ``staging`` (and their portable twins)
+    to ``precision``: in place, or with ``as_flavour`` into new files beside them
+    (:func:`flavour_file`), the fp32 files kept. Returns what the manifest records
+    (:func:`record_conversion`): each role's precision, the flavour files, and for int8 what the
+    calibration ran on.
 
     ``frames``: int8 calibration frames (default: :func:`synthetic_calibration_frames`)."""
     from megaportraits_export.onnx_export.graph_files import check_graph, check_model
@@ -411,6 +469,8 @@ def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_si
     report = {"requested": precision, "graphs": precisions}
     if precision == "fp32":
         return report
+    if as_flavour:
+        report["flavour_files"] = {}
     standard = {role: staging / (spec.portable_file or spec.file) for role, spec in graphs.items()}
     feeds: dict = {}
     if precision == "int8":
@@ -426,29 +486,48 @@ def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_si
         path = staging / spec.file
         log.info("converting the %s graph to %s", role, precision)
         converted = convert_graph(precision, path, standard[role], feeds.get(role), keep_float, image_size)
-        for old in _external_data_files(path) | _external_data_files(standard[role]):
-            (staging / old).unlink(missing_ok=True)
-        data_name = f"{spec.file}.data"
+        twin = staging / spec.portable_file if spec.portable_file and spec.portable_file != spec.file else None
+        if as_flavour:
+            path = staging / flavour_file(role, precision)
+            twin = staging / flavour_file(role, precision, portable=True) if twin is not None else None
+            report["flavour_files"][role] = [path.name, (twin or path).name if spec.portable_file else None]
+        else:
+            for old in _external_data_files(path) | _external_data_files(standard[role]):
+                (staging / old).unlink(missing_ok=True)
         onnx.save(converted, path, save_as_external_data=external_weights, all_tensors_to_one_file=True,
-                  location=data_name)
+                  location=f"{path.name}.data")
         check_model(path)
-        if spec.portable_file and spec.portable_file != spec.file:
-            save_standard_twin(path, staging / spec.portable_file)
-            check_graph(role, staging / spec.portable_file, portable=True, matte=matte)
+        if twin is not None:
+            save_standard_twin(path, twin)
+            check_graph(role, twin, portable=True, matte=matte)
         check_graph(role, path, portable=spec.portable_file is None, matte=matte)
         precisions[role] = precision
     return report
 
 
 def record_conversion(manifest, report: dict) -> None:
-    """Write a conversion's report into ``manifest`` (in memory): the bundle's precision, each
-    graph's, and ``provenance.precision`` (what the calibration ran on)."""
+    """Write a conversion's report into ``manifest`` (in memory): in place, the bundle's
+    precision and each graph's; as a flavour, each converted graph's new flavour entry; and
+    ``provenance.precision`` (what the calibration ran on; one entry per flavour)."""
     import dataclasses
 
-    manifest.precision = report["requested"]
-    manifest.provenance = {**manifest.provenance, "precision": report}
-    manifest.graphs = {role: dataclasses.replace(spec, precision=report["graphs"].get(role, spec.precision))
-                       for role, spec in manifest.graphs.items()}
+    from megaportraits.manifest import GraphFlavour
+
+    if "flavour_files" not in report:
+        manifest.precision = report["requested"]
+        manifest.provenance = {**manifest.provenance, "precision": report}
+        manifest.graphs = {role: dataclasses.replace(spec, precision=report["graphs"].get(role, spec.precision))
+                           for role, spec in manifest.graphs.items()}
+        return
+    precision = report["requested"]
+    recorded = manifest.provenance.get("precision_flavours", {})
+    manifest.provenance = {**manifest.provenance, "precision_flavours": {**recorded, precision: report}}
+    graphs = dict(manifest.graphs)
+    for role, (file, twin) in report["flavour_files"].items():
+        spec = graphs[role]
+        flavours = tuple(f for f in spec.flavours if f.precision != precision) + (GraphFlavour(precision, file, twin),)
+        graphs[role] = dataclasses.replace(spec, flavours=tuple(sorted(flavours, key=lambda f: PRECISIONS.index(f.precision))))
+    manifest.graphs = graphs
 
 
 def _external_data_files(path: Path) -> set:

@@ -20,7 +20,7 @@ from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
 from megaportraits_export.onnx_export.graphs import ExportedModel, export_graphs, random_model
 from megaportraits_export.onnx_export.portable import save_standard_twin
-from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_written_graphs, record_conversion
+from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_bundle_graphs, parse_precisions
 from megaportraits_export.onnx_export.tracing import OPSET
 from megaportraits_export.onnx_export.verify import format_report, verify_bundle
 
@@ -62,7 +62,8 @@ def write_bundle(exported: ExportedModel,
     Runtime before the bundle is put in place, and a mismatch raises :class:`ExportError` and
     writes nothing. ``precision`` int8 or fp16 then converts the per-frame graphs
     (:mod:`.precision`; int8 calibrated on ``calibration_frames``, by default synthetic heads):
-    verification checks the fp32 trace, before the conversion.
+    verification checks the fp32 trace, before the conversion. A list (``"fp32,int8"``) carries
+    each precision after the first as a flavour beside the main files, which the SDK picks from.
     """
     output = Path(output)
     with staged_bundle(output) as staging:
@@ -83,10 +84,9 @@ def write_bundle(exported: ExportedModel,
         mf.write_manifest(staging, manifest)
         if verify_against is not None:
             _verify_or_raise(staging, verify_against)
-        if precision != "fp32":
-            report = convert_written_graphs(staging, graphs, precision, exported.image_size, calibration_frames,
-                                            external_weights=external_weights, matte=exported.matte)
-            record_conversion(manifest, report)
+        precisions = parse_precisions(precision)  # "fp32", "int8", "fp32,int8", ...
+        if precisions != ("fp32",):
+            convert_bundle_graphs(staging, manifest, precisions, calibration_frames, external_weights)
             manifest.files = {name: "" for name in _data_files(staging)}
             mf.write_manifest(staging, manifest)
     return output
