@@ -11,6 +11,10 @@ checks that by comparing the generator's output on both sides before timing.
     python benchmarks/bench_latency.py --presets paper512 --runs 3 --max-seconds 20 \\
         --bundle-root /tmp/megaportraits-bench
 
+The real-time student of the same preset (random weights, seeded, one avatar; exported afresh
+each run into ``--bundle-root``) is timed beside the teacher: the ``student`` stage, and a note
+with its speed-up over the teacher's driver + generator (``per_frame``).
+
 Writes ``benchmarks/results/latency_<preset>_<provider>.json`` (schema: megaportraits-benchmark/1)
 and a PNG chart beside it, and prints the table.
 """
@@ -28,7 +32,7 @@ import numpy as np
 from megaportraits import manifest as mf
 from megaportraits.benchmark.cli import load_ceilings
 from megaportraits.benchmark.report import format_table, save_report
-from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
+from megaportraits.benchmark.runner import GRAPH_STAGES, IO_STAGES, STUDENT_STAGE, BenchmarkPlan, run_benchmark
 from megaportraits.benchmark.stages import (CostBook, RunSettings, frontal_pose, random_feeds,
                                             warp_inputs, warp_model, with_cost)
 from megaportraits.benchmark.flops import count_graph
@@ -75,6 +79,28 @@ def prepare_bundle(root: Path, preset: str, seed: int):
     print(f"exported in {time.perf_counter() - started:.0f} s")
     eager = TorchEager(model, mf.load_manifest(path), path)
     return path, eager, eager.check_same_weights(path)
+
+
+def random_student_bundle(root: Path, preset: str, seed: int, teacher: Path) -> Path:
+    """A random-weight student of ``preset`` (one avatar, matte as the teacher), exported afresh."""
+    import shutil
+
+    import torch
+
+    from megaportraits_export.distill.graph import StudentAvatar, write_student_bundle
+    from megaportraits_export.networks.student import build_student
+    from megaportraits_export.student_config import get_student_config
+
+    manifest = mf.load_manifest(teacher)
+    config = get_student_config(preset).replace(num_avatars=1, matte=manifest.has_matte)
+    torch.manual_seed(seed)
+    student = build_student(config).eval()
+    size = config.image_size
+    photo = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    path = root / f"student-{preset}-seed{seed}"
+    shutil.rmtree(path, ignore_errors=True)  # always afresh: an older architecture would mislead
+    print(f"exporting a random-weight {preset} student to {path}")
+    return write_student_bundle(student, [StudentAvatar("random", photo, (0, 0, size))], teacher, path)
 
 
 # ---- PyTorch eager, measured like the graphs ---------------------------------------------------
@@ -195,7 +221,7 @@ def parse_args(argv):
                    help="where exported bundles are kept and reused (default /tmp/megaportraits-bench)")
     p.add_argument("--threads", default="", help="comma-separated thread counts (default: all usable cores)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--stages", default=",".join(GRAPH_STAGES + ("warp",) + IO_STAGES))
+    p.add_argument("--stages", default=",".join(GRAPH_STAGES + ("warp",) + IO_STAGES + (STUDENT_STAGE,)))
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--max-seconds", type=float, default=10.0)
@@ -236,8 +262,10 @@ def main(argv=None) -> int:
         elif not existing_bundle(path, preset, args.seed):
             print(f"no bundle for {preset} at {path}, and no torch to export one", file=sys.stderr)
             return 1
+        student = random_student_bundle(args.bundle_root, preset, args.seed, path) \
+            if use_torch and STUDENT_STAGE in stages else None
         plan = BenchmarkPlan(bundle_dir=path, threads=ints(args.threads), batches=ints(args.batch),
-                             stages=stages, settings=settings)
+                             stages=stages, settings=settings, student_dir=student)
         extra = None
         if eager is not None:
             def extra(report, peaks, eager=eager, diff=diff, plan=plan):

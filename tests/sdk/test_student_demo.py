@@ -69,3 +69,22 @@ def test_the_shipped_assets_stay_within_their_budget():
     assets = DEMO_STUDENT.parent
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     assert total <= ASSET_BUDGET, f"assets are {total / 2**20:.1f} MB, over the 40 MB budget"
+
+
+def test_the_benchmark_times_the_demo_student_beside_its_teacher():
+    from megaportraits.benchmark.machine import MachinePeaks
+    from megaportraits.benchmark.runner import BenchmarkPlan, run_benchmark
+    from megaportraits.benchmark.stages import RunSettings
+
+    peaks = MachinePeaks(threads=1, gemm_gflops=100.0, gemm_size=1, numpy_gemm_gflops=None,
+                         bandwidth_gbs=10.0, copy_gbs=None, ort_stream_gbs=10.0)
+    plan = BenchmarkPlan(bundle_dir=None, threads=(1,), stages=("per_frame", "student"),
+                         settings=RunSettings(warmup=1, runs=3, max_seconds=2))
+    report = run_benchmark(plan, log=lambda *_: None, peaks={1: peaks})
+    student = report.find("student", "ours", "cpu", 1, 1)
+    teacher = report.find("per_frame", "ours", "cpu", 1, 1) or report.find("per_frame", "portable", "cpu", 1, 1)
+    assert student is not None and teacher is not None and student.timing.runs >= 3
+    assert any(n.startswith("student per frame") and "faster" in n for n in report.notes)
+    from megaportraits.benchmark.report import check_report_dict
+
+    check_report_dict(report.to_dict())

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..errors import MegaportraitsError
 from .report import format_table, write_png
-from .runner import GRAPH_STAGES, IO_STAGES, BenchmarkPlan, run_benchmark
+from .runner import GRAPH_STAGES, IO_STAGES, STUDENT_STAGE, BenchmarkPlan, run_benchmark
 from .stages import PROVIDERS, RunSettings
 
-ALL_STAGES = GRAPH_STAGES + ("warp",) + IO_STAGES
+ALL_STAGES = GRAPH_STAGES + ("warp",) + IO_STAGES + (STUDENT_STAGE,)
 
 
 def _int_list(text: str, most: int = 1024) -> tuple:
@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "machine's measured GEMM and bandwidth ceilings, and peak memory, for our custom-op "
                      "graphs beside the bundle's portable (standard GridSample) twins.")
     p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the bundled demo model)")
+    p.add_argument("--student", metavar="DIR", help="a student of that model, timed beside it (default for the "
+                   "demo model: the bundled demo student)")
     p.add_argument("--provider", type=_choices(tuple(PROVIDERS) + ("all",), "provider"), default=("cpu",),
                    help="cpu, cuda, or all available (comma-separated; default cpu)")
     p.add_argument("--threads", type=_thread_list, default=(),
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         variants=args.variants,
         stages=args.stages,
         settings=RunSettings(warmup=args.warmup, runs=args.runs, max_seconds=args.max_seconds),
+        student_dir=Path(args.student) if args.student else None,
     )
     progress = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     peaks = load_ceilings(args.ceilings) if args.ceilings else None

@@ -18,7 +18,7 @@ SCHEMA = "megaportraits-benchmark/1"
 VARIANTS = ("ours", "portable", "torch", "native")
 _ALTERNATIVES = VARIANTS[1:]  # what "ours" is compared with
 STAGES = ("source", "driver", "generator", "per_frame", "enhancer", "warp", "face_crop", "paste_back", "backdrop",
-          "composite", "video_decode", "video_encode")
+          "composite", "video_decode", "video_encode", "student")
 _REPORT_KEYS = ("schema", "machine", "peaks", "bundle", "settings", "results", "comparisons", "notes")
 _RESULT_KEYS = ("stage", "variant", "provider", "threads", "batch", "timing", "flops", "bytes_moved",
                 "floor_ms", "gflops_per_s", "peak_fraction", "x_floor", "note")

@@ -14,6 +14,7 @@ from .stages import (PROVIDERS, BundleVariant, CostBook, RunSettings, Unavailabl
 
 GRAPH_STAGES = ("source", "driver", "generator", "per_frame", "enhancer")  # enhancer: when the bundle has one
 IO_STAGES = ("face_crop", "paste_back", "backdrop", "composite", "video_decode", "video_encode")
+STUDENT_STAGE = "student"  # the real-time student's one graph per frame, beside its teacher's per_frame
 BUSY_CORES = 0.25  # CPU used by other processes during the run above which timings are flagged
 
 
@@ -26,8 +27,9 @@ class BenchmarkPlan:
     threads: tuple = ()
     batches: tuple = (1,)
     variants: tuple = ("ours", "portable")
-    stages: tuple = GRAPH_STAGES + ("warp",) + IO_STAGES
+    stages: tuple = GRAPH_STAGES + ("warp",) + IO_STAGES + (STUDENT_STAGE,)
     settings: RunSettings = field(default_factory=RunSettings)
+    student_dir: Path | None = None  # None: the shipped demo student when benchmarking the demo model
 
     def thread_counts(self) -> tuple:
         return tuple(self.threads) or (usable_cores(),)
@@ -68,6 +70,8 @@ def run_benchmark(plan: BenchmarkPlan, extra_measurements=None, log=print, peaks
         log("measuring face crop, paste-back and video decode/encode")
         report.results += measure_io_stages(manifest, plan.settings,
                                             [s for s in plan.stages if s in IO_STAGES], report.notes)
+    if STUDENT_STAGE in plan.stages:
+        _measure_student(report, plan, bundle_dir, peaks, log)
     if extra_measurements is not None:
         extra_measurements(report, peaks)
     _note_load(report, others.cores())
@@ -105,6 +109,40 @@ def _measure_variant(report: Report, bundle_dir: Path, manifest: mf.Manifest, bo
                                                plan.settings, peaks))
     except UnavailableVariant as e:
         _note_once(report, f"{variant} not measured: {e}")
+
+
+def _measure_student(report: Report, plan: BenchmarkPlan, bundle_dir: Path, peaks: dict, log) -> None:
+    """The student's graph per frame, and a note comparing it with the teacher's driver + generator."""
+    from ..bundle import DEMO_BUNDLE
+    from ..student import DEMO_STUDENT, is_student_bundle
+    from .stages import measure_student
+
+    student_dir = plan.student_dir
+    if student_dir is None and Path(bundle_dir).resolve() == DEMO_BUNDLE.resolve() and is_student_bundle(DEMO_STUDENT):
+        student_dir = DEMO_STUDENT
+    if student_dir is None:
+        _note_once(report, "student not measured: no student bundle for this model (give --student DIR)")
+        return
+    book = CostBook(Path(student_dir))
+    for provider in plan.providers:
+        for threads in plan.thread_counts():
+            for batch in plan.batches:
+                log(f"measuring the student {student_dir}: {provider}, {threads} thread(s), batch {batch}")
+                try:
+                    result = measure_student(Path(student_dir), book, provider, threads, batch, plan.settings,
+                                             peaks.get(threads) if provider == "cpu" else None)
+                except UnavailableVariant as e:
+                    _note_once(report, f"student not measured: {e}")
+                    return
+                report.results.append(result)
+                teacher = report.find("per_frame", "ours", provider, threads, batch) or \
+                    report.find("per_frame", "portable", provider, threads, batch)
+                if teacher is not None:
+                    report.notes.append(
+                        f"student per frame {result.timing.median_ms:.2f} ms vs the teacher's driver + generator "
+                        f"{teacher.timing.median_ms:.2f} ms ({teacher.variant}): "
+                        f"{teacher.timing.median_ms / result.timing.median_ms:.1f}x faster "
+                        f"({provider}, {threads} thread(s), batch {batch})")
 
 
 def _gpu_peaks(manifest: mf.Manifest) -> MachinePeaks | None:

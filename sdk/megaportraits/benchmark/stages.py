@@ -216,6 +216,29 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
     return results
 
 
+def measure_student(student_dir: Path, book: CostBook, provider: str, threads: int, batch: int,
+                    settings: RunSettings, peaks: MachinePeaks | None, seed: int = 0) -> StageResult:
+    """A student bundle's graph for one frame (driver image + avatar index), opened by the SDK."""
+    from ..bundle import open_bundle
+    from ..errors import MegaportraitsError
+    from ..schema import AVATAR_INDEX, DRIVER_IMAGE, STUDENT, STUDENT_ROLES
+
+    try:
+        bundle = open_bundle(student_dir, provider=provider, threads=threads, roles=STUDENT_ROLES)
+    except MegaportraitsError as e:
+        raise UnavailableVariant(str(e)) from None
+    if not bundle.manifest.is_student:
+        raise UnavailableVariant(f"{student_dir} is not a student bundle")
+    size = bundle.manifest.image_size
+    feeds = {DRIVER_IMAGE: np.random.default_rng(seed).random((batch, 3, size, size), dtype=np.float32),
+             AVATAR_INDEX: np.zeros(batch, np.int64)}
+    session = bundle.sessions[STUDENT]
+    timing = settings.measure(lambda: session.run(None, feeds))
+    return with_cost(STUDENT, "ours", provider, threads, batch, timing,
+                     [book.graph(bundle.manifest.graphs[STUDENT].file, batch)], peaks,
+                     note=f"{len(bundle.manifest.avatar_names())} avatar(s), {size} px")
+
+
 def generator_call(graphs: BundleVariant, provider: str, feeds: dict):
     """expression -> image, the way the Animator runs the generator: on a GPU the avatar's
     volume and descriptor are bound on the device once, so a frame does not re-upload them."""
