@@ -103,13 +103,15 @@ def test_reenacted_loss_counts_colours_on_the_person_and_the_matte():
     truth[:, 3:] = (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()
     mask = truth[:, 3:]
     lifted = torch.rand(2, 4, 16, 16, generator=g)
-    expected = ((lifted[:, :3] - truth[:, :3]).abs() * mask).mean() + (lifted[:, 3:] - mask).abs().mean()
-    torch.testing.assert_close(reenacted_loss(lifted, truth), expected)
+    colour, matte = (lifted[:, :3] - truth[:, :3]) * mask, lifted[:, 3:] - mask
+    torch.testing.assert_close(reenacted_loss(lifted, truth, "l1"), colour.abs().mean() + matte.abs().mean())
+    torch.testing.assert_close(reenacted_loss(lifted, truth), colour.square().mean() + matte.square().mean())
     off_person = lifted.clone()
     off_person[:, :3] += (1 - mask) * torch.rand(2, 3, 16, 16, generator=g)
-    torch.testing.assert_close(reenacted_loss(off_person, truth), reenacted_loss(lifted, truth))
+    for kind in ("mse", "l1"):
+        torch.testing.assert_close(reenacted_loss(off_person, truth, kind), reenacted_loss(lifted, truth, kind))
     rgb = torch.rand(2, 3, 16, 16, generator=g)
-    torch.testing.assert_close(reenacted_loss(rgb, truth[:, :3]), (rgb - truth[:, :3]).abs().mean())
+    torch.testing.assert_close(reenacted_loss(rgb, truth[:, :3], "l1"), (rgb - truth[:, :3]).abs().mean())
 
 
 def test_synthetic_pairs_give_the_truth_of_the_base_rendering():
@@ -129,6 +131,8 @@ def test_synthetic_pairs_give_the_truth_of_the_base_rendering():
 def test_config_refusals():
     with pytest.raises(ConfigError, match="reenacted needs"):
         config_from_dict({"enhancer": {"preset": "tiny", "cross_driving": False, "reenacted": 1.0}})
+    with pytest.raises(ConfigError, match="reenacted_loss"):
+        config_from_dict({"enhancer": {"preset": "tiny", "base_checkpoint": "b.pt", "reenacted_loss": "l2"}})
     with pytest.raises(ConfigError, match="needs base_checkpoint"):
         config_from_dict({"enhancer": {"preset": "tiny"}})
     with pytest.raises(ConfigError, match="needs root"):

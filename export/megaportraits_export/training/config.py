@@ -96,7 +96,8 @@ class EnhancerSection:
     adversarial: float = 1.0
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
-    reenacted: float = 0.0             # L1(x_c_HR, truth at 2x): synthetic data only (the paper has no truth)
+    reenacted: float = 0.0             # x_c_HR against its truth at 2x: synthetic data only (the paper has none)
+    reenacted_loss: str = "mse"        # "mse" or "l1" (see training.enhancement.reenacted_loss)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class TrainConfig:
 
 _CHOICES = {
     ("data", "kind"): ("synthetic", "video", "portraits"),  # portraits: high-res photos, for an enhancer
+    ("enhancer", "reenacted_loss"): ("mse", "l1"),
     ("pose_pretrain", "main_stage"): ("frozen", "low_lr"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }
