@@ -169,8 +169,8 @@ def test_sliced_dense_motion_equals_the_network(seed):
                 m.running_var.uniform_(0.5, 2.0, generator=g)
                 m.weight.normal_(1.0, 0.2, generator=g)
                 m.bias.normal_(0, 0.2, generator=g)
-        sliced = SlicedDenseMotion(network).eval()
-        assert sliced.pad > 0
+        sliced = SlicedDenseMotion(network, c.feature_size).eval()
+        assert sliced.pad > 0 and [conv.upsampled for conv in sliced.hourglass.up] == [False, False, True]
         f = c.feature_size
         volume = torch.randn(2, c.reshape_channel, c.reshape_depth, f, f, generator=g)
         kp_source = torch.rand(2, c.num_kp, 3, generator=g) - 0.5

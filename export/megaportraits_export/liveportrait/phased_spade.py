@@ -46,6 +46,24 @@ def phase_kernels(weight: torch.Tensor, scale: int) -> torch.Tensor:
     return out.reshape(scale * scale * cout, cin, 2, 2).to(weight.dtype)
 
 
+def phased_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: int, relu: bool = False) -> torch.Tensor:
+    """The 3x3 conv whose :func:`phase_kernels` are ``weight`` (bias repeated per phase) of
+    ``x`` upsampled ``scale`` times with nearest neighbours, from ``x`` (N, Cin, H, W)."""
+    n, _, h, w = x.shape
+    s = scale
+    c = weight.shape[0] // (s * s)
+    y = F.conv2d(x, weight, bias, padding=1)  # (N, s*s*C, H+1, W+1)
+    if relu:
+        y = F.relu(y)
+    y = y.reshape(n, s, s, c, h + 1, w + 1)
+    phases = []
+    for a in range(s):
+        top = 1 + _window_start(a, s)
+        row = [y[:, a, b, :, top:top + h, 1 + _window_start(b, s):1 + _window_start(b, s) + w] for b in range(s)]
+        phases.append(torch.stack(row, dim=-1))  # (N, C, H, W, s_b)
+    return torch.stack(phases, dim=3).reshape(n, c, h * s, w * s)  # from (N, C, H, s_a, W, s_b)
+
+
 class PhasedUpsampledConv(nn.Module):
     """``conv(F.interpolate(x, scale_factor=s, mode="nearest"))`` for a 3x3, padding 1, stride 1
     conv, computed on ``x`` itself (optionally followed by ReLU, which commutes with the
@@ -58,25 +76,12 @@ class PhasedUpsampledConv(nn.Module):
             raise ValueError(f"no phase form for {conv} (3x3, padding 1, stride 1 only)")
         self.scale = scale
         self.relu = relu
-        self.out_channels = conv.out_channels
         self.register_buffer("weight", phase_kernels(conv.weight, scale))
         bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
         self.register_buffer("bias", bias.repeat(scale * scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
-        s, c = self.scale, self.out_channels
-        y = F.conv2d(x, self.weight, self.bias, padding=1)  # (N, s*s*C, H+1, W+1)
-        if self.relu:
-            y = F.relu(y)
-        y = y.reshape(n, s, s, c, h + 1, w + 1)
-        phases = []
-        for a in range(s):
-            top = 1 + _window_start(a, s)
-            row = [y[:, a, b, :, top:top + h, 1 + _window_start(b, s):1 + _window_start(b, s) + w] for b in range(s)]
-            phases.append(torch.stack(row, dim=-1))  # (N, C, H, W, s_b)
-        out = torch.stack(phases, dim=3)  # (N, C, H, s_a, W, s_b)
-        return out.reshape(n, c, h * s, w * s)
+        return phased_conv(x, self.weight, self.bias, self.scale, self.relu)
 
 
 class PhasedSPADE(nn.Module):

@@ -16,7 +16,11 @@ hourglass's input to the mask and occlusion heads, and every 3-D operation becom
   (:data:`CHANNEL_BLOCK`), and the convs reading it (the first, the last, the mask and occlusion
   heads) zero weights for them: ONNX Runtime only gives a conv its blocked kernel when the input
   channels are a multiple of its block (16 with AVX-512), and 3 x 110 or 3 x 142 are not;
-* H/W pooling and nearest upsampling act on the slices as 2-D ops; skips concatenate channels;
+* H/W pooling acts on the slices as a 2-D op; skips concatenate channels; an up block's 3x3x3
+  conv of the 2x nearest-upsampled slices runs on the small slices in phase form
+  (:mod:`.phased_spade`, the decoder's trick: about 2x fewer multiply-adds) where they are at
+  least :data:`PHASED_MIN_SIDE` wide (profiled: on 2x2 and 4x4 slices, where the weights
+  dominate, the 1.8x larger phase kernels made it slower);
 * the occlusion conv reads ``(N, D * C, H, W)``: its weight's channels are permuted to match
   instead of the prediction being transposed back.
 
@@ -33,9 +37,11 @@ from megaportraits_export.warp import sample_volume
 
 from .blocks import Hourglass
 from .dense_motion import DenseMotionNetwork, coordinate_grid, keypoint_heatmaps
+from .phased_spade import phase_kernels, phased_conv
 
 OUTPUT_TAPS_MIN_DEPTH = 5  # kernel depth from which the taps go to output channels (the mask conv)
 CHANNEL_BLOCK = 16  # MLAS's NCHWc block with AVX-512 (8 with AVX2 divides it)
+PHASED_MIN_SIDE = 8  # small-slice side from which an up block's conv runs in phase form
 
 
 def fold_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d | None) -> tuple:
@@ -59,15 +65,29 @@ def conv_input_taps(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """3-D conv of ``(N, D, C, H, W)`` slices: each output slice o is one 2-D conv of input
     slices o - pd .. o + pd (zeros beyond the ends) stacked as channels, with the taps' weights
     (Cout, C, kd, kh, kw) laid out as (Cout, kd * C, kh, kw) in the same order."""
-    n, d, c, h, w = slices.shape
+    n, _, c = slices.shape[:3]
     cout, _, kd, kh, kw = weight.shape
     pd, ph, pw = padding
-    depth = d + 2 * pd - kd + 1
-    padded = F.pad(slices, (0, 0, 0, 0, 0, 0, pd, pd)) if pd else slices
-    stacked = torch.cat([padded[:, j:j + depth] for j in range(kd)], dim=2) if kd > 1 else padded
-    taps = weight.permute(0, 2, 1, 3, 4).reshape(cout, kd * c, kh, kw)
-    out = F.conv2d(stacked.reshape(n * depth, kd * c, h, w), taps, bias, padding=(ph, pw))
+    stacked, depth = _stack_taps(slices, kd, pd)
+    out = F.conv2d(stacked, _input_taps(weight), bias, padding=(ph, pw))
     return out.reshape(n, depth, cout, *out.shape[-2:])
+
+
+def _input_taps(weight: torch.Tensor) -> torch.Tensor:
+    """(Cout, C, kd, kh, kw) -> (Cout, kd * C, kh, kw), tap-major as :func:`_stack_taps` stacks."""
+    cout, c, kd, kh, kw = weight.shape
+    return weight.permute(0, 2, 1, 3, 4).reshape(cout, kd * c, kh, kw)
+
+
+def conv_upsampled_input_taps(slices: torch.Tensor, phase_weight: torch.Tensor, bias: torch.Tensor,
+                              depth_kernel: int, depth_padding: int, relu: bool = False) -> torch.Tensor:
+    """A 3x3x3-type conv (H/W kernel 3, padding 1) of the slices upsampled 2x in H and W with
+    nearest neighbours, from the small slices: ``phase_weight`` holds the
+    :func:`.phased_spade.phase_kernels` of the input-tap weight."""
+    n = slices.shape[0]
+    stacked, depth = _stack_taps(slices, depth_kernel, depth_padding)
+    out = phased_conv(stacked, phase_weight, bias.repeat(4), 2, relu)
+    return out.reshape(n, depth, *out.shape[1:])
 
 
 def conv_output_taps(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: tuple) -> torch.Tensor:
@@ -88,6 +108,16 @@ def conv_output_taps(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return out + bias[:, None, None]
 
 
+def _stack_taps(slices: torch.Tensor, kd: int, pd: int) -> tuple:
+    """(N, D, C, H, W) -> (N * D', kd * C, H, W): for each of the D' output slices o, input
+    slices o - pd .. o - pd + kd - 1 (zeros beyond the ends) side by side as channels."""
+    n, d, c, h, w = slices.shape
+    depth = d + 2 * pd - kd + 1
+    padded = F.pad(slices, (0, 0, 0, 0, 0, 0, pd, pd)) if pd else slices
+    stacked = torch.cat([padded[:, j:j + depth] for j in range(kd)], dim=2) if kd > 1 else padded
+    return stacked.reshape(n * depth, kd * c, h, w), depth
+
+
 def _zero_channels(weight: torch.Tensor, dim: int, count: int) -> torch.Tensor:
     """``weight`` with ``count`` zero entries appended along ``dim``."""
     if not count:
@@ -103,18 +133,29 @@ class SliceConv(nn.Module):
     to the conv's) are ignored; ``pad_outputs`` output channels of zeros are appended."""
 
     def __init__(self, conv: nn.Conv3d, norm: nn.BatchNorm3d | None = None, pad_inputs: int = 0,
-                 pad_outputs: int = 0):
+                 pad_outputs: int = 0, upsampled: bool = False):
+        """``upsampled``: the conv reads the slices 2x nearest-upsampled in H and W (the hourglass's
+        up blocks), which it is given small; then a ReLU follows (fused)."""
         super().__init__()
         _check_plain(conv)
         weight, bias = fold_batch_norm(conv, norm)
         weight = _zero_channels(_zero_channels(weight, 1, pad_inputs), 0, pad_outputs)
         bias = _zero_channels(bias, 0, pad_outputs)
+        self.padding = tuple(conv.padding)
+        self.depth_kernel = conv.kernel_size[0]
+        self.output_taps = self.depth_kernel >= OUTPUT_TAPS_MIN_DEPTH
+        self.upsampled = upsampled
+        if upsampled:
+            if self.output_taps or conv.kernel_size[1:] != (3, 3) or self.padding[1:] != (1, 1):
+                raise ValueError(f"no upsampled slice form for {conv} (H/W kernel 3, padding 1 only)")
+            weight = phase_kernels(_input_taps(weight), 2)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.padding = tuple(conv.padding)
-        self.output_taps = conv.kernel_size[0] >= OUTPUT_TAPS_MIN_DEPTH
 
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        if self.upsampled:
+            return conv_upsampled_input_taps(slices, self.weight, self.bias, self.depth_kernel, self.padding[0],
+                                             relu=True)
         form = conv_output_taps if self.output_taps else conv_input_taps
         return form(slices, self.weight, self.bias, self.padding)
 
@@ -130,13 +171,16 @@ class SlicedHourglass(nn.Module):
     """:class:`.blocks.Hourglass` on slices: down blocks conv+BN+ReLU then 2x2 pooling, up
     blocks 2x nearest upsampling then conv+BN+ReLU, skips concatenated on channels."""
 
-    def __init__(self, hourglass: Hourglass, pad_inputs: int = 0):
-        """``pad_inputs``: zero channels appended to the input; the output carries as many more,
-        zeros too (the input is the last skip, so they end both)."""
+    def __init__(self, hourglass: Hourglass, side: int, pad_inputs: int = 0):
+        """``side``: the input slices' height (= width); ``pad_inputs``: zero channels appended
+        to the input; the output carries as many more, zeros too (the input is the last skip,
+        so they end both)."""
         super().__init__()
         down = hourglass.encoder.down_blocks
         self.down = nn.ModuleList(SliceConv(b.conv, b.norm, pad_inputs if i == 0 else 0) for i, b in enumerate(down))
-        self.up = nn.ModuleList(SliceConv(b.conv, b.norm) for b in hourglass.decoder.up_blocks)
+        small_sides = [side >> (len(down) - j) for j in range(len(down))]  # each up block's input
+        self.up = nn.ModuleList(SliceConv(b.conv, b.norm, upsampled=small >= PHASED_MIN_SIDE)
+                                for b, small in zip(hourglass.decoder.up_blocks, small_sides))
         self.out = SliceConv(hourglass.decoder.conv, hourglass.decoder.norm, pad_inputs, pad_inputs)
 
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
@@ -145,22 +189,26 @@ class SlicedHourglass(nn.Module):
             skips.append(_per_slice(lambda x: F.avg_pool2d(x, 2), F.relu(conv(skips[-1]))))
         out = skips.pop()
         for conv in self.up:
-            up = _per_slice(lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"), out)
-            out = torch.cat([F.relu(conv(up)), skips.pop()], dim=2)
+            if not conv.upsampled:
+                out = F.relu(conv(_per_slice(lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest"), out)))
+            else:
+                out = conv(out)  # upsampling, conv + BN, ReLU in one
+            out = torch.cat([out, skips.pop()], dim=2)
         return F.relu(self.out(out))
 
 
 class SlicedDenseMotion(nn.Module):
-    """:class:`.dense_motion.DenseMotionNetwork`, same inputs and outputs, computed on slices."""
+    """:class:`.dense_motion.DenseMotionNetwork`, same inputs and outputs, computed on slices.
+    ``side``: the feature volume's height (= width), which picks the up blocks' forms."""
 
-    def __init__(self, network: DenseMotionNetwork):
+    def __init__(self, network: DenseMotionNetwork, side: int):
         super().__init__()
         self.num_kp = network.num_kp
         self.compress = network.compress  # 1x1x1 conv on the 32-channel volume: cheap as it is
         self.norm = network.norm
         inputs = network.hourglass.encoder.down_blocks[0].conv.in_channels
         self.pad = -inputs % CHANNEL_BLOCK
-        self.hourglass = SlicedHourglass(network.hourglass, self.pad)
+        self.hourglass = SlicedHourglass(network.hourglass, side, self.pad)
         self.mask = SliceConv(network.mask, pad_inputs=self.pad)
         occlusion = network.occlusion
         channels = network.hourglass.out_filters
@@ -200,5 +248,6 @@ class SlicedDenseMotion(nn.Module):
 def with_sliced_dense_motion(networks):
     """Replace, in place, the warping module's dense motion network by its slice form."""
     warping = networks.warping_module
-    warping.dense_motion_network = SlicedDenseMotion(warping.dense_motion_network).eval()
+    warping.dense_motion_network = SlicedDenseMotion(warping.dense_motion_network,
+                                                     networks.config.feature_size).eval()
     return networks
