@@ -103,6 +103,38 @@ def test_the_distill_command_writes_a_student_bundle(tmp_path, bundle_factory, c
     assert np.abs(renderings[0] - renderings[1]).max() > 10
 
 
+def test_the_student_records_the_teacher_its_targets_came_from(tmp_path, bundle_factory, capsys, one_torch_thread):
+    """A teacher bundle that changes after the targets were rendered (an enhancer added, say) does
+    not change what the student says it was distilled from."""
+    import shutil
+
+    from megaportraits_export.__main__ import main
+    from megaportraits_export.data.synthetic.parameters import Identity
+    from megaportraits_export.data.synthetic.rendering import render
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(bundle_factory("tiny"), teacher)
+    original = mf.sha256_file(teacher / mf.MANIFEST_NAME)
+    photo = tmp_path / "ann.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(render(Identity.sample(3), size=96), cv2.COLOR_RGB2BGR))
+    def argv(steps):
+        return ["distill", "--teacher", str(teacher), "--avatar", f"ann={photo}", "-o", str(tmp_path / "run"),
+                "--frames", "4", "--steps", str(steps), "--batch", "2", "--perceptual-weight", "0",
+                "--threads", "1", "--device", "cpu"]
+    assert main(argv(2)) == 0
+    recorded = json.loads((tmp_path / "run" / "targets" / "teacher.json").read_text())
+    assert recorded["manifest_sha256"] == original
+    manifest = json.loads((teacher / mf.MANIFEST_NAME).read_text())
+    manifest.setdefault("provenance", {})["note"] = "changed after the targets were rendered"
+    (teacher / mf.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    assert mf.sha256_file(teacher / mf.MANIFEST_NAME) != original
+    capsys.readouterr()
+    assert main(argv(3)) == 0  # resumes on the same targets
+    assert "manifest changed since these targets were rendered" in capsys.readouterr().err
+    student = mf.load_manifest(tmp_path / "run" / "bundle")
+    assert student.student["teacher"]["manifest_sha256"] == original
+
+
 @pytest.mark.parametrize("avatar, message", [("ann", "is not NAME=IMAGE"), ("ann=/no/such.png", "is not a file")])
 def test_bad_avatars_are_one_line(tmp_path, capsys, avatar, message):
     from megaportraits_export.__main__ import main
