@@ -21,6 +21,8 @@ COMMANDS = {
                           "the enhancer against bicubic on held-out synthetic identities at 2x"),
     "add-enhancer": ("megaportraits_export.onnx_export.enhancer",
                      "add a high-resolution enhancer (trained checkpoint or random init) to a bundle"),
+    "add-precision": ("megaportraits_export.onnx_export.add_precision",
+                      "give a bundle's student or enhancer graph int8/fp16 flavours"),
     "convert": ("megaportraits_export.convert.cli", "convert another project's released weights into a bundle"),
     "distill": ("megaportraits_export.distill.cli", "distil a real-time student of some avatars from a teacher bundle"),
     "distill-fidelity": ("megaportraits_export.distill.fidelity",

@@ -36,6 +36,9 @@ def build_parser():
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the teacher")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", default="fp32", metavar="fp32[,int8][,fp16]",
+                        help="the precisions the student graph is carried in, fp32 first (e.g. fp32,int8: int8 "
+                             "calibrated on synthetic training heads as driver crops; the SDK picks by provider)")
     return parser
 
 
@@ -72,6 +75,11 @@ def _distill(args) -> int:
     from megaportraits_export.distill.trainer import DistillOptions, distill
     from megaportraits_export.student_config import for_teacher
 
+    from megaportraits_export.onnx_export.add_precision import check_fp32_first
+    from megaportraits_export.onnx_export.precision import parse_precisions
+
+    precisions = parse_precisions(args.precision)
+    check_fp32_first(precisions)
     avatars = parse_avatars(args.avatar)
     for path in args.drivers:
         if not Path(path).exists():
@@ -110,7 +118,7 @@ def _distill(args) -> int:
                                   provenance={"distilled_from": renderer.manifest.model_name, "steps": args.steps,
                                               "driver_frames": len(drivers),
                                               "drivers": "user" if args.drivers else "synthetic"},
-                                  teacher=targets.teacher)
+                                  teacher=targets.teacher, precisions=precisions)
     print(f"distill: wrote the student bundle {bundle} (teacher manifest {targets.teacher['manifest_sha256'][:12]})")
     return 0
 

@@ -70,11 +70,14 @@ def export_student_graph(student: Student, path: Path) -> tuple:
 
 
 def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, output: Path,
-                         provenance: dict | None = None, teacher: dict | None = None) -> Path:
+                         provenance: dict | None = None, teacher: dict | None = None,
+                         precisions: tuple = ("fp32",), calibration_frames=None) -> Path:
     """Export ``student`` with its ``avatars`` (in avatar_index order) into a bundle at ``output``.
 
     ``teacher``: the teacher's record (manifest_sha256, model_name, preset) as it was when the
-    targets were rendered; default: read from ``teacher_dir`` now."""
+    targets were rendered; default: read from ``teacher_dir`` now. ``precisions``: fp32 first,
+    then the flavours to carry beside it (int8, fp16: :mod:`..onnx_export.add_precision`, int8
+    calibrated on ``calibration_frames``, default the synthetic training heads)."""
     output = Path(output)
     if len(avatars) != student.config.num_avatars:
         raise ExportError(f"the student holds {student.config.num_avatars} avatars but {len(avatars)} were given")
@@ -107,6 +110,10 @@ def write_student_bundle(student: Student, avatars: list, teacher_dir: Path, out
             student={"avatars": entries,
                      "teacher": {k: teacher[k] for k in ("manifest_sha256", "model_name", "preset")}},
         )
+        if tuple(precisions) != ("fp32",):
+            from megaportraits_export.onnx_export.add_precision import add_flavours_in_place
+
+            add_flavours_in_place(staging, manifest, tuple(precisions), calibration_frames)
         mf.write_manifest(staging, manifest)
     return output
 

@@ -85,8 +85,11 @@ def save_enhancer_graph(enhancer: Enhancer, path: str | os.PathLike) -> tuple:
 
 
 def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os.PathLike,
-                 provenance: dict | None = None) -> Path:
-    """Write at ``output`` the base ``bundle`` plus ``enhancer`` (see the module docstring)."""
+                 provenance: dict | None = None, precisions: tuple = ("fp32",), calibration_frames=None) -> Path:
+    """Write at ``output`` the base ``bundle`` plus ``enhancer`` (see the module docstring).
+    ``precisions``: fp32 first, then the enhancer's flavours (int8 calibrated on the base model's
+    renderings of ``calibration_frames``, default the synthetic training heads:
+    :mod:`.add_precision`)."""
     from megaportraits_export.onnx_export.writing import check_output_dir, staged_bundle
 
     bundle, output = Path(bundle), Path(output)
@@ -113,6 +116,10 @@ def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os
         manifest.files[ENHANCER_FILE] = ""  # write_manifest hashes it
         manifest.enhanced_size = config.output_size
         manifest.provenance = dict(manifest.provenance, enhancer=dict(provenance or {}, config=config.to_dict()))
+        if tuple(precisions) != ("fp32",):
+            from megaportraits_export.onnx_export.add_precision import add_flavours_in_place
+
+            add_flavours_in_place(staging, manifest, tuple(precisions), calibration_frames)
         mf.write_manifest(staging, manifest)
     return output
 
@@ -131,6 +138,9 @@ def main(argv=None) -> int:
     which.add_argument("--preset", choices=list(PRESETS), help="with --random-init: an enhancer preset")
     parser.add_argument("--random-init", action="store_true", help="random weights (benchmarks, tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random-init (default 0)")
+    parser.add_argument("--precision", default="fp32", metavar="fp32[,int8][,fp16]",
+                        help="the precisions the enhancer graph is carried in, fp32 first (e.g. fp32,int8: int8 "
+                             "calibrated on the base model's renderings of synthetic training heads)")
     args = parser.parse_args(argv)
     if args.preset and not args.random_init:
         parser.error("--preset needs --random-init (trained weights come from --checkpoint)")
@@ -139,6 +149,11 @@ def main(argv=None) -> int:
 
 def _add_enhancer(args) -> int:
     from megaportraits_export.networks.enhancer import build_enhancer, get_enhancer_config
+    from megaportraits_export.onnx_export.add_precision import check_fp32_first
+    from megaportraits_export.onnx_export.precision import parse_precisions
+
+    precisions = parse_precisions(args.precision)
+    check_fp32_first(precisions)
 
     if args.checkpoint:
         from megaportraits_export.training.enhancement import load_enhancer_checkpoint
@@ -151,7 +166,7 @@ def _add_enhancer(args) -> int:
         if manifest.has_matte and not config.matte:  # a matte model's bundle takes the RGBA twin
             config = config.replace(channels=4)
         enhancer, provenance = build_enhancer(config), {"weights": "random-init", "seed": args.seed}
-    out = add_enhancer(args.bundle, enhancer.eval(), args.output, provenance=provenance)
+    out = add_enhancer(args.bundle, enhancer.eval(), args.output, provenance=provenance, precisions=precisions)
     config = enhancer.config
     print(f"wrote {out}: {config.base_size} -> {config.output_size} px enhancer ({config.name})")
     return 0

@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 
 from megaportraits.manifest import PRECISIONS
-from megaportraits.schema import DRIVER, GENERATOR, GRID_SAMPLE_3D, SOURCE
+from megaportraits.schema import DRIVER, ENHANCER, GENERATOR, GRID_SAMPLE_3D, SOURCE, STUDENT
 from megaportraits_export.onnx_export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -534,3 +534,90 @@ def _external_data_files(path: Path) -> set:
     proto = onnx.load(path, load_external_data=False)
     return {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
             for entry in t.external_data if entry.key == "location"}
+
+
+# ---- the other shipped graphs: the student, the enhancer -------------------------------------
+#: graphs that get flavours one at a time, each calibrated on what it reads when it runs
+SINGLE_GRAPH_ROLES = (STUDENT, ENHANCER)
+
+
+def student_calibration_feeds(frames: CalibrationFrames, num_avatars: int) -> list:
+    """Feeds of a student graph: each calibration frame as the driver crop, the avatars in turn
+    (the student renders every avatar from the same driver crops)."""
+    from megaportraits.schema import AVATAR_INDEX, DRIVER_IMAGE
+
+    return [{DRIVER_IMAGE: frames.images[i:i + 1], AVATAR_INDEX: np.array([i % num_avatars], np.int64)}
+            for i in range(len(frames.images))]
+
+
+def enhancer_calibration_feeds(bundle_dir: Path, manifest, frames: CalibrationFrames) -> list:
+    """Feeds of an enhancer graph: the base model's own renderings (its fp32 source, driver and
+    generator graphs, frame i's avatar driven by frame i + 1), the images the enhancer enlarges."""
+    import onnxruntime as ort
+
+    from megaportraits.schema import BASE_IMAGE, BASE_MATTE, IMAGE_OUTPUT, MATTE_OUTPUT
+
+    library = _usable_library() if manifest.custom_op is not None else None
+    portable = manifest.custom_op is not None and library is None
+    files = {role: Path(bundle_dir) / manifest.graph_file(role, portable) for role in (SOURCE, DRIVER, GENERATOR)}
+    feeds = calibration_feeds(files, frames, library)
+    options = ort.SessionOptions()
+    if library is not None:
+        options.register_custom_ops_library(library)
+    generator = ort.InferenceSession(str(files[GENERATOR]), options, providers=["CPUExecutionProvider"])
+    outputs = [IMAGE_OUTPUT] + ([MATTE_OUTPUT] if manifest.has_matte else [])
+    result = []
+    for feed in feeds[GENERATOR]:
+        rendered = generator.run(outputs, feed)
+        result.append({BASE_IMAGE: rendered[0], **({BASE_MATTE: rendered[1]} if manifest.has_matte else {})})
+    return result
+
+
+def add_graph_flavours(directory: Path, manifest, role: str, precisions: tuple, feeds: list | None,
+                       calibration: str | None = None, keep_float: tuple = DEFAULT_KEEP_FLOAT) -> None:
+    """Write the ``role`` graph of the bundle in ``directory`` (a staging directory: the fp32
+    main file is there) in each of ``precisions`` other than fp32, as flavour files beside it
+    (:func:`flavour_file`), and record them in ``manifest`` (in memory; the caller writes it).
+
+    The same conversion as the base graphs' (:func:`convert_graph`); ``feeds``: the graph's
+    int8 calibration inputs (:func:`student_calibration_feeds`, :func:`enhancer_calibration_feeds`),
+    ``calibration`` what they are. Student and enhancer graphs hold standard ops only, so a
+    flavour is its own portable twin, as the main file is."""
+    from megaportraits_export.onnx_export.graph_files import check_graph, check_model
+
+    spec = manifest.graphs[role]
+    if spec.precision != "fp32":
+        raise ExportError(f"the {role} graph's main file is {spec.precision}; flavours are made from an fp32 graph")
+    names = (tuple(t.name for t in spec.inputs), tuple(t.name for t in spec.outputs))
+    source = Path(directory) / spec.file
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        if precision == "int8" and not feeds:
+            raise ExportError(f"int8 for the {role} graph needs calibration inputs")
+        log.info("converting the %s graph to %s", role, precision)
+        converted = convert_graph(precision, source, source, feeds if precision == "int8" else None, keep_float,
+                                  manifest.image_size)
+        path = Path(directory) / flavour_file(role, precision)
+        onnx.save(converted, path)
+        check_model(path)
+        check_graph(role, path, portable=True, names=names)
+        report = {"requested": precision, "graphs": {role: precision},
+                  "flavour_files": {role: [path.name, path.name if spec.portable_file else None]}}
+        if precision == "int8":
+            report["calibration_by_role"] = {role: calibration}
+            report["float_convolutions_by_role"] = {role: list(keep_float)}
+        record_conversion(manifest, _merged_flavour_report(manifest, report))
+
+
+def _merged_flavour_report(manifest, report: dict) -> dict:
+    """``report`` joined with what the manifest records already for the same precision (the base
+    graphs' int8 flavour and the enhancer's are one precision, calibrated on different inputs)."""
+    old = manifest.provenance.get("precision_flavours", {}).get(report["requested"])
+    if not old:
+        return report
+    merged = {**old, **{k: v for k, v in report.items() if not isinstance(v, dict)}}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            merged[key] = {**old.get(key, {}), **value}
+    return merged
