@@ -51,7 +51,7 @@ def session(path: Path, threads: int):
 
 def export_warping(ours, path: Path) -> None:
     """Our warping module alone as an ONNX graph, in the form the bundle holds it (both samples
-    on GridSample3D, the deep 3-D conv depth-sliced)."""
+    on GridSample3D, the dense motion on depth slices: ``convert.liveportrait.deployable``)."""
     from megaportraits_export.convert.liveportrait import deployable
     from megaportraits_export.onnx_export import export_graph, save_graph
 
