@@ -64,6 +64,16 @@ def available_precisions(spec) -> tuple:
     return tuple(getattr(spec, "precisions", (getattr(spec, "precision", "fp32"),)))
 
 
+def reference_precision(manifest) -> str:
+    """The choice for tools that measure or distil a bundle (evaluation, distillation targets,
+    fidelity, the student benchmark): ``fp32`` when every graph carries it, so that a bundle that
+    also carries int8 or fp16 flavours is measured as exported rather than in whatever ``auto``
+    picks on this provider; ``auto`` for a bundle without full-precision graphs (an int8-only
+    export is measured as it is). Callers report :meth:`Bundle.precision` with their figures."""
+    carried = [available_precisions(spec) for spec in manifest.graphs.values()]
+    return "fp32" if carried and all("fp32" in have for have in carried) else "auto"
+
+
 @dataclass(frozen=True)
 class PrecisionChoice:
     """What runs: ``graphs`` role -> precision, or ``problem`` (one line) when nothing may."""

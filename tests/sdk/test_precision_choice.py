@@ -267,3 +267,27 @@ def test_info_lists_each_graphs_flavours(flavoured_bundle, capsys):
     assert graphs["generator"]["flavours"] == {"int8": {"file": "generator.int8.onnx"}}
     assert cli.main(["info", "--bundle", str(flavoured_bundle)]) == 0
     assert "generator: generator.onnx; int8: generator.int8.onnx" in capsys.readouterr().out
+
+
+# ---- tools that measure a bundle take it as exported ------------------------------------------
+@pytest.mark.parametrize("available,expected", [
+    (FLAVOURED, "fp32"),                                                   # flavours beside fp32 mains
+    (dict(source=("fp32",), driver=("int8",), generator=("int8",)), "auto"),  # an int8-only export
+    (dict(source=("fp32",), driver=("fp32",), generator=("fp32",)), "fp32"),
+])
+def test_reference_precision_is_fp32_only_where_every_graph_carries_it(available, expected):
+    from megaportraits.precision import reference_precision
+
+    assert reference_precision(_flavoured(**available)) == expected
+
+
+def test_evaluation_and_distillation_targets_run_the_fp32_graphs_of_a_flavoured_bundle(flavoured_bundle):
+    """auto would take the int8 flavour on the CPU; what evaluate scores and what a student is
+    distilled from must be the bundle as exported (the main fp32 files)."""
+    pytest.importorskip("torch")
+    from megaportraits_export.distill.targets import TeacherRenderer
+    from megaportraits_export.evaluation import BundleReenactor
+
+    reenactor = BundleReenactor(str(flavoured_bundle))
+    assert {a.bundle.precision("generator") for a in reenactor.animators.values()} == {"fp32"}
+    assert TeacherRenderer(flavoured_bundle).animator.bundle.precision("generator") == "fp32"

@@ -55,10 +55,13 @@ class StudentRunner:
     """The student bundle's graph in ONNX Runtime: driver crops -> (image, matte or None), uint8."""
 
     def __init__(self, bundle, threads: int = 0):
-        from megaportraits.bundle import open_bundle
+        from megaportraits import manifest as mf
+        from megaportraits.bundle import find_bundle, open_bundle
+        from megaportraits.precision import reference_precision
         from megaportraits.schema import STUDENT, STUDENT_ROLES
 
-        self.bundle = open_bundle(bundle, provider="cpu", threads=threads, roles=STUDENT_ROLES)
+        self.bundle = open_bundle(bundle, provider="cpu", threads=threads, roles=STUDENT_ROLES,
+                                  precision=reference_precision(mf.load_manifest(find_bundle(bundle))))
         self.session = self.bundle.sessions[STUDENT]
         self.names = self.bundle.manifest.avatar_names()
 

@@ -37,6 +37,8 @@ from megaportraits.animator import run_graph, to_tensor
 from megaportraits.errors import NoFaceError
 from megaportraits.faces import CropBox, CropGeometry, HaarFaceDetector, cut_crop, find_source_face
 from megaportraits.images import as_rgb_image
+from megaportraits.bundle import find_bundle
+from megaportraits.precision import reference_precision
 from megaportraits.schema import DRIVER, DRIVER_IMAGE, EXPRESSION, GENERATOR, IMAGE_OUTPUT, MATTE_OUTPUT, POSE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -101,8 +103,10 @@ class TeacherRenderer:
     def __init__(self, teacher: str | os.PathLike, threads: int = 0):
         # paste_back off: frames come back as crops; background "generated": the raw rendering
         # enhance=False: the base model's output is distilled (see the module docstring)
+        # precision: the teacher as exported (fp32 where carried), not the int8 flavour auto would take
         self.animator = Animator(teacher, threads=threads, paste_back=False, background="generated",
-                                 face_fallback="centre", enhance=False)
+                                 face_fallback="centre", enhance=False,
+                                 precision=reference_precision(mf.load_manifest(find_bundle(teacher))))
         self.image_size = self.animator.image_size
         self.has_matte = self.animator.has_matte
         self.manifest = self.animator.bundle.manifest

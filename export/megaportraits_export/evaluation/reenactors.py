@@ -105,11 +105,16 @@ class BundleReenactor:
 
     def __init__(self, bundle: str, provider: str = "cpu", background: str = "source"):
         import megaportraits
+        from megaportraits import manifest as mf
+        from megaportraits.bundle import find_bundle
+        from megaportraits.precision import reference_precision
 
         self.bundle = bundle
         self.provider = provider
+        precision = reference_precision(mf.load_manifest(find_bundle(bundle)))  # as exported, not auto's int8 flavour
         self.animators = {mode: megaportraits.Animator(bundle, provider=provider, motion=mode, crop=False,
-                                                       paste_back=False, background=background)
+                                                       paste_back=False, background=background,
+                                                       precision=precision)
                           for mode in ("relative", "absolute")}
         self.image_size = self.animators["relative"].image_size
 

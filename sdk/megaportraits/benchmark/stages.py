@@ -221,10 +221,13 @@ def measure_student(student_dir: Path, book: CostBook, provider: str, threads: i
     """A student bundle's graph for one frame (driver image + avatar index), opened by the SDK."""
     from ..bundle import open_bundle
     from ..errors import MegaportraitsError
+    from ..manifest import load_manifest
+    from ..precision import reference_precision
     from ..schema import AVATAR_INDEX, DRIVER_IMAGE, STUDENT, STUDENT_ROLES
 
-    try:
-        bundle = open_bundle(student_dir, provider=provider, threads=threads, roles=STUDENT_ROLES)
+    try:  # the main (fp32) file's precision, as the teacher's per_frame and the cost book
+        bundle = open_bundle(student_dir, provider=provider, threads=threads, roles=STUDENT_ROLES,
+                             precision=reference_precision(load_manifest(student_dir)))
     except MegaportraitsError as e:
         raise UnavailableVariant(str(e)) from None
     if not bundle.manifest.is_student:
@@ -236,7 +239,7 @@ def measure_student(student_dir: Path, book: CostBook, provider: str, threads: i
     timing = settings.measure(lambda: session.run(None, feeds))
     return with_cost(STUDENT, "ours", provider, threads, batch, timing,
                      [book.graph(bundle.manifest.graphs[STUDENT].file, batch)], peaks,
-                     note=f"{len(bundle.manifest.avatar_names())} avatar(s), {size} px")
+                     note=f"{len(bundle.manifest.avatar_names())} avatar(s), {size} px, {bundle.precision(STUDENT)}")
 
 
 def generator_call(graphs: BundleVariant, provider: str, feeds: dict):
