@@ -38,6 +38,10 @@ class StudentConfig:
     spade_cap: int
     # how many avatars the network holds (a distillation sets it to the avatars it is given)
     num_avatars: int = 1
+    # at export, blocks up to this resolution get their SPADE tables upsampled once to full size
+    # (no Resize per frame); larger blocks keep the capped tables and upsample them per frame, so
+    # that an avatar stays small (paper512: 191.6 MB an avatar with every table at full size)
+    full_tables_up_to: int = 128
     # a fourth output channel, the person's matte, where the teacher renders one
     matte: bool = False
     # the last block runs at half the image size and the output conv predicts each 2x2 pixel
@@ -58,8 +62,8 @@ class StudentConfig:
             raise ValueError(f"student {self.name}: generator_channels needs one entry per doubling from "
                              f"{start} to {top} plus the first ({start} * 2**"
                              f"{len(self.generator_channels) - 1} != {top})")
-        if self.num_avatars < 1 or self.spade_cap < 1:
-            raise ValueError(f"student {self.name}: num_avatars and spade_cap must be at least 1")
+        if self.num_avatars < 1 or self.spade_cap < 1 or self.full_tables_up_to < 1:
+            raise ValueError(f"student {self.name}: num_avatars, spade_cap and full_tables_up_to must be at least 1")
         if self.encoder.block != "basic" or len(self.encoder.layers) != 4:
             raise ValueError(f"student {self.name}: encoder must have block 'basic' (ResNet-18's) and 4 stages")
 
@@ -92,7 +96,7 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
     "paper512": StudentConfig(
         name="paper512", image_size=512,
         encoder=BackboneConfig("basic", (2, 2, 2, 2), 64), encoder_input_size=256,
-        generator_channels=(256, 256, 192, 128, 64, 32, 16), spade_cap=64),
+        generator_channels=(256, 256, 192, 128, 64, 32, 16), spade_cap=64, full_tables_up_to=64),
     "small256": StudentConfig(
         name="small256", image_size=256,
         encoder=BackboneConfig("basic", (1, 1, 1, 1), 16), encoder_input_size=128,

@@ -14,9 +14,10 @@ from megaportraits_export.onnx_export.verify import IMAGE_ATOL
 from megaportraits_export.student_config import get_student_config
 
 
-def _student(matte: bool, avatars: int = 3):
+def _student(matte: bool, avatars: int = 3, full_tables_up_to: int = 128):
     torch.manual_seed(1)
-    student = build_student(get_student_config("tiny").replace(num_avatars=avatars, matte=matte)).eval()
+    student = build_student(get_student_config("tiny").replace(num_avatars=avatars, matte=matte,
+                                                               full_tables_up_to=full_tables_up_to)).eval()
     with torch.no_grad():  # avatars that differ and BatchNorm statistics away from (0, 1), as after training
         for tensors in student.avatar_parameters():
             tensors.normal_(0, 0.3)
@@ -27,9 +28,10 @@ def _student(matte: bool, avatars: int = 3):
     return student
 
 
-@pytest.mark.parametrize("matte", [False, True])
-def test_student_graph_equals_pytorch_at_several_batch_sizes(tmp_path, matte, one_torch_thread):
-    student = _student(matte)
+@pytest.mark.parametrize("matte,full_tables_up_to", [(False, 128), (True, 128), (True, 8)])
+def test_student_graph_equals_pytorch_at_several_batch_sizes(tmp_path, matte, full_tables_up_to, one_torch_thread):
+    """(8: the tiny student's blocks above 8 px keep capped tables, upsampled in the graph, as paper512's.)"""
+    student = _student(matte, full_tables_up_to=full_tables_up_to)
     path = tmp_path / "student.onnx"
     inputs, outputs = export_student_graph(student, path)
     assert [t.name for t in inputs] == [DRIVER_IMAGE, AVATAR_INDEX]

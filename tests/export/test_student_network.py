@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from megaportraits_export.student_config import STUDENT_PRESETS, StudentConfig, for_teacher, get_student_config
-from megaportraits_export.networks.student import (StudentGraph, build_student, describe_student,
+from megaportraits_export.networks.student import (StudentGraph, build_student, describe_student, table_values_per_avatar,
                                                     parameters_per_avatar)
 from megaportraits_export.config import PRESETS
 
@@ -80,6 +80,28 @@ def test_inference_copy_folds_every_batch_norm_and_computes_the_same():
     with torch.no_grad():
         torch.testing.assert_close(folded(driver, index), student(driver, index), atol=1e-5, rtol=0)
     assert student.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+
+
+def test_tables_above_full_tables_up_to_stay_capped_and_compute_the_same():
+    """Above the preset's full_tables_up_to the folded tables keep the capped side and are
+    upsampled per frame (bilinear weights sum to one, so folding the affine first is exact)."""
+    config = get_student_config("tiny").replace(num_avatars=3, full_tables_up_to=8)
+    student = build_student(config)
+    with torch.no_grad():
+        student.train()
+        for _ in range(3):
+            student(torch.rand(4, 3, 64, 64) * 2, torch.tensor([0, 1, 2, 1]))
+        for maps in student.avatar_parameters():
+            maps.normal_(0, 0.3)
+    student.eval()
+    folded = student.inference()
+    tables = [m for m in folded.modules() if type(m).__name__ == "AvatarTables"]
+    sides = [size if size <= 8 else min(size, config.spade_cap) for size in config.block_sizes() for _ in (1, 2)]
+    assert [t.scale.shape[-1] for t in tables] == sides and max(config.block_sizes()) > 8
+    driver, index = torch.rand(3, 3, 64, 64), torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(folded(driver, index), student(driver, index), atol=1e-5, rtol=0)
+    assert table_values_per_avatar(config) == sum(t.scale[0].numel() + t.shift[0].numel() for t in tables)
 
 
 def test_subpixel_output_renders_the_last_block_at_half_size():

@@ -14,8 +14,10 @@ Normalisation is BatchNorm, as in SPADE itself and the ResNet-18 the paper names
 it normalises by batch statistics, at inference it is a fixed per-channel affine. That is what
 makes the student cheap to run: :meth:`Student.inference` folds every encoder BatchNorm into its
 convolution, and every SPADE normalisation together with its avatar maps (upsampled once to the
-block's resolution) into two per-avatar tables, so a SPADE layer at run time is one Gather of a
-scale and one of a shift, a Mul and an Add, with no statistics, no Resize and no Split.
+block's resolution, for blocks up to the preset's ``full_tables_up_to``) into two per-avatar
+tables, so a SPADE layer at run time is one Gather of a scale and one of a shift, a Mul and an
+Add, with no statistics and no Split (and no Resize but in paper512's blocks above 64 px, whose
+full tables would cost 191.6 MB an avatar).
 
 The output is RGB in [0, 1] (a sigmoid), plus the person's matte as a fourth channel where the
 teacher renders one (``StudentGraph`` splits it into the ``image`` and ``matte`` outputs).
@@ -97,10 +99,11 @@ class AvatarSpade(nn.Module):
     as plain normalisation).
     """
 
-    def __init__(self, channels: int, resolution: int, cap: int, num_avatars: int):
+    def __init__(self, channels: int, resolution: int, cap: int, num_avatars: int, full_tables_up_to: int = 128):
         super().__init__()
         self.channels = channels
         self.resolution = resolution
+        self.full_tables_up_to = full_tables_up_to
         side = min(resolution, cap)
         self.norm = nn.BatchNorm2d(channels, affine=False)
         self.scale = nn.Parameter(torch.randn(num_avatars, channels, side, side) * 0.02)
@@ -123,34 +126,49 @@ class AvatarSpade(nn.Module):
 
     def folded(self) -> "AvatarTables":
         """The eval-mode layer as per-avatar tables: norm(x) * s + t == x * S + T with
-        S = s / sqrt(var + eps), T = t - mean * S, at full resolution for every avatar."""
+        S = s / sqrt(var + eps), T = t - mean * S. Up to ``full_tables_up_to`` (a preset's
+        field) the tables are stored at the block's resolution (no Resize per frame); above it at the capped
+        side and upsampled per frame, which is the same function because bilinear weights sum to
+        one (the per-channel affine commutes with the upsampling), so that a paper512 avatar costs
+        tens of megabytes rather than ~190."""
+        full = self.resolution <= self.full_tables_up_to
         with torch.no_grad():
             inv_std = torch.rsqrt(self.norm.running_var + self.norm.eps)[None, :, None, None]
-            scale = (1 + self._full(self.scale)) * inv_std
-            shift = self._full(self.shift) - self.norm.running_mean[None, :, None, None] * scale
-        return AvatarTables(scale, shift)
+            scale = (1 + (self._full(self.scale) if full else self.scale)) * inv_std
+            shift = (self._full(self.shift) if full else self.shift) - self.norm.running_mean[None, :, None, None] * scale
+        return AvatarTables(scale, shift, self.resolution)
 
 
 class AvatarTables(nn.Module):
-    """An inference-time SPADE layer: x * scale_table[avatar] + shift_table[avatar]."""
+    """An inference-time SPADE layer: x * scale_table[avatar] + shift_table[avatar] (tables
+    smaller than the block are upsampled bilinearly, see :meth:`AvatarSpade.folded`)."""
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, resolution: int):
         super().__init__()
+        self.resolution = resolution
         self.register_buffer("scale", scale.contiguous())
         self.register_buffer("shift", shift.contiguous())
 
+    def _at_block(self, table: torch.Tensor) -> torch.Tensor:
+        if table.shape[-1] == self.resolution:
+            return table
+        return F.interpolate(table, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+
     def forward(self, x: torch.Tensor, avatar_index: torch.Tensor) -> torch.Tensor:
-        return x * torch.index_select(self.scale, 0, avatar_index) + torch.index_select(self.shift, 0, avatar_index)
+        scale = self._at_block(torch.index_select(self.scale, 0, avatar_index))
+        shift = self._at_block(torch.index_select(self.shift, 0, avatar_index))
+        return x * scale + shift
 
 
 class SpadeResBlock(nn.Module):
     """Pre-activation residual block (SPADE, ReLU, conv) x 2; a 1x1 skip where the width changes."""
 
-    def __init__(self, in_channels: int, out_channels: int, resolution: int, cap: int, num_avatars: int):
+    def __init__(self, in_channels: int, out_channels: int, resolution: int, cap: int, num_avatars: int,
+                 full_tables_up_to: int = 128):
         super().__init__()
-        self.norm1 = AvatarSpade(in_channels, resolution, cap, num_avatars)
+        self.norm1 = AvatarSpade(in_channels, resolution, cap, num_avatars, full_tables_up_to)
         self.conv1 = conv(in_channels, out_channels, 3)
-        self.norm2 = AvatarSpade(out_channels, resolution, cap, num_avatars)
+        self.norm2 = AvatarSpade(out_channels, resolution, cap, num_avatars, full_tables_up_to)
         self.conv2 = conv(out_channels, out_channels, 3)
         self.skip = conv(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
 
@@ -168,7 +186,8 @@ class StudentGenerator(nn.Module):
         widths = config.generator_channels
         sizes = config.block_sizes()
         self.blocks = nn.ModuleList(
-            SpadeResBlock(widths[max(i - 1, 0)], widths[i], sizes[i], config.spade_cap, config.num_avatars)
+            SpadeResBlock(widths[max(i - 1, 0)], widths[i], sizes[i], config.spade_cap, config.num_avatars,
+                          config.full_tables_up_to)
             for i in range(len(widths)))
         # BatchNorm keeps each image's global colour (unlike a per-image norm, which would remove
         # it and leave the last conv unable to restore it); at inference it is a per-channel affine
@@ -249,9 +268,11 @@ def parameters_per_avatar(config: StudentConfig) -> int:
 
 def table_values_per_avatar(config: StudentConfig) -> int:
     """How many values one avatar adds to an exported bundle: its scale and shift tables in every
-    SPADE layer at the block's full resolution (upsampled once at export, see the module docstring)."""
+    SPADE layer, at the block's resolution up to the preset's ``full_tables_up_to`` and at the
+    capped side above it (see :meth:`AvatarSpade.folded`)."""
     widths, sizes = config.generator_channels, config.block_sizes()
-    return sum(2 * (widths[max(i - 1, 0)] + width) * size * size for i, (width, size) in enumerate(zip(widths, sizes)))
+    side = lambda size: size if size <= config.full_tables_up_to else min(size, config.spade_cap)
+    return sum(2 * (widths[max(i - 1, 0)] + width) * side(size) ** 2 for i, (width, size) in enumerate(zip(widths, sizes)))
 
 
 def macs_per_frame(config: StudentConfig, batch: int = 1) -> int:
