@@ -75,6 +75,12 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, one_torch_thread):
     assert torch.load(tmp_path / "parts" / CHECKPOINT, weights_only=False)["step"] == 6
     with pytest.raises(ValueError, match="another architecture"):
         distill(config.replace(num_avatars=3), targets, tmp_path / "parts", DistillOptions(steps=7), device="cpu")
+    # a checkpoint of the same config written by an older network (other parameter names): one line
+    state = torch.load(tmp_path / "parts" / CHECKPOINT, weights_only=False)
+    state["student"] = {name.replace(".scale", ".tensors"): value for name, value in state["student"].items()}
+    torch.save(state, tmp_path / "parts" / CHECKPOINT)
+    with pytest.raises(ValueError, match="older student network"):
+        distill(config, targets, tmp_path / "parts", DistillOptions(steps=7), device="cpu")
 
 
 def test_the_distill_command_writes_a_student_bundle(tmp_path, bundle_factory, capsys, one_torch_thread):

@@ -118,7 +118,11 @@ def distill(config: StudentConfig, targets: Targets, out: Path, options: Distill
             if StudentConfig.from_dict(state["config"]) != config:
                 raise ValueError(f"{checkpoint} holds a student of another architecture or avatar count; "
                                  "give a new output directory")
-            student.load_state_dict(state["student"])
+            try:
+                student.load_state_dict(state["student"])
+            except RuntimeError:  # same config, other parameters: written by an older student network
+                raise ValueError(f"{checkpoint} was written by an older student network (its parameters do not "
+                                 "match this version's); give a new output directory") from None
             optimizer.load_state_dict(state["optimizer"])
             restore_rng(state["rng"])
             start = state["step"]

@@ -255,7 +255,11 @@ class EnhancerTrainer:
         if not training or training.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not an enhancer training state; resume from the state_*.pt of an "
                              "[enhancer] run")
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:  # e.g. a demo128 run from before the preset's narrower stages
+            raise ValueError(f"{path} holds an enhancer of another shape than [enhancer] preset "
+                             f"{self.cfg.enhancer.preset!r} builds now; start a new run in a new out_dir") from None
         self.step, self.elapsed = int(training["step"]), float(training["elapsed"])
         self.history = dict(training["history"])
         self.stream.load_state_dict(training["stream"])
