@@ -61,15 +61,20 @@ def test_avatar_gradients_reach_only_the_rendered_avatar():
         assert tensors.grad[0].abs().sum() == 0 and tensors.grad[2].abs().sum() == 0
 
 
-def test_inference_copy_folds_every_batch_norm_and_computes_the_same():
-    student = _tiny(matte=True)
-    with torch.no_grad():  # trained-looking statistics and avatar maps
+def _trained_looking(student):
+    """BatchNorm statistics and avatar maps away from their initial values, as after training; eval mode."""
+    with torch.no_grad():
         student.train()
         for _ in range(3):
             student(torch.rand(4, 3, 64, 64) * 2, torch.tensor([0, 1, 2, 1]))
         for maps in student.avatar_parameters():
             maps.normal_(0, 0.3)
     student.eval()
+
+
+def test_inference_copy_folds_every_batch_norm_and_computes_the_same():
+    student = _tiny(matte=True)
+    _trained_looking(student)
     folded = student.inference()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) and m is not folded.generator.to_rgb[0]
                    for m in folded.modules())
@@ -87,13 +92,7 @@ def test_tables_above_full_tables_up_to_stay_capped_and_compute_the_same():
     upsampled per frame (bilinear weights sum to one, so folding the affine first is exact)."""
     config = get_student_config("tiny").replace(num_avatars=3, full_tables_up_to=8)
     student = build_student(config)
-    with torch.no_grad():
-        student.train()
-        for _ in range(3):
-            student(torch.rand(4, 3, 64, 64) * 2, torch.tensor([0, 1, 2, 1]))
-        for maps in student.avatar_parameters():
-            maps.normal_(0, 0.3)
-    student.eval()
+    _trained_looking(student)
     folded = student.inference()
     tables = [m for m in folded.modules() if type(m).__name__ == "AvatarTables"]
     sides = [size if size <= 8 else min(size, config.spade_cap) for size in config.block_sizes() for _ in (1, 2)]
