@@ -170,18 +170,14 @@ class LossComputer:
             terms.update(self.perceptual(prediction, target))
         if self.weights.l1:
             terms["l1"] = losses.multiscale_l1(prediction, target, scales=self.l1_scales)
-        if self.weights.expression:
-            region = batch.get("driver_expression_region")
-            if region is None:
-                raise ValueError("the expression loss needs the pairs' expression regions: set [data] "
-                                 "expression_regions = true (synthetic heads)")
-            terms["expression"] = losses.region_l1(prediction, target, region)
-        if self.weights.features:
-            features = batch.get("driver_feature_region")
-            if features is None:
-                raise ValueError("the features loss needs the pairs' face-feature regions: set [data] "
-                                 "expression_regions = true (synthetic heads)")
-            terms["features"] = losses.region_l1(prediction, target, features)
+        for term, key, what in (("expression", "driver_expression_region", "expression regions"),
+                                ("features", "driver_feature_region", "face-feature regions")):
+            if getattr(self.weights, term):
+                region = batch.get(key)
+                if region is None:
+                    raise ValueError(f"the {term} loss needs the pairs' {what}: set [data] "
+                                     "expression_regions = true (synthetic heads)")
+                terms[term] = losses.region_l1(prediction, target, region)
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():
