@@ -50,7 +50,7 @@ from .bundle import Bundle, open_bundle, open_role
 from .compositing import background_plate, composite
 from .errors import InputError, MegaportraitsError, NoFaceError
 from .files import check_output_path
-from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, HaarFaceDetector, PasteBack,
+from .faces import (CropBox, CropGeometry, FaceDetector, FaceTracker, LazyDetector, PasteBack,
                     cut_crop, find_source_face)
 from .images import OUTPUT_IMAGE_EXTENSIONS, as_rgb_image, check_size, save_image, to_rgb8
 from . import motion_liveportrait
@@ -166,8 +166,7 @@ class Animator:
         self.output_size = self.bundle.manifest.enhanced_size if self.enhances else self.image_size
         self._device = device_of(self.bundle.providers)
         self._io_binding = options.io_binding if options.io_binding is not None else self._device != "cpu"
-        self._detector = None
-        self._detector_lock = threading.Lock()
+        self._detector = LazyDetector(options.detector)
         #: the model family (megaportraits.schema.FAMILIES): how motion goes from driver to generator
         self.family = self.bundle.manifest.family
         self._geometry = _crop_geometry(self.bundle.manifest.crop("source")) or CropGeometry(scale=options.crop_scale)
@@ -265,10 +264,7 @@ class Animator:
 
     @property
     def detector(self) -> FaceDetector:
-        with self._detector_lock:  # two threads' first frames must not parse the cascade twice
-            if self._detector is None:
-                self._detector = self.options.detector or HaarFaceDetector()
-            return self._detector
+        return self._detector.get()
 
     # ---- animating -----------------------------------------------------------------------
     def performance(self, avatar: Avatar, fps: float = 30.0) -> "Performance":

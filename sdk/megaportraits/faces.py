@@ -14,6 +14,7 @@ finite numbers in N rows of 4, with a positive size, overlapping the frame and a
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -204,6 +205,22 @@ def find_source_face(image: np.ndarray, detector: FaceDetector, geometry: CropGe
         raise NoFaceError("no face found in the source image; if it is already a cropped "
                           "portrait, use --no-crop (crop=False)")
     return CropBox.from_centre(*geometry.around(largest(boxes)))
+
+
+class LazyDetector:
+    """The detector an animator was given, or a Haar detector made on first use: under a lock, so
+    that two threads' first frames do not parse the cascade twice (the Animator and the
+    StudentAnimator share it)."""
+
+    def __init__(self, given: FaceDetector | None = None):
+        self._detector = given
+        self._lock = threading.Lock()
+
+    def get(self) -> FaceDetector:
+        with self._lock:
+            if self._detector is None:
+                self._detector = HaarFaceDetector()
+            return self._detector
 
 
 class FaceTracker:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .animator import AnimatorOptions, _rgb_frame, run_graph, to_image, to_tenso
 from .bundle import open_bundle
 from .compositing import composite
 from .errors import InputError, MegaportraitsError
-from .faces import CropBox, CropGeometry, FaceTracker, HaarFaceDetector, PasteBack, cut_crop
+from .faces import CropBox, CropGeometry, FaceTracker, LazyDetector, PasteBack, cut_crop
 from .images import as_rgb_image, check_size, load_image
 from .schema import AVATAR_INDEX, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT, STUDENT, STUDENT_ROLES
 
@@ -76,8 +75,7 @@ class StudentAnimator:
         self.output_specs = {STUDENT: {t.name: t for t in manifest.graphs[STUDENT].outputs}}
         self._outputs = [IMAGE_OUTPUT] + ([MATTE_OUTPUT] if self.has_matte else [])
         self._geometry = CropGeometry(scale=options.crop_scale)
-        self._detector = None
-        self._detector_lock = threading.Lock()
+        self._detector = LazyDetector(options.detector)
 
     def __enter__(self) -> "StudentAnimator":
         return self
@@ -90,10 +88,7 @@ class StudentAnimator:
 
     @property
     def detector(self):
-        with self._detector_lock:  # as Animator.detector: threads' first frames parse the cascade once
-            if self._detector is None:
-                self._detector = self.options.detector or HaarFaceDetector()
-            return self._detector
+        return self._detector.get()
 
     def prepare(self, name, source_path=None) -> StudentAvatar:
         """The avatar called ``name``; an unknown name is an :class:`InputError` listing the bundle's."""
