@@ -65,6 +65,8 @@ class BoundFrames:
         for name, value in state.items():
             self._generator.bind_ortvalue_input(name, value)
         self._enhancer = sessions[ENHANCER].io_binding() if enhance else None
+        #: the enhancer reads the generator's matte too (a matte model's enhancer), known once
+        self._enhancer_takes_matte = enhance and BASE_MATTE in {i.name for i in sessions[ENHANCER].get_inputs()}
 
     # ---- per frame ------------------------------------------------------------------------
     def motion(self, names: list) -> list:
@@ -87,9 +89,8 @@ class BoundFrames:
         for name in outputs:  # stays on the device: the enhancer reads it there
             self._generator.bind_output(name, self.device, 0)
         rendered = dict(zip(outputs, self._device_outputs("generator", self._generator, outputs)))
-        inputs = {i.name for i in self._sessions[ENHANCER].get_inputs()}
         self._enhancer.bind_ortvalue_input(BASE_IMAGE, rendered[IMAGE_OUTPUT])
-        if BASE_MATTE in inputs:
+        if self._enhancer_takes_matte:
             self._enhancer.bind_ortvalue_input(BASE_MATTE, rendered[MATTE_OUTPUT])
         for name in enhanced_outputs:
             self._enhancer.bind_output(name, "cpu")
