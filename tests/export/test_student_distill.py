@@ -148,3 +148,14 @@ def test_bad_avatars_are_one_line(tmp_path, capsys, avatar, message):
     assert main(["distill", "--teacher", str(tmp_path), "--avatar", avatar, "-o", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_distill_fidelity_refuses_an_unwritable_json_before_any_work(tmp_path, capsys):
+    from megaportraits.bundle import DEMO_BUNDLE
+    from megaportraits_export.distill import fidelity
+
+    student = DEMO_BUNDLE.parent / "demo_student"
+    code = fidelity.main(["--student", str(student), "--teacher", str(DEMO_BUNDLE), "--frames", "1",
+                          "--json", str(tmp_path / "missing" / "figures.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and "does not exist" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -147,6 +147,10 @@ def _fidelity(args) -> int:
     from megaportraits_export import command
     from megaportraits_export.distill.targets import TeacherRenderer
 
+    from megaportraits.files import atomic_output, check_output_path
+
+    if args.json:  # before any work: a writable, new name (never one of the bundles' files)
+        check_output_path(args.json, (".json",))
     runner = StudentRunner(args.student, threads=args.threads)
     name = args.avatar or runner.names[0]
     if name not in runner.names:
@@ -179,7 +183,8 @@ def _fidelity(args) -> int:
             print(f"  {who:<8} raw PSNR {raw['psnr']:.2f} SSIM {raw['ssim']:.4f}   "
                   f"masked PSNR {masked['psnr']:.2f} SSIM {masked['ssim']:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_output(args.json) as tmp:  # never a half-written file
+            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 
