@@ -51,32 +51,39 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004) per image.
+def ssim_map(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The local SSIM of (N, C, H, W) images, (N, C, H - 10, W - 10), in their own dtype and
+    differentiable: :func:`ssim` (float64) and the training loss
+    :func:`megaportraits_export.losses.structure.ssim_loss` (float32) are both its mean, so a
+    model trained on it targets exactly the reported measure.
 
     Gaussian window 11x11 with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1; local statistics
-    over the valid region only (no padding), each colour channel separately, then averaged.
+    over the valid region only (no padding), each colour channel separately.
     """
     _check_pair(prediction, target)
     n, c, h, w = prediction.shape
     if min(h, w) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
-    x = prediction.double()
-    y = target.double()
-    g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA)
-    kernel = (g[:, None] * g[None, :]).expand(c, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
+    x, y = prediction, target
+    g = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA).to(dtype=x.dtype, device=x.device)
+    rows = g.view(1, 1, SSIM_WINDOW, 1).expand(c, 1, SSIM_WINDOW, 1).contiguous()
+    cols = g.view(1, 1, 1, SSIM_WINDOW).expand(c, 1, 1, SSIM_WINDOW).contiguous()
 
-    def local_mean(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel, groups=c)
+    def local_mean(t: torch.Tensor) -> torch.Tensor:  # the separable Gaussian window
+        return F.conv2d(F.conv2d(t, rows, groups=c), cols, groups=c)
 
     mu_x, mu_y = local_mean(x), local_mean(y)
     var_x = local_mean(x * x) - mu_x.pow(2)
     var_y = local_mean(y * y) - mu_y.pow(2)
     cov_xy = local_mean(x * y) - mu_x * mu_y
     c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2))
-    return ssim_map.flatten(1).mean(1)
+    return ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x.pow(2) + mu_y.pow(2) + c1) * (var_x + var_y + c2))
+
+
+def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per image: the mean of :func:`ssim_map` in
+    float64 over every channel and valid position."""
+    return ssim_map(prediction.double(), target.double()).flatten(1).mean(1)
 
 
 METRICS = {"l1": l1, "psnr": psnr, "ssim": ssim}

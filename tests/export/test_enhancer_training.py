@@ -33,7 +33,7 @@ def tiny_config(base: Path, out_dir: Path, **train):
 
 def test_a_step_lowers_the_loss_on_a_fixed_batch_with_the_base_frozen(base_checkpoint, tmp_path):
     cfg = tiny_config(base_checkpoint, tmp_path / "run", steps=20, grad_accum=1)
-    cfg = cfg.replace("losses", gan_start_step=100)  # L1 + cycle + reenacted: a loss that must fall
+    cfg = cfg.replace("losses", gan_start_step=100)  # L1 + SSIM + cycle + reenacted (+ SSIM): a loss that must fall
     trainer = EnhancerTrainer(cfg, setup("cpu"))
     # start away from the bicubic initialisation (already close to this batch's optimum under L1,
     # where progress is slow): a random residual the steps must undo
@@ -60,7 +60,7 @@ def test_gan_step_runs_and_resume_continues_exactly(base_checkpoint, tmp_path):
     straight = EnhancerTrainer(tiny_config(base_checkpoint, tmp_path / "a"), ctx)
     straight.run(progress=False)
     assert {"enhancer/adversarial", "enhancer/feature_matching", "enhancer/cycle", "enhancer/reenacted",
-            "enhancer/discriminator"} <= set(straight.history)
+            "enhancer/ssim", "enhancer/reenacted_ssim", "enhancer/discriminator"} <= set(straight.history)
     first = EnhancerTrainer(tiny_config(base_checkpoint, tmp_path / "b"), ctx)  # interrupted after 2 steps
     first.train_step()
     first.train_step()
@@ -131,6 +131,10 @@ def test_synthetic_pairs_give_the_truth_of_the_base_rendering():
 def test_config_refusals():
     with pytest.raises(ConfigError, match="reenacted needs"):
         config_from_dict({"enhancer": {"preset": "tiny", "cross_driving": False, "reenacted": 1.0}})
+    with pytest.raises(ConfigError, match="reenacted_ssim needs"):
+        config_from_dict({"enhancer": {"preset": "tiny", "cross_driving": False, "reenacted_ssim": 1.0}})
+    with pytest.raises(ConfigError, match="must not be negative"):
+        config_from_dict({"enhancer": {"preset": "tiny", "base_checkpoint": "b.pt", "ssim": -1.0}})
     with pytest.raises(ConfigError, match="reenacted_loss"):
         config_from_dict({"enhancer": {"preset": "tiny", "base_checkpoint": "b.pt", "reenacted_loss": "l2"}})
     with pytest.raises(ConfigError, match="needs base_checkpoint"):

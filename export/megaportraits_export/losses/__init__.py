@@ -20,6 +20,7 @@ from megaportraits_export.losses.discriminator import (
 )
 from megaportraits_export.losses.perceptual import PerceptualLoss, VGG19Features, multiscale_l1
 from megaportraits_export.losses.region import region_l1
+from megaportraits_export.losses.structure import ssim_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,4 +100,5 @@ __all__ = [
     "motion_cycle_loss",
     "multiscale_l1",
     "region_l1",
+    "ssim_loss",
 ]

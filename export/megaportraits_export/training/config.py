@@ -98,6 +98,8 @@ class EnhancerSection:
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
     reenacted: float = 0.0             # x_c_HR against its truth at 2x: synthetic data only (the paper has none)
     reenacted_loss: str = "mse"        # "mse" or "l1" (see training.enhancement.reenacted_loss)
+    ssim: float = 0.0                  # 1 - SSIM of the super-resolution output's colours (losses.ssim_loss)
+    reenacted_ssim: float = 0.0        # 1 - SSIM of the enhanced base rendering as shown, against its truth
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,10 @@ def _validate_enhancer(cfg: TrainConfig) -> None:
     if e.reenacted > 0 and not (e.cross_driving and cfg.data.kind == "synthetic"):
         raise ConfigError("[enhancer] reenacted needs cross_driving = true and [data] kind = \"synthetic\" (only "
                           "the renderer knows the truth of the base model's renderings)")
-    if min(e.l1, e.adversarial, e.feature_matching, e.cycle, e.reenacted) < 0:
+    if e.reenacted_ssim > 0 and not (e.cross_driving and cfg.data.kind == "synthetic"):
+        raise ConfigError("[enhancer] reenacted_ssim needs cross_driving = true and [data] kind = \"synthetic\" (only "
+                          "the renderer knows the truth of the base model's renderings)")
+    if min(e.l1, e.adversarial, e.feature_matching, e.cycle, e.reenacted, e.ssim, e.reenacted_ssim) < 0:
         raise ConfigError("[enhancer] loss weights must not be negative")
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import checkpoint as model_checkpoint
-from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss
+from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss, ssim_loss
 from ..networks.enhancer import build_enhancer, get_enhancer_config
 from .config import TrainConfig
 from .data_stream import DataStream
@@ -79,6 +79,17 @@ def reenacted_loss(x_c_hr: torch.Tensor, truth: torch.Tensor, kind: str = "mse")
         mask = truth[:, 3:]
         return error(x_c_hr[:, :3] * mask, truth[:, :3] * mask) + error(x_c_hr[:, 3:], mask)
     return error(x_c_hr, truth)
+
+
+def shown(x_c_hr: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The enhanced base rendering as a viewer sees it: a matte model's colours composited with
+    its enhanced matte over the truth's backdrop (the evaluation composites over the backdrop cut
+    from the source, the SDK over the source photo's; here the truth's own stands for it), so
+    colour and matte errors count where, and as much as, they show; RGB as it is."""
+    if truth.shape[1] != 4:
+        return x_c_hr
+    matte = x_c_hr[:, 3:]
+    return x_c_hr[:, :3] * matte + truth[:, :3] * (1.0 - matte)
 
 
 class FrozenBase(nn.Module):
@@ -165,12 +176,19 @@ class EnhancerTrainer:
         enhanced, x_c_hr = out[:len(low)], (out[len(low):] if x_c is not None else None)
         terms = {"l1": F.l1_loss(enhanced, high)}
         loss = e.l1 * terms["l1"]
+        if e.ssim > 0:  # the evaluation scores the colours
+            terms["ssim"] = ssim_loss(enhanced[:, :3], high[:, :3])
+            loss = loss + e.ssim * terms["ssim"]
         if x_c is not None:
             terms["cycle"] = cycle_loss(x_c, x_c_hr)
             loss = loss + e.cycle * terms["cycle"]
             if e.reenacted > 0:
                 terms["reenacted"] = reenacted_loss(x_c_hr, batch["cross_target"], e.reenacted_loss)
                 loss = loss + e.reenacted * terms["reenacted"]
+            if e.reenacted_ssim > 0:
+                truth = batch["cross_target"]
+                terms["reenacted_ssim"] = ssim_loss(shown(x_c_hr, truth), truth[:, :3])
+                loss = loss + e.reenacted_ssim * terms["reenacted_ssim"]
         fakes = [enhanced[:, :3]] + ([x_c_hr[:, :3]] if x_c_hr is not None else [])
         if gan:
             self.discriminator.requires_grad_(False)
@@ -227,7 +245,8 @@ class EnhancerTrainer:
                       "processes": self.ctx.world_size},
             "training_seconds": round(self.elapsed, 1),
             "losses": {"l1": e.l1, "adversarial": e.adversarial, "feature_matching": e.feature_matching,
-                       "cycle": e.cycle, "reenacted": e.reenacted, "reenacted_loss": e.reenacted_loss, "cross_driving": e.cross_driving,
+                       "cycle": e.cycle, "reenacted": e.reenacted, "reenacted_loss": e.reenacted_loss,
+                       "ssim": e.ssim, "reenacted_ssim": e.reenacted_ssim, "cross_driving": e.cross_driving,
                        "gan_start_step": cfg.losses.gan_start_step},
             "config_file": self.config_path,
             "final_losses": {k: round(v, 6) for k, v in self.history.items()},
