@@ -9,7 +9,7 @@ import torch
 
 from megaportraits_export import metrics
 from megaportraits_export.losses import ssim_loss
-from megaportraits_export.training.enhancement import shown
+from megaportraits_export.training.enhancement import reenacted_loss, shown
 
 
 def _window_ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -76,3 +76,20 @@ def test_shown_composites_the_enhanced_colours_over_the_truths_backdrop_with_the
     torch.testing.assert_close(shown(clear, truth), truth[:, :3])     # no person: the backdrop
     rgb = lifted[:, :3]
     assert shown(rgb, truth[:, :3]) is rgb
+
+
+def test_shown_mse_is_the_squared_error_of_the_composite_so_the_matte_counts_only_where_it_shows():
+    g = torch.Generator().manual_seed(5)
+    truth = torch.rand(2, 4, 8, 8, generator=g)
+    truth[:, 3:] = (truth[:, 3:] > 0.5).float()
+    lifted = torch.rand(2, 4, 8, 8, generator=g)
+    alpha, mask = lifted[:, 3:], truth[:, 3:]
+    by_hand = (alpha * lifted[:, :3] + (1 - alpha) * truth[:, :3] - truth[:, :3]).square().mean()
+    torch.testing.assert_close(reenacted_loss(lifted, truth, "shown_mse"), by_hand)
+    # where the person is drawn in the backdrop's own colours, the matte cannot show: no cost
+    same = lifted.clone()
+    same[:, :3] = truth[:, :3]
+    assert float(reenacted_loss(same, truth, "shown_mse")) < 1e-12
+    assert float(reenacted_loss(same, truth, "mse")) > 0.01  # the mask form holds the matte to the mask
+    rgb = lifted[:, :3]
+    torch.testing.assert_close(reenacted_loss(rgb, truth[:, :3], "shown_mse"), reenacted_loss(rgb, truth[:, :3], "mse"))

@@ -97,7 +97,7 @@ class EnhancerSection:
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
     reenacted: float = 0.0             # x_c_HR against its truth at 2x: synthetic data only (the paper has none)
-    reenacted_loss: str = "mse"        # "mse" or "l1" (see training.enhancement.reenacted_loss)
+    reenacted_loss: str = "mse"        # "mse", "l1" or "shown_mse" (see training.enhancement.reenacted_loss)
     ssim: float = 0.0                  # 1 - SSIM of the super-resolution output's colours (losses.ssim_loss)
     reenacted_ssim: float = 0.0        # 1 - SSIM of the enhanced base rendering as shown, against its truth
 
@@ -132,7 +132,7 @@ class TrainConfig:
 
 _CHOICES = {
     ("data", "kind"): ("synthetic", "video", "portraits"),  # portraits: high-res photos, for an enhancer
-    ("enhancer", "reenacted_loss"): ("mse", "l1"),
+    ("enhancer", "reenacted_loss"): ("mse", "l1", "shown_mse"),
     ("pose_pretrain", "main_stage"): ("frozen", "low_lr"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }

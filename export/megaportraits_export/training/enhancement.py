@@ -69,11 +69,17 @@ def cycle_loss(x_c: torch.Tensor, x_c_hr: torch.Tensor) -> torch.Tensor:
 
 
 def reenacted_loss(x_c_hr: torch.Tensor, truth: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """The error (``kind`` "mse" or "l1") of the enhanced base rendering against the truth at 2x.
-    With a matte (4 channels) the colours count only on the person (true mask): a matte model's
-    colours off the matte are never shown (the SDK composites them over the source's backdrop;
-    there they are far from the truth's backdrop, 0.28 mean error on the demo model), and the
-    matte is held to the true mask."""
+    """The error (``kind`` "mse", "l1" or "shown_mse") of the enhanced base rendering against the
+    truth at 2x. With a matte (4 channels), "mse" and "l1" count the colours only on the person
+    (true mask): a matte model's colours off the matte are never shown (the SDK composites them
+    over the source's backdrop; there they are far from the truth's backdrop, 0.28 mean error on
+    the demo model), and hold the matte to the true mask. "shown_mse" is the squared error of
+    the frame as shown (:func:`shown`), what the evaluation's PSNR measures: the matte then
+    counts only where the person and the backdrop differ (held to the hard true mask, the soft
+    upsampled matte of a blurry base frame moved the composite away from the truth: on the demo
+    model after 100 steps, 25.48 dB vs bicubic's 25.61, all of it from the matte channel)."""
+    if kind == "shown_mse":
+        return F.mse_loss(shown(x_c_hr, truth), truth[:, :3])
     error = F.mse_loss if kind == "mse" else F.l1_loss
     if truth.shape[1] == 4:
         mask = truth[:, 3:]
