@@ -65,31 +65,40 @@ def test_descending_ssim_loss_raises_the_reported_ssim():
     assert before < 0.97 and after > 0.99, (before, after)
 
 
-def test_shown_composites_the_enhanced_colours_over_the_truths_backdrop_with_the_enhanced_matte():
+def test_shown_composites_the_enhanced_colours_over_the_backdrop_with_the_enhanced_matte():
     g = torch.Generator().manual_seed(4)
-    lifted, truth = torch.rand(2, 4, 8, 8, generator=g), torch.rand(2, 4, 8, 8, generator=g)
+    lifted, backdrop = torch.rand(2, 4, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
     alpha = lifted[:, 3:]
-    torch.testing.assert_close(shown(lifted, truth), alpha * lifted[:, :3] + (1 - alpha) * truth[:, :3])
+    torch.testing.assert_close(shown(lifted, backdrop), alpha * lifted[:, :3] + (1 - alpha) * backdrop)
     opaque, clear = lifted.clone(), lifted.clone()
     opaque[:, 3:], clear[:, 3:] = 1.0, 0.0
-    torch.testing.assert_close(shown(opaque, truth), lifted[:, :3])   # all person: the enhanced colours
-    torch.testing.assert_close(shown(clear, truth), truth[:, :3])     # no person: the backdrop
+    torch.testing.assert_close(shown(opaque, backdrop), lifted[:, :3])   # all person: the enhanced colours
+    torch.testing.assert_close(shown(clear, backdrop), backdrop)         # no person: the backdrop
     rgb = lifted[:, :3]
-    assert shown(rgb, truth[:, :3]) is rgb
+    assert shown(rgb, None) is rgb
+    with pytest.raises(ValueError, match="backdrop"):
+        shown(lifted, None)
 
 
 def test_shown_mse_is_the_squared_error_of_the_composite_so_the_matte_counts_only_where_it_shows():
     g = torch.Generator().manual_seed(5)
     truth = torch.rand(2, 4, 8, 8, generator=g)
     truth[:, 3:] = (truth[:, 3:] > 0.5).float()
+    backdrop = torch.rand(2, 3, 8, 8, generator=g)
     lifted = torch.rand(2, 4, 8, 8, generator=g)
-    alpha, mask = lifted[:, 3:], truth[:, 3:]
-    by_hand = (alpha * lifted[:, :3] + (1 - alpha) * truth[:, :3] - truth[:, :3]).square().mean()
-    torch.testing.assert_close(reenacted_loss(lifted, truth, "shown_mse"), by_hand)
+    alpha = lifted[:, 3:]
+    by_hand = (alpha * lifted[:, :3] + (1 - alpha) * backdrop - truth[:, :3]).square().mean()
+    torch.testing.assert_close(reenacted_loss(lifted, truth, "shown_mse", backdrop), by_hand)
+    # a clear matte shows the backdrop, not the truth: the person missing costs what it shows
+    clear = lifted.clone()
+    clear[:, 3:] = 0.0
+    torch.testing.assert_close(reenacted_loss(clear, truth, "shown_mse", backdrop),
+                               (backdrop - truth[:, :3]).square().mean())
     # where the person is drawn in the backdrop's own colours, the matte cannot show: no cost
+    truth[:, :3] = backdrop
     same = lifted.clone()
-    same[:, :3] = truth[:, :3]
-    assert float(reenacted_loss(same, truth, "shown_mse")) < 1e-12
+    same[:, :3] = backdrop
+    assert float(reenacted_loss(same, truth, "shown_mse", backdrop)) < 1e-12
     assert float(reenacted_loss(same, truth, "mse")) > 0.01  # the mask form holds the matte to the mask
     rgb = lifted[:, :3]
     torch.testing.assert_close(reenacted_loss(rgb, truth[:, :3], "shown_mse"), reenacted_loss(rgb, truth[:, :3], "mse"))

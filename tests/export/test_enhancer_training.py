@@ -124,6 +124,9 @@ def test_synthetic_pairs_give_the_truth_of_the_base_rendering():
     for i in range(12):
         item = pairs[i]
         assert torch.equal(item["cross_target"], item["high"]) and item["cross_target"].shape == (4, 64, 64)
+        off_person = item["high"][3:] == 0   # the rendering there is its backdrop alone
+        assert off_person.float().mean() > 0.2
+        assert (item["backdrop"] - item["high"][:3]).abs()[off_person.expand(3, -1, -1)].max() <= 1 / 255 + 1e-6
         gaps.append(float((item["cross_driver"] - item["low"][:3]).abs().mean()))
     assert min(gaps) < 0.02 and max(gaps) > 0.05, gaps  # both self- and cross-driven items
 

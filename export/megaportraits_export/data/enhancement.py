@@ -16,7 +16,7 @@ model renders a reenacted frame from. In the synthetic pairs the driver performs
 ``high`` (half the items the person themself, half another identity), so ``cross_target`` (C, 2S,
 2S), ``high`` itself, is the exact truth at 2x of the base model's rendering: supervised pairs
 (base output -> truth at 2x) that real video cannot give (the paper's cross-driving branch has no
-truth). Portrait folders have no such truth and no ``cross_target``.
+truth); ``backdrop`` (3, 2S, 2S) is the person's backdrop alone, what a matte frame is shown over. Portrait folders have no such truth and no ``cross_target``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 
 from megaportraits_export.data.synthetic.dataset import _identity, identity_seeds
 from megaportraits_export.data.synthetic.parameters import HeadMotion
-from megaportraits_export.data.synthetic.rendering import render
+from megaportraits_export.data.synthetic.rendering import render, render_backdrop
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -77,6 +77,7 @@ class SyntheticEnhancementPairs(torch.utils.data.Dataset):
             "cross_source": _tensor(render(person, source_motion.pose, source_motion.expression, self.base_size)),
             "cross_driver": _tensor(render(driver, motion.pose, motion.expression, self.base_size)),
             "cross_target": high,
+            "backdrop": _tensor(render_backdrop(person, 2 * self.base_size)),
         }
 
 

@@ -68,18 +68,19 @@ def cycle_loss(x_c: torch.Tensor, x_c_hr: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(F.avg_pool2d(x_c_hr, 8), F.avg_pool2d(x_c, 4))
 
 
-def reenacted_loss(x_c_hr: torch.Tensor, truth: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def reenacted_loss(x_c_hr: torch.Tensor, truth: torch.Tensor, kind: str = "mse",
+                   backdrop: torch.Tensor | None = None) -> torch.Tensor:
     """The error (``kind`` "mse", "l1" or "shown_mse") of the enhanced base rendering against the
     truth at 2x. With a matte (4 channels), "mse" and "l1" count the colours only on the person
     (true mask): a matte model's colours off the matte are never shown (the SDK composites them
     over the source's backdrop; there they are far from the truth's backdrop, 0.28 mean error on
     the demo model), and hold the matte to the true mask. "shown_mse" is the squared error of
-    the frame as shown (:func:`shown`), what the evaluation's PSNR measures: the matte then
+    the frame as shown over ``backdrop`` (:func:`shown`), what the evaluation's PSNR measures: the matte then
     counts only where the person and the backdrop differ (held to the hard true mask, the soft
     upsampled matte of a blurry base frame moved the composite away from the truth: on the demo
     model after 100 steps, 25.48 dB vs bicubic's 25.61, all of it from the matte channel)."""
     if kind == "shown_mse":
-        return F.mse_loss(shown(x_c_hr, truth), truth[:, :3])
+        return F.mse_loss(shown(x_c_hr, backdrop), truth[:, :3])
     error = F.mse_loss if kind == "mse" else F.l1_loss
     if truth.shape[1] == 4:
         mask = truth[:, 3:]
@@ -87,15 +88,19 @@ def reenacted_loss(x_c_hr: torch.Tensor, truth: torch.Tensor, kind: str = "mse")
     return error(x_c_hr, truth)
 
 
-def shown(x_c_hr: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def shown(x_c_hr: torch.Tensor, backdrop: torch.Tensor | None) -> torch.Tensor:
     """The enhanced base rendering as a viewer sees it: a matte model's colours composited with
-    its enhanced matte over the truth's backdrop (the evaluation composites over the backdrop cut
-    from the source, the SDK over the source photo's; here the truth's own stands for it), so
-    colour and matte errors count where, and as much as, they show; RGB as it is."""
-    if truth.shape[1] != 4:
+    its enhanced matte over ``backdrop`` (3 channels: the person's backdrop alone, the data's
+    ``backdrop``; the evaluation composites over the backdrop cut from the source, the SDK over
+    the source photo's), so colour and matte errors count where, and as much as, they show.
+    An RGB frame as it is."""
+    if x_c_hr.shape[1] != 4:
         return x_c_hr
+    if backdrop is None:
+        raise ValueError("a matte frame is shown over its backdrop, and these pairs have none (the synthetic "
+                         "pairs' backdrop)")
     matte = x_c_hr[:, 3:]
-    return x_c_hr[:, :3] * matte + truth[:, :3] * (1.0 - matte)
+    return x_c_hr[:, :3] * matte + backdrop * (1.0 - matte)
 
 
 class FrozenBase(nn.Module):
@@ -189,11 +194,12 @@ class EnhancerTrainer:
             terms["cycle"] = cycle_loss(x_c, x_c_hr)
             loss = loss + e.cycle * terms["cycle"]
             if e.reenacted > 0:
-                terms["reenacted"] = reenacted_loss(x_c_hr, batch["cross_target"], e.reenacted_loss)
+                terms["reenacted"] = reenacted_loss(x_c_hr, batch["cross_target"], e.reenacted_loss,
+                                                    batch.get("backdrop"))
                 loss = loss + e.reenacted * terms["reenacted"]
             if e.reenacted_ssim > 0:
                 truth = batch["cross_target"]
-                terms["reenacted_ssim"] = ssim_loss(shown(x_c_hr, truth), truth[:, :3])
+                terms["reenacted_ssim"] = ssim_loss(shown(x_c_hr, batch.get("backdrop")), truth[:, :3])
                 loss = loss + e.reenacted_ssim * terms["reenacted_ssim"]
         fakes = [enhanced[:, :3]] + ([x_c_hr[:, :3]] if x_c_hr is not None else [])
         if gan:

@@ -237,6 +237,14 @@ def render(identity: Identity, pose: Pose = Pose(), expression: Expression = Exp
     return (image, cv2.extractChannel(rgba, 3)) if with_mask else image
 
 
+def render_backdrop(identity: Identity, size: int = 128) -> np.ndarray:
+    """``identity``'s backdrop alone as ``(size, size, 3)`` uint8 RGB, drawn and downsampled as
+    :func:`render` draws it: what a rendering shows where its mask is 0 (the enhancer's training
+    composites its frames over it, as the SDK composites over the source's backdrop)."""
+    canvas = _background(identity, size * _SUPERSAMPLE)
+    return cv2.cvtColor(cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_RGBA2RGB)
+
+
 def cross_reenactment_ground_truth(identity: Identity, motion: HeadMotion, size: int = 128) -> np.ndarray:
     """``identity`` performing ``motion`` (taken from anyone): the image a perfect model would
     produce when ``identity``'s photo is driven by a frame showing ``motion``. With the source's
