@@ -3,29 +3,38 @@
     python benchmarks/bench_liveportrait.py --repo PATH/TO/LivePortrait [--work DIR] [--runs 5]
 
 Uses the work directory of ``tools/parity_liveportrait.py`` (their networks with seeded random
-weights in their layout, and our bundle converted from them; made here if missing). Per thread
-count (1 and 2, torch and ONNX Runtime alike) it prints medians of:
+weights in their layout, and our bundle converted from them). Per thread count (1 and 2, torch
+and ONNX Runtime alike) it times, in one loop that alternates the two sides call by call
+(ours, theirs, ours, theirs, ...; which side goes first swaps every repeat, so a change in the
+machine's load hits both alike), and prints medians of the repeats for:
 
-* per frame: a driver frame to the rendered 512x512 image, as their pipeline runs it
-  (motion extractor, relative rule, stitching, warping module, SPADE decoder) and as our SDK
-  runs the bundle (driver graph, motion module, generator graph);
-* the warping module alone (dense motion + both 5-D samples + occlusion), theirs in PyTorch,
-  ours as an ONNX graph with GridSample3D (exported here from our module).
+* ``frame``: a driver frame to the rendered 512x512 image, as their pipeline runs it (motion
+  extractor, relative rule, stitching, warping module, SPADE decoder) and as our SDK runs the
+  bundle (driver graph, motion module, generator graph);
+* each stage alone: ``appearance`` (F, once per avatar), ``motion`` (M: the bundle's driver
+  graph), ``warping`` (W: dense motion, both 5-D samples, occlusion), ``decoder`` (G) and
+  ``stitching`` (the MLP and its keypoint correction). Ours are ONNX graphs exported here from
+  our modules in the form the bundle holds them (``convert.liveportrait.deployable``), cached
+  in the work directory beside the bundle.
 
-Both sides get the same inputs; results are also compared so the figures are of equal work.
+Both sides get the same inputs and every output is compared, so the figures are of equal work.
+The machine (CPU, flags, versions) and its load average before and after are printed and kept.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("frame", "appearance", "motion", "warping", "decoder", "stitching")
 
 
 def load_parity_tool():
@@ -35,13 +44,6 @@ def load_parity_tool():
     return module
 
 
-def median_ms(fn, runs: int, warmup: int = 1) -> float:
-    """The benchmark package's timing loop (megaportraits.benchmark.stats.measure)."""
-    from megaportraits.benchmark.stats import measure
-
-    return measure(fn, warmup=warmup, runs=runs, min_runs=1).median_ms
-
-
 def session(path: Path, threads: int):
     """A session made as the SDK makes its own, with the op library registered."""
     from megaportraits.sessions import create_session, require_custom_op_library, session_options
@@ -49,27 +51,82 @@ def session(path: Path, threads: int):
     return create_session(path, ["CPUExecutionProvider"], session_options(threads, require_custom_op_library()))
 
 
-def export_warping(ours, path: Path) -> None:
-    """Our warping module alone as an ONNX graph, in the form the bundle holds it (both samples
-    on GridSample3D, the dense motion on depth slices: ``convert.liveportrait.deployable``)."""
-    from megaportraits_export.convert.liveportrait import deployable
-    from megaportraits_export.onnx_export import export_graph, save_graph
+class Stitched(torch.nn.Module):
+    """The stitching stage as the generator graph runs it: the MLP's correction of the driving keypoints."""
 
+    def __init__(self, mlp):
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, source_keypoints, driving_keypoints):
+        from megaportraits_export.liveportrait.stitching import stitch
+
+        return stitch(self.mlp, source_keypoints, driving_keypoints)
+
+
+def stage_modules(ours) -> dict:
+    """name -> (module, input names, output name, example inputs) for the stages exported alone."""
+    from megaportraits_export.convert.liveportrait import deployable
+
+    fast = deployable(ours)
     c = ours.config
     g = torch.Generator().manual_seed(1)
+    image = torch.rand(2, 3, c.image_size, c.image_size, generator=g)
     volume = torch.randn(2, c.reshape_channel, c.reshape_depth, c.feature_size, c.feature_size, generator=g)
     kp = torch.rand(2, c.num_kp, 3, generator=g) - 0.5
-    program = export_graph(deployable(ours).warping_module, (volume, kp, kp + 0.05),
-                           ("feature_volume", "source_keypoints", "driving_keypoints"), ("warped",))
-    save_graph(program, path)
+    feature = torch.randn(2, c.warp_channels, c.feature_size, c.feature_size, generator=g)
+    return {
+        "appearance": (fast.appearance_feature_extractor, ("source_image",), "feature_volume", (image,)),
+        "warping": (fast.warping_module, ("feature_volume", "source_keypoints", "driving_keypoints"), "warped",
+                    (volume, kp, kp + 0.05)),
+        "decoder": (fast.spade_generator, ("feature",), "image", (feature,)),
+        "stitching": (Stitched(fast.stitching), ("source_keypoints", "driving_keypoints"), "stitched_keypoints",
+                      (kp, kp + 0.05)),
+    }
+
+
+def export_stages(ours, directory: Path, progress=print) -> dict:
+    """Our stage graphs (made once, kept in ``directory``): name -> path."""
+    from megaportraits_export.onnx_export import export_graph, save_graph
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (module, inputs, output, example) in stage_modules(ours).items():
+        path = directory / f"{name}.onnx"
+        if not path.is_file():
+            progress(f"exporting our {name} stage to {path} ...")
+            partial = path.with_suffix(".partial.onnx")
+            save_graph(export_graph(module.eval(), example, inputs, (output,)), partial)
+            partial.replace(path)
+        paths[name] = path
+    return paths
+
+
+def timed(fn) -> tuple:
+    started = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - started) * 1e3, out
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def machine() -> dict:
+    from megaportraits.benchmark.machine import machine_info
+
+    info = machine_info()
+    info["torch"] = torch.__version__
+    return info
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repo", required=True, type=Path, help="a checkout of KwaiVGI/LivePortrait")
     p.add_argument("--work", type=Path, default=Path("parity_liveportrait_work"))
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=5, help="repeats of the alternating loop (medians over them)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
@@ -77,8 +134,9 @@ def main(argv=None) -> int:
     config, classes, mlp_class, camera, fn = parity.import_theirs(args.repo.resolve())
     weights, bundle = args.work / "weights", args.work / "bundle"
     if not (bundle / "manifest.json").is_file():
-        sys.exit(f"bench_liveportrait: error: no bundle in {args.work}; run tools/parity_liveportrait.py "
-                 f"--repo {args.repo} --work {args.work} first")
+        print(f"bench_liveportrait: error: no bundle in {args.work}; run tools/parity_liveportrait.py "
+              f"--repo {args.repo} --work {args.work} first", file=sys.stderr)
+        return 1
     theirs = parity.build_theirs(config, classes, mlp_class)
     parity.check_their_loader_accepts(config, classes, mlp_class, weights)
     for name in parity.NETWORK_CLASSES:
@@ -91,38 +149,27 @@ def main(argv=None) -> int:
     from megaportraits_export.liveportrait.weights import load_networks
 
     ours, _ = load_networks(weights)
-    warping_path = args.work / "warping_only.onnx"
-    if not warping_path.is_file():
-        export_warping(ours, warping_path)
+    stage_paths = export_stages(ours, args.work / "stages")
 
     g = torch.Generator().manual_seed(7)
     source = torch.rand(1, 3, 256, 256, generator=g)
     driver = torch.rand(1, 3, 256, 256, generator=g)
     shim = parity.their_wrapper(fn, theirs)
+    info = machine()
+    print(f"machine: {info['cpu_model']}, {info['logical_cores']} logical cores ({info['usable_cores']} usable), "
+          f"{' '.join(info['cpu_flags'])}; onnxruntime {info['onnxruntime']}, torch {info['torch']}; "
+          f"load average {' '.join(f'{x:.2f}' for x in info['load_average'] or ())}", flush=True)
     results = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         sessions = {r: session(bundle / f"{r}.onnx", threads) for r in ("source", "driver", "generator")}
-        warp_session = session(warping_path, threads)
+        stage_sessions = {name: session(path, threads) for name, path in stage_paths.items()}
         with torch.no_grad():
-            # their pipeline, per frame (after the source is prepared once)
+            # the source, prepared once by each side
             x_s_info = parity.their_kp_info(theirs, camera, source)
             f_s = theirs["appearance_feature_extractor"](source)
             x_s = fn["transform_keypoint"](None, x_s_info)
             first = parity.their_kp_info(theirs, camera, driver)
-
-            def their_frame():
-                info = parity.their_kp_info(theirs, camera, driver)
-                (x_d,) = parity.their_relative_keypoints(fn, camera, x_s_info, [first, info])[1:]
-                x_d = shim.stitching(x_s, x_d)
-                return theirs["spade_generator"](theirs["warping_module"](f_s, kp_driving=x_d, kp_source=x_s)["out"])
-
-            x_d_fixed = shim.stitching(x_s, parity.their_relative_keypoints(fn, camera, x_s_info, [first, first])[1])
-
-            def their_warp():
-                return theirs["warping_module"](f_s, kp_driving=x_d_fixed, kp_source=x_s)["out"]
-
-            # our SDK path
             src = sessions["source"].run(None, {"source_image": source.numpy()})
             volume, source_motion = src[0], mlp.decode(src[1:])
             x_s_ours = mlp.own_keypoints(source_motion)
@@ -130,30 +177,67 @@ def main(argv=None) -> int:
             composer.set_reference(mlp.decode(sessions["driver"].run(list(LIVEPORTRAIT_MOTION),
                                                                      {"driver_image": driver.numpy()})))
             driver_np = driver.numpy()
+            x_d_raw = parity.their_relative_keypoints(fn, camera, x_s_info, [first, first])[1]
+            x_d = shim.stitching(x_s, x_d_raw)
+            warped = theirs["warping_module"](f_s, kp_driving=x_d, kp_source=x_s)["out"]
+            x_d_np, x_d_raw_np, warped_np = x_d.numpy(), x_d_raw.numpy(), warped.numpy()
+
+            def their_frame():
+                info = parity.their_kp_info(theirs, camera, driver)
+                (kp,) = parity.their_relative_keypoints(fn, camera, x_s_info, [first, info])[1:]
+                kp = shim.stitching(x_s, kp)
+                return theirs["spade_generator"](theirs["warping_module"](f_s, kp_driving=kp, kp_source=x_s)["out"])
 
             def our_frame():
                 motion = mlp.decode(sessions["driver"].run(list(LIVEPORTRAIT_MOTION), {"driver_image": driver_np}))
                 return sessions["generator"].run(["image"], {"feature_volume": volume, "source_keypoints": x_s_ours,
                                                              "driving_keypoints": composer(motion)})[0]
 
-            x_d_np = x_d_fixed.numpy()  # the stitched keypoints: the warping graph has no stitching
+            def run_stage(name, feeds):
+                return lambda: stage_sessions[name].run(None, feeds)[0]
 
-            def our_warp():
-                return warp_session.run(None, {"feature_volume": volume, "source_keypoints": x_s_ours,
-                                               "driving_keypoints": x_d_np})[0]
-
-            frame_err = float(np.abs(our_frame() - their_frame().numpy()).max())
-            warp_err = float(np.abs(our_warp() - their_warp().numpy()).max())
-            row = {"their_frame_ms": median_ms(their_frame, args.runs), "our_frame_ms": median_ms(our_frame, args.runs),
-                   "their_warp_ms": median_ms(their_warp, args.runs), "our_warp_ms": median_ms(our_warp, args.runs),
-                   "frame_max_abs": frame_err, "warp_max_abs": warp_err}
-        results[threads] = row
-        print(f"{threads} thread(s): per frame  theirs {row['their_frame_ms']:8.0f} ms   ours {row['our_frame_ms']:8.0f} ms"
-              f"   x{row['their_frame_ms'] / row['our_frame_ms']:.2f}   (image max abs {frame_err:.1e})", flush=True)
-        print(f"{threads} thread(s): warping    theirs {row['their_warp_ms']:8.0f} ms   ours {row['our_warp_ms']:8.0f} ms"
-              f"   x{row['their_warp_ms'] / row['our_warp_ms']:.2f}   (features max abs {warp_err:.1e})", flush=True)
+            pairs = {  # stage -> (ours, theirs)
+                "frame": (our_frame, their_frame),
+                "appearance": (run_stage("appearance", {"source_image": source.numpy()}),
+                               lambda: theirs["appearance_feature_extractor"](source)),
+                "motion": (lambda: sessions["driver"].run(None, {"driver_image": driver_np})[-1],
+                           lambda: theirs["motion_extractor"](driver)["kp"].reshape(1, -1, 3)),
+                "warping": (run_stage("warping", {"feature_volume": volume, "source_keypoints": x_s_ours,
+                                                  "driving_keypoints": x_d_np}),
+                            lambda: theirs["warping_module"](f_s, kp_driving=x_d, kp_source=x_s)["out"]),
+                "decoder": (run_stage("decoder", {"feature": warped_np}),
+                            lambda: theirs["spade_generator"](warped)),
+                "stitching": (run_stage("stitching", {"source_keypoints": x_s_ours, "driving_keypoints": x_d_raw_np}),
+                              lambda: shim.stitching(x_s, x_d_raw)),
+            }
+            pairs = {k: v for k, v in pairs.items() if k in args.stages}
+            load_before = info["load_average"] if threads == args.threads[0] else list(__import__("os").getloadavg())
+            times = {k: ([], []) for k in pairs}
+            errors = {}
+            for name, (ours_fn, theirs_fn) in pairs.items():  # warm-up, and the outputs compared
+                errors[name] = float(np.abs(as_numpy(ours_fn()) - as_numpy(theirs_fn())).max())
+            for r in range(args.runs):
+                for name, (ours_fn, theirs_fn) in pairs.items():
+                    order = ((0, ours_fn), (1, theirs_fn)) if r % 2 == 0 else ((1, theirs_fn), (0, ours_fn))
+                    for side, f in order:
+                        times[name][side].append(timed(f)[0])
+                print(f"  {threads} thread(s): repeat {r + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        load_after = list(__import__("os").getloadavg())
+        row = {}
+        for name, (mine, their) in times.items():
+            row[name] = {"our_ms": statistics.median(mine), "their_ms": statistics.median(their),
+                         "our_all_ms": mine, "their_all_ms": their, "max_abs": errors[name]}
+        results[threads] = {"stages": row, "load_average_before": load_before, "load_average_after": load_after}
+        print(f"{threads} thread(s), medians of {args.runs} alternating repeats (load average "
+              f"{load_before[0]:.2f} -> {load_after[0]:.2f}):", flush=True)
+        for name, fig in row.items():
+            print(f"  {name:<11} theirs {fig['their_ms']:9.1f} ms   ours {fig['our_ms']:9.1f} ms   "
+                  f"x{fig['their_ms'] / fig['our_ms']:.2f}   (max abs {fig['max_abs']:.1e})", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"runs": args.runs, "torch": torch.__version__, "results": results}, indent=2))
+        from megaportraits.files import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            Path(tmp).write_text(json.dumps({"runs": args.runs, "machine": info, "results": results}, indent=2))
     return 0
 
 

@@ -1,6 +1,7 @@
 """convert liveportrait: a tiny LivePortrait of the published structure through the converter,
 checked in ONNX Runtime against the PyTorch networks (custom op and portable twin)."""
 import json
+import math
 
 import numpy as np
 import onnx
@@ -180,6 +181,63 @@ def test_sliced_dense_motion_equals_the_network(seed):
     for e, o in zip(expected, got):
         assert e.shape == o.shape
         torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+
+
+def test_flushed_heatmaps_hold_no_subnormals_and_differ_below_exp_minus_69():
+    """The slice form's heatmaps: values under exp(-69) are zero, so neither they nor the
+    driving - source difference the hourglass reads hold a subnormal float32 (the convs reading
+    them ran 4x slower), and each heatmap changes by less than exp(-69) = 1.03e-30."""
+    from megaportraits_export.liveportrait.dense_motion import (HEATMAP_FLUSH_EXPONENT, coordinate_grid,
+                                                                 keypoint_heatmaps)
+
+    g = torch.Generator().manual_seed(5)
+    grid = coordinate_grid(16, 64, 64, torch.zeros(()))
+    kp_source = torch.rand(1, 21, 3, generator=g) * 1.6 - 0.8
+    kp_driving = kp_source + 0.05 * torch.randn(1, 21, 3, generator=g)
+    plain = keypoint_heatmaps(kp_driving, grid) - keypoint_heatmaps(kp_source, grid)
+    flushed = (keypoint_heatmaps(kp_driving, grid, HEATMAP_FLUSH_EXPONENT)
+               - keypoint_heatmaps(kp_source, grid, HEATMAP_FLUSH_EXPONENT))
+
+    def subnormals(t):
+        return int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
+
+    assert subnormals(plain) > 1000  # the published computation does make them
+    assert subnormals(flushed) == 0
+    assert float((flushed - plain).abs().max()) < 2 * math.exp(HEATMAP_FLUSH_EXPONENT)
+    assert float(flushed.abs().max()) > 0.5
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("relu", [False, True])
+def test_winograd_conv_equals_conv2d(m, relu):
+    """F(m x m, 3 x 3) of two convs sharing their input against F.conv2d, on random inputs of
+    unit scale; the error stays at float rounding's order (bias and ReLU included)."""
+    import torch.nn.functional as F
+
+    from megaportraits_export.liveportrait.winograd import WinogradConv2d
+
+    torch.manual_seed(m + 2 * relu)
+    a, b = torch.nn.Conv2d(24, 16, 3, padding=1).eval(), torch.nn.Conv2d(24, 8, 3, padding=1, bias=False).eval()
+    x = torch.randn(3, 24, 12, 16)
+    with torch.no_grad():
+        expected = torch.cat([a(x), b(x)], dim=1)
+        if relu:
+            expected = F.relu(expected)
+        got = WinogradConv2d([a, b], m, relu=relu)(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5 if m == 4 else 5e-6)
+
+
+def test_winograd_refuses_other_convs_and_sizes():
+    from megaportraits_export.liveportrait.winograd import WinogradConv2d, eligible
+
+    with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
+        WinogradConv2d(torch.nn.Conv2d(4, 4, 3, padding=1, stride=2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        WinogradConv2d(torch.nn.Conv2d(4, 4, 3, padding=1), 4)(torch.randn(1, 4, 6, 8))
+    assert eligible(torch.nn.Conv2d(256, 512, 3, padding=1))
+    assert not eligible(torch.nn.Conv2d(128, 512, 3, padding=1))  # narrow input: the direct conv is as fast
+    assert not eligible(torch.nn.Conv2d(256, 256, 1))
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
