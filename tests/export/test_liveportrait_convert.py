@@ -228,6 +228,51 @@ def test_winograd_conv_equals_conv2d(m, relu):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5 if m == 4 else 5e-6)
 
 
+def test_winograd_conv_in_onnx_runtime_equals_conv2d(tmp_path):
+    """The exported Winograd form (depthwise transforms, 1x1 products, pixel shuffle) in ONNX
+    Runtime against F.conv2d, at a batch other than the traced one."""
+    from megaportraits_export.liveportrait.winograd import WinogradConv2d
+    from megaportraits_export.onnx_export import export_graph, save_graph
+
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(32, 48, 3, padding=1).eval()
+    path = tmp_path / "winograd.onnx"
+    save_graph(export_graph(WinogradConv2d(conv, 4).eval(), (torch.randn(2, 32, 16, 16),), ("x",), ("y",)), path)
+    session, _ = ort_session(path)
+    x = torch.randn(3, 32, 16, 16)
+    with torch.no_grad():
+        expected = conv(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], expected, rtol=1e-5, atol=2e-5)
+
+
+def test_deployable_with_winograd_equals_the_networks():
+    """``convert.liveportrait.deployable`` with every 3x3 conv of the decoder and the warping
+    module's ``third`` (BatchNorm folded) in Winograd form, at tiny size, against the networks."""
+    from megaportraits_export.liveportrait.winograd import WinogradConv2d
+
+    c = tiny_config()
+    torch.manual_seed(8)
+    g = torch.Generator().manual_seed(8)
+    networks = LivePortraitNetworks(c).eval()
+    with torch.no_grad():
+        for m in networks.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+        fast = convert.deployable(networks, winograd_min_channels=8)
+        assert isinstance(fast.warping_module.third.conv, WinogradConv2d)
+        assert sum(isinstance(m, WinogradConv2d) for m in fast.spade_generator.modules()) >= 13
+        f = c.feature_size
+        feature = torch.randn(2, c.warp_channels, f, f, generator=g)
+        torch.testing.assert_close(fast.spade_generator(feature), networks.spade_generator(feature),
+                                   rtol=1e-5, atol=1e-5)
+        volume = torch.randn(2, c.reshape_channel, c.reshape_depth, f, f, generator=g)
+        kp_source = torch.rand(2, c.num_kp, 3, generator=g) - 0.5
+        kp_driving = kp_source + 0.1 * torch.randn(2, c.num_kp, 3, generator=g)
+        torch.testing.assert_close(fast.warping_module(volume, kp_source, kp_driving),
+                                   networks.warping_module(volume, kp_source, kp_driving), rtol=1e-5, atol=1e-5)
+
+
 def test_winograd_refuses_other_convs_and_sizes():
     from megaportraits_export.liveportrait.winograd import WinogradConv2d, eligible
 

@@ -29,6 +29,8 @@ from megaportraits_export.liveportrait.graphs import role_modules
 from megaportraits_export.liveportrait.phased_spade import with_phased_label_convs
 from megaportraits_export.liveportrait.sliced import with_sliced_dense_motion
 from megaportraits_export.liveportrait.weights import LivePortraitNetworks, WeightsError, load_networks
+from megaportraits_export.liveportrait.winograd import (WINOGRAD_MIN_CHANNELS, with_winograd_convs,
+                                                        with_winograd_same_block)
 from megaportraits_export.onnx_export import (OPSET, ExportError, compare_outputs, export_graph, format_report,
                                               ort_session, producer_versions, save_graph, save_standard_twin)
 from megaportraits_export.onnx_export import check_graph as onnx_check_graph
@@ -78,12 +80,16 @@ def example_inputs(networks: LivePortraitNetworks, batch: int, seed: int) -> dic
             "generator": (generator_inputs, (image,))}
 
 
-def deployable(networks: LivePortraitNetworks) -> LivePortraitNetworks:
+def deployable(networks: LivePortraitNetworks, winograd_min_channels: int = WINOGRAD_MIN_CHANNELS) -> LivePortraitNetworks:
     """A copy in the form ONNX Runtime runs fastest, the same function: the dense motion's 3-D
     convs as 2-D convs of depth slices (:mod:`megaportraits_export.liveportrait.sliced`), the
-    decoder's label convs at the label's resolution (:mod:`~megaportraits_export.liveportrait.phased_spade`)."""
+    decoder's label convs at the label's resolution (:mod:`~megaportraits_export.liveportrait.phased_spade`),
+    the wide 3x3 convs of the decoder and the warping module's ``third`` in Winograd form
+    (:mod:`~megaportraits_export.liveportrait.winograd`; ``winograd_min_channels``: in and out)."""
     fast = with_sliced_dense_motion(copy.deepcopy(networks))
     with_phased_label_convs(fast.spade_generator)
+    with_winograd_convs(fast.spade_generator, winograd_min_channels)
+    with_winograd_same_block(fast.warping_module.third, winograd_min_channels)
     return fast.eval()
 
 

@@ -147,3 +147,20 @@ def with_winograd_convs(module: nn.Module, min_channels: int = WINOGRAD_MIN_CHAN
         elif not isinstance(child, WinogradConv2d):
             swapped += with_winograd_convs(child, min_channels, m)
     return swapped
+
+
+def with_winograd_same_block(block: nn.Module, min_channels: int = WINOGRAD_MIN_CHANNELS,
+                             m: int = WINOGRAD_TILE) -> bool:
+    """A conv -> BatchNorm -> activation block (:class:`.blocks.SameBlock2d`) with the BatchNorm
+    folded into the conv and the conv in Winograd form, in place, where eligible."""
+    from .sliced import fold_batch_norm
+
+    if not eligible(block.conv, min_channels):
+        return False
+    weight, bias = fold_batch_norm(block.conv, block.norm)
+    folded = nn.Conv2d(block.conv.in_channels, block.conv.out_channels, 3, padding=1)
+    with torch.no_grad():
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+    block.conv, block.norm = WinogradConv2d(folded, m), nn.Identity()
+    return True
