@@ -69,6 +69,8 @@ def test_add_enhancer_writes_a_valid_bundle_and_keeps_the_input(tmp_path, one_to
     out = add_enhancer(base, random_enhancer("tiny", base_size=SIZE), tmp_path / "enhanced",
                        provenance={"weights": "random-init"})
     assert {p.name: mf.sha256_file(p) for p in base.iterdir()} == before
+    # the base graphs are the input's byte for byte, and the manifest says which bundle that was
+    assert all(mf.sha256_file(out / name) == before[name] for name in before if name != mf.MANIFEST_NAME)
     report = validate_bundle(out)
     assert report.ok, report.problems
     manifest = report.manifest
@@ -76,6 +78,7 @@ def test_add_enhancer_writes_a_valid_bundle_and_keeps_the_input(tmp_path, one_to
     spec = manifest.graphs[ENHANCER]
     assert spec.inputs[0].shape[2:] == (SIZE, SIZE) and spec.outputs[0].shape[2:] == (2 * SIZE, 2 * SIZE)
     assert manifest.provenance["enhancer"]["weights"] == "random-init"
+    assert manifest.provenance["enhancer"]["base_bundle_manifest_sha256"] == before[mf.MANIFEST_NAME]
     assert manifest.has_portable
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no staging left behind
 

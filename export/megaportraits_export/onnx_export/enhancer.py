@@ -9,7 +9,10 @@ two-pass form) and holds standard ops only, so it is its own portable twin.
 :func:`add_enhancer` writes a new bundle: a copy of the base bundle with the enhancer graph,
 its hash, ``model.enhanced_size`` and the enhancer's provenance in the manifest, staged beside the
 output and renamed into place at the end (an interrupted run leaves nothing; the input bundle
-is never modified).
+is never modified). The provenance records the sha256 of the base bundle's manifest
+(``base_bundle_manifest_sha256``): the new bundle's base graphs are that bundle's, byte for
+byte, so what was made from the base bundle (a student distilled from it records its
+manifest's hash) stays traceable to it.
 """
 from __future__ import annotations
 
@@ -115,7 +118,9 @@ def add_enhancer(bundle: str | os.PathLike, enhancer: Enhancer, output: str | os
                                                  portable_file=ENHANCER_FILE if manifest.custom_op else None)
         manifest.files[ENHANCER_FILE] = ""  # write_manifest hashes it
         manifest.enhanced_size = config.output_size
-        manifest.provenance = dict(manifest.provenance, enhancer=dict(provenance or {}, config=config.to_dict()))
+        manifest.provenance = dict(manifest.provenance, enhancer=dict(
+            provenance or {}, config=config.to_dict(),
+            base_bundle_manifest_sha256=mf.sha256_file(bundle / mf.MANIFEST_NAME)))
         if tuple(precisions) != ("fp32",):
             from megaportraits_export.onnx_export.add_precision import add_flavours_in_place
 
