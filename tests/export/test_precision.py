@@ -125,6 +125,38 @@ def test_int8_quantizes_the_convolutions_and_nothing_on_the_grid_path(bundles):
     assert not [n for n in portable.graph.node if n.domain == GRID_SAMPLE_3D.domain]
 
 
+def test_int8_generator_sums_and_upsamples_in_uint8_as_onnx_runtime_runs_it(bundles, tmp_path):
+    """The node-level properties the int8 speed rests on (onnx_export.int8_graph), in the graph
+    ONNX Runtime optimises with the SDK's session options: no float Add of two dequantized
+    convolution outputs (each residual Add is a QLinearAdd), every nearest upsample reads uint8,
+    no float 1x1 Conv left to force a layout conversion, and no Transposes around the int8
+    convolutions (the NhwcTransformer is off)."""
+    fp32 = onnx.load(bundles["fp32"] / "generator.onnx")
+    options = sessions.session_options(1, sessions.require_custom_op_library())
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sessions.create_session(bundles["int8"] / "generator.onnx", ["CPUExecutionProvider"], options)
+    optimized = onnx.load(tmp_path / "optimized.onnx")
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    op_of = lambda name: producers[name].op_type if name in producers else None  # noqa: E731
+    count = lambda model, op: sum(n.op_type == op for n in model.graph.node)  # noqa: E731
+    mode = lambda n: helper.get_attribute_value(next(a for a in n.attribute if a.name == "mode"))  # noqa: E731
+    linear_resized = {n.input[0] for n in optimized.graph.node if n.op_type == "Resize" and mode(n) == b"linear"}
+    float_sums = [n.name for n in optimized.graph.node if n.op_type == "Add"
+                  and all(op_of(i) == "DequantizeLinear" and op_of(producers[i].input[0]) == "QLinearConv"
+                          for i in n.input)]
+    # the one kind left float on purpose: a sum the warp's trilinear upsample reads (int8_graph.residual_adds)
+    assert float_sums and all(producers_of_add in linear_resized for producers_of_add in
+                              (next(n for n in optimized.graph.node if n.name == name).output[0] for name in float_sums))
+    sums = [n for n in optimized.graph.node if n.op_type == "QLinearAdd"]
+    assert sums and all(op_of(n.input[i]) in ("QLinearConv", "QLinearAdd") for n in sums for i in (0, 3))
+    nearest = [n for n in optimized.graph.node if n.op_type == "Resize" and mode(n) == b"nearest"]
+    assert nearest and all(op_of(n.input[0]) in ("QuantizeLinear", "QLinearAdd") for n in nearest)
+    written = onnx.load(bundles["int8"] / "generator.onnx")
+    float_weights = {t.name: list(t.dims) for t in written.graph.initializer if t.data_type == TensorProto.FLOAT}
+    assert not [n for n in written.graph.node if n.op_type == "Conv" and float_weights.get(n.input[1], [0, 0, 0])[2:] == [1, 1]]
+    assert count(optimized, "QLinearConv") > 0 and count(optimized, "Transpose") <= count(fp32, "Transpose")
+
+
 def _grid_path_ops(graph, grid):
     """Op types of every node a grid is computed from, back to the feature layers: the field's
     Tanh, a Conv, or the Gemm that ends a pose regressor (the driver aligns its expression crop

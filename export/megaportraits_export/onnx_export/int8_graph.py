@@ -20,6 +20,28 @@ dequantized tensor a DequantizeLinear of its own, so a conv's output was dequant
   same scale and zero point into one.
 * :func:`small_output_convolutions`: convolutions with fewer output channels than an int8 GEMM
   tile wants (the 3-channel deformation-field head: 7.2 ms int8 vs 3.8 ms fp32) stay float.
+
+A second profile (small256, 1 thread, ``benchmarks/precision_profile.py``) found, of a 54 ms
+int8 frame, 20 ms in the int8 convolutions and the rest in float work that fp32 frames do not
+pay for, or pay less for:
+
+* each G2D upsample ran in float at the upsampled size (2.6 ms at 256 x 256) and the quantizer
+  then quantized its output (2.4 ms): :func:`quantize_before_nearest_resizes` quantizes first
+  and resizes the uint8 tensor. Exact: a nearest-neighbour resize copies elements and
+  QuantizeLinear acts on each element alone, so the two commute bit for bit.
+* a float 1x1 convolution (the image head, kept float for accuracy) is what makes ONNX Runtime
+  convert the int8 graph's plain NCHW tensor into its blocked NCHWc layout and back (1.4 ms of
+  ReorderInput/ReorderOutput for a 0.7 ms conv): :func:`pointwise_convolutions_as_matmuls`
+  writes it as the MatMul over channels it is. (fp32 graphs keep their Conv: their tensors are
+  NCHWc already, and the blocked kernels are their fast path.)
+* the residual Adds (a block's last conv + its skip) were float Adds of two dequantized maps
+  (4 ms): :func:`residual_adds` names them for the quantizer, and ONNX Runtime runs each as one
+  uint8 QLinearAdd. This one is not exact: the residual stream between the blocks is 8-bit
+  too (-0.8 dB vs fp32 at random weights, measured).
+* ONNX Runtime's NhwcTransformer gives each QLinearConv NHWC tensors and leaves Transposes at
+  every InstanceNormalization; its transpose optimiser then merged pairs of cheap uint8
+  Transposes into one float Transpose after the residual Add (1.3 ms at 128 x 128 x 32). That
+  one is a session option, not the graph: ``megaportraits.sessions`` turns it off.
 """
 from __future__ import annotations
 
@@ -184,6 +206,168 @@ def small_output_convolutions(graph: onnx.GraphProto, minimum: int = MIN_INT8_OU
     weights = {t.name: t for t in graph.initializer}
     return {n.name for n in graph.node
             if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in weights and weights[n.input[1]].dims[0] < minimum}
+
+
+def quantize_before_nearest_resizes(proto: onnx.ModelProto) -> int:
+    """Make, in place, each nearest-neighbour Resize of a quantized tensor run on its uint8
+    form (module docstring; bit-exact: both Q and DQ act on each element alone). A Resize that
+    reads a per-tensor DequantizeLinear reads its uint8 input instead, dequantized after it (and
+    where a QuantizeLinear of the same scale and zero point is its only reader, the pair goes);
+    otherwise, where a QuantizeLinear is its only reader, that moves to the Resize's input.
+    Returns how many Resizes now read uint8."""
+    g = _Graph(proto.graph)
+    before, after, dropped = {}, {}, set()  # id(Resize) -> node now just before / after it; removed
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != "Resize" or _attribute(node, "mode", b"nearest") != b"nearest":
+            continue
+        q = g.only_consumer(node.output[0], "QuantizeLinear")
+        if q is not None and q.input[0] != node.output[0]:
+            q = None
+        dq = g.made_by(node.input[0], "DequantizeLinear")
+        if dq is not None and _per_tensor(g, dq):
+            if q is not None and _same_quantization(g, dq, q):
+                node.input[0], node.output[0] = dq.input[0], q.output[0]
+                dropped.add(id(q))
+            else:
+                resized = node.output[0]
+                node.input[0], node.output[0] = dq.input[0], f"{resized}_uint8"
+                after[id(node)] = helper.make_node("DequantizeLinear", [node.output[0], *dq.input[1:]], [resized],
+                                                   name=f"{resized}_dequantize")
+        elif q is not None:
+            quantized = q.output[0]
+            q.input[0], q.output[0] = node.input[0], f"{quantized}_before_resize"
+            node.input[0], node.output[0] = q.output[0], quantized
+            before[id(node)] = q
+    if not before and not after and not dropped:
+        return 0
+    moved = {id(q) for q in before.values()} | dropped
+    order = []
+    for node in proto.graph.node:
+        if id(node) in moved:
+            continue
+        if id(node) in before:
+            order.append(before[id(node)])
+        order.append(node)
+        if id(node) in after:
+            order.append(after[id(node)])
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    _drop_dead_nodes(proto.graph)
+    return len(before) + len(after) + len(dropped)
+
+
+def _per_tensor(g: _Graph, dq) -> bool:
+    """A DequantizeLinear with one constant scale and zero point (the activations' kind)."""
+    values = [g.constant(name) for name in dq.input[1:3]]
+    return len(dq.input) == 3 and not dq.attribute and all(v is not None and v.size == 1 for v in values)
+
+
+def _same_quantization(g: _Graph, dq, q) -> bool:
+    """Whether a DequantizeLinear and a QuantizeLinear use one per-tensor scale and zero point."""
+    if len(q.input) < 3 or q.attribute or not _per_tensor(g, dq):
+        return False
+    values = [g.constant(name) for name in (*dq.input[1:3], *q.input[1:3])]
+    if any(v is None or v.size != 1 for v in values):
+        return False
+    dq_scale, dq_zero, q_scale, q_zero = values
+    return dq_scale.dtype == q_scale.dtype and dq_zero.dtype == q_zero.dtype \
+        and dq_scale.item() == q_scale.item() and dq_zero.item() == q_zero.item()
+
+
+def pointwise_convolutions_as_matmuls(proto: onnx.ModelProto) -> int:
+    """Rewrite, in place, each float 1x1 Conv of a 4-D tensor (stride 1, one group, no padding,
+    constant weights, known height and width) as Reshape -> MatMul over channels (+ bias) ->
+    Reshape, the same sums without the NCHWc layout conversion (module docstring). Returns how
+    many were rewritten."""
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    g = _Graph(proto.graph)
+    replaced, new_inits = {}, []
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        weight = g.constant(node.input[1])
+        bias = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        shape = shapes.get(node.output[0])
+        if weight is None or weight.ndim != 4 or weight.shape[2:] != (1, 1) or weight.dtype != np.float32 \
+                or not shape or len(shape) != 4 or None in shape[2:] or not _plain_pointwise(node):
+            continue
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            continue
+        cout, cin = weight.shape[:2]
+        p = f"{node.name or node.output[0]}_as_matmul"
+        new_inits += [numpy_helper.from_array(np.array([0, cin, -1], np.int64), f"{p}_flat"),
+                      numpy_helper.from_array(weight.reshape(cout, cin).astype(np.float32), f"{p}_weight"),
+                      numpy_helper.from_array(np.array([0, cout, shape[2], shape[3]], np.int64), f"{p}_image")]
+        nodes = [helper.make_node("Reshape", [node.input[0], f"{p}_flat"], [f"{p}_columns"], name=f"{p}_columns"),
+                 helper.make_node("MatMul", [f"{p}_weight", f"{p}_columns"], [f"{p}_product"], name=p)]
+        product = f"{p}_product"
+        if bias is not None:
+            new_inits.append(numpy_helper.from_array(bias.reshape(cout, 1).astype(np.float32), f"{p}_bias"))
+            nodes.append(helper.make_node("Add", [product, f"{p}_bias"], [f"{p}_biased"], name=f"{p}_bias"))
+            product = f"{p}_biased"
+        nodes.append(helper.make_node("Reshape", [product, f"{p}_image"], [node.output[0]], name=f"{p}_image"))
+        replaced[id(node)] = nodes
+    if not replaced:
+        return 0
+    order = []
+    for node in proto.graph.node:
+        order.extend(replaced.get(id(node), [node]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    proto.graph.initializer.extend(new_inits)
+    _drop_dead_nodes(proto.graph)
+    return len(replaced)
+
+
+def residual_adds(graph: onnx.GraphProto, quantized_convolutions: set) -> list:
+    """Names of the Add nodes of a float graph that sum two feature maps of the quantized
+    convolutions (named in ``quantized_convolutions``): each input is such a convolution's output
+    or another such Add's, as residual blocks sum a block's last conv and its skip. Quantized
+    too, they become ONNX Runtime's uint8 QLinearAdd (module docstring). An Add read by a linear
+    Resize is left float: interpolating uint8 values rounds once more (-1.6 dB measured)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: list = []
+    names: set = set()
+    for node in graph.node:  # topological order: an Add's residual inputs are judged first
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        writers = [producer.get(name) for name in node.input]
+        if not all(w is not None and (w.name in quantized_convolutions or w.name in names) for w in writers):
+            continue
+        if any(r.op_type == "Resize" and _attribute(r, "mode", b"nearest") != b"nearest"
+               for r in consumers.get(node.output[0], [])):
+            continue
+        found.append(node.name)
+        names.add(node.name)
+    return found
+
+
+def _plain_pointwise(node) -> bool:
+    """A Conv with stride 1, dilation 1, one group and no padding (what a MatMul computes)."""
+    for attribute in node.attribute:
+        values = list(attribute.ints) if attribute.ints else [attribute.i] if attribute.type == onnx.AttributeProto.INT else None
+        if attribute.name in ("strides", "dilations") and any(v != 1 for v in values):
+            return False
+        if attribute.name == "pads" and any(v != 0 for v in values):
+            return False
+        if attribute.name == "group" and attribute.i != 1:
+            return False
+        if attribute.name == "auto_pad" and attribute.s not in (b"NOTSET", b"VALID"):
+            return False
+    return True
+
+
+def _attribute(node, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
 
 
 def _drop_dead_nodes(graph: onnx.GraphProto) -> None:

@@ -301,17 +301,25 @@ def range_tensors_per_pass(image_size: int) -> int:
 
 
 def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_float: tuple = (),
-                  per_pass: int = RANGE_TENSORS_PER_PASS, range_graph: Path | None = None) -> dict:
+                  per_pass: int = RANGE_TENSORS_PER_PASS, range_graph: Path | None = None,
+                  float_beside_convolutions: bool = False, quantize_residual_adds: bool = True) -> dict:
     """Write the int8 (QDQ) version of a standard-ops graph; returns what was quantized.
 
     ``keep_float``: "first" and/or "last" keeps the image-facing convolutions in float
     (:func:`edge_convolutions`). ``range_graph``: the same graph with custom nodes, run for the
-    activation ranges when the op library is usable here (same tensors, much faster)."""
+    activation ranges when the op library is usable here (same tensors, much faster).
+    ``float_beside_convolutions``: only convolutions read the 8-bit copy of a tensor
+    (:func:`float_inputs_beside_convolutions`; the student's and enhancer's rule), applied before
+    the layout rewrites of :mod:`.int8_graph` so that they see the rewired graph.
+    ``quantize_residual_adds``: the Adds of two quantized convolutions' maps run in uint8
+    (:func:`.int8_graph.residual_adds`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
-    from megaportraits_export.onnx_export.int8_graph import (instance_norm_group_norms, share_dequantizers,
-                                                             small_output_convolutions)
+    from megaportraits_export.onnx_export.int8_graph import (instance_norm_group_norms,
+                                                             pointwise_convolutions_as_matmuls,
+                                                             quantize_before_nearest_resizes, residual_adds,
+                                                             share_dequantizers, small_output_convolutions)
 
     proto = onnx.load(standard_path)
     graph = proto.graph
@@ -320,7 +328,12 @@ def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_floa
     excluded = (first if "first" in keep_float else set()) | (last if "last" in keep_float else set())
     narrow = small_output_convolutions(graph) - excluded
     convolutions = [n for n in graph.node if n.op_type == "Conv" and n.name not in excluded | narrow]
-    tensors = sorted({name for n in convolutions for name in (n.input[0], n.output[0]) if name not in initializers})
+    adds = set(residual_adds(graph, {n.name for n in convolutions})) if quantize_residual_adds else set()
+    quantized_nodes = convolutions + [n for n in graph.node if n.name in adds]
+    # the activations each quantized node reads and writes (a conv's input 1 is its weight)
+    activations = {name for n in quantized_nodes
+                   for name in ((*n.input[:2], n.output[0]) if n.op_type == "Add" else (n.input[0], n.output[0]))}
+    tensors = sorted(activations - initializers)
     library = _usable_library() if range_graph is not None else None
     # the ranges are the fp32 graph's; the rewrite below keeps every convolution's tensor names
     ranges = activation_ranges(range_graph if library else standard_path, feeds, tensors, per_pass, library)
@@ -334,16 +347,20 @@ def quantize_int8(standard_path: Path, feeds: list, output_path: Path, keep_floa
                                       {n: (np.float32(lo), np.float32(hi)) for n, (lo, hi) in ranges.items()}),
                           cache)
         quantize_static(str(rewritten), str(quantized), calibration_data_reader=None,
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                        nodes_to_quantize=[n.name for n in convolutions],
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "Add"],
+                        nodes_to_quantize=[n.name for n in quantized_nodes],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(cache))
         result = onnx.load(quantized)
     shared = share_dequantizers(result)
+    rewired = float_inputs_beside_convolutions(result) if float_beside_convolutions else 0
+    uint8_resizes = quantize_before_nearest_resizes(result)
+    matmuls = pointwise_convolutions_as_matmuls(result)
     onnx.save(result, output_path)
     return {"quantized_convolutions": len(convolutions), "float_convolutions": sorted(excluded),
             "narrow_float_convolutions": sorted(narrow), "instance_norm_group_norms": group_norms,
-            "shared_dequantizers": shared}
+            "shared_dequantizers": shared, "float_readers_rewired": rewired, "uint8_resizes": uint8_resizes,
+            "pointwise_matmuls": matmuls, "quantized_residual_adds": len(adds)}
 
 
 # ---- fp16 ------------------------------------------------------------------------------------
@@ -394,15 +411,18 @@ def _feed_float32_grids(graph: onnx.GraphProto, keep: set) -> None:
 
 # ---- a bundle's graphs -----------------------------------------------------------------------
 def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: list | None,
-                  keep_float: tuple = (), image_size: int = 256) -> onnx.ModelProto:
+                  keep_float: tuple = (), image_size: int = 256,
+                  float_beside_convolutions: bool = False) -> onnx.ModelProto:
     """The ``precision`` version of one graph (``graph_path``: as exported, maybe with custom
-    nodes; ``standard_path``: its standard-ops twin), custom nodes restored."""
+    nodes; ``standard_path``: its standard-ops twin), custom nodes restored.
+    ``float_beside_convolutions``: see :func:`quantize_int8`."""
     names = custom_node_names(onnx.load(graph_path, load_external_data=False))
     if precision == "int8":
         with tempfile.TemporaryDirectory(prefix="megaportraits-int8-") as tmp:
             out = Path(tmp) / "int8.onnx"
             done = quantize_int8(standard_path, feeds, out, keep_float, range_tensors_per_pass(image_size),
-                                 range_graph=graph_path if names else None)
+                                 range_graph=graph_path if names else None,
+                                 float_beside_convolutions=float_beside_convolutions)
             log.info("  int8: %s", ", ".join(f"{k} {len(v) if isinstance(v, list) else v}" for k, v in done.items()))
             converted = onnx.load(out)
     elif precision == "fp16":
@@ -596,11 +616,10 @@ def add_graph_flavours(directory: Path, manifest, role: str, precisions: tuple, 
         if precision == "int8" and not feeds:
             raise ExportError(f"int8 for the {role} graph needs calibration inputs")
         log.info("converting the %s graph to %s", role, precision)
+        # int8: only convolutions read the 8-bit copies (float_inputs_beside_convolutions; the
+        # quantizer's report, logged by convert_graph, counts the rewired readers)
         converted = convert_graph(precision, source, source, feeds if precision == "int8" else None, keep_float,
-                                  manifest.image_size)
-        if precision == "int8":
-            rewired = float_inputs_beside_convolutions(converted)
-            log.info("  int8: %d non-convolution reader(s) of a quantized float tensor read it in float", rewired)
+                                  manifest.image_size, float_beside_convolutions=True)
         path = Path(directory) / flavour_file(role, precision)
         onnx.save(converted, path)
         check_model(path)
