@@ -37,7 +37,8 @@ pay for, or pay less for:
 * the residual Adds (a block's last conv + its skip) were float Adds of two dequantized maps
   (4 ms): :func:`residual_adds` names them for the quantizer, and ONNX Runtime runs each as one
   uint8 QLinearAdd. This one is not exact: the residual stream between the blocks is 8-bit
-  too (-0.8 dB vs fp32 at random weights, measured).
+  too (image PSNR vs fp32, small256 random weights 37.0 -> 36.4 dB; the demo model, 24
+  held-out frames, median 42.8 -> 41.2 dB, min 40.0 -> 39.3).
 * ONNX Runtime's NhwcTransformer gives each QLinearConv NHWC tensors and leaves Transposes at
   every InstanceNormalization; its transpose optimiser then merged pairs of cheap uint8
   Transposes into one float Transpose after the residual Add (1.3 ms at 128 x 128 x 32). That
