@@ -86,11 +86,14 @@ class WinogradConv2d(nn.Module):
         bias = torch.cat([c.bias.detach().double() if c.bias is not None else weight.new_zeros(c.out_channels)
                           for c in convs])
         cin = weight.shape[1]
-        u = torch.einsum("ai,kcij,bj->abkc", g, weight, g)  # (a, a, K, C): the kernels' transforms
         dtype = convs[0].weight.dtype
-        for i in range(self.alpha):
-            for j in range(self.alpha):
-                self.register_buffer(f"u{i}_{j}", u[i, j, :, :, None, None].to(dtype).contiguous())
+        # The kernels' transforms G g G^T hold (m + 2)^2 / 9 times the conv's weights (4x for
+        # m = 4), so the graph keeps the 3x3 weights and one constant MatMul forms the
+        # transforms; ONNX Runtime folds it when the session is made, the file stays the size
+        # of the direct conv's. (a, a) products -> 9 taps: G[i, :] outer G[j, :].
+        self.register_buffer("weight", weight.to(dtype).reshape(-1, 9))  # (K * C, 9)
+        self.register_buffer("kernel_transform", torch.einsum("ia,jb->abij", g, g).reshape(9, -1).to(dtype))
+        self.weight_shape = tuple(weight.shape[:2])
         # the bias reaches every output once through a product whose A^T columns are all 1
         self.bias_product = next((i, j) for i in range(self.alpha) for j in range(self.alpha)
                                  if bool((at[:, i] == 1).all()) and bool((at[:, j] == 1).all()))
@@ -105,6 +108,8 @@ class WinogradConv2d(nn.Module):
         m, a = self.m, self.alpha
         if h % m or w % m:
             raise ValueError(f"WinogradConv2d with {m}x{m} tiles needs a size divisible by {m}, got {h}x{w}")
+        k, cin = self.weight_shape
+        u = torch.matmul(self.weight, self.kernel_transform).reshape(k, cin, a * a)  # (K, C, a * a), a constant
         padded = F.pad(x, (1, 1, 1, 1))
         rows = [F.conv2d(padded, getattr(self, f"row{i}"), stride=(m, 1), groups=c) for i in range(a)]  # (N, C, H/m, W+2)
         products = {}
@@ -112,7 +117,7 @@ class WinogradConv2d(nn.Module):
             for j in range(a):
                 v = F.conv2d(rows[i], getattr(self, f"col{j}"), stride=(1, m), groups=c)  # (N, C, H/m, W/m)
                 bias = self.bias if (i, j) == self.bias_product else None
-                products[i, j] = F.conv2d(v, getattr(self, f"u{i}_{j}"), bias)  # (N, K, H/m, W/m)
+                products[i, j] = F.conv2d(v, u[:, :, i * a + j, None, None], bias)  # (N, K, H/m, W/m)
         at = self.output_transform
         phases = []
         for p in range(m):
