@@ -129,6 +129,14 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.runs < 1:
         print("error: --threads and --runs must be at least 1", file=sys.stderr)
         return 1
+    if args.int8_bundle is not None:
+        try:
+            if mf.load_manifest(args.int8_bundle).precision != "int8":
+                print(f"error: --int8-bundle {args.int8_bundle} is not an int8 bundle", file=sys.stderr)
+                return 1
+        except mf.BundleError as e:
+            print(f"error: --int8-bundle: {e}", file=sys.stderr)
+            return 1
     args.bundle_root.mkdir(parents=True, exist_ok=True)
     fp32 = fp32_bundle(args.bundle_root, args.preset, args.seed)
     int8 = args.int8_bundle or int8_bundle(fp32)
