@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
                               lambda: shim.stitching(x_s, x_d_raw)),
             }
             pairs = {k: v for k, v in pairs.items() if k in args.stages}
-            load_before = info["load_average"] if threads == args.threads[0] else list(__import__("os").getloadavg())
+            load_before = list(os.getloadavg())
             times = {k: ([], []) for k in pairs}
             errors = {}
             for name, (ours_fn, theirs_fn) in pairs.items():  # warm-up, and the outputs compared
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
                     for side, f in order:
                         times[name][side].append(timed(f)[0])
                 print(f"  {threads} thread(s): repeat {r + 1}/{args.runs} done", file=sys.stderr, flush=True)
-        load_after = list(__import__("os").getloadavg())
+        load_after = list(os.getloadavg())
         row = {}
         for name, (mine, their) in times.items():
             row[name] = {"our_ms": statistics.median(mine), "their_ms": statistics.median(their),

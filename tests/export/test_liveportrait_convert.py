@@ -119,6 +119,27 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert export_main(["convert", "nosuchfamily"]) == 2
 
 
+def test_external_weights_are_shared_with_the_twin_and_verified(tiny, tmp_path):
+    """--external-weights: each graph's weights in one .data file that its portable twin reads
+    too (so the twin does not repeat them), hashed in the manifest, and the graphs still verify."""
+    networks, inline, _ = tiny
+    out = tmp_path / "external"
+    convert.write_bundle(networks, out, convert.provenance(None, []), check=True, progress=lambda line: None,
+                         external_weights=True)
+    manifest = mf.load_manifest(out)
+    mf.verify_files(out, manifest)
+    for file in ("generator.onnx", "generator.portable.onnx"):
+        proto = onnx.load(out / file, load_external_data=False)
+        locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locations == {"generator.onnx.data"}
+    assert "generator.onnx.data" in manifest.files
+
+    def size(bundle):
+        return sum(p.stat().st_size for p in bundle.iterdir())
+
+    assert size(out) < 0.75 * size(inline)
+
+
 @pytest.mark.parametrize("form", ["conv_input_taps", "conv_output_taps"])
 @pytest.mark.parametrize("kernel, padding", [(7, 3), (3, 1), ((5, 3, 1), (2, 1, 0)), ((3, 5, 3), (0, 2, 1))])
 def test_slice_convs_equal_conv3d(form, kernel, padding):

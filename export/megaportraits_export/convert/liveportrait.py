@@ -111,9 +111,12 @@ def check_graph(role: str, path: Path, portable: bool) -> tuple:
     return onnx_check_graph(role, path, portable, names=(io.inputs, io.outputs))
 
 
-def write_role(role: str, program, staging: Path, portable: bool) -> mf.GraphSpec:
+def write_role(role: str, program, staging: Path, portable: bool, external_weights: bool = False) -> mf.GraphSpec:
+    """One role's graph file and, where it holds our op, its portable twin; ``external_weights``:
+    the weights in one ``<file>.data`` beside the graph, which the twin shares (the generator's
+    are 400 MB, so a default bundle shrinks by about that)."""
     path = staging / f"{role}.onnx"
-    save_graph(program, path)
+    save_graph(program, path, external_data=True if external_weights else None)
     inputs, outputs, uses_custom_op = check_graph(role, path, portable=False)
     twin = path
     if uses_custom_op:
@@ -159,7 +162,7 @@ def provenance(weights_dir: Path | None, reports: list, extra: dict | None = Non
 
 
 def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, provenance_info: dict,
-                 portable: bool = False, check: bool = False, progress=print) -> Path:
+                 portable: bool = False, check: bool = False, progress=print, external_weights: bool = False) -> Path:
     output = Path(output)
     check_output_dir(output)
     programs = export_programs(networks, progress)
@@ -167,7 +170,7 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
         graphs = {}
         for role, program in programs.items():
             progress(f"writing the {role} graph ...")
-            graphs[role] = write_role(role, program, staging, portable)
+            graphs[role] = write_role(role, program, staging, portable, external_weights)
         manifest = mf.Manifest(
             model_name=LIVEPORTRAIT, preset=PRESET, image_size=networks.config.image_size, graphs=graphs,
             files={p.name: "" for p in staging.iterdir() if p.is_file()}, opset=OPSET,
@@ -186,13 +189,15 @@ def write_bundle(networks: LivePortraitNetworks, output: str | os.PathLike, prov
 
 
 def convert(weights_dir: str | os.PathLike, output: str | os.PathLike, portable: bool = False,
-            check: bool = False, config: LivePortraitConfig = LivePortraitConfig(), progress=print) -> Path:
+            check: bool = False, config: LivePortraitConfig = LivePortraitConfig(), progress=print,
+            external_weights: bool = False) -> Path:
     """Published weights directory -> bundle; returns the bundle's path."""
     check_output_dir(Path(output))
     networks, reports = load_networks(weights_dir, config, progress=progress)
     for r in reports:
         progress(r.summary())
-    return write_bundle(networks, output, provenance(Path(weights_dir), reports), portable, check, progress)
+    return write_bundle(networks, output, provenance(Path(weights_dir), reports), portable, check, progress,
+                        external_weights)
 
 
 def build_parser():
@@ -202,6 +207,9 @@ def build_parser():
                    help="LivePortrait's pretrained_weights/liveportrait directory (base_models/, retargeting_models/)")
     p.add_argument("--output", "-o", required=True, metavar="BUNDLE", help="bundle directory to write")
     p.add_argument("--portable", action="store_true", help="standard ONNX ops only (no custom-op graphs)")
+    p.add_argument("--external-weights", action="store_true",
+                   help="keep each graph's weights in a .data file beside it, shared with its portable twin "
+                        "(a smaller bundle: the twin does not repeat the generator's 400 MB)")
     p.add_argument("--verify", action="store_true",
                    help="compare every graph with PyTorch in ONNX Runtime (batch 1 and 3) before writing")
     return p
@@ -211,7 +219,8 @@ def _body(args) -> int:
     started = time.perf_counter()
     try:
         out = convert(args.weights, args.output, portable=args.portable, check=args.verify,
-                      progress=lambda line: print(line, file=sys.stderr, flush=True))
+                      progress=lambda line: print(line, file=sys.stderr, flush=True),
+                      external_weights=args.external_weights)
     except WeightsError as e:
         raise command.CommandError(str(e)) from None
     size = sum(p.stat().st_size for p in out.iterdir())
