@@ -59,9 +59,13 @@ def int8_bundle(fp32: Path) -> Path:
     from megaportraits_export.onnx_export.precision import (convert_written_graphs, record_conversion,
                                                             synthetic_calibration_frames)
 
+    from megaportraits_export.onnx_export.int8_graph import REWRITES
+
     path = fp32.with_name(fp32.name.replace("-fp32", "") + "-int8")
     try:
-        if mf.load_manifest(path).precision == "int8":
+        manifest = mf.load_manifest(path)
+        # reused only while it holds the current int8 rewrites (older ones are rebuilt)
+        if manifest.precision == "int8" and manifest.provenance.get("precision", {}).get("int8_rewrites") == list(REWRITES):
             return path
     except mf.BundleError:
         pass

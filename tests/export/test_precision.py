@@ -84,6 +84,7 @@ def test_manifest_records_the_precision_of_every_graph(bundles, precision):
     assert recorded["graphs"] == {SOURCE: "fp32", DRIVER: precision, GENERATOR: precision}
     assert {role: g.precision for role, g in manifest.graphs.items()} == recorded["graphs"]
     assert ("calibration" in recorded) == (precision == "int8")
+    assert recorded.get("int8_rewrites") == (list(int8_graph.REWRITES) if precision == "int8" else None)
     # the source graph is byte-for-byte the fp32 one
     fp32 = mf.load_manifest(bundles["fp32"])
     assert manifest.files["source.onnx"] == fp32.files["source.onnx"]

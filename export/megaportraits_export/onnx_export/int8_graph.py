@@ -52,6 +52,10 @@ from onnx import helper, numpy_helper
 
 # int8 GEMMs pack output channels by 8 or more; a conv writing fewer runs slower than in fp32.
 MIN_INT8_OUTPUT_CHANNELS = 8
+#: the rewrites an int8 graph gets, recorded in the manifest (provenance.precision.int8_rewrites),
+#: so a bundle converted before a rewrite existed can be told apart from a current one
+REWRITES = ("instance_norm_group_norms", "share_dequantizers", "small_output_convolutions", "residual_adds",
+            "quantize_before_nearest_resizes", "pointwise_convolutions_as_matmuls")
 
 
 class _Graph:

@@ -498,6 +498,9 @@ def convert_written_graphs(staging: Path, graphs: dict, precision: str, image_si
         log.info("calibrating int8 on %s", frames.origin)
         report["calibration"] = frames.origin
         report["float_convolutions"] = list(keep_float)
+        from megaportraits_export.onnx_export.int8_graph import REWRITES
+
+        report["int8_rewrites"] = list(REWRITES)
         library = _usable_library()
         feeds = calibration_feeds({role: staging / spec.file for role, spec in graphs.items()} if library else standard,
                                   frames, library)
