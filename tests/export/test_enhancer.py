@@ -144,6 +144,29 @@ def test_enhancement_scores_of_a_matte_model_composite_at_2x(one_torch_thread):
     assert all(np.isfinite(v) for t in scores.values() for m in t.values() for v in m.values())
 
 
+def test_by_channel_scores_say_whether_the_colours_or_the_matte_differ_from_bicubic(one_torch_thread):
+    """An enhancer whose residual touches only the colours: its ``colours`` scores are its own and
+    its ``matte`` scores bicubic's, on both tasks (and the reverse for a matte-only residual)."""
+    from megaportraits_export.evaluation.enhancement import enhancement_scores
+    from megaportraits_export.model import build_model
+
+    torch.manual_seed(0)
+    base = build_model("tiny_matte")
+    for changed, same in (("colours", "matte"), ("matte", "colours")):
+        enhancer = build_enhancer("tiny_matte")
+        with torch.no_grad():
+            rows = slice(0, 3) if changed == "colours" else slice(3, 4)
+            enhancer.to_residual[-1].weight[rows].normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
+        scores = enhancement_scores(base, enhancer, pairs=2, identities=2, by_channel=True)
+        for task in ("self_reenactment", "super_resolution"):
+            assert scores[task][changed] == pytest.approx(scores[task]["enhanced"], abs=1e-12)
+            assert scores[task][same] == pytest.approx(scores[task]["bicubic"], abs=1e-12)
+        assert scores["self_reenactment"]["enhanced"]["psnr"] != pytest.approx(
+            scores["self_reenactment"]["bicubic"]["psnr"], abs=1e-6)
+    with pytest.raises(ValueError, match="has no matte"):
+        enhancement_scores(build_model("tiny"), build_enhancer("tiny"), pairs=1, identities=2, by_channel=True)
+
+
 def test_evaluate_enhancer_command_stores_its_scores_for_the_manifest(tmp_path, capsys, one_torch_thread):
     """The command prints the table and, with --write-provenance, leaves the same scores in the
     enhancer checkpoint, which still loads (and keeps its weights)."""
