@@ -1,5 +1,8 @@
-// ONNX Runtime front end of GridSample3D: the custom-op library loaded with
-// SessionOptions.register_custom_ops_library(megaportraits.custom_ops_library()).
+// ONNX Runtime front end of the custom-op library loaded with
+// SessionOptions.register_custom_ops_library(megaportraits.custom_ops_library()): GridSample3D,
+// and DequantizeInstanceNormalization (the int8 graphs' threaded uint8 normalisation, CPU only;
+// dequantize_instance_norm.h). Op identities: megaportraits.schema (GRID_SAMPLE_3D,
+// DEQUANTIZE_INSTANCE_NORM).
 //
 // Plain C API on purpose: every ONNX Runtime entry point comes from the OrtApiBase handed to
 // RegisterCustomOps, so the library links nothing from onnxruntime and works with any runtime
@@ -24,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "dequantize_instance_norm.h"
 #include "grid_sample_3d.h"
 #if defined(MEGAPORTRAITS_WITH_CUDA)
 #include "grid_sample_3d_cuda.h"
@@ -35,6 +39,7 @@ constexpr uint32_t kOrtApiVersion = 17;
 constexpr const char* kDomain = "com.megaportraits";
 constexpr const char* kOpName = "GridSample3D";
 constexpr int kOpVersion = 1;
+constexpr const char* kNormOpName = "DequantizeInstanceNormalization";
 
 using megaportraits::GridSampleOptions;
 
@@ -320,6 +325,169 @@ Flavour flavour_of(const OrtCustomOp* op) {
   return Flavour{false, false};
 }
 
+// ---- DequantizeInstanceNormalization (CPU) ----------------------------------------------------
+// Inputs X uint8 (N, C, ...), x_scale float (one value), x_zero_point uint8 (one value; a
+// normalisation does not depend on it), scale and B float (C); attribute epsilon (default 1e-5,
+// as InstanceNormalization's); Y float, X's shape.
+struct DequantizeInstanceNormKernel {
+  const OrtApi* api;
+  float epsilon;
+
+  OrtStatus* element_count(const OrtValue* value, size_t* count) const {
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    if (OrtStatus* status = api->GetTensorTypeAndShape(value, &info)) return status;
+    OrtStatus* status = api->GetTensorShapeElementCount(info, count);
+    api->ReleaseTensorTypeAndShapeInfo(info);
+    return status;
+  }
+
+  OrtStatus* compute(OrtKernelContext* context) const {
+    const OrtValue* inputs[5] = {};
+    for (size_t i = 0; i < 5; ++i) {
+      if (OrtStatus* status = api->KernelContext_GetInput(context, i, &inputs[i])) return status;
+    }
+    std::vector<int64_t> shape;
+    if (OrtStatus* status = read_shape(api, inputs[0], &shape)) return status;
+    if (shape.size() < 3) {
+      return error_status(api, ORT_INVALID_ARGUMENT, "DequantizeInstanceNormalization: X must be (N, C, ...) with rank >= 3");
+    }
+    size_t counts[5] = {};
+    for (size_t i = 1; i < 5; ++i) {
+      if (OrtStatus* status = element_count(inputs[i], &counts[i])) return status;
+    }
+    if (counts[1] != 1 || counts[2] != 1) {
+      return error_status(api, ORT_INVALID_ARGUMENT,
+                          "DequantizeInstanceNormalization: x_scale and x_zero_point must be single values (per-tensor)");
+    }
+    if (counts[3] != static_cast<size_t>(shape[1]) || counts[4] != static_cast<size_t>(shape[1])) {
+      return error_status(api, ORT_INVALID_ARGUMENT,
+                          "DequantizeInstanceNormalization: scale and B must have one value per channel of X");
+    }
+    OrtValue* y = nullptr;
+    if (OrtStatus* status = api->KernelContext_GetOutput(context, 0, shape.data(), shape.size(), &y)) return status;
+    void* data[5] = {};
+    for (size_t i = 0; i < 5; ++i) {
+      if (OrtStatus* status = api->GetTensorMutableData(const_cast<OrtValue*>(inputs[i]), &data[i])) return status;
+    }
+    void* y_data = nullptr;
+    if (OrtStatus* status = api->GetTensorMutableData(y, &y_data)) return status;
+    using Problem = megaportraits::DequantizeInstanceNormProblem;
+    std::unique_ptr<Problem> owned;
+    try {
+      owned = std::make_unique<Problem>(static_cast<const uint8_t*>(data[0]), shape.data(), shape.size(),
+                                        *static_cast<const float*>(data[1]), static_cast<const float*>(data[3]),
+                                        static_cast<const float*>(data[4]), epsilon, static_cast<float*>(y_data));
+    } catch (const std::invalid_argument& e) {
+      return error_status(api, ORT_INVALID_ARGUMENT, e.what());
+    } catch (const std::bad_alloc&) {
+      return error_status(api, ORT_FAIL, "DequantizeInstanceNormalization: out of memory for the statistics");
+    }
+    Problem* problem = owned.get();
+    const size_t tasks = problem->task_count();
+    if (tasks == 0) return nullptr;
+    auto sum = [](void* job, size_t task) { static_cast<Problem*>(job)->sum_task(task); };
+    auto normalise = [](void* job, size_t task) { static_cast<Problem*>(job)->normalise_task(task); };
+    if (OrtStatus* status = api->KernelContext_ParallelFor(context, sum, tasks, 0, problem)) return status;
+    problem->finish_statistics();
+    return api->KernelContext_ParallelFor(context, normalise, tasks, 0, problem);
+  }
+};
+
+// Y has X's shape (numeric and symbolic dimensions) and element type float.
+OrtStatus* ORT_API_CALL infer_norm_output_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
+  const OrtApi* api = registered_api.load();
+  if (api == nullptr) return nullptr;
+  OrtTensorTypeAndShapeInfo* x_info = nullptr;
+  if (OrtStatus* status = api->ShapeInferContext_GetInputTypeShape(context, 0, &x_info)) {
+    api->ReleaseStatus(status);
+    return nullptr;
+  }
+  size_t rank = 0;
+  if (OrtStatus* status = api->GetDimensionsCount(x_info, &rank)) {
+    api->ReleaseStatus(status);
+    return nullptr;
+  }
+  std::vector<int64_t> dims(rank);
+  std::vector<const char*> symbols(rank, nullptr);
+  OrtStatus* status = api->GetDimensions(x_info, dims.data(), rank);
+  if (!status) status = api->GetSymbolicDimensions(x_info, symbols.data(), rank);
+  if (status) {
+    api->ReleaseStatus(status);
+    return nullptr;
+  }
+  for (size_t i = 0; i < rank; ++i) {
+    if (symbols[i] == nullptr) symbols[i] = "";
+    if (dims[i] < 0 && symbols[i][0] == '\0') return nullptr;  // see infer_output_shape
+  }
+  OrtTensorTypeAndShapeInfo* y = nullptr;
+  if (OrtStatus* create = api->CreateTensorTypeAndShapeInfo(&y)) {
+    api->ReleaseStatus(create);
+    return nullptr;
+  }
+  status = api->SetTensorElementType(y, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (!status) status = api->SetDimensions(y, dims.data(), rank);
+  if (!status) status = api->SetSymbolicDimensions(y, symbols.data(), rank);
+  if (!status) status = api->ShapeInferContext_SetOutputTypeShape(context, 0, y);
+  if (status) api->ReleaseStatus(status);
+  api->ReleaseTensorTypeAndShapeInfo(y);
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL create_norm_kernel(const OrtCustomOp*, const OrtApi* api, const OrtKernelInfo* info,
+                                           void** kernel) {
+  float epsilon = 1e-5f;
+  if (OrtStatus* missing = api->KernelInfoGetAttribute_float(info, "epsilon", &epsilon)) {
+    api->ReleaseStatus(missing);
+    epsilon = 1e-5f;
+  }
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon)) {
+    return error_status(api, ORT_INVALID_ARGUMENT, "DequantizeInstanceNormalization: epsilon must be >= 0");
+  }
+  try {
+    *kernel = new DequantizeInstanceNormKernel{api, epsilon};
+    return nullptr;
+  } catch (const std::bad_alloc&) {
+    return error_status(api, ORT_FAIL, "DequantizeInstanceNormalization: out of memory");
+  }
+}
+
+OrtStatus* ORT_API_CALL compute_norm_kernel(void* kernel, OrtKernelContext* context) {
+  return static_cast<const DequantizeInstanceNormKernel*>(kernel)->compute(context);
+}
+
+void ORT_API_CALL destroy_norm_kernel(void* kernel) { delete static_cast<DequantizeInstanceNormKernel*>(kernel); }
+
+const char* ORT_API_CALL norm_op_name(const OrtCustomOp*) { return kNormOpName; }
+const char* ORT_API_CALL cpu_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+size_t ORT_API_CALL norm_input_count(const OrtCustomOp*) { return 5; }
+// X and x_zero_point uint8; x_scale, scale, B float
+ONNXTensorElementDataType ORT_API_CALL norm_input_type(const OrtCustomOp*, size_t index) {
+  return index == 0 || index == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+
+OrtCustomOp make_dequantize_instance_norm_op() {
+  OrtCustomOp op{};
+  op.version = kOrtApiVersion;
+  op.GetName = norm_op_name;
+  op.GetExecutionProviderType = cpu_provider;
+  op.GetInputType = norm_input_type;
+  op.GetInputTypeCount = norm_input_count;
+  op.GetOutputType = float_type;
+  op.GetOutputTypeCount = output_count;
+  op.KernelDestroy = destroy_norm_kernel;
+  op.GetInputCharacteristic = required;
+  op.GetOutputCharacteristic = required;
+  op.GetInputMemoryType = default_memory;
+  op.CreateKernelV2 = create_norm_kernel;
+  op.KernelComputeV2 = compute_norm_kernel;
+  op.InferOutputShapeFn = infer_norm_output_shape;
+  op.GetStartVersion = start_version;
+  op.GetEndVersion = end_version;
+  return op;
+}
+
+const OrtCustomOp kDequantizeInstanceNormOp = make_dequantize_instance_norm_op();
+
 #if defined(MEGAPORTRAITS_WITH_CUDA)
 // True when the runtime that loads the library can run CUDA kernels at all.
 bool runtime_has_cuda(const OrtApi* api) {
@@ -377,5 +545,6 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   for (size_t i = 0; i < flavours; ++i) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kFlavourOps[i])) return status;
   }
+  if (OrtStatus* status = api->CustomOpDomain_Add(domain, &kDequantizeInstanceNormOp)) return status;
   return api->AddCustomOpDomain(options, domain);
 }

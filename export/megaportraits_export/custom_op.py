@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from onnx.defs import OpSchema
 
-from megaportraits.schema import GRID_SAMPLE_3D
+from megaportraits.schema import DEQUANTIZE_INSTANCE_NORM, GRID_SAMPLE_3D
 
 TORCH_OP_NAME = "megaportraits::grid_sample_3d"
 
@@ -119,7 +119,43 @@ def _make_schema() -> OpSchema:
     return schema
 
 
+def _infer_norm_output_type(ctx) -> None:
+    """Y is float32 with X's shape."""
+    x_type = ctx.get_input_type(0)
+    y_type = onnx.TypeProto()
+    y_type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    if x_type.tensor_type.HasField("shape"):
+        y_type.tensor_type.shape.CopyFrom(x_type.tensor_type.shape)
+    ctx.set_output_type(0, y_type)
+
+
+def _make_norm_schema() -> OpSchema:
+    schema = OpSchema(
+        DEQUANTIZE_INSTANCE_NORM.name,
+        DEQUANTIZE_INSTANCE_NORM.domain,
+        DEQUANTIZE_INSTANCE_NORM.version,
+        "InstanceNormalization(DequantizeLinear(X, x_scale, x_zero_point), scale, B, epsilon) of a uint8 X "
+        "(per-tensor quantization), in one threaded kernel of the megaportraits custom-op library (cpp_ext).",
+        inputs=[
+            OpSchema.FormalParameter("X", "T_q", "quantized (N, C, ...)"),
+            OpSchema.FormalParameter("x_scale", "T", "per-tensor scale"),
+            OpSchema.FormalParameter("x_zero_point", "T_q", "per-tensor zero point"),
+            OpSchema.FormalParameter("scale", "T", "(C,)"),
+            OpSchema.FormalParameter("B", "T", "(C,)"),
+        ],
+        outputs=[OpSchema.FormalParameter("Y", "T", "normalised, X's shape")],
+        type_constraints=[("T_q", ["tensor(uint8)"], "uint8"), ("T", ["tensor(float)"], "float32")],
+        attributes=[OpSchema.Attribute("epsilon", onnx.helper.make_attribute("epsilon", 1e-5),
+                                       "as InstanceNormalization's")],
+    )
+    schema.set_type_and_shape_inference_function(_infer_norm_output_type)
+    return schema
+
+
 def register_onnx_schema() -> None:
-    """Make ``com.megaportraits::GridSample3D`` known to onnx (checker, shape inference); idempotent."""
+    """Make the library's ops (``com.megaportraits::GridSample3D``,
+    ``::DequantizeInstanceNormalization``) known to onnx (checker, shape inference); idempotent."""
     if not onnx.defs.has(GRID_SAMPLE_3D.name, GRID_SAMPLE_3D.domain):
         onnx.defs.register_schema(_make_schema())
+    if not onnx.defs.has(DEQUANTIZE_INSTANCE_NORM.name, DEQUANTIZE_INSTANCE_NORM.domain):
+        onnx.defs.register_schema(_make_norm_schema())

@@ -30,7 +30,7 @@ from .errors import BundleError, CustomOpError
 from .onnx_refs import ModelFileError, read_model
 from .precision import choose_precisions
 from .providers import resolve_providers
-from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS
+from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS, LIBRARY_OPS
 from .schema import STUDENT_ROLES
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
                        fall_back, session_options, warn_fallback)
@@ -248,7 +248,7 @@ def _operator_problems(manifest: mf.Manifest, role: str, name: str, interface, t
     if manifest.custom_op is None:
         return [f"the {role!r} graph file {name!r} uses the custom op {GRID_SAMPLE_3D.domain}::{custom[0]}, but "
                 "the manifest's custom_op is null; re-export the bundle"]
-    unknown = [op for op in custom if op != GRID_SAMPLE_3D.name]
+    unknown = [op for op in custom if op not in {library_op.name for library_op in LIBRARY_OPS}]
     if unknown:
         return [f"the {role!r} graph file {name!r} uses {GRID_SAMPLE_3D.domain}::{unknown[0]}, which the "
                 "custom-op library does not provide; the bundle is incompatible"]

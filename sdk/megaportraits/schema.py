@@ -57,7 +57,7 @@ LATER_ROLES = (ENHANCER, "student")
 
 
 class CustomOp(NamedTuple):
-    """Identity of the native volumetric sampler: an ONNX Runtime custom op (cpp_ext)."""
+    """Identity of an ONNX Runtime custom op of the native library (cpp_ext)."""
 
     domain: str
     name: str
@@ -65,6 +65,11 @@ class CustomOp(NamedTuple):
 
 
 GRID_SAMPLE_3D = CustomOp(domain="com.megaportraits", name="GridSample3D", version=1)
+# InstanceNormalization(DequantizeLinear(X)) of a uint8 X in one threaded kernel: int8 graphs
+# only; their portable twins spell it as those two standard ops (cpp_ext/dequantize_instance_norm.h)
+DEQUANTIZE_INSTANCE_NORM = CustomOp(domain=GRID_SAMPLE_3D.domain, name="DequantizeInstanceNormalization", version=1)
+# every op the library provides, one domain
+LIBRARY_OPS = (GRID_SAMPLE_3D, DEQUANTIZE_INSTANCE_NORM)
 
 
 # ---- the distilled real-time student ----------------------------------------------------------

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from megaportraits import manifest as mf
 from megaportraits import sessions
-from megaportraits.schema import DRIVER, GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, SOURCE
+from megaportraits.schema import DEQUANTIZE_INSTANCE_NORM, DRIVER, GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, SOURCE
 from megaportraits_export.onnx_export import ExportError, write_bundle
 from megaportraits_export.onnx_export import int8_graph
 from megaportraits_export.onnx_export import precision as pr
@@ -113,17 +113,27 @@ def test_int8_quantizes_the_convolutions_and_nothing_on_the_grid_path(bundles):
         group_norms = count(fp32, "Reciprocal")
         assert group_norms > 0
         assert count(proto, "ReduceMean") == count(fp32, "ReduceMean") - 3 * group_norms
-        assert count(proto, "InstanceNormalization") == count(fp32, "InstanceNormalization") + group_norms
+        # (in a graph with custom nodes, those of uint8 tensors are the library's fused op)
+        assert count(proto, "InstanceNormalization") + count(proto, DEQUANTIZE_INSTANCE_NORM.name) \
+            == count(fp32, "InstanceNormalization") + group_norms
         dequantizers = [tuple(n.input) for n in proto.graph.node if n.op_type == "DequantizeLinear"]
         assert len(dequantizers) == len(set(dequantizers))
         # the sampling grids: nothing between the pose input and a grid is (de)quantized
         for node in proto.graph.node:
             if node.op_type in ("GridSample", GRID_SAMPLE_3D.name):
                 assert not {"QuantizeLinear", "DequantizeLinear"} & _grid_path_ops(proto.graph, node.input[1])
-    custom = [n for n in onnx.load(bundles["int8"] / "generator.onnx").graph.node if n.domain == GRID_SAMPLE_3D.domain]
+    written = onnx.load(bundles["int8"] / "generator.onnx")
+    custom = [n for n in written.graph.node if n.domain == GRID_SAMPLE_3D.domain and n.op_type == GRID_SAMPLE_3D.name]
     assert len(custom) == 1  # the volume sample is still the custom op
+    # every normalisation of a uint8 tensor is the library's fused one (int8_graph.fuse_dequantize_instance_norms)
+    fused = [n for n in written.graph.node if n.op_type == DEQUANTIZE_INSTANCE_NORM.name]
+    producers = {o: n for n in written.graph.node for o in n.output}
+    left = [n for n in written.graph.node if n.op_type == "InstanceNormalization"
+            and producers.get(n.input[0]) is not None and producers[n.input[0]].op_type == "DequantizeLinear"]
+    assert fused and not left
     portable = onnx.load(bundles["int8"] / "generator.portable.onnx")
     assert not [n for n in portable.graph.node if n.domain == GRID_SAMPLE_3D.domain]
+    assert sum(n.op_type == "InstanceNormalization" for n in portable.graph.node) >= len(fused)
 
 
 def test_int8_generator_sums_and_upsamples_in_uint8_as_onnx_runtime_runs_it(bundles, tmp_path):
@@ -212,6 +222,17 @@ def test_int8_graphs_match_fp32_on_random_inputs(bundles, portable):
     expression_error = motion["expression"] - ref_motion["expression"]
     assert np.linalg.norm(expression_error) < 0.4 * np.linalg.norm(ref_motion["expression"])
     assert difference.max() > 1e-4  # it really is quantized (the fp32 graphs agree to 1e-5)
+
+
+def test_the_int8_twin_without_the_library_renders_what_the_library_graph_does(bundles):
+    """The portable int8 generator (DequantizeLinear + InstanceNormalization where the library
+    graph has its fused op) renders the same image, to the 8-bit rounding a statistic's last bits
+    can flip; the SDK runs it where the op library is missing."""
+    _, fused = _outputs(bundles["int8"])
+    _, spelled_out = _outputs(bundles["int8"], portable=True)
+    assert _psnr(fused["image"], spelled_out["image"]) > 50.0
+    manifest = mf.load_manifest(bundles["int8"])
+    assert manifest.graph_file(GENERATOR, True) == "generator.portable.onnx"
 
 
 @pytest.mark.parametrize("portable", [False, True])

@@ -43,6 +43,18 @@ pay for, or pay less for:
   every InstanceNormalization; its transpose optimiser then merged pairs of cheap uint8
   Transposes into one float Transpose after the residual Add (1.3 ms at 128 x 128 x 32). That
   one is a session option, not the graph: ``megaportraits.sessions`` turns it off.
+
+On two threads (``precision_profile.py --threads 2``) the int8 frame shrank less than the fp32
+one: ONNX Runtime 1.32 runs DequantizeLinear and InstanceNormalization on one thread, and those
+were ~11 of its ~45 ms (QLinearConv went 23.4 -> 15.7 ms with the second core, they did not).
+:func:`fuse_dequantize_instance_norms` gives each normalisation of a uint8 tensor to the op
+library's ``DequantizeInstanceNormalization`` (``megaportraits.schema.DEQUANTIZE_INSTANCE_NORM``,
+cpp_ext/dequantize_instance_norm.h): integer statistics, exact, on the session's intra-op pool.
+Only graphs that already need the library get it (those with a portable twin, which spells it
+as DequantizeLinear + InstanceNormalization again: :mod:`.portable`). Not taken: the fp32
+graphs' decomposed ReduceMean/Sub/Mul form is multi-threaded, but costs more than
+InstanceNormalization even on two threads (fp32 frame, 2 threads: ~21 ms in those ops vs 7 ms
+of InstanceNormalization in the int8 frame).
 """
 from __future__ import annotations
 
@@ -50,12 +62,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from megaportraits.schema import DEQUANTIZE_INSTANCE_NORM
+
 # int8 GEMMs pack output channels by 8 or more; a conv writing fewer runs slower than in fp32.
 MIN_INT8_OUTPUT_CHANNELS = 8
 #: the rewrites an int8 graph gets, recorded in the manifest (provenance.precision.int8_rewrites),
 #: so a bundle converted before a rewrite existed can be told apart from a current one
 REWRITES = ("instance_norm_group_norms", "share_dequantizers", "small_output_convolutions", "residual_adds",
-            "quantize_before_nearest_resizes", "pointwise_convolutions_as_matmuls")
+            "quantize_before_nearest_resizes", "pointwise_convolutions_as_matmuls", "fuse_dequantize_instance_norms")
 
 
 class _Graph:
@@ -259,6 +273,74 @@ def quantize_before_nearest_resizes(proto: onnx.ModelProto) -> int:
     proto.graph.node.extend(order)
     _drop_dead_nodes(proto.graph)
     return len(before) + len(after) + len(dropped)
+
+
+def fuse_dequantize_instance_norms(proto: onnx.ModelProto) -> int:
+    """Rewrite, in place, each InstanceNormalization that reads a per-tensor uint8
+    DequantizeLinear (directly, or through a Reshape, as a GroupNorm's grouped view does) into
+    one ``DequantizeInstanceNormalization`` node of the op library on the uint8 tensor (module
+    docstring; the Reshape, if any, moves onto the uint8 tensor: a reshape commutes with an
+    element-wise DequantizeLinear). The node keeps the normalisation's output name. A graph
+    with such nodes needs the op library (or its portable twin). Returns how many were fused."""
+    g = _Graph(proto.graph)
+    # position of an InstanceNormalization -> the nodes that take its place (positions, not id():
+    # protobuf's node wrappers are made afresh on each access, their ids reused)
+    replaced = {}
+    for k, node in enumerate(proto.graph.node):
+        if node.op_type != "InstanceNormalization" or node.domain or len(node.input) != 3:
+            continue
+        before = []
+        source = node.input[0]
+        reshape = g.made_by(source, "Reshape")
+        if reshape is not None:
+            source = reshape.input[0]
+        dq = g.made_by(source, "DequantizeLinear")
+        if dq is None or not _per_tensor(g, dq) or g.constant(dq.input[2]).dtype != np.uint8:
+            continue
+        quantized = dq.input[0]
+        if reshape is not None:
+            quantized = f"{reshape.output[0]}_uint8"
+            before.append(helper.make_node("Reshape", [dq.input[0], *reshape.input[1:]], [quantized],
+                                           name=f"{reshape.name or reshape.output[0]}_uint8",
+                                           **{a.name: helper.get_attribute_value(a) for a in reshape.attribute}))
+        fused = helper.make_node(DEQUANTIZE_INSTANCE_NORM.name, [quantized, *dq.input[1:3], *node.input[1:3]],
+                                 [node.output[0]], name=f"{node.name or node.output[0]}_dequantized",
+                                 domain=DEQUANTIZE_INSTANCE_NORM.domain, epsilon=float(_attribute(node, "epsilon", 1e-5)))
+        replaced[k] = before + [fused]
+    if not replaced:
+        return 0
+    order = []
+    for k, node in enumerate(proto.graph.node):
+        order.extend(replaced.get(k, [node]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    if not any(o.domain == DEQUANTIZE_INSTANCE_NORM.domain for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(DEQUANTIZE_INSTANCE_NORM.domain, DEQUANTIZE_INSTANCE_NORM.version))
+    _drop_dead_nodes(proto.graph)
+    return len(replaced)
+
+
+def dequantize_instance_norms_as_standard(proto: onnx.ModelProto) -> int:
+    """The inverse of :func:`fuse_dequantize_instance_norms`, in place: each
+    ``DequantizeInstanceNormalization`` node becomes the DequantizeLinear + InstanceNormalization
+    it equals (the portable twins, :mod:`.portable`). Returns how many."""
+    replaced = {}  # by position (see fuse_dequantize_instance_norms)
+    for k, node in enumerate(proto.graph.node):
+        if node.domain != DEQUANTIZE_INSTANCE_NORM.domain or node.op_type != DEQUANTIZE_INSTANCE_NORM.name:
+            continue
+        dequantized = f"{node.output[0]}_dequantized"
+        replaced[k] = [
+            helper.make_node("DequantizeLinear", list(node.input[:3]), [dequantized], name=f"{node.name}_dq"),
+            helper.make_node("InstanceNormalization", [dequantized, *node.input[3:5]], [node.output[0]],
+                             name=node.name, epsilon=float(_attribute(node, "epsilon", 1e-5)))]
+    if not replaced:
+        return 0
+    order = []
+    for k, node in enumerate(proto.graph.node):
+        order.extend(replaced.get(k, [node]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    return len(replaced)
 
 
 def _per_tensor(g: _Graph, dq) -> bool:

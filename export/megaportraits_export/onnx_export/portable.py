@@ -1,5 +1,7 @@
 """Portable twins: a custom-op graph with every GridSample3D node turned into the standard
-GridSample-20 it equals by contract, for runtimes that cannot load the op library."""
+GridSample-20 it equals by contract, and every DequantizeInstanceNormalization (int8 graphs)
+into the DequantizeLinear + InstanceNormalization it equals, for runtimes that cannot load the
+op library."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +26,11 @@ def save_standard_twin(graph_path: Path, twin_path: Path) -> None:
 
 
 def custom_nodes_as_standard(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every GridSample3D node turned into the standard GridSample-20 it equals."""
+    """A copy with every library node turned into the standard ops it equals."""
+    from megaportraits_export.onnx_export.int8_graph import dequantize_instance_norms_as_standard
+
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    dequantize_instance_norms_as_standard(proto)
     for node in proto.graph.node:
         if node.domain == GRID_SAMPLE_3D.domain and node.op_type == GRID_SAMPLE_3D.name:
             node.domain, node.op_type = "", "GridSample"

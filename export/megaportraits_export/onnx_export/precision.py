@@ -423,8 +423,12 @@ def convert_graph(precision: str, graph_path: Path, standard_path: Path, feeds: 
             done = quantize_int8(standard_path, feeds, out, keep_float, range_tensors_per_pass(image_size),
                                  range_graph=graph_path if names else None,
                                  float_beside_convolutions=float_beside_convolutions)
-            log.info("  int8: %s", ", ".join(f"{k} {len(v) if isinstance(v, list) else v}" for k, v in done.items()))
             converted = onnx.load(out)
+        if names:  # a graph that needs the op library anyway (its twin spells the fused nodes out)
+            from megaportraits_export.onnx_export.int8_graph import fuse_dequantize_instance_norms
+
+            done["fused_dequantize_instance_norms"] = fuse_dequantize_instance_norms(converted)
+        log.info("  int8: %s", ", ".join(f"{k} {len(v) if isinstance(v, list) else v}" for k, v in done.items()))
     elif precision == "fp16":
         converted = convert_fp16(onnx.load(standard_path))
     else:
