@@ -11,12 +11,10 @@ first along rows then along columns; the output transform is sums of the product
 phases are interleaved with a pixel shuffle. Exact in real arithmetic; in float32 the error
 is a few times the direct conv's own rounding for m = 4 (about 1e-5 relative on one 512-channel
 conv; the published decoder with 15 such convs: image max abs 5e-6), bounded by the tests
-against ``F.conv2d``. The kernels' transforms are formed in the graph from the 3x3 weights by
-one constant MatMul (ONNX Runtime folds it when a session is made), so the file is no larger;
-the price is session set-up, about 2 s per 512x512 conv (the published generator graph: 18.8 s
-against 4.0 s with the transforms stored, same speed per frame). One constant MatMul per
-product instead of one MatMul then 36 Gathers measured 0.38 s against 1.82 s on one such conv
-(a micro test; not yet the bundle's form).
+against ``F.conv2d``. The kernels' transforms are formed in the graph from the 3x3 weights, one
+constant MatMul per product, which ONNX Runtime folds when a session is made, so the file is no
+larger. (One MatMul for all products and a Gather per product, folded too, had cost 1.8 s of
+session set-up per 512x512 conv against 0.38 s this way: 18.8 s for the generator graph.)
 
 Every transform is an export-time form: built from a loaded ``nn.Conv2d``, it reads the same
 parameters. :class:`WinogradConv2d` may stand for several convs that read the same input (their
@@ -94,9 +92,9 @@ class WinogradConv2d(nn.Module):
         cin = weight.shape[1]
         dtype = convs[0].weight.dtype
         # The kernels' transforms G g G^T hold (m + 2)^2 / 9 times the conv's weights (4x for
-        # m = 4), so the graph keeps the 3x3 weights and one constant MatMul forms the
-        # transforms; ONNX Runtime folds it when the session is made, the file stays the size
-        # of the direct conv's. (a, a) products -> 9 taps: G[i, :] outer G[j, :].
+        # m = 4), so the graph keeps the 3x3 weights and a constant MatMul per product forms
+        # its kernels; ONNX Runtime folds them when the session is made, the file stays the
+        # size of the direct conv's. Column (i, j) of the transform: G[i, :] outer G[j, :].
         self.register_buffer("weight", weight.to(dtype).reshape(-1, 9))  # (K * C, 9)
         self.register_buffer("kernel_transform", torch.einsum("ia,jb->abij", g, g).reshape(9, -1).to(dtype))
         self.weight_shape = tuple(weight.shape[:2])
@@ -115,7 +113,6 @@ class WinogradConv2d(nn.Module):
         if h % m or w % m:
             raise ValueError(f"WinogradConv2d with {m}x{m} tiles needs a size divisible by {m}, got {h}x{w}")
         k, cin = self.weight_shape
-        u = torch.matmul(self.weight, self.kernel_transform).reshape(k, cin, a * a)  # (K, C, a * a), a constant
         padded = F.pad(x, (1, 1, 1, 1))
         rows = [F.conv2d(padded, getattr(self, f"row{i}"), stride=(m, 1), groups=c) for i in range(a)]  # (N, C, H/m, W+2)
         products = {}
@@ -123,7 +120,9 @@ class WinogradConv2d(nn.Module):
             for j in range(a):
                 v = F.conv2d(rows[i], getattr(self, f"col{j}"), stride=(1, m), groups=c)  # (N, C, H/m, W/m)
                 bias = self.bias if (i, j) == self.bias_product else None
-                products[i, j] = F.conv2d(v, u[:, :, i * a + j, None, None], bias)  # (N, K, H/m, W/m)
+                e = i * a + j  # this product's kernels, a constant: one small MatMul of the 3x3 weights
+                u = torch.matmul(self.weight, self.kernel_transform[:, e:e + 1]).reshape(k, cin, 1, 1)
+                products[i, j] = F.conv2d(v, u, bias)  # (N, K, H/m, W/m)
         at = self.output_transform
         phases = []
         for p in range(m):
