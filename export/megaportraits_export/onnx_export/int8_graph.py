@@ -309,15 +309,21 @@ def fuse_dequantize_instance_norms(proto: onnx.ModelProto) -> int:
         replaced[k] = before + [fused]
     if not replaced:
         return 0
-    order = []
-    for k, node in enumerate(proto.graph.node):
-        order.extend(replaced.get(k, [node]))
-    del proto.graph.node[:]
-    proto.graph.node.extend(order)
+    _splice(proto.graph, replaced)
     if not any(o.domain == DEQUANTIZE_INSTANCE_NORM.domain for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid(DEQUANTIZE_INSTANCE_NORM.domain, DEQUANTIZE_INSTANCE_NORM.version))
     _drop_dead_nodes(proto.graph)
     return len(replaced)
+
+
+def _splice(graph: onnx.GraphProto, replaced: dict) -> None:
+    """Put each ``replaced[k]`` (a list of nodes) where node ``k`` stood, in place, keeping the
+    graph's topological order."""
+    order = []
+    for k, node in enumerate(graph.node):
+        order.extend(replaced.get(k, [node]))
+    del graph.node[:]
+    graph.node.extend(order)
 
 
 def dequantize_instance_norms_as_standard(proto: onnx.ModelProto) -> int:
@@ -335,11 +341,7 @@ def dequantize_instance_norms_as_standard(proto: onnx.ModelProto) -> int:
                              name=node.name, epsilon=float(_attribute(node, "epsilon", 1e-5)))]
     if not replaced:
         return 0
-    order = []
-    for k, node in enumerate(proto.graph.node):
-        order.extend(replaced.get(k, [node]))
-    del proto.graph.node[:]
-    proto.graph.node.extend(order)
+    _splice(proto.graph, replaced)
     return len(replaced)
 
 
