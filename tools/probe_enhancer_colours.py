@@ -9,6 +9,7 @@ network module), and scores clean SR on the first 16 held-out pairs against bicu
 
     OMP_NUM_THREADS=1 python tools/probe_enhancer_colours.py plain 200
     OMP_NUM_THREADS=1 python tools/probe_enhancer_colours.py skip 200
+    OMP_NUM_THREADS=1 python tools/probe_enhancer_colours.py plain 200 --lr 2e-4 --warmup 50
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from megaportraits_export.losses import ssim_loss
 from megaportraits_export.metrics import psnr, ssim
 from megaportraits_export.networks.blocks import plain_conv
 from megaportraits_export.networks.enhancer import SCALE, Enhancer, get_enhancer_config
-from megaportraits_export.training.optim import build_adamw, cosine_schedule
+from megaportraits_export.training.optim import build_adamw, cosine_multiplier
 
 
 class SkipEnhancer(Enhancer):
@@ -48,20 +49,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=("plain", "skip"))
     parser.add_argument("steps", type=int)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="steps of linear warm-up to the peak, within the cosine (default 0)")
+    parser.add_argument("--pixel-loss", choices=("l1", "mse"), default="l1",
+                        help="the pixel term at weight 300: L1 (the recipe's) or squared error x 300 / 0.03")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = get_enhancer_config("demo128")
     model = (SkipEnhancer if args.variant == "skip" else Enhancer)(config)
     data = SyntheticEnhancementPairs(1000, config.base_size, seed=0, with_mask=True)
-    optimizer = build_adamw([{"params": list(model.parameters()), "lr": 1e-3}], (0.9, 0.999), 1e-2)
-    schedule = cosine_schedule(optimizer, args.steps, 1e-3, 1e-5)
+    optimizer = build_adamw([{"params": list(model.parameters()), "lr": args.lr}], (0.9, 0.999), 1e-2)
+    cosine = cosine_multiplier(args.steps, args.lr, min(1e-5, args.lr))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine(step) * min(1.0, (step + 1) / args.warmup) if args.warmup else cosine(step))
     started = time.monotonic()
     for step in range(args.steps):
         items = [data[step * 4 + i] for i in range(4)]
         low, high = (torch.stack([item[k] for item in items]) for k in ("low", "high"))
         out = model(low)
-        loss = 300 * F.l1_loss(out, high) + 300 * ssim_loss(out[:, :3], high[:, :3])
+        pixel = (F.l1_loss(out, high) if args.pixel_loss == "l1"
+                 else F.mse_loss(out, high) / 0.03)  # about L1's gradient at a 0.03 error
+        loss = 300 * pixel + 300 * ssim_loss(out[:, :3], high[:, :3])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -75,7 +85,7 @@ def main() -> None:
         enhanced = model(down)[:, :3]
         bicubic = F.interpolate(down, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)[:, :3]
         weights = model.to_residual[-1].weight.abs().mean(dim=(1, 2, 3))
-    print(f"{args.variant}, {args.steps} steps ({time.monotonic() - started:.0f} s): SR PSNR "
+    print(f"{args.variant}, {args.steps} steps, lr {args.lr:g}, warm-up {args.warmup}, {args.pixel_loss} ({time.monotonic() - started:.0f} s): SR PSNR "
           f"{psnr(enhanced, pairs.target).mean():.4f} vs bicubic {psnr(bicubic, pairs.target).mean():.4f}, SSIM "
           f"{ssim(enhanced, pairs.target).mean():.5f} vs {ssim(bicubic, pairs.target).mean():.5f}; residual "
           f"weights (R, G, B, matte) {[round(float(w), 5) for w in weights]}")
