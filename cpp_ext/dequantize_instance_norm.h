@@ -28,6 +28,7 @@ class DequantizeInstanceNormProblem {
   // Elements per task: large enough that a task's overhead vanishes, small enough that a 256 x
   // 256 plane gives two threads several tasks each.
   static constexpr int64_t kChunk = 16384;
+  static_assert(kChunk * 255 * 255 < (int64_t{1} << 32), "a chunk's sum of squares must fit 32 bits");
 
   DequantizeInstanceNormProblem(const uint8_t* x, const int64_t* shape, size_t rank, float x_scale,
                                 const float* gamma, const float* beta, float epsilon, float* y)
@@ -53,18 +54,12 @@ class DequantizeInstanceNormProblem {
   void sum_task(size_t task) {
     int64_t begin, end;
     const uint8_t* plane = chunk_of(task, &begin, &end);
-    uint64_t sum = 0, squares = 0;
-    // 32-bit partial sums vectorise; 16384 x 255^2 stays below 2^32
-    for (int64_t start = begin; start < end; start += kChunk) {
-      const int64_t stop = std::min(end, start + kChunk);
-      uint32_t s = 0, q = 0;
-      for (int64_t i = start; i < stop; ++i) {
-        const uint32_t v = plane[i];
-        s += v;
-        q += v * v;
-      }
-      sum += s;
-      squares += q;
+    // a task is one chunk: 32-bit sums vectorise, and kChunk x 255^2 stays below 2^32
+    uint32_t sum = 0, squares = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      const uint32_t v = plane[i];
+      sum += v;
+      squares += v * v;
     }
     sums_[task] = sum;
     squares_[task] = squares;
