@@ -228,6 +228,77 @@ def test_flushed_heatmaps_hold_no_subnormals_and_differ_below_exp_minus_69():
     assert float(flushed.abs().max()) > 0.5
 
 
+def _dft_heads_case(side, depth, cin=6, cout=3, seed=0):
+    """Random 7x7x7 mask and 7x7 occlusion convs of unit-scale outputs, their slice-order
+    occlusion weight, and random slices."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.randn(cout, cin, 7, 7, 7, generator=g) / math.sqrt(cin * 343)
+    occlusion = torch.randn(1, depth * cin, 7, 7, generator=g) / math.sqrt(depth * cin * 49)
+    biases = torch.randn(cout, generator=g), torch.randn(1, generator=g)
+    slices = torch.randn(2, depth, cin, side, side, generator=g)
+    return mask, occlusion, biases, slices
+
+
+def _dft_heads_reference(mask, occlusion, biases, slices):
+    """Both heads by F.conv3d / F.conv2d in float64."""
+    import torch.nn.functional as F
+
+    n, d, c, h, w = slices.shape
+    x = slices.double()
+    expected_mask = F.conv3d(x.transpose(1, 2), mask.double(), biases[0].double(), padding=3).transpose(1, 2)
+    expected_occlusion = F.conv2d(x.reshape(n, d * c, h, w), occlusion.double(), biases[1].double(), padding=3)
+    return expected_mask, expected_occlusion
+
+
+@pytest.mark.parametrize("side, tile, depth", [(16, 8, 5), (32, 16, 6), (16, 16, 3), (32, 8, 2)])
+def test_tiled_dft_heads_equal_conv3d_and_conv2d(side, tile, depth):
+    """The dense motion's two 7x7 heads by tiled DFTs (overlap-save, half spectrum along H,
+    depth taps summed on the spectra) against F.conv3d and F.conv2d in float64, on random
+    unit-scale inputs: float32 rounding only, below the direct float32 conv's own error."""
+    from megaportraits_export.liveportrait.dft_conv import TiledDFTHeads
+
+    mask, occlusion, biases, slices = _dft_heads_case(side, depth, seed=side + tile + depth)
+    heads = TiledDFTHeads(mask, biases[0], occlusion, biases[1], side, tile)
+    with torch.no_grad():
+        got_mask, got_occlusion = heads(slices)
+    expected_mask, expected_occlusion = _dft_heads_reference(mask, occlusion, biases, slices)
+    assert got_mask.shape == expected_mask.shape and got_occlusion.shape == expected_occlusion.shape
+    assert float(expected_mask.abs().max()) > 1.0  # unit scale: the bound below is relative too
+    torch.testing.assert_close(got_mask.double(), expected_mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_occlusion.double(), expected_occlusion, rtol=0, atol=1e-5)
+
+
+def test_tiled_dft_heads_in_onnx_runtime_equal_the_convs(tmp_path):
+    """The exported DFT form (constant MatMuls, the kernels' spectra folded at session set-up)
+    in ONNX Runtime against F.conv3d / F.conv2d, at a batch other than the traced one."""
+    from megaportraits_export.liveportrait.dft_conv import TiledDFTHeads
+    from megaportraits_export.onnx_export import export_graph, save_graph
+
+    mask, occlusion, biases, slices = _dft_heads_case(32, 4, seed=9)
+    heads = TiledDFTHeads(mask, biases[0], occlusion, biases[1], 32).eval()
+    path = tmp_path / "heads.onnx"
+    save_graph(export_graph(heads, (slices,), ("slices",), ("mask", "occlusion")), path)
+    assert path.stat().st_size < 2 * 4 * (mask.numel() + occlusion.numel()) + 2**20  # weights, not spectra
+    session, _ = ort_session(path)
+    x = torch.cat([slices, -slices[:1]])
+    got = session.run(None, {"slices": x.numpy()})
+    for o, e in zip(got, _dft_heads_reference(mask, occlusion, biases, x)):
+        np.testing.assert_allclose(o, e.numpy(), rtol=0, atol=1e-5)
+
+
+def test_tiled_dft_heads_refuse_other_shapes():
+    from megaportraits_export.liveportrait.dft_conv import TiledDFTHeads, dft_tile
+
+    mask, occlusion, biases, slices = _dft_heads_case(16, 3)
+    assert dft_tile(64, 7) == 16 and dft_tile(24, 7) == 8 and dft_tile(20, 7) is None
+    with pytest.raises(ValueError, match="odd cubic kernel"):
+        TiledDFTHeads(mask[..., :6], biases[0], occlusion, biases[1], 16)
+    with pytest.raises(ValueError, match="no DFT tile"):
+        TiledDFTHeads(mask, biases[0], occlusion, biases[1], 20)
+    with pytest.raises(ValueError, match="built for 3 slices"):
+        TiledDFTHeads(mask, biases[0], occlusion, biases[1], 16)(slices[:, :2])
+
+
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("relu", [False, True])
 def test_winograd_conv_equals_conv2d(m, relu):
@@ -282,6 +353,7 @@ def test_deployable_with_winograd_equals_the_networks():
                 m.running_var.uniform_(0.5, 2.0, generator=g)
         fast = convert.deployable(networks, winograd_min_channels=8)
         assert isinstance(fast.warping_module.third.conv, WinogradConv2d)
+        assert fast.warping_module.dense_motion_network.heads is not None  # the DFT heads
         assert sum(isinstance(m, WinogradConv2d) for m in fast.spade_generator.modules()) >= 13
         f = c.feature_size
         feature = torch.randn(2, c.warp_channels, f, f, generator=g)

@@ -25,6 +25,7 @@ from megaportraits.schema import GRID_SAMPLE_3D, LIVEPORTRAIT, LIVEPORTRAIT_GRAP
 from megaportraits_export import command
 from megaportraits_export.liveportrait import keypoints
 from megaportraits_export.liveportrait.config import LivePortraitConfig
+from megaportraits_export.liveportrait.dft_conv import with_dft_heads
 from megaportraits_export.liveportrait.graphs import role_modules
 from megaportraits_export.liveportrait.phased_spade import with_phased_label_convs
 from megaportraits_export.liveportrait.sliced import with_sliced_dense_motion
@@ -82,11 +83,12 @@ def example_inputs(networks: LivePortraitNetworks, batch: int, seed: int) -> dic
 
 def deployable(networks: LivePortraitNetworks, winograd_min_channels: int = WINOGRAD_MIN_CHANNELS) -> LivePortraitNetworks:
     """A copy in the form ONNX Runtime runs fastest, the same function: the dense motion's 3-D
-    convs as 2-D convs of depth slices (:mod:`megaportraits_export.liveportrait.sliced`), the
+    convs as 2-D convs of depth slices (:mod:`megaportraits_export.liveportrait.sliced`), its
+    7x7 mask and occlusion heads by tiled DFTs (:mod:`~megaportraits_export.liveportrait.dft_conv`), the
     decoder's label convs at the label's resolution (:mod:`~megaportraits_export.liveportrait.phased_spade`),
     the wide 3x3 convs of the decoder and the warping module's ``third`` in Winograd form
     (:mod:`~megaportraits_export.liveportrait.winograd`; ``winograd_min_channels``: in and out)."""
-    fast = with_sliced_dense_motion(copy.deepcopy(networks))
+    fast = with_dft_heads(with_sliced_dense_motion(copy.deepcopy(networks)))
     with_phased_label_convs(fast.spade_generator)
     with_winograd_convs(fast.spade_generator, winograd_min_channels)
     with_winograd_same_block(fast.warping_module.third, winograd_min_channels)

@@ -221,6 +221,7 @@ class SlicedDenseMotion(nn.Module):
         self.register_buffer("occlusion_weight", weight.flatten(1, 2).contiguous())
         self.register_buffer("occlusion_bias", occlusion.bias.detach().clone())
         self.occlusion_padding = occlusion.padding
+        self.heads = None  # or the two heads in one tiled DFT form (:func:`.dft_conv.with_dft_heads`)
 
     def forward(self, feature: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> tuple:
         """-> (deformation (N, D, H, W, 3), occlusion map (N, 1, H, W)), as the network's."""
@@ -241,10 +242,14 @@ class SlicedDenseMotion(nn.Module):
             slices = F.pad(slices, (0, 0, 0, 0, 0, self.pad))
 
         prediction = self.hourglass(slices)  # (N, D, C' + pad, H, W)
-        mask = torch.softmax(self.mask(prediction), dim=2)  # (N, D, K+1, H, W)
+        if self.heads is not None:
+            mask, occlusion = self.heads(prediction)
+        else:
+            mask = self.mask(prediction)
+            occlusion = F.conv2d(prediction.reshape(n, -1, h, w), self.occlusion_weight, self.occlusion_bias,
+                                 padding=self.occlusion_padding)
+        mask = torch.softmax(mask, dim=2)  # (N, D, K+1, H, W)
         deformation = grid[None] + torch.einsum("ndkhw,nkc->ndhwc", mask[:, :, 1:], shifts)
-        occlusion = F.conv2d(prediction.reshape(n, -1, h, w), self.occlusion_weight, self.occlusion_bias,
-                             padding=self.occlusion_padding)
         return deformation, torch.sigmoid(occlusion)
 
 
