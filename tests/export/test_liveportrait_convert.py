@@ -409,6 +409,41 @@ def test_decoder_with_phased_label_convs_equals_the_decoder():
         torch.testing.assert_close(phased(x), decoder(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("phased", [False, True])
+def test_fused_spade_decoder_equals_the_decoder(phased):
+    """The decoder with its blocks fused (shortcut 1x1 conv composed into beta_s, 1 in gamma's
+    bias, one instance norm per block, before the upsampling in up_0 / up_1) against the
+    published computation, at tiny size, with and without phased label convs."""
+    import copy
+
+    from megaportraits_export.liveportrait.fused_spade import FusedSPADEDecoder
+    from megaportraits_export.liveportrait.phased_spade import with_phased_label_convs
+    from megaportraits_export.liveportrait.spade_decoder import SPADEDecoder
+
+    c = tiny_config()
+    torch.manual_seed(12 + phased)
+    decoder = SPADEDecoder(c).eval()
+    base = with_phased_label_convs(copy.deepcopy(decoder)) if phased else copy.deepcopy(decoder)
+    fused = FusedSPADEDecoder(base).eval()
+    assert fused.up_1.shortcut_beta.out_channels == c.spade_out_channels  # composed: conv_s's width
+    x = torch.randn(3, c.warp_channels, c.feature_size, c.feature_size)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), decoder(x), rtol=1e-5, atol=1e-6)
+
+
+def test_composed_shortcut_conv_equals_the_two_convs():
+    from megaportraits_export.liveportrait.fused_spade import compose_1x1_after, one_plus
+
+    torch.manual_seed(13)
+    inner, outer = torch.nn.Conv2d(6, 10, 3, padding=1), torch.nn.Conv2d(10, 4, 1, bias=False)
+    x = torch.randn(2, 6, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(compose_1x1_after(outer, inner)(x), outer(inner(x)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(one_plus(inner)(x), 1 + inner(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="not a plain 1x1"):
+        compose_1x1_after(inner, outer)
+
+
 def test_the_animator_runs_a_liveportrait_bundle(tiny, tmp_path):
     """The family switch end to end: Animator on the tiny bundle, relative motion, against the
     PyTorch networks with LivePortrait's rule composed in torch."""

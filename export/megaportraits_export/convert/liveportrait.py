@@ -26,6 +26,7 @@ from megaportraits_export import command
 from megaportraits_export.liveportrait import keypoints
 from megaportraits_export.liveportrait.config import LivePortraitConfig
 from megaportraits_export.liveportrait.dft_conv import with_dft_heads
+from megaportraits_export.liveportrait.fused_spade import with_fused_spade_blocks
 from megaportraits_export.liveportrait.graphs import role_modules
 from megaportraits_export.liveportrait.phased_spade import with_phased_label_convs
 from megaportraits_export.liveportrait.sliced import with_sliced_dense_motion
@@ -86,10 +87,13 @@ def deployable(networks: LivePortraitNetworks, winograd_min_channels: int = WINO
     convs as 2-D convs of depth slices (:mod:`megaportraits_export.liveportrait.sliced`), its
     7x7 mask and occlusion heads by tiled DFTs (:mod:`~megaportraits_export.liveportrait.dft_conv`), the
     decoder's label convs at the label's resolution (:mod:`~megaportraits_export.liveportrait.phased_spade`),
+    its residual blocks with the shortcut's 1x1 conv composed into its beta conv and one instance
+    norm per block (:mod:`~megaportraits_export.liveportrait.fused_spade`),
     the wide 3x3 convs of the decoder and the warping module's ``third`` in Winograd form
     (:mod:`~megaportraits_export.liveportrait.winograd`; ``winograd_min_channels``: in and out)."""
     fast = with_dft_heads(with_sliced_dense_motion(copy.deepcopy(networks)))
     with_phased_label_convs(fast.spade_generator)
+    with_fused_spade_blocks(fast)
     with_winograd_convs(fast.spade_generator, winograd_min_channels)
     with_winograd_same_block(fast.warping_module.third, winograd_min_channels)
     return fast.eval()
