@@ -23,7 +23,9 @@ from megaportraits_export.data.enhancement import SyntheticEnhancementPairs
 from megaportraits_export.evaluation.pairs import DEFAULT_HELDOUT_IDENTITIES, heldout_pairs
 from megaportraits_export.losses import ssim_loss
 from megaportraits_export.metrics import psnr, ssim
-from megaportraits_export.networks.blocks import plain_conv
+from torch import nn
+
+from megaportraits_export.networks.blocks import group_norm, plain_conv
 from megaportraits_export.networks.enhancer import SCALE, Enhancer, get_enhancer_config
 from megaportraits_export.training.optim import build_adamw, cosine_multiplier
 
@@ -45,20 +47,68 @@ class SkipEnhancer(Enhancer):
         return torch.clamp(upsampled + self.to_residual(x), 0.0, 1.0)
 
 
+class UNetEnhancer(Enhancer):
+    """G_enh with skips: the stem's features join the first upsampling stage (at the base side),
+    the bicubic image joins the high-resolution blocks and is read by the last conv (a linear
+    full-resolution path: a sharpening filter learns directly)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        low, high = config.up_channels
+        self.fuse_base = plain_conv(2, low + config.stem_channels, low, 3)
+        self.fuse_high = plain_conv(2, high + config.channels, high, 3)
+        self.to_residual = nn.ModuleDict({"norm": nn.Sequential(group_norm(high), nn.ReLU()),
+                                          "conv": plain_conv(2, high + config.channels, config.channels, 3)})
+        with torch.no_grad():
+            self.to_residual["conv"].weight.zero_()
+            self.to_residual["conv"].bias.zero_()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        stem = self.encoder[0](image)
+        x = self.decoder(self.encoder[2](self.encoder[1](stem)))
+        x = self.fuse_base(torch.cat([self.up_stages[0](F.interpolate(x, scale_factor=2, mode="nearest")), stem], 1))
+        x = self.up_stages[1](F.interpolate(x, scale_factor=2, mode="nearest"))
+        upsampled = F.interpolate(image, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        x = self.high(self.fuse_high(torch.cat([x, upsampled], 1)))
+        residual = self.to_residual["conv"](torch.cat([self.to_residual["norm"](x), upsampled], 1))
+        return torch.clamp(upsampled + residual, 0.0, 1.0)
+
+
+class GatedEnhancer(UNetEnhancer):
+    """UNetEnhancer whose colour residual is scaled by the local contrast of the bicubic image,
+    v / (v + 1e-4) with v the 5x5 variance of its grey level: flat regions stay bicubic's exactly."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        stem = self.encoder[0](image)
+        x = self.decoder(self.encoder[2](self.encoder[1](stem)))
+        x = self.fuse_base(torch.cat([self.up_stages[0](F.interpolate(x, scale_factor=2, mode="nearest")), stem], 1))
+        x = self.up_stages[1](F.interpolate(x, scale_factor=2, mode="nearest"))
+        upsampled = F.interpolate(image, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        x = self.high(self.fuse_high(torch.cat([x, upsampled], 1)))
+        residual = self.to_residual["conv"](torch.cat([self.to_residual["norm"](x), upsampled], 1))
+        grey = upsampled[:, :3].mean(1, keepdim=True)
+        mean = F.avg_pool2d(grey, 5, 1, 2, count_include_pad=False)
+        var = (F.avg_pool2d(grey * grey, 5, 1, 2, count_include_pad=False) - mean * mean).clamp_min(0)
+        gate = var / (var + 1e-4)
+        residual = torch.cat([residual[:, :3] * gate, residual[:, 3:]], 1)
+        return torch.clamp(upsampled + residual, 0.0, 1.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=("plain", "skip"))
+    parser.add_argument("variant", choices=("plain", "skip", "unet", "gated"))
     parser.add_argument("steps", type=int)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="steps of linear warm-up to the peak, within the cosine (default 0)")
     parser.add_argument("--pixel-loss", choices=("l1", "mse"), default="l1",
                         help="the pixel term at weight 300: L1 (the recipe's) or squared error x 300 / 0.03")
+    parser.add_argument("--ssim-weight", type=float, default=300.0, help="weight of 1 - SSIM (default 300)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     config = get_enhancer_config("demo128")
-    model = (SkipEnhancer if args.variant == "skip" else Enhancer)(config)
+    model = {"plain": Enhancer, "skip": SkipEnhancer, "unet": UNetEnhancer, "gated": GatedEnhancer}[args.variant](config)
     data = SyntheticEnhancementPairs(1000, config.base_size, seed=0, with_mask=True)
     optimizer = build_adamw([{"params": list(model.parameters()), "lr": args.lr}], (0.9, 0.999), 1e-2)
     cosine = cosine_multiplier(args.steps, args.lr, min(1e-5, args.lr))
@@ -71,7 +121,7 @@ def main() -> None:
         out = model(low)
         pixel = (F.l1_loss(out, high) if args.pixel_loss == "l1"
                  else F.mse_loss(out, high) / 0.03)  # about L1's gradient at a 0.03 error
-        loss = 300 * pixel + 300 * ssim_loss(out[:, :3], high[:, :3])
+        loss = 300 * pixel + args.ssim_weight * ssim_loss(out[:, :3], high[:, :3])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -84,8 +134,9 @@ def main() -> None:
         down = F.avg_pool2d(torch.cat([pairs.target, pairs.target_mask], 1), 2)
         enhanced = model(down)[:, :3]
         bicubic = F.interpolate(down, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)[:, :3]
-        weights = model.to_residual[-1].weight.abs().mean(dim=(1, 2, 3))
-    print(f"{args.variant}, {args.steps} steps, lr {args.lr:g}, warm-up {args.warmup}, {args.pixel_loss} ({time.monotonic() - started:.0f} s): SR PSNR "
+        last = model.to_residual["conv"] if args.variant in ("unet", "gated") else model.to_residual[-1]
+        weights = last.weight.abs().mean(dim=(1, 2, 3))
+    print(f"{args.variant}, {args.steps} steps, lr {args.lr:g}, warm-up {args.warmup}, {args.pixel_loss}, SSIM x {args.ssim_weight:g} ({time.monotonic() - started:.0f} s): SR PSNR "
           f"{psnr(enhanced, pairs.target).mean():.4f} vs bicubic {psnr(bicubic, pairs.target).mean():.4f}, SSIM "
           f"{ssim(enhanced, pairs.target).mean():.5f} vs {ssim(bicubic, pairs.target).mean():.5f}; residual "
           f"weights (R, G, B, matte) {[round(float(w), 5) for w in weights]}")

@@ -188,8 +188,11 @@ ENHANCER_PARTS = (
     ("encoder", "conv + 2 residual blocks (the first halves the side)"),
     ("decoder", "residual blocks at half the base side"),
     ("up_stages", "2 upsampling stages (nearest 2x + a residual block)"),
+    ("join_stem", "conv joining the stem's features to the first stage (skips)"),
+    ("join_upsampled", "conv joining the bicubic image at the high side (skips)"),
     ("high", "residual blocks at the high side"),
     ("to_residual", "GN, ReLU, conv to the residual over bicubic upsampling"),
+    ("linear_path", "the linear super-resolution filter, per output phase (linear_taps)"),
 )
 
 
@@ -231,12 +234,14 @@ def describe_enhancer(preset: str, batch: int = 1) -> dict:
     config = get_enhancer_config(preset)
     with torch.device("meta"):
         model = build_enhancer(config).eval()
-    macs = {path: 0 for path, _ in ENHANCER_PARTS}
+    parts = [(path, what) for path, what in ENHANCER_PARTS if hasattr(model, path)]  # some are optional
+    macs = {path: 0 for path, _ in parts}
     shapes = {}
     handles = []
     for path in macs:
         part = getattr(model, path)
-        last = part[-1] if isinstance(part, nn.ModuleList) else part  # a ModuleList is never called
+        # a ModuleList is never called, nor is the encoder as a whole with the skips (its stem is read)
+        last = part[-1] if isinstance(part, (nn.ModuleList, nn.Sequential)) else part
         handles.append(last.register_forward_hook(_shape_recorder(shapes, path)))
         for layer in part.modules():
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -260,7 +265,7 @@ def describe_enhancer(preset: str, batch: int = 1) -> dict:
         "output_shape": [batch, config.channels, config.output_size, config.output_size],
         "parts": [{"module": path, "what": what, "parameters": count_parameters(getattr(model, path)),
                    "macs_per_sample": macs[path] // batch, "output_shape": shapes[path]}
-                  for path, what in ENHANCER_PARTS],
+                  for path, what in parts],
         "parameters": parameters,
         "macs_per_sample": sum(macs.values()) // batch,
         "fp32_weight_bytes": 4 * parameters,

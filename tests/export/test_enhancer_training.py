@@ -153,3 +153,83 @@ def test_mismatched_base_is_refused(tmp_path, one_torch_thread):
                                       "tiny_matte", {})
     with pytest.raises(ValueError, match="has matte but the tiny enhancer has 3 channels"):
         EnhancerTrainer(tiny_config(path, tmp_path / "r"), setup("cpu"))
+
+
+def _linear_pairs(teacher, count: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    size = teacher.config.base_size
+    for _ in range(count):
+        low = torch.rand(2, 3, size, size, generator=g)
+        with torch.no_grad():
+            yield low, teacher.linear_upsampling(low)
+
+
+def test_least_squares_linear_path_recovers_a_linear_upsampler():
+    """Pairs made by a known random linear filter (taps and bias): the fit returns that filter."""
+    from megaportraits_export.networks.enhancer import build_enhancer
+    from megaportraits_export.training.enhancement import least_squares_linear_path
+
+    teacher = build_enhancer("tiny_matte")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        teacher.linear_path.weight.copy_(torch.randn(teacher.linear_path.weight.shape, generator=g) * 0.2)
+        teacher.linear_path.bias.copy_(torch.randn(4, generator=g) * 0.1)
+    student = build_enhancer("tiny_matte")
+    fitted = least_squares_linear_path(student, _linear_pairs(teacher, 3, seed=4), ridge=0.0)
+    assert fitted == 3 * 2 * 3 * teacher.config.base_size ** 2
+    torch.testing.assert_close(student.linear_path.weight, teacher.linear_path.weight, atol=2e-5, rtol=0)
+    torch.testing.assert_close(student.linear_path.bias, teacher.linear_path.bias, atol=2e-5, rtol=0)
+
+
+def test_least_squares_linear_path_is_numpys_least_squares():
+    """On pairs no linear filter makes (random high images), the normal-equation solve equals
+    numpy's lstsq of the same windows, built here independently by slicing."""
+    import numpy as np
+
+    from megaportraits_export.networks.enhancer import build_enhancer
+    from megaportraits_export.training.enhancement import least_squares_linear_path
+
+    model = build_enhancer(__import__("megaportraits_export.networks.enhancer", fromlist=["x"])
+                           .get_enhancer_config("tiny_matte").replace(base_size=12))
+    g = torch.Generator().manual_seed(6)
+    low, high = torch.rand(2, 3, 12, 12, generator=g), torch.rand(2, 3, 24, 24, generator=g)
+    least_squares_linear_path(model, [(low, high)], ridge=0.0)
+    taps = model.config.linear_taps
+    padded = np.pad(low.numpy().astype(np.float64), ((0, 0), (0, 0), (taps // 2, taps // 2 - 1),
+                                                     (taps // 2, taps // 2 - 1)), mode="edge")
+    rows, truth = [], {p: [] for p in range(4)}
+    for n in range(2):
+        for c in range(3):
+            for i in range(12):
+                for j in range(12):
+                    rows.append(np.append(padded[n, c, i:i + taps, j:j + taps].ravel(), 1.0))
+                    for a in range(2):
+                        for b in range(2):
+                            truth[2 * a + b].append(float(high[n, c, 2 * i + a, 2 * j + b]))
+    design = np.array(rows)
+    for phase in range(4):
+        expected = np.linalg.lstsq(design, np.array(truth[phase]), rcond=None)[0]
+        np.testing.assert_allclose(model.linear_path.weight[phase, 0].detach().numpy().ravel(), expected[:-1], atol=1e-5)
+        np.testing.assert_allclose(float(model.linear_path.bias[phase].detach()), expected[-1], atol=1e-5)
+
+
+def test_warmup_ramps_into_the_cosine():
+    """lr(t) = lr * min(1, (t + 1) / warmup) * cosine(t), by hand at a few steps."""
+    import math
+
+    from megaportraits_export.training.optim import cosine_schedule
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1e-3)
+    schedule = cosine_schedule(optimizer, 100, 1e-3, 1e-5, warmup_steps=10)
+    seen = []
+    for _ in range(12):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+
+    def expected(t):
+        floor = 1e-2
+        return 1e-3 * min(1.0, (t + 1) / 10) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / 100)))
+
+    assert seen == pytest.approx([expected(t) for t in range(12)], rel=1e-9)

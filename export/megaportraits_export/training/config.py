@@ -50,6 +50,7 @@ class OptimSection:
     weight_decay: float = 1e-2
     discriminator_lr: float = 2e-4
     grad_clip: float = 0.0             # 0: no clipping
+    warmup_steps: int = 0              # the enhancer's linear warm-up into the cosine (training.optim.cosine_schedule)
     # the expression path (expression encoder, both warping generators) learns this many times
     # faster than the rest: it can move while the renderer, matte and backdrop stay where they are
     expression_path_lr_scale: float = 1.0
@@ -92,7 +93,9 @@ class EnhancerSection:
     preset: str = ""                   # an enhancer preset; empty: this run trains the base model
     base_checkpoint: str = ""          # the frozen base model (model_*.pt) for the cross-driving branch
     cross_driving: bool = True         # adversarial on enhanced cross-driven frames + the cycle loss
-    l1: float = 100.0                  # on the super-resolution pairs
+    l1: float = 100.0                  # on the super-resolution pairs: the weight of sr_loss
+    sr_loss: str = "l1"                # the paper's "l1", or "mse" (squared error, what PSNR measures)
+    linear_fit_items: int = 0          # fit the linear path by least squares on this many SR pairs first; 0: off
     adversarial: float = 1.0
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
@@ -133,6 +136,7 @@ class TrainConfig:
 _CHOICES = {
     ("data", "kind"): ("synthetic", "video", "portraits"),  # portraits: high-res photos, for an enhancer
     ("enhancer", "reenacted_loss"): ("mse", "l1", "shown_mse"),
+    ("enhancer", "sr_loss"): ("l1", "mse"),
     ("pose_pretrain", "main_stage"): ("frozen", "low_lr"),
     ("train", "device"): ("auto", "cpu", "cuda"),
 }

@@ -16,6 +16,15 @@ distribution). Its default form is the squared error: the base frame does not de
 truth's mean given the frame, what PSNR rewards; L1's is its median (on the demo model after
 200 steps, L1 beat bicubic's L1 but lost 0.15 dB of PSNR to it).
 
+``[enhancer] sr_loss = "mse"`` puts the squared error on the super-resolution pairs too: on clean
+pairs bicubic's colour error is zero at most pixels, so L1's sign gradient holds the residual at
+its median, zero (200 probe steps: colour weights 1e-5, +0.0003 dB); the squared error weights the
+edges. ``linear_fit_items`` > 0 first sets the enhancer's linear path (``linear_taps``) to the
+least-squares filter of that many pairs (:func:`least_squares_linear_path`): the best linear
+upsampler of box-downsampled portraits, from which SGD refines and the nonlinear residual learns
+what no linear filter can (on the base model's blurry frames the filter's sharpening is wrong,
+and the residual has to learn to undo it).
+
 The run uses the training package's parts as the base trainer does (:class:`DataStream` shards
 and positions, DDP through the same :class:`DistributedContext`, AdamW and the cosine schedule,
 the multi-scale patch discriminator and hinge / feature-matching losses, random-generator
@@ -39,7 +48,7 @@ from torch import nn
 
 from .. import checkpoint as model_checkpoint
 from ..losses import discriminator_hinge_loss, feature_matching_loss, generator_hinge_loss, ssim_loss
-from ..networks.enhancer import build_enhancer, get_enhancer_config
+from ..networks.enhancer import Enhancer, build_enhancer, get_enhancer_config, linear_padding
 from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
@@ -61,6 +70,41 @@ def build_enhancement_dataset(cfg: TrainConfig, base_size: int, with_mask: bool)
             raise ValueError("a matte enhancer needs foreground masks: train it on [data] kind = \"synthetic\"")
         return PortraitFolderPairs(cfg.data.root, base_size, seed=cfg.data.seed)
     return SyntheticEnhancementPairs(cfg.data.train_identities, base_size, seed=cfg.data.seed, with_mask=with_mask)
+
+
+@torch.no_grad()
+def least_squares_linear_path(enhancer: Enhancer, pairs, ridge: float = 1e-6) -> int:
+    """Set ``enhancer``'s linear path to the least-squares filter of ``pairs`` (an iterable of
+    batches of (low, high) colours (N, 3, S, S) and (N, 3, 2S, 2S)): per output phase, the taps
+    and bias minimising the squared error over every pixel and colour channel, solved in float64
+    from the normal equations (``ridge`` keeps them regular on flat images). Returns the number
+    of equations (pixels) fitted."""
+    taps = enhancer.config.linear_taps
+    if not taps:
+        raise ValueError(f"enhancer {enhancer.config.name} has no linear path (linear_taps 0)")
+    phases = enhancer.linear_path.out_channels
+    unknowns = taps * taps + 1
+    normal = torch.zeros(phases, unknowns, unknowns, dtype=torch.float64)
+    moment = torch.zeros(phases, unknowns, dtype=torch.float64)
+    count = 0
+    for low, high in pairs:
+        n, c, h, w = low.shape
+        windows = F.unfold(F.pad(low.reshape(n * c, 1, h, w).double(), linear_padding(taps), mode="replicate"), taps)
+        design = torch.cat([windows, torch.ones_like(windows[:, :1])], 1).transpose(1, 2).reshape(-1, unknowns)
+        scale = high.shape[-1] // w
+        truth = F.pixel_unshuffle(high.reshape(n * c, 1, h * scale, w * scale).double(), scale)  # (nc, phases, h, w)
+        truth = truth.flatten(2).transpose(1, 2).reshape(-1, phases)
+        gram = design.T @ design
+        normal += gram
+        moment += (design.T @ truth).T
+        count += design.shape[0]
+    if not count:
+        raise ValueError("no pairs to fit the linear path on")
+    solution = torch.linalg.solve(normal + ridge * count * torch.eye(unknowns, dtype=torch.float64),
+                                  moment[..., None])[..., 0]
+    enhancer.linear_path.weight.copy_(solution[:, :-1].reshape(phases, 1, taps, taps).float())
+    enhancer.linear_path.bias.copy_(solution[:, -1].float())
+    return count
 
 
 def cycle_loss(x_c: torch.Tensor, x_c_hr: torch.Tensor) -> torch.Tensor:
@@ -141,11 +185,13 @@ class EnhancerTrainer:
                                  f"{'4' if base_config.matte else '3'}-channel enhancer preset")
             self.base = FrozenBase(base).to(self.device)
         self.model = build_enhancer(self.enhancer_config).to(self.device)
+        self.dataset = dataset if dataset is not None else build_enhancement_dataset(
+            cfg, self.enhancer_config.base_size, self.enhancer_config.matte)
+        if e.linear_fit_items > 0:  # a resumed run loads its own weights over this
+            self._fit_linear_path(e.linear_fit_items)
         self.use_gan = e.adversarial > 0 or e.feature_matching > 0
         self.discriminator = (build_discriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_scales,
                                                   self.device) if self.use_gan else None)
-        self.dataset = dataset if dataset is not None else build_enhancement_dataset(
-            cfg, self.enhancer_config.base_size, self.enhancer_config.matte)
         seed_everything(cfg.train.seed + 1000 * ctx.rank)
         self.step = 0
         self.elapsed = 0.0
@@ -154,7 +200,7 @@ class EnhancerTrainer:
                                  cfg.data.num_workers)
         o = cfg.optim
         self.optimizer = build_adamw([{"params": list(self.model.parameters()), "lr": o.lr}], o.betas, o.weight_decay)
-        self.scheduler = cosine_schedule(self.optimizer, cfg.train.steps, o.lr, o.lr_min)
+        self.scheduler = cosine_schedule(self.optimizer, cfg.train.steps, o.lr, o.lr_min, o.warmup_steps)
         if self.discriminator is not None:
             self.d_optimizer = build_adamw([{"params": list(self.discriminator.parameters()),
                                              "lr": o.discriminator_lr}], o.betas, o.weight_decay)
@@ -163,6 +209,18 @@ class EnhancerTrainer:
         self.net = self._wrap(self.model)
         self.critic = self._wrap(self.discriminator) if self.discriminator is not None else None
         self.logger = RunLogger(self.out_dir) if ctx.is_main else NullLogger()
+
+    def _fit_linear_path(self, items: int) -> None:
+        """The least-squares linear path on the first ``items`` pairs of the dataset (the same on
+        every rank: the items are deterministic)."""
+        count = min(items, len(self.dataset))
+
+        def batches():
+            for start in range(0, count, 8):
+                chunk = [self.dataset[i] for i in range(start, min(start + 8, count))]
+                yield (torch.stack([c["low"][:3] for c in chunk]), torch.stack([c["high"][:3] for c in chunk]))
+
+        least_squares_linear_path(self.model, batches())
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         return wrap_ddp(module, self.ctx)
@@ -185,8 +243,9 @@ class EnhancerTrainer:
             inputs.append(x_c)
         out = self.net(torch.cat(inputs) if len(inputs) > 1 else low)
         enhanced, x_c_hr = out[:len(low)], (out[len(low):] if x_c is not None else None)
-        terms = {"l1": F.l1_loss(enhanced, high)}
-        loss = e.l1 * terms["l1"]
+        sr = "l1" if e.sr_loss == "l1" else "sr_mse"
+        terms = {sr: (F.l1_loss if sr == "l1" else F.mse_loss)(enhanced, high)}
+        loss = e.l1 * terms[sr]
         if e.ssim > 0:  # the evaluation scores the colours
             terms["ssim"] = ssim_loss(enhanced[:, :3], high[:, :3])
             loss = loss + e.ssim * terms["ssim"]
@@ -256,7 +315,8 @@ class EnhancerTrainer:
                       "batch_size": cfg.train.batch_size * cfg.train.grad_accum * self.ctx.world_size,
                       "processes": self.ctx.world_size},
             "training_seconds": round(self.elapsed, 1),
-            "losses": {"l1": e.l1, "adversarial": e.adversarial, "feature_matching": e.feature_matching,
+            "losses": {"l1": e.l1, "sr_loss": e.sr_loss, "linear_fit_items": e.linear_fit_items,
+                       "warmup_steps": cfg.optim.warmup_steps, "adversarial": e.adversarial, "feature_matching": e.feature_matching,
                        "cycle": e.cycle, "reenacted": e.reenacted, "reenacted_loss": e.reenacted_loss,
                        "ssim": e.ssim, "reenacted_ssim": e.reenacted_ssim, "cross_driving": e.cross_driving,
                        "gan_start_step": cfg.losses.gan_start_step},
