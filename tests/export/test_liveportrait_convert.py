@@ -173,6 +173,33 @@ def test_slice_conv_folds_batch_norm_and_pads_channels():
     assert got.shape[1] == 5 and torch.equal(got[:, 3:], torch.zeros_like(got[:, 3:]))
 
 
+@pytest.mark.parametrize("form", [{"im2col": True}, {"winograd": True}, {"output_taps": True},
+                                  {"upsampled": True}])
+def test_slice_conv_forms_equal_conv3d(form):
+    """Each layout a 3x3x3 slice conv may take (one MatMul of patches, Winograd F(4x4, 3x3) of
+    the stacked taps, taps as outputs, the phase form of a 2x upsampled input) against Conv3d
+    with its BatchNorm, on random unit-scale inputs."""
+    import torch.nn.functional as F
+
+    from megaportraits_export.liveportrait.sliced import SliceConv
+
+    g = torch.Generator().manual_seed(4)
+    conv = torch.nn.Conv3d(6, 5, 3, padding=1).eval()
+    norm = torch.nn.BatchNorm3d(5).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5, generator=g)
+        norm.running_var.uniform_(0.3, 3.0, generator=g)
+        x = torch.randn(2, 6, 5, 8, 8, generator=g)
+        sliced = SliceConv(conv, norm, **form)
+        if form.get("upsampled"):
+            expected = F.relu(norm(conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))))
+        else:
+            expected = norm(conv(x))
+        got = sliced(x.transpose(1, 2)).transpose(1, 2)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-5)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sliced_dense_motion_equals_the_network(seed):
     """The slice form the bundle holds against the published computation; the tiny hourglass's

@@ -24,7 +24,14 @@ hourglass's input to the mask and occlusion heads, and every 3-D operation becom
 * the occlusion conv reads ``(N, D * C, H, W)``: its weight's channels are permuted to match
   instead of the prediction being transposed back;
 * the keypoint heatmaps are flushed to zero below 1e-30 (:func:`.dense_motion.keypoint_heatmaps`):
-  their subnormal values had made the two convs reading them 4x slower.
+  their subnormal values had made the two convs reading them 4x slower; their squared
+  distances are summed from per-axis terms (:func:`separable_keypoint_heatmaps`, same values);
+* the first conv (112 -> 64 channels) takes its depth taps as outputs (no three stacked copies
+  of the widest tensor), convs on slices of 4 x 4 pixels or fewer are one MatMul of explicit
+  patches (:data:`IM2COL_MAX_SIDE`: ORT's conv ran them at half speed), and the wide
+  input-tap convs on slices of 8 or more run in Winograd form (:func:`_winograd_worth`);
+* the mask and occlusion heads may run by tiled DFTs (:mod:`.dft_conv`, set by
+  :func:`.dft_conv.with_dft_heads`).
 
 Exact up to float rounding (the tests compare with :class:`.dense_motion.DenseMotionNetwork`).
 Built from a loaded network, it reads the same parameters; it is an export-time form only.
@@ -38,10 +45,12 @@ from torch import nn
 from megaportraits_export.warp import sample_volume
 
 from .blocks import Hourglass
-from .dense_motion import HEATMAP_FLUSH_EXPONENT, DenseMotionNetwork, coordinate_grid, keypoint_heatmaps
-from .phased_spade import phase_kernels, phased_conv
+from .dense_motion import HEATMAP_FLUSH_EXPONENT, KP_VARIANCE, DenseMotionNetwork, coordinate_grid
+from .phased_spade import phased_conv, shuffled_phase_kernels
 
 OUTPUT_TAPS_MIN_DEPTH = 5  # kernel depth from which the taps go to output channels (the mask conv)
+IM2COL_MAX_SIDE = 4  # slices at most this wide run their conv as one MatMul (profiled: ORT's conv ran at half speed)
+WINOGRAD_MIN_TAP_CHANNELS = 384  # input-tap convs this wide (kd x C) on slices >= 8 run in Winograd form
 CHANNEL_BLOCK = 16  # MLAS's NCHWc block with AVX-512 (8 with AVX2 divides it)
 PHASED_MIN_SIDE = 8  # small-slice side from which an up block's conv runs in phase form
 
@@ -81,14 +90,32 @@ def _input_taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 1, 3, 4).reshape(cout, kd * c, kh, kw)
 
 
+def conv_input_taps_matmul(slices: torch.Tensor, columns_weight: torch.Tensor, bias: torch.Tensor,
+                           depth_kernel: int, padding: tuple, kernel: tuple) -> torch.Tensor:
+    """:func:`conv_input_taps` as one MatMul of explicit patches (im2col), for tiny slices: the
+    stacked taps' kh x kw neighbourhoods side by side, times ``columns_weight``, the input-tap
+    weight as (kd * C * kh * kw, Cout)."""
+    n = slices.shape[0]
+    pd, ph, pw = padding
+    kh, kw = kernel
+    stacked, depth = _stack_taps(slices, depth_kernel, pd)  # (N D', kd C, H, W)
+    b, c, h, w = stacked.shape
+    h_out, w_out = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+    padded = F.pad(stacked, (pw, pw, ph, ph))
+    patches = torch.stack([padded[:, :, a:a + h_out, e:e + w_out] for a in range(kh) for e in range(kw)], dim=-1)
+    patches = patches.permute(0, 2, 3, 1, 4).reshape(b * h_out * w_out, c * kh * kw)
+    out = torch.matmul(patches, columns_weight) + bias
+    return out.reshape(n, depth, h_out, w_out, -1).permute(0, 1, 4, 2, 3)
+
+
 def conv_upsampled_input_taps(slices: torch.Tensor, phase_weight: torch.Tensor, bias: torch.Tensor,
                               depth_kernel: int, depth_padding: int, relu: bool = False) -> torch.Tensor:
     """A 3x3x3-type conv (H/W kernel 3, padding 1) of the slices upsampled 2x in H and W with
     nearest neighbours, from the small slices: ``phase_weight`` holds the
-    :func:`.phased_spade.phase_kernels` of the input-tap weight."""
+    :func:`.phased_spade.shuffled_phase_kernels` of the input-tap weight."""
     n = slices.shape[0]
     stacked, depth = _stack_taps(slices, depth_kernel, depth_padding)
-    out = phased_conv(stacked, phase_weight, bias.repeat(4), 2, relu)
+    out = phased_conv(stacked, phase_weight, bias.repeat_interleave(4), 2, relu)
     return out.reshape(n, depth, *out.shape[1:])
 
 
@@ -135,22 +162,43 @@ class SliceConv(nn.Module):
     to the conv's) are ignored; ``pad_outputs`` output channels of zeros are appended."""
 
     def __init__(self, conv: nn.Conv3d, norm: nn.BatchNorm3d | None = None, pad_inputs: int = 0,
-                 pad_outputs: int = 0, upsampled: bool = False):
+                 pad_outputs: int = 0, upsampled: bool = False, output_taps: bool | None = None,
+                 im2col: bool = False, winograd: bool = False):
         """``upsampled``: the conv reads the slices 2x nearest-upsampled in H and W (the hourglass's
-        up blocks), which it is given small; then a ReLU follows (fused)."""
+        up blocks), which it is given small; then a ReLU follows (fused). ``output_taps``: the
+        layout of the depth taps (default: by kernel depth); ``im2col``: the input-tap form as
+        one MatMul (:func:`conv_input_taps_matmul`, for slices of a few pixels); ``winograd``:
+        the input-tap form's 2-D conv in Winograd F(4x4, 3x3) form (:mod:`.winograd`; measured
+        faster for the wide ones, e.g. the hourglass's last conv, 432 -> 144 at 64x64: 391 -> 344 ms)."""
         super().__init__()
         _check_plain(conv)
         weight, bias = fold_batch_norm(conv, norm)
         weight = _zero_channels(_zero_channels(weight, 1, pad_inputs), 0, pad_outputs)
         bias = _zero_channels(bias, 0, pad_outputs)
         self.padding = tuple(conv.padding)
+        self.kernel = tuple(conv.kernel_size[1:])
         self.depth_kernel = conv.kernel_size[0]
-        self.output_taps = self.depth_kernel >= OUTPUT_TAPS_MIN_DEPTH
+        self.output_taps = self.depth_kernel >= OUTPUT_TAPS_MIN_DEPTH if output_taps is None else output_taps
         self.upsampled = upsampled
+        self.im2col = im2col
+        if (upsampled or im2col or winograd) and self.output_taps:
+            raise ValueError(f"the upsampled, im2col and Winograd slice forms of {conv} take input taps")
+        self.winograd = None
+        if winograd:
+            from .winograd import WinogradConv2d
+
+            taps = _input_taps(weight)
+            plain = nn.Conv2d(taps.shape[1], taps.shape[0], self.kernel, padding=self.padding[1:])
+            with torch.no_grad():
+                plain.weight.copy_(taps)
+                plain.bias.copy_(bias)
+            self.winograd = WinogradConv2d(plain, 4)
         if upsampled:
-            if self.output_taps or conv.kernel_size[1:] != (3, 3) or self.padding[1:] != (1, 1):
+            if conv.kernel_size[1:] != (3, 3) or self.padding[1:] != (1, 1):
                 raise ValueError(f"no upsampled slice form for {conv} (H/W kernel 3, padding 1 only)")
-            weight = phase_kernels(_input_taps(weight), 2)
+            weight = shuffled_phase_kernels(_input_taps(weight), 2)
+        elif im2col:
+            weight = _input_taps(weight).reshape(weight.shape[0], -1).t().contiguous()  # (kd C kh kw, Cout)
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
 
@@ -158,8 +206,31 @@ class SliceConv(nn.Module):
         if self.upsampled:
             return conv_upsampled_input_taps(slices, self.weight, self.bias, self.depth_kernel, self.padding[0],
                                              relu=True)
+        if self.winograd is not None:
+            stacked, depth = _stack_taps(slices, self.depth_kernel, self.padding[0])
+            out = self.winograd(stacked)
+            return out.reshape(slices.shape[0], depth, *out.shape[1:])
+        if self.im2col:
+            return conv_input_taps_matmul(slices, self.weight, self.bias, self.depth_kernel, self.padding,
+                                          self.kernel)
         form = conv_output_taps if self.output_taps else conv_input_taps
         return form(slices, self.weight, self.bias, self.padding)
+
+
+def separable_keypoint_heatmaps(keypoints: torch.Tensor, depth: int, height: int, width: int,
+                                flush_below: float) -> torch.Tensor:
+    """:func:`.dense_motion.keypoint_heatmaps` on :func:`.dense_motion.coordinate_grid`, flushed,
+    with the squared distance summed from per-axis terms ((x - kx)^2 + (y - ky)^2) + (z - kz)^2,
+    the same values in the same order, broadcast instead of a (N, K, D, H, W, 3) offset tensor."""
+    def axis(n, i):
+        grid = torch.linspace(-1.0, 1.0, n, dtype=keypoints.dtype, device=keypoints.device)
+        offset = grid - keypoints[:, :, i:i + 1]  # (N, K, n)
+        return offset * offset
+
+    squared = (axis(width, 0)[:, :, None, None, :] + axis(height, 1)[:, :, None, :, None]) \
+        + axis(depth, 2)[:, :, :, None, None]
+    exponent = squared * (-0.5 / KP_VARIANCE)
+    return torch.where(exponent > flush_below, torch.exp(exponent), torch.zeros_like(exponent))
 
 
 def _per_slice(fn, slices: torch.Tensor) -> torch.Tensor:
@@ -167,6 +238,14 @@ def _per_slice(fn, slices: torch.Tensor) -> torch.Tensor:
     n, d = slices.shape[:2]
     out = fn(slices.reshape(n * d, *slices.shape[2:]))
     return out.reshape(n, d, *out.shape[1:])
+
+
+def _winograd_worth(conv: nn.Conv3d, side: int, pad_inputs: int = 0) -> bool:
+    """Whether an input-tap slice conv on ``side`` x ``side`` slices runs faster in Winograd form
+    (:data:`WINOGRAD_MIN_TAP_CHANNELS`; 4x4 tiles need a side divisible by 4, and at 8 or more)."""
+    kd, kh, kw = conv.kernel_size
+    return (kd < OUTPUT_TAPS_MIN_DEPTH and (kh, kw) == (3, 3) and tuple(conv.padding[1:]) == (1, 1)
+            and kd * (conv.in_channels + pad_inputs) >= WINOGRAD_MIN_TAP_CHANNELS and side >= 8 and side % 4 == 0)
 
 
 class SlicedHourglass(nn.Module):
@@ -179,11 +258,21 @@ class SlicedHourglass(nn.Module):
         so they end both)."""
         super().__init__()
         down = hourglass.encoder.down_blocks
-        self.down = nn.ModuleList(SliceConv(b.conv, b.norm, pad_inputs if i == 0 else 0) for i, b in enumerate(down))
+        # the first conv's input is the widest tensor here: its taps go to the (fewer) outputs
+        # rather than stacking three copies of it; convs on slices of a few pixels are MatMuls
+        self.down = nn.ModuleList(
+            SliceConv(b.conv, b.norm, pad_inputs if i == 0 else 0,
+                      output_taps=True if i == 0 and b.conv.out_channels < b.conv.in_channels + pad_inputs else None,
+                      im2col=i > 0 and (side >> i) <= IM2COL_MAX_SIDE,
+                      winograd=i > 0 and _winograd_worth(b.conv, side >> i))
+            for i, b in enumerate(down))
         small_sides = [side >> (len(down) - j) for j in range(len(down))]  # each up block's input
-        self.up = nn.ModuleList(SliceConv(b.conv, b.norm, upsampled=small >= PHASED_MIN_SIDE)
+        self.up = nn.ModuleList(SliceConv(b.conv, b.norm, upsampled=small >= PHASED_MIN_SIDE,
+                                          im2col=small < PHASED_MIN_SIDE and 2 * small <= IM2COL_MAX_SIDE)
                                 for b, small in zip(hourglass.decoder.up_blocks, small_sides))
-        self.out = SliceConv(hourglass.decoder.conv, hourglass.decoder.norm, pad_inputs, pad_inputs)
+        conv = hourglass.decoder.conv
+        self.out = SliceConv(conv, hourglass.decoder.norm, pad_inputs, pad_inputs,
+                             winograd=_winograd_worth(conv, side, pad_inputs))
 
     def forward(self, slices: torch.Tensor) -> torch.Tensor:
         skips = [slices]
@@ -234,8 +323,8 @@ class SlicedDenseMotion(nn.Module):
                                grid[None, None] + shifts[:, :, None, None, None, :]], dim=1)
         moved = sample_volume(feature, proposals.reshape(n, (k + 1) * d, h, w, 3))  # (N, C, (K+1) D, H, W)
         moved = moved.reshape(n, c, k + 1, d, h, w).permute(0, 3, 2, 1, 4, 5)  # (N, D, K+1, C, H, W)
-        heatmaps = (keypoint_heatmaps(kp_driving, grid, HEATMAP_FLUSH_EXPONENT)
-                    - keypoint_heatmaps(kp_source, grid, HEATMAP_FLUSH_EXPONENT))  # (N, K, D, H, W), no subnormals
+        heatmaps = (separable_keypoint_heatmaps(kp_driving, d, h, w, HEATMAP_FLUSH_EXPONENT)
+                    - separable_keypoint_heatmaps(kp_source, d, h, w, HEATMAP_FLUSH_EXPONENT))  # no subnormals
         heatmaps = torch.cat([heatmaps.new_zeros(n, 1, d, h, w), heatmaps], dim=1).transpose(1, 2)
         slices = torch.cat([heatmaps[:, :, :, None], moved], dim=3).reshape(n, d, (k + 1) * (c + 1), h, w)
         if self.pad:
