@@ -6,8 +6,8 @@ frame's ~440 G multiply-adds at 256x256 alone. A 3x3 conv of an s-times nearest-
 is, per output phase (a, b) (the output pixel's row and column modulo s), a conv of the small
 map whose taps are the big kernel's taps summed by the small pixel they land on; for s >= 2
 every phase reads at most 2x2 small pixels. So one 2x2 conv of the small map (padded by one)
-gives all s x s phases as channels, each phase takes its window (rows from i - 1 or from
-i), and the phases are interleaved into the big map (a pixel shuffle): 2.25x fewer multiply-adds, exact up to
+gives all s x s phases as channel groups, each phase takes its window (rows from i - 1 or from
+i), and the phases are interleaved into the big map: 2.25x fewer multiply-adds, exact up to
 float rounding (the sums of taps are formed in float64).
 
 :func:`with_phased_label_convs` swaps these SPADEs in a decoder copy; the parameters are read
@@ -46,31 +46,22 @@ def phase_kernels(weight: torch.Tensor, scale: int) -> torch.Tensor:
     return out.reshape(scale * scale * cout, cin, 2, 2).to(weight.dtype)
 
 
-def shuffled_phase_kernels(weight: torch.Tensor, scale: int) -> torch.Tensor:
-    """:func:`phase_kernels` with the channel groups in pixel-shuffle order: channel c * s * s
-    + a * s + b holds phase (a, b) of output channel c."""
-    s = scale
-    k = phase_kernels(weight, s)
-    return k.reshape(s, s, -1, *k.shape[1:]).permute(2, 0, 1, 3, 4, 5).reshape(k.shape)
-
-
-def phased_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: int,
-                relu: bool = False) -> torch.Tensor:
-    """The 3x3 conv whose :func:`shuffled_phase_kernels` are ``weight`` (bias repeated s * s
-    times per channel) of ``x`` upsampled ``scale`` times with nearest neighbours, from ``x``
-    (N, Cin, H, W). The last phase row and column read their window one small pixel lower /
-    further right, so each of the two crops is one slice of the phases before it and one of
-    the last, and a pixel shuffle (DepthToSpace) interleaves the phases (s x s crops stacked
-    twice had moved about twice the bytes)."""
+def phased_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: int, relu: bool = False) -> torch.Tensor:
+    """The 3x3 conv whose :func:`phase_kernels` are ``weight`` (bias repeated per phase) of
+    ``x`` upsampled ``scale`` times with nearest neighbours, from ``x`` (N, Cin, H, W)."""
     n, _, h, w = x.shape
     s = scale
-    y = F.conv2d(x, weight, bias, padding=1)  # (N, C*s*s, H+1, W+1)
+    c = weight.shape[0] // (s * s)
+    y = F.conv2d(x, weight, bias, padding=1)  # (N, s*s*C, H+1, W+1)
     if relu:
         y = F.relu(y)
-    y = y.reshape(n, -1, s, s, h + 1, w + 1)
-    y = torch.cat([y[:, :, :s - 1, :, :h], y[:, :, s - 1:, :, 1:]], dim=2)
-    y = torch.cat([y[:, :, :, :s - 1, :, :w], y[:, :, :, s - 1:, :, 1:]], dim=3)
-    return F.pixel_shuffle(y.reshape(n, -1, h, w), s)
+    y = y.reshape(n, s, s, c, h + 1, w + 1)
+    phases = []
+    for a in range(s):
+        top = 1 + _window_start(a, s)
+        row = [y[:, a, b, :, top:top + h, 1 + _window_start(b, s):1 + _window_start(b, s) + w] for b in range(s)]
+        phases.append(torch.stack(row, dim=-1))  # (N, C, H, W, s_b)
+    return torch.stack(phases, dim=3).reshape(n, c, h * s, w * s)  # from (N, C, H, s_a, W, s_b)
 
 
 class PhasedUpsampledConv(nn.Module):
@@ -85,9 +76,9 @@ class PhasedUpsampledConv(nn.Module):
             raise ValueError(f"no phase form for {conv} (3x3, padding 1, stride 1 only)")
         self.scale = scale
         self.relu = relu
-        self.register_buffer("weight", shuffled_phase_kernels(conv.weight, scale))
+        self.register_buffer("weight", phase_kernels(conv.weight, scale))
         bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
-        self.register_buffer("bias", bias.repeat_interleave(scale * scale))
+        self.register_buffer("bias", bias.repeat(scale * scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return phased_conv(x, self.weight, self.bias, self.scale, self.relu)

@@ -46,7 +46,7 @@ from megaportraits_export.warp import sample_volume
 
 from .blocks import Hourglass
 from .dense_motion import HEATMAP_FLUSH_EXPONENT, KP_VARIANCE, DenseMotionNetwork, coordinate_grid
-from .phased_spade import phased_conv, shuffled_phase_kernels
+from .phased_spade import phase_kernels, phased_conv
 
 OUTPUT_TAPS_MIN_DEPTH = 5  # kernel depth from which the taps go to output channels (the mask conv)
 IM2COL_MAX_SIDE = 4  # slices at most this wide run their conv as one MatMul (profiled: ORT's conv ran at half speed)
@@ -112,10 +112,10 @@ def conv_upsampled_input_taps(slices: torch.Tensor, phase_weight: torch.Tensor, 
                               depth_kernel: int, depth_padding: int, relu: bool = False) -> torch.Tensor:
     """A 3x3x3-type conv (H/W kernel 3, padding 1) of the slices upsampled 2x in H and W with
     nearest neighbours, from the small slices: ``phase_weight`` holds the
-    :func:`.phased_spade.shuffled_phase_kernels` of the input-tap weight."""
+    :func:`.phased_spade.phase_kernels` of the input-tap weight."""
     n = slices.shape[0]
     stacked, depth = _stack_taps(slices, depth_kernel, depth_padding)
-    out = phased_conv(stacked, phase_weight, bias.repeat_interleave(4), 2, relu)
+    out = phased_conv(stacked, phase_weight, bias.repeat(4), 2, relu)
     return out.reshape(n, depth, *out.shape[1:])
 
 
@@ -196,7 +196,7 @@ class SliceConv(nn.Module):
         if upsampled:
             if conv.kernel_size[1:] != (3, 3) or self.padding[1:] != (1, 1):
                 raise ValueError(f"no upsampled slice form for {conv} (H/W kernel 3, padding 1 only)")
-            weight = shuffled_phase_kernels(_input_taps(weight), 2)
+            weight = phase_kernels(_input_taps(weight), 2)
         elif im2col:
             weight = _input_taps(weight).reshape(weight.shape[0], -1).t().contiguous()  # (kd C kh kw, Cout)
         self.register_buffer("weight", weight)
