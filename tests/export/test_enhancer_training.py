@@ -233,3 +233,33 @@ def test_warmup_ramps_into_the_cosine():
         return 1e-3 * min(1.0, (t + 1) / 10) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / 100)))
 
     assert seen == pytest.approx([expected(t) for t in range(12)], rel=1e-9)
+
+
+def test_fitted_linear_path_held_while_the_rest_trains(tmp_path, one_torch_thread):
+    """[enhancer] linear_fit_items + train_linear_path = false, on a matte base: the trainer's
+    linear path is the least-squares fit of the dataset's first items, and training steps
+    (squared error on the SR pairs) move the other weights but not it."""
+    from megaportraits_export.networks.enhancer import build_enhancer
+    from megaportraits_export.training.enhancement import least_squares_linear_path
+
+    torch.manual_seed(8)
+    base = checkpoint.save_checkpoint(tmp_path / "base.pt", build_model("tiny_matte"), get_config("tiny_matte"),
+                                      "tiny_matte", {"weights": "random-init"})
+    cfg = tiny_config(base, tmp_path / "run", steps=2).replace(
+        "enhancer", preset="tiny_matte", linear_fit_items=10, train_linear_path=False, sr_loss="mse")
+    trainer = EnhancerTrainer(cfg, setup("cpu"))
+    expected = build_enhancer("tiny_matte")
+    items = [trainer.dataset[i] for i in range(10)]
+    least_squares_linear_path(expected, [(torch.stack([it["low"][:3] for it in items]),
+                                          torch.stack([it["high"][:3] for it in items]))])
+    torch.testing.assert_close(trainer.model.linear_path.weight, expected.linear_path.weight, atol=1e-6, rtol=0)
+    bicubic_taps = build_enhancer("tiny_matte").linear_path.weight
+    assert float((trainer.model.linear_path.weight - bicubic_taps).abs().max()) > 1e-3  # the fit moved it
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    scalars = trainer.train_step()
+    trainer.train_step()
+    assert "sr_mse" in scalars and "l1" not in scalars
+    after = trainer.model.state_dict()
+    assert torch.equal(after["linear_path.weight"], before["linear_path.weight"])
+    assert torch.equal(after["linear_path.bias"], before["linear_path.bias"])
+    assert not torch.equal(after["to_residual.2.weight"], before["to_residual.2.weight"])

@@ -96,6 +96,7 @@ class EnhancerSection:
     l1: float = 100.0                  # on the super-resolution pairs: the weight of sr_loss
     sr_loss: str = "l1"                # the paper's "l1", or "mse" (squared error, what PSNR measures)
     linear_fit_items: int = 0          # fit the linear path by least squares on this many SR pairs first; 0: off
+    train_linear_path: bool = True     # false: the linear path keeps its initial (fitted) taps
     adversarial: float = 1.0
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
