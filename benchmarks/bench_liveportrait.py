@@ -86,13 +86,16 @@ def stage_modules(ours) -> dict:
     }
 
 
-def export_stages(ours, directory: Path, progress=print) -> dict:
-    """Our stage graphs (made once, kept in ``directory``): name -> path."""
+def export_stages(ours, directory: Path, names=None, progress=print) -> dict:
+    """Our stage graphs (made once, kept in ``directory``; ``names``: only those): name -> path.
+    The decoder's takes minutes (its Winograd forms are thousands of nodes)."""
     from megaportraits_export.onnx_export import export_graph, save_graph
 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (module, inputs, output, example) in stage_modules(ours).items():
+        if names is not None and name not in names:
+            continue
         path = directory / f"{name}.onnx"
         if not path.is_file():
             progress(f"exporting our {name} stage to {path} ...")
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
     from megaportraits_export.liveportrait.weights import load_networks
 
     ours, _ = load_networks(weights)
-    stage_paths = export_stages(ours, args.work / "stages")
+    stage_paths = export_stages(ours, args.work / "stages", args.stages)
 
     g = torch.Generator().manual_seed(7)
     source = torch.rand(1, 3, 256, 256, generator=g)
