@@ -416,8 +416,11 @@ def test_phased_conv_equals_conv_of_the_upsampled_map(scale):
     x = torch.randn(2, 5, 6, 9)
     with torch.no_grad():
         expected = F.relu(conv(F.interpolate(x, scale_factor=scale, mode="nearest")))
-        got = PhasedUpsampledConv(conv, scale, relu=True)(x)
+        phased = PhasedUpsampledConv(conv, scale, relu=True)
+        got = phased(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    taps = sum(getattr(phased, f"weight{g}")[0].numel() // 5 * len(p) for g, (p, _) in enumerate(phased.groups))
+    assert taps == {2: 16, 3: 25, 4: 36}[scale]  # only the small pixels each phase's window reaches
 
 
 def test_decoder_with_phased_label_convs_equals_the_decoder():

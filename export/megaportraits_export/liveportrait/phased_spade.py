@@ -64,10 +64,38 @@ def phased_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale
     return torch.stack(phases, dim=3).reshape(n, c, h * s, w * s)  # from (N, C, H, s_a, W, s_b)
 
 
+def phase_window(phase: int, scale: int) -> tuple:
+    """The small rows (relative to i) that output row s*i + phase's 3x3 taps reach: two for the
+    first and last phase, one for the others when s >= 3 (their taps all land on row i)."""
+    return tuple(sorted({(phase + d) // scale for d in (-1, 0, 1)}))
+
+
+def phase_kernel_groups(weight: torch.Tensor, scale: int) -> list:
+    """The phases of a (Cout, Cin, 3, 3) kernel grouped by the size of their window: a list of
+    (phases [(a, b), ...], kernel (len(phases) * Cout, Cin, kh, kw), phase-major). At s = 4
+    the 16 phases' windows hold 36 small taps, where 2x2 kernels for all would hold 64."""
+    if scale < 2 or weight.shape[-2:] != (3, 3):
+        raise ValueError(f"phase kernels need a 3x3 kernel and a scale >= 2, not {tuple(weight.shape)} at {scale}")
+    w = weight.detach().double()
+    groups = {}
+    for a in range(scale):
+        for b in range(scale):
+            rows, cols = phase_window(a, scale), phase_window(b, scale)
+            k = w.new_zeros(w.shape[0], w.shape[1], len(rows), len(cols))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    k[:, :, rows.index((a + dy) // scale), cols.index((b + dx) // scale)] += w[:, :, dy + 1, dx + 1]
+            groups.setdefault((len(rows), len(cols)), []).append(((a, b), k))
+    return [([p for p, _ in members], torch.cat([k for _, k in members]).to(weight.dtype))
+            for members in groups.values()]
+
+
 class PhasedUpsampledConv(nn.Module):
     """``conv(F.interpolate(x, scale_factor=s, mode="nearest"))`` for a 3x3, padding 1, stride 1
     conv, computed on ``x`` itself (optionally followed by ReLU, which commutes with the
-    interleaving and fuses into the conv in ONNX Runtime)."""
+    interleaving and fuses into the conv in ONNX Runtime): one conv per window size of the
+    phases (:func:`phase_kernel_groups`; one 2x2 conv at s = 2, four convs with 36 of the 64
+    taps at s = 4), each phase cropped from its group's output, the phases interleaved."""
 
     def __init__(self, conv: nn.Conv2d, scale: int, relu: bool = False):
         super().__init__()
@@ -76,12 +104,30 @@ class PhasedUpsampledConv(nn.Module):
             raise ValueError(f"no phase form for {conv} (3x3, padding 1, stride 1 only)")
         self.scale = scale
         self.relu = relu
-        self.register_buffer("weight", phase_kernels(conv.weight, scale))
         bias = conv.bias.detach() if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
-        self.register_buffer("bias", bias.repeat(scale * scale))
+        self.groups = []  # (phases, each phase's (row, column) crop start)
+        for g, (phases, kernel) in enumerate(phase_kernel_groups(conv.weight, scale)):
+            self.register_buffer(f"weight{g}", kernel)
+            self.register_buffer(f"bias{g}", bias.repeat(len(phases)))
+            starts = [(1 if phase_window(a, scale) == (0, 1) else 0, 1 if phase_window(b, scale) == (0, 1) else 0)
+                      for a, b in phases]
+            self.groups.append((phases, starts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return phased_conv(x, self.weight, self.bias, self.scale, self.relu)
+        n, _, h, w = x.shape
+        s = self.scale
+        out = {}
+        for g, (phases, starts) in enumerate(self.groups):
+            weight = getattr(self, f"weight{g}")
+            kh, kw = weight.shape[-2:]
+            y = F.conv2d(x, weight, getattr(self, f"bias{g}"), padding=(kh - 1, kw - 1))  # 2 taps: padded by 1
+            if self.relu:
+                y = F.relu(y)
+            y = y.reshape(n, len(phases), -1, *y.shape[-2:])
+            for p, (phase, (top, left)) in enumerate(zip(phases, starts)):
+                out[phase] = y[:, p, :, top:top + h, left:left + w]
+        rows = [torch.stack([out[a, b] for b in range(s)], dim=-1) for a in range(s)]  # (N, C, H, W, s_b)
+        return torch.stack(rows, dim=3).reshape(n, -1, h * s, w * s)  # from (N, C, H, s_a, W, s_b)
 
 
 class PhasedSPADE(nn.Module):
