@@ -263,3 +263,41 @@ def test_fitted_linear_path_held_while_the_rest_trains(tmp_path, one_torch_threa
     assert torch.equal(after["linear_path.weight"], before["linear_path.weight"])
     assert torch.equal(after["linear_path.bias"], before["linear_path.bias"])
     assert not torch.equal(after["to_residual.2.weight"], before["to_residual.2.weight"])
+
+
+def test_init_from_adds_a_fitted_linear_path_to_a_trained_network(tmp_path, one_torch_thread):
+    """[enhancer] init_from a network without a linear path (the shipped demo enhancer's route),
+    0 steps: every weight it has is loaded, the added path is the least-squares fit, and the
+    provenance names the start; a network of another layout is refused in one line."""
+    from megaportraits_export.networks.enhancer import build_enhancer, get_enhancer_config
+    from megaportraits_export.training.enhancement import least_squares_linear_path
+
+    torch.manual_seed(9)
+    base = checkpoint.save_checkpoint(tmp_path / "base.pt", build_model("tiny_matte"), get_config("tiny_matte"),
+                                      "tiny_matte", {"weights": "random-init"})
+    without = get_enhancer_config("tiny_matte").replace(linear_taps=0)
+    start = build_enhancer(without)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.normal_(0, 0.05)
+    start_path = checkpoint.save_checkpoint(tmp_path / "start.pt", start, without, "tiny_matte", {})
+    cfg = tiny_config(base, tmp_path / "run", steps=0).replace(
+        "enhancer", preset="tiny_matte", init_from=str(start_path), linear_fit_items=8, train_linear_path=False)
+    trainer = EnhancerTrainer(cfg, setup("cpu"))
+    loaded = trainer.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in start.state_dict().items())
+    items = [trainer.dataset[i] for i in range(8)]
+    expected = build_enhancer("tiny_matte")
+    least_squares_linear_path(expected, [(torch.stack([it["low"][:3] for it in items]),
+                                          torch.stack([it["high"][:3] for it in items]))])
+    torch.testing.assert_close(loaded["linear_path.weight"], expected.linear_path.weight, atol=1e-6, rtol=0)
+    trainer.run(progress=False)
+    model, _, provenance = load_enhancer_checkpoint(tmp_path / "run" / "model_last.pt")
+    assert provenance["initialised_from"]["added"] == ["linear_path.bias", "linear_path.weight"]
+    assert provenance["steps"]["main"] == 0
+    other = checkpoint.save_checkpoint(tmp_path / "other.pt", build_enhancer("tiny"), get_enhancer_config("tiny"),
+                                       "tiny", {})
+    with pytest.raises(ValueError, match="do not fit preset"):
+        EnhancerTrainer(cfg.replace("enhancer", init_from=str(other)), setup("cpu"))
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        config_from_dict({**cfg.to_dict(), "enhancer": {**cfg.to_dict()["enhancer"], "init_from": ""}})

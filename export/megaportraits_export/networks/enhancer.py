@@ -20,13 +20,16 @@ Two choices the paper leaves open, made so that training starts from a sound mod
   4 channels, the matte upsampled with the colours (``channels`` 4).
 
 Three additions to the paper's layout, each off unless a preset turns it on (the demo
-preset has all three; ``paper512`` keeps the paper's plain layout), measured on the demo size's
-clean super-resolution pairs (docs/demo_model.md, "The demo enhancer"):
+preset has the linear path and the gate; ``paper512`` keeps the paper's plain layout), measured
+on the demo size's clean super-resolution pairs (docs/demo_model.md, "The demo enhancer"):
 
 - ``skips``: the stem's features join the first upsampling stage (at the base side) and the
   bicubic image joins the high-resolution blocks and the last conv. Without them the image
   reaches the output only through the decoder at half the base side, and 900 steps learned
-  no colour residual at all (weights ~1e-5; the enhancer was bicubic's colours).
+  no colour residual at all (weights ~1e-5; the enhancer was bicubic's colours); with them
+  300 probe steps learned some (+0.008 to +0.17 dB on clean pairs), but a 1200-step run with
+  them lost 0.07 dB on the base model's renderings through its matte, so the demo preset
+  leaves them off and gets its colours from the linear path.
 - ``linear_taps``: a linear super-resolution filter, per output phase a ``taps`` x ``taps``
   window of the input, shared by the colour channels, in place of bicubic as the path the
   residual is added to. It starts as bicubic (exactly, up to float rounding: bicubic is such
@@ -122,17 +125,16 @@ PRESETS: dict[str, EnhancerConfig] = {
     # 128 -> 256 with the matte: the bundled demo model's enhancer. Its stages are narrow (16 at
     # 128x128, 8 at 256x256): on one CPU core a training step at batch 8 took 2.0x as long with
     # (32, 16), and the demo's run has one core for an hour or so
-    # (16, 8), high_blocks=3); the skips, the linear path and the gate: see the module docstring
+    # (16, 8)); the linear path and the gate: see the module docstring
     "demo128": EnhancerConfig(name="demo128", base_size=128, channels=4, stem_channels=16,
                               encoder_channels=(32, 32), decoder_channels=32, decoder_blocks=8,
-                              up_channels=(16, 8), high_blocks=3, skips=True, linear_taps=6,
-                              contrast_gate=1e-2),
+                              up_channels=(16, 8), high_blocks=3, linear_taps=6, contrast_gate=1e-2),
     # 64 -> 128: tests (forward and backward in a fraction of a second)
     "tiny": EnhancerConfig(name="tiny", base_size=64, channels=3, stem_channels=8,
                            encoder_channels=(8, 16), decoder_channels=16, decoder_blocks=8,
                            up_channels=(8, 8), high_blocks=3),
 }
-# the demo preset's twin for tests: a matte, the skips, the linear path and the gate
+# for tests: the demo preset's options and the skips
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", channels=4, skips=True, linear_taps=6,
                                                 contrast_gate=1e-2)
 

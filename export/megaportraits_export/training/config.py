@@ -97,6 +97,7 @@ class EnhancerSection:
     sr_loss: str = "l1"                # the paper's "l1", or "mse" (squared error, what PSNR measures)
     linear_fit_items: int = 0          # fit the linear path by least squares on this many SR pairs first; 0: off
     train_linear_path: bool = True     # false: the linear path keeps its initial (fitted) taps
+    init_from: str = ""                # start from this enhancer checkpoint's weights (parts it lacks: as built)
     adversarial: float = 1.0
     feature_matching: float = 100.0
     cycle: float = 10.0                # L1(down4(x_c), down8(x_c_HR))
@@ -182,9 +183,13 @@ def config_from_dict(raw: dict) -> TrainConfig:
 def _validate(cfg: TrainConfig) -> None:
     positive = [("train", "steps"), ("train", "batch_size"), ("train", "grad_accum"),
                 ("log", "log_every"), ("log", "image_every"), ("log", "checkpoint_every")]
+    assembling = bool(cfg.enhancer.preset and cfg.enhancer.init_from)  # an enhancer may be loaded + fitted only
     for section, key in positive:
+        if (section, key) == ("train", "steps") and assembling and cfg.train.steps == 0:
+            continue
         if getattr(getattr(cfg, section), key) < 1:
-            raise ConfigError(f"[{section}] {key} must be at least 1")
+            raise ConfigError(f"[{section}] {key} must be at least 1"
+                              + (" (0 only for an [enhancer] run with init_from)" if key == "steps" else ""))
     if cfg.optim.lr_min > cfg.optim.lr:
         raise ConfigError("[optim] lr_min must not exceed lr")
     if cfg.optim.expression_path_lr_scale <= 0:

@@ -185,6 +185,7 @@ class EnhancerTrainer:
                                  f"{'4' if base_config.matte else '3'}-channel enhancer preset")
             self.base = FrozenBase(base).to(self.device)
         self.model = build_enhancer(self.enhancer_config).to(self.device)
+        self.initialised_from = self._initialise_from(e.init_from) if e.init_from else None
         self.dataset = dataset if dataset is not None else build_enhancement_dataset(
             cfg, self.enhancer_config.base_size, self.enhancer_config.matte)
         if e.linear_fit_items > 0:  # a resumed run loads its own weights over this
@@ -214,6 +215,22 @@ class EnhancerTrainer:
         self.net = self._wrap(self.model)
         self.critic = self._wrap(self.discriminator) if self.discriminator is not None else None
         self.logger = RunLogger(self.out_dir) if ctx.is_main else NullLogger()
+
+    def _initialise_from(self, path: str) -> dict:
+        """Load an enhancer checkpoint's weights into the model. The model may have parts the
+        checkpoint lacks (a linear path added to a network trained without one); those stay as
+        built, everything else must match by name and shape."""
+        start, start_config, start_provenance = load_enhancer_checkpoint(path)
+        try:
+            missing, unexpected = self.model.load_state_dict(start.state_dict(), strict=False)
+        except RuntimeError:
+            missing, unexpected = None, None
+        if missing is None or unexpected or any(not k.startswith("linear_path.") for k in missing):
+            raise ValueError(f"[enhancer] init_from {path!r} holds an enhancer ({start_config.name}, skips "
+                             f"{start_config.skips}) whose weights do not fit preset {self.enhancer_config.name!r}; "
+                             "start from a checkpoint of the same layout")
+        return {"checkpoint": start_provenance["checkpoint"], "config": start_config.to_dict(),
+                "added": sorted(missing)}
 
     def _fit_linear_path(self, items: int) -> None:
         """The least-squares linear path on the first ``items`` pairs of the dataset (the same on
@@ -327,6 +344,7 @@ class EnhancerTrainer:
                        "ssim": e.ssim, "reenacted_ssim": e.reenacted_ssim, "cross_driving": e.cross_driving,
                        "gan_start_step": cfg.losses.gan_start_step},
             "config_file": self.config_path,
+            "initialised_from": self.initialised_from,
             "final_losses": {k: round(v, 6) for k, v in self.history.items()},
         }
 
