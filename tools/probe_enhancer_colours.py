@@ -38,7 +38,7 @@ from megaportraits_export.losses import ssim_loss
 from megaportraits_export.metrics import psnr, ssim
 from megaportraits_export.networks.blocks import plain_conv
 from megaportraits_export.networks.enhancer import SCALE, Enhancer, get_enhancer_config
-from megaportraits_export.training.enhancement import least_squares_linear_path
+from megaportraits_export.training.enhancement import colour_pairs, least_squares_linear_path
 from megaportraits_export.training.optim import build_adamw, cosine_schedule
 
 BASE_CHECKPOINT = "runs/demo128_from_bundle/model_last.pt"
@@ -88,15 +88,6 @@ def train(model: Enhancer, data, args) -> None:
             print(f"step {step + 1}/{args.steps}: loss {float(loss.detach()):.4f}", flush=True)
 
 
-def fit(model: Enhancer, data, items: int) -> None:
-    def batches():
-        for start in range(0, items, 8):
-            chunk = [data[i] for i in range(start, min(start + 8, items))]
-            yield torch.stack([c["low"][:3] for c in chunk]), torch.stack([c["high"][:3] for c in chunk])
-
-    least_squares_linear_path(model, batches())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant", choices=("plain", "skip", "unet", "gated", "fitted"))
@@ -115,7 +106,7 @@ def main() -> None:
     data = SyntheticEnhancementPairs(1000, model.config.base_size, seed=0, with_mask=True)
     started = time.monotonic()
     if args.variant == "fitted":
-        fit(model, data, args.steps)
+        least_squares_linear_path(model, colour_pairs(data, args.steps))
         what = f"fitted on {args.steps} pairs, gate {args.gate:g}"
     else:
         train(model, data, args)

@@ -72,6 +72,15 @@ def build_enhancement_dataset(cfg: TrainConfig, base_size: int, with_mask: bool)
     return SyntheticEnhancementPairs(cfg.data.train_identities, base_size, seed=cfg.data.seed, with_mask=with_mask)
 
 
+def colour_pairs(dataset, items: int, batch: int = 8):
+    """The colours of the first ``items`` super-resolution pairs of ``dataset``, as batches of
+    (low, high): what :func:`least_squares_linear_path` fits."""
+    count = min(items, len(dataset))
+    for start in range(0, count, batch):
+        chunk = [dataset[i] for i in range(start, min(start + batch, count))]
+        yield torch.stack([c["low"][:3] for c in chunk]), torch.stack([c["high"][:3] for c in chunk])
+
+
 @torch.no_grad()
 def least_squares_linear_path(enhancer: Enhancer, pairs, ridge: float = 1e-6) -> int:
     """Set ``enhancer``'s linear path to the least-squares filter of ``pairs`` (an iterable of
@@ -94,8 +103,7 @@ def least_squares_linear_path(enhancer: Enhancer, pairs, ridge: float = 1e-6) ->
         scale = high.shape[-1] // w
         truth = F.pixel_unshuffle(high.reshape(n * c, 1, h * scale, w * scale).double(), scale)  # (nc, phases, h, w)
         truth = truth.flatten(2).transpose(1, 2).reshape(-1, phases)
-        gram = design.T @ design
-        normal += gram
+        normal += design.T @ design
         moment += (design.T @ truth).T
         count += design.shape[0]
     if not count:
@@ -235,14 +243,7 @@ class EnhancerTrainer:
     def _fit_linear_path(self, items: int) -> None:
         """The least-squares linear path on the first ``items`` pairs of the dataset (the same on
         every rank: the items are deterministic)."""
-        count = min(items, len(self.dataset))
-
-        def batches():
-            for start in range(0, count, 8):
-                chunk = [self.dataset[i] for i in range(start, min(start + 8, count))]
-                yield (torch.stack([c["low"][:3] for c in chunk]), torch.stack([c["high"][:3] for c in chunk]))
-
-        least_squares_linear_path(self.model, batches())
+        least_squares_linear_path(self.model, colour_pairs(self.dataset, items))
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         return wrap_ddp(module, self.ctx)
