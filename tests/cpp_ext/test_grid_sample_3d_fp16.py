@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def random_case(rng, channels):
 @pytest.mark.parametrize("mode,padding_mode,align_corners", ALL_ATTRIBUTES)
 @pytest.mark.parametrize("channels", [3, 16, 21])
 def test_float16_matches_torch_float32_within_half_rounding(mode, padding_mode, align_corners, channels):
-    rng = np.random.default_rng(hash((mode, padding_mode, align_corners, channels)) % 2**32)
+    # a seed of the case's own (hash() of strings changes with every process: PYTHONHASHSEED)
+    rng = np.random.default_rng(zlib.crc32(f"{mode},{padding_mode},{align_corners},{channels}".encode()))
     x, grid = random_case(rng, channels)
     y = run(x, grid, mode, padding_mode, align_corners)
     assert y.dtype == np.float16 and y.shape == (2, channels) + grid.shape[1:4]
