@@ -153,17 +153,25 @@ def test_slice_convs_equal_conv3d(form, kernel, padding):
         torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
 
 
+def _random_batch_norm(channels: int, g: torch.Generator, affine: bool = False) -> torch.nn.BatchNorm3d:
+    """A BatchNorm3d in eval mode with random running statistics (and random affine terms)."""
+    norm = torch.nn.BatchNorm3d(channels).eval()
+    with torch.no_grad():
+        norm.running_mean.normal_(0, 0.5, generator=g)
+        norm.running_var.uniform_(0.3, 3.0, generator=g)
+        if affine:
+            norm.weight.normal_(1.0, 0.3, generator=g)
+            norm.bias.normal_(0, 0.3, generator=g)
+    return norm
+
+
 def test_slice_conv_folds_batch_norm_and_pads_channels():
     from megaportraits_export.liveportrait.sliced import SliceConv
 
     g = torch.Generator().manual_seed(3)
     conv = torch.nn.Conv3d(5, 3, 3, padding=1).eval()
-    norm = torch.nn.BatchNorm3d(3).eval()
+    norm = _random_batch_norm(3, g, affine=True)
     with torch.no_grad():
-        norm.running_mean.normal_(0, 0.5, generator=g)
-        norm.running_var.uniform_(0.3, 3.0, generator=g)
-        norm.weight.normal_(1.0, 0.3, generator=g)
-        norm.bias.normal_(0, 0.3, generator=g)
         x = torch.randn(2, 5, 6, 8, 8, generator=g)
         expected = norm(conv(x))
         sliced = SliceConv(conv, norm, pad_inputs=3, pad_outputs=2)
@@ -185,10 +193,8 @@ def test_slice_conv_forms_equal_conv3d(form):
 
     g = torch.Generator().manual_seed(4)
     conv = torch.nn.Conv3d(6, 5, 3, padding=1).eval()
-    norm = torch.nn.BatchNorm3d(5).eval()
+    norm = _random_batch_norm(5, g)
     with torch.no_grad():
-        norm.running_mean.normal_(0, 0.5, generator=g)
-        norm.running_var.uniform_(0.3, 3.0, generator=g)
         x = torch.randn(2, 6, 5, 8, 8, generator=g)
         sliced = SliceConv(conv, norm, **form)
         if form.get("upsampled"):
