@@ -27,16 +27,16 @@ on the demo size's clean super-resolution pairs (docs/demo_model.md, "The demo e
   bicubic image joins the high-resolution blocks and the last conv. Without them the image
   reaches the output only through the decoder at half the base side, and 900 steps learned
   no colour residual at all (weights ~1e-5; the enhancer was bicubic's colours); with them
-  300 probe steps learned some (+0.008 to +0.17 dB on clean pairs), but a 1200-step run with
-  them lost 0.07 dB on the base model's renderings through its matte, so the demo preset
-  leaves them off and gets its colours from the linear path.
+  300 probe steps learned some (+0.008 to +0.17 dB on clean pairs), but a run with them
+  (stopped at step 650) lost 0.08 dB on the base model's renderings through its matte, so the
+  demo preset leaves them off and gets its colours from the linear path.
 - ``linear_taps``: a linear super-resolution filter, per output phase a ``taps`` x ``taps``
   window of the input, shared by the colour channels, in place of bicubic as the path the
   residual is added to. It starts as bicubic (exactly, up to float rounding: bicubic is such
   a filter, 4 x 4 taps inside a 6 x 6 window), and training may set it first to the
-  least-squares filter of the pairs
-  (:func:`least_squares_linear_path`, the Wiener filter of box-downsampled portraits: +0.76 dB
-  over bicubic on held-out pairs where 300 SGD steps had found +0.17).
+  least-squares filter of the pairs (``training.enhancement.least_squares_linear_path``, the
+  Wiener filter of box-downsampled portraits: +0.71 dB over bicubic on held-out pairs where 300
+  SGD steps had found at most +0.17).
 - ``contrast_gate`` k: the colours' change over bicubic is scaled by v / (v + k), v the local
   variance (5 x 5) of the bicubic image's grey level, so flat regions stay bicubic's exactly.
   SSIM punishes any noise where the truth is flat (a third of a synthetic portrait's pixels);
