@@ -62,6 +62,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def _count_frames(path) -> int:
+    from megaportraits.video import VideoReader
+
+    with VideoReader(path) as reader:
+        return sum(1 for _ in reader)
+
+
 def _strip(args) -> np.ndarray:
     from megaportraits import Animator
     from megaportraits.bundle import find_bundle
@@ -73,15 +80,18 @@ def _strip(args) -> np.ndarray:
     source = load_image(args.source, "source portrait")
     avatar = animator.prepare(source, source_path=args.source)
     with VideoReader(args.driver) as reader:
-        frames = list(reader)
-    picks = sorted({min(len(frames) - 1, int(f * len(frames))) for f in FRACTIONS})
-    performance = animator.performance(avatar, float(reader.fps))
-    drivers, outputs = [], []
-    for index, frame in enumerate(frames):  # the whole stream, as the demo runs it
-        out = performance(frame)
-        if index in picks:
-            drivers.append(_label(_cell(frame, args.cell), f"driver {index}"))
-            outputs.append(_label(_cell(out, args.cell), f"output {index}"))
+        # the header's frame count picks the frames while streaming; without one, count first
+        count = reader.frame_count or _count_frames(args.driver)
+        picks = sorted({min(count - 1, int(f * count)) for f in FRACTIONS})
+        performance = animator.performance(avatar, float(reader.fps))
+        drivers, outputs = [], []
+        for index, frame in enumerate(reader):  # the whole stream up to the last pick, as the demo runs it
+            out = performance(frame)
+            if index in picks:
+                drivers.append(_label(_cell(frame, args.cell), f"driver {index}"))
+                outputs.append(_label(_cell(out, args.cell), f"output {index}"))
+            if index >= picks[-1]:
+                break
     first = [_label(_cell(source, args.cell), "source"),
              _label(np.zeros((args.cell, args.cell, 3), np.uint8), Path(str(bundle)).name[:20])]
     return np.concatenate([np.concatenate([first[0]] + drivers, 1), np.concatenate([first[1]] + outputs, 1)], 0)

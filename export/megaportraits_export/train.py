@@ -68,7 +68,7 @@ def _train(args) -> int:
             if cfg.enhancer.preset:  # G_enh on top of the frozen base model
                 from .training.enhancement import EnhancerTrainer
 
-                trainer = EnhancerTrainer(cfg, ctx, config_path=str(args.config))
+                trainer = EnhancerTrainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
             else:
                 trainer = Trainer(cfg, ctx, config_path=str(args.config), initialise=not resume)
         except ValueError as e:  # a config the model or the data cannot take (CheckpointError: command.run)

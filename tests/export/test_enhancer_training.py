@@ -295,6 +295,12 @@ def test_init_from_adds_a_fitted_linear_path_to_a_trained_network(tmp_path, one_
     model, _, provenance = load_enhancer_checkpoint(tmp_path / "run" / "model_last.pt")
     assert provenance["initialised_from"]["added"] == ["linear_path.bias", "linear_path.weight"]
     assert provenance["steps"]["main"] == 0
+    # a resumed run neither re-reads init_from nor refits: the state gives weights and the record
+    resumed = EnhancerTrainer(cfg.replace("enhancer", linear_fit_items=10 ** 6), setup("cpu"), initialise=False)
+    assert not torch.equal(resumed.model.linear_path.weight, loaded["linear_path.weight"])  # as built
+    resumed.load(tmp_path / "run" / "state_last.pt")
+    assert torch.equal(resumed.model.linear_path.weight, loaded["linear_path.weight"])
+    assert resumed.initialised_from == provenance["initialised_from"]
     other = checkpoint.save_checkpoint(tmp_path / "other.pt", build_enhancer("tiny"), get_enhancer_config("tiny"),
                                        "tiny", {})
     with pytest.raises(ValueError, match="do not fit preset"):

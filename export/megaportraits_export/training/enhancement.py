@@ -171,7 +171,11 @@ class FrozenBase(nn.Module):
 
 
 class EnhancerTrainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistributedContext, config_path: str = "", dataset=None):
+    def __init__(self, cfg: TrainConfig, ctx: DistributedContext, config_path: str = "", dataset=None,
+                 initialise: bool = True):
+        """``initialise=False`` skips ``[enhancer] init_from`` and the linear path's fit (a run
+        about to be resumed: :meth:`load` replaces the weights, and keeps the state's record of
+        where they started)."""
         self.cfg = cfg
         self.ctx = ctx
         self.device = ctx.device
@@ -193,10 +197,10 @@ class EnhancerTrainer:
                                  f"{'4' if base_config.matte else '3'}-channel enhancer preset")
             self.base = FrozenBase(base).to(self.device)
         self.model = build_enhancer(self.enhancer_config).to(self.device)
-        self.initialised_from = self._initialise_from(e.init_from) if e.init_from else None
+        self.initialised_from = self._initialise_from(e.init_from) if e.init_from and initialise else None
         self.dataset = dataset if dataset is not None else build_enhancement_dataset(
             cfg, self.enhancer_config.base_size, self.enhancer_config.matte)
-        if e.linear_fit_items > 0:  # a resumed run loads its own weights over this
+        if e.linear_fit_items > 0 and initialise:
             self._fit_linear_path(e.linear_fit_items)
         self.use_gan = e.adversarial > 0 or e.feature_matching > 0
         self.discriminator = (build_discriminator(cfg.losses.discriminator_channels, cfg.losses.discriminator_scales,
@@ -376,6 +380,8 @@ class EnhancerTrainer:
         except RuntimeError:  # e.g. a demo128 run from before the preset's narrower stages
             raise ValueError(f"{path} holds an enhancer of another shape than [enhancer] preset "
                              f"{self.cfg.enhancer.preset!r} builds now; start a new run in a new out_dir") from None
+        if self.initialised_from is None:  # resumed without re-reading init_from: keep its record
+            self.initialised_from = (state.get("provenance") or {}).get("initialised_from")
         self.step, self.elapsed = int(training["step"]), float(training["elapsed"])
         self.history = dict(training["history"])
         self.stream.load_state_dict(training["stream"])
