@@ -100,6 +100,10 @@ class ModelConfig:
     # that compositing itself (sdk/megaportraits/compositing.py). Needs foreground masks in the
     # training data (the synthetic heads have them).
     matte: bool = False
+    # G2D also reads the source image, warped to the driver by the composed source and driver
+    # grids (networks/source_pixels.py): the face's features as the source's own pixels, where a
+    # coarse volume loses them. The avatar then carries the source image and the source grid.
+    warped_source: bool = False
     # Which network layout the widths above describe. "megaportraits": this project's networks.
     # "emoportraits": the layout of the official EMOPortraits stage-1 model in its inference form
     # (spectral norm, weight standardisation and BatchNorm folded into plain convs), so that its
@@ -293,8 +297,14 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# demo128 with the source-pixel path (issue 13: a 32x32 volume renders no eyes or mouth); it
+# fine-tunes from demo128's weights, the new parts starting at nothing
+PRESETS["demo128_ws"] = PRESETS["demo128"].replace(name="demo128_ws", warped_source=True)
+
 # tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
+# tiny_matte with the source-pixel path, for the tests of that path (training, export, SDK)
+PRESETS["tiny_ws"] = PRESETS["tiny_matte"].replace(name="tiny_ws", warped_source=True)
 
 # The official EMOPortraits stage-1 base model (neeek2303/EMOPortraits, released checkpoint's
 # arguments): z of 128, G2D up widths 320/192/128 (512 / 1.5 rounded down to multiples of 32),

@@ -133,7 +133,8 @@ class CheckpointExpressionReenactor:
                                                tuple(self.model.driver_branch(reference[part])))
             plates = self.shown.backdrop_plates(avatar, source[part])  # per avatar, not per rendering
             for code, z in (("driver_code", expression), ("source_code", avatar.expression)):
-                rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, pose, z)
+                rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, pose, z,
+                                                 *avatar.source_pixels)
                 outputs[code].append(self.shown.shown_image(rendering, plates))
         return {code: torch.cat(v).clamp(0.0, 1.0) for code, v in outputs.items()}
 

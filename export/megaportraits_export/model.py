@@ -4,7 +4,8 @@
   Run per driver frame; the source branch reuses it for the source's own pose and expression.
 - :class:`SourceBranch`: the source image -> :class:`AvatarState` (canonical volume c_s,
   global descriptor e_s, the source's pose and expression). Run once per avatar:
-  c_s = G3D(sample(v_s, g_s)), g_s from theta_s and W_s->(z_s, e_s).
+  c_s = G3D(sample(v_s, g_s)), g_s from theta_s and W_s->(z_s, e_s). A model with
+  ``config.warped_source`` also keeps the source image and g_s (networks/source_pixels.py).
 - :class:`Generator`: (c_s, e_s, theta_d, z_d) -> image: W_->d(z_d, e_s) gives the driver
   field, one volume sample gives v_d, and P + G2D render it. A model with ``config.matte``
   renders RGBA: the fourth channel is the person's matte (:func:`split_matte` separates them),
@@ -25,6 +26,7 @@ from torch import nn
 from .config import ModelConfig, get_config
 from .networks import (AppearanceEncoder, CanonicalGenerator, ExpressionEncoder, GlobalDescriptorEncoder,
                        HeadPoseRegressor, ImageGenerator, WarpingGenerator, fold_weight_standardisation)
+from .networks.source_pixels import SourcePixelWarp, source_coordinates
 from .warp import driver_grid, sample_volume, source_grid
 
 
@@ -35,6 +37,16 @@ class AvatarState(NamedTuple):
     global_descriptor: torch.Tensor   # (N, Cd, S, S)
     pose: torch.Tensor                # (N, 3, 4) the source's theta_s
     expression: torch.Tensor          # (N, Z) the source's z_s
+    # a model with config.warped_source only: the source image (N, 3, s, s) and its source grid
+    # g_s as a 3-channel volume (N, 3, D, H, W), what the source-pixel path warps and composes
+    source_image: torch.Tensor | None = None
+    source_coordinates: torch.Tensor | None = None
+
+    @property
+    def source_pixels(self) -> tuple:
+        """(source_image, source_coordinates), or () for a model without the source-pixel path:
+        the generator's inputs after the motion."""
+        return () if self.source_image is None else (self.source_image, self.source_coordinates)
 
 
 class Motion(NamedTuple):
@@ -67,6 +79,7 @@ class SourceBranch(nn.Module):
         self.driver_branch = driver_branch
         self.source_warp = WarpingGenerator(config)
         self.canonical_generator = CanonicalGenerator(config)
+        self.keeps_source_pixels = config.warped_source
 
     def forward(self, source_image: torch.Tensor) -> AvatarState:
         return self.encode(source_image)[0]
@@ -77,8 +90,10 @@ class SourceBranch(nn.Module):
         descriptor = self.global_descriptor(source_image)
         pose, expression = self.driver_branch(source_image)
         deformation = self.source_warp(expression, descriptor)
-        canonical = self.canonical_generator(sample_volume(volume, source_grid(pose, deformation)))
-        return AvatarState(canonical, descriptor, pose, expression), deformation
+        grid = source_grid(pose, deformation)
+        canonical = self.canonical_generator(sample_volume(volume, grid))
+        pixels = (source_image, source_coordinates(grid)) if self.keeps_source_pixels else ()
+        return AvatarState(canonical, descriptor, pose, expression, *pixels), deformation
 
 
 def split_matte(rendering: torch.Tensor) -> tuple:
@@ -98,17 +113,32 @@ class Generator(nn.Module):
         super().__init__()
         self.driver_warp = WarpingGenerator(config)
         self.image_generator = ImageGenerator(config)
+        self.source_pixels = SourcePixelWarp(config) if config.warped_source else None
 
     def forward(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
-                expression: torch.Tensor) -> torch.Tensor:
-        return self.render(canonical_volume, global_descriptor, pose, expression)[0]
+                expression: torch.Tensor, source_image: torch.Tensor | None = None,
+                source_coordinates: torch.Tensor | None = None) -> torch.Tensor:
+        return self.render(canonical_volume, global_descriptor, pose, expression, source_image, source_coordinates)[0]
 
     def render(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
-               expression: torch.Tensor) -> tuple:
-        """(image, the driver deformation field D_d): the field is for training losses."""
+               expression: torch.Tensor, source_image: torch.Tensor | None = None,
+               source_coordinates: torch.Tensor | None = None) -> tuple:
+        """(image, the driver deformation field D_d, the warped source image or None): the field
+        and the warped source are for training losses.
+
+        ``source_image`` and ``source_coordinates`` (the avatar's, see AvatarState) are required
+        by, and only read by, a model with the source-pixel path.
+        """
         deformation = self.driver_warp(expression, global_descriptor)
-        driver_volume = sample_volume(canonical_volume, driver_grid(pose, deformation))
-        return self.image_generator(driver_volume), deformation
+        grid = driver_grid(pose, deformation)
+        driver_volume = sample_volume(canonical_volume, grid)
+        if self.source_pixels is None:
+            return self.image_generator(driver_volume), deformation, None
+        if source_image is None or source_coordinates is None:
+            raise ValueError("this model has the source-pixel path (warped_source): give the generator the "
+                             "avatar's source_image and source_coordinates")
+        warped = self.source_pixels(driver_volume, source_coordinates, grid, source_image)
+        return self.image_generator(driver_volume, warped), deformation, warped
 
 
 class MegaPortraits(nn.Module):
@@ -138,12 +168,14 @@ class MegaPortraits(nn.Module):
 
         Returns ``image`` (N, 3, s, s), ``matte`` (N, 1, s, s) or None, ``avatar`` (AvatarState), ``motion`` (the driver's
         Motion), ``driver_expression`` (z_d, for the cycle-consistency loss),
-        ``source_deformation`` and ``driver_deformation`` (N, D, H, W, 3) (for warp regularisers).
+        ``source_deformation`` and ``driver_deformation`` (N, D, H, W, 3) (for warp regularisers),
+        ``warped_source`` (N, 3, s, s), the source image as the driver sees it, or None (a model
+        without the source-pixel path; for the ``source_warp`` loss).
         """
         avatar, source_deformation = self.source_branch.encode(source_image)
         motion = self.driver_branch(driver_image)
-        rendering, driver_deformation = self.generator.render(avatar.canonical_volume, avatar.global_descriptor,
-                                                              *motion)
+        rendering, driver_deformation, *warped = self.generator.render(
+            avatar.canonical_volume, avatar.global_descriptor, *motion, *avatar.source_pixels)
         image, matte = split_matte(rendering)
         return {
             "image": image,
@@ -153,12 +185,14 @@ class MegaPortraits(nn.Module):
             "driver_expression": motion.expression,
             "source_deformation": source_deformation,
             "driver_deformation": driver_deformation,
+            "warped_source": warped[0] if warped else None,
         }
 
     def reenact(self, avatar: AvatarState, motion: Motion) -> torch.Tensor:
         """The image of ``avatar`` moved by ``motion`` (from any driver: cross-reenactment);
         RGBA for a matte model (see :func:`split_matte`)."""
-        return self.generator(avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression)
+        return self.generator(avatar.canonical_volume, avatar.global_descriptor, motion.pose, motion.expression,
+                              *avatar.source_pixels)
 
 
 def build_model(preset_or_config: str | ModelConfig) -> MegaPortraits:

@@ -8,7 +8,7 @@ from torch import nn
 
 from megaportraits_export import warp
 from megaportraits_export.config import PRESETS, ModelConfig, get_config
-from megaportraits_export.model import AvatarState, Motion, build_model, folded_for_export
+from megaportraits_export.model import AvatarState, Motion, build_model, folded_for_export, split_matte
 from megaportraits_export.networks import ExpressionEncoder, resnet
 from megaportraits_export.networks.blocks import (AdaptiveGroupNorm, WSConv2d, WSConv3d, count_parameters,
                                                   standardised_weight)
@@ -109,21 +109,25 @@ def test_tiny_forward_and_backward_reach_every_parameter_with_finite_gradients()
     assert not silent
 
 
-def test_the_source_driver_generator_split_equals_the_full_forward(tiny_model):
+@pytest.mark.parametrize("name", ["tiny", "tiny_ws"])
+def test_the_source_driver_generator_split_equals_the_full_forward(name):
+    torch.manual_seed(0)
+    tiny_model = build_model(name).eval()
     config = tiny_model.config
     source, driver = _images(config, 2, 3), _images(config, 2, 4)
     with torch.no_grad():
         full = tiny_model(source, driver)
         avatar = tiny_model.source_branch(source)
         motion = tiny_model.driver_branch(driver)
-        image = tiny_model.generator(*avatar[:2], *motion)
+        image = split_matte(tiny_model.generator(*avatar[:2], *motion, *avatar.source_pixels))[0]
     assert isinstance(avatar, AvatarState) and isinstance(motion, Motion)
+    assert len(avatar.source_pixels) == (2 if config.warped_source else 0)
     for split, whole in zip(avatar, full["avatar"]):
-        assert torch.equal(split, whole)
+        assert (split is None and whole is None) or torch.equal(split, whole)
     for split, whole in zip(motion, full["motion"]):
         assert torch.equal(split, whole)
     assert torch.equal(image, full["image"])
-    assert torch.equal(tiny_model.reenact(avatar, motion), image)
+    assert torch.equal(split_matte(tiny_model.reenact(avatar, motion))[0], image)
 
 
 def test_the_source_pose_and_expression_come_from_the_shared_driver_branch(tiny_model):

@@ -53,7 +53,8 @@ class CheckpointReenactor:
             if reference is not None:
                 base = tuple(self.model.driver_branch(reference[part]))
                 motion = relative_motion((avatar.pose, avatar.expression), motion, base)
-            rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion)
+            rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, *motion,
+                                             *avatar.source_pixels)
             outputs.append(self.shown_image(rendering, self.backdrop_plates(avatar, source[part])))
         return torch.cat(outputs).clamp(0.0, 1.0)
 
@@ -68,7 +69,8 @@ class CheckpointReenactor:
             return None
         # the backdrop is cut out with the matte of the source re-rendered with its own motion,
         # as the SDK does when it prepares an avatar
-        own = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, avatar.pose, avatar.expression)
+        own = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, avatar.pose, avatar.expression,
+                                   *avatar.source_pixels)
         source_matte = split_matte(own)[1].numpy()
         return np.stack([background_plate(s.numpy(), m) for s, m in zip(source, source_matte)])
 

@@ -35,6 +35,10 @@ class LossWeights:
     makes the expression code matter on small synthetic faces. ``features`` weighs it on the
     driver's face features (eyes, brows, mouth, nose, glasses; ``driver_feature_region``), so a
     model learns to render them in every pair, not only where two expressions differ.
+    ``source_warp`` weighs the pyramid L1 of the source-pixel path's warped source image
+    (networks/source_pixels.py) to the driver's person: it makes the model's warps true
+    correspondences, which nothing else asks of them (a learned canonical volume absorbs any
+    consistent distortion, so the volume path alone leaves the composed warp far from the motion).
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -47,6 +51,7 @@ class LossWeights:
     matte: float = 1.0             # not the paper's: pyramid L1 of a matte model's matte to the mask
     expression: float = 0.0        # not the paper's: L1 on the pixels the driver's expression changes
     features: float = 0.0          # not the paper's: L1 on the driver's eyes, brows, mouth, nose
+    source_warp: float = 0.0       # not the paper's: pyramid L1 of the warped source image to the driver's person
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -6,6 +6,12 @@ EMOPortraits: 6, used here), then upsamples (nearest, 2x) in stages of two resid
 each, narrowing about 1.5x per stage, and ends with GN, ReLU, a 1x1 conv to RGB and a sigmoid,
 so images come out in [0, 1] (paper: 512x512). A model with ``matte`` has a fourth output
 channel: the person's matte, in [0, 1] like the colours.
+
+A model with ``warped_source`` also reads the source image warped to the driver
+(networks/source_pixels.py): a 3x3 conv of it (at the stage's size) is added to the input of each
+upsampling stage, and a mask predicted from the last features blends it into the colours. Both
+start at nothing (zero convs, the mask at sigmoid(-3) = 0.05), so such a model fine-tunes from one
+without the path.
 """
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import ResBlock2d, group_norm, plain_conv
+from .blocks import ResBlock2d, downscale, group_norm, plain_conv
+
+INITIAL_BLEND_LOGIT = -3.0
 
 
 class VolumeProjection(nn.Module):
@@ -45,9 +53,27 @@ class ImageGenerator(nn.Module):
         # colour, which the last conv then cannot restore (demo128 training stalled at L1 0.2).
         self.to_rgb = nn.Sequential(nn.GroupNorm(1, widths[-1]), nn.ReLU(),
                                     plain_conv(2, widths[-1], 4 if config.matte else 3, 1))
+        if config.warped_source:
+            self.source_inputs = nn.ModuleList(plain_conv(2, 3, width, 3) for width in widths[:-1])
+            self.source_blend = plain_conv(2, widths[-1], 1, 3)
+            with torch.no_grad():
+                for conv in self.source_inputs:
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+                self.source_blend.weight.zero_()
+                self.source_blend.bias.fill_(INITIAL_BLEND_LOGIT)
 
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+    def forward(self, volume: torch.Tensor, warped_source: torch.Tensor | None = None) -> torch.Tensor:
+        """``warped_source`` (N, 3, s, s): the source image as the driver sees it, for a model with ``warped_source``."""
         x = self.blocks(self.projection(volume))
-        for stage in self.up_stages:
-            x = stage(F.interpolate(x, scale_factor=2, mode="nearest"))
-        return torch.sigmoid(self.to_rgb(x))
+        for level, stage in enumerate(self.up_stages):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if warped_source is not None:
+                x = x + self.source_inputs[level](downscale(warped_source, x.shape[-1]))
+            x = stage(x)
+        rendering = torch.sigmoid(self.to_rgb(x))
+        if warped_source is None:
+            return rendering
+        blend = torch.sigmoid(self.source_blend(x))
+        colours = rendering[:, :3] + blend * (warped_source - rendering[:, :3])
+        return torch.cat((colours, rendering[:, 3:]), dim=1)

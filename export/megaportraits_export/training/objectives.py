@@ -29,9 +29,13 @@ def pose_regressor_of(model: nn.Module) -> nn.Module:
 
 
 def expression_path_parameters(model: nn.Module) -> list:
-    """What carries the driver's expression to the image: the expression encoder and the two
-    warping generators (``[optim] expression_path_lr_scale`` gives them their own rate)."""
-    modules = (model.driver_branch.expression_encoder, model.source_branch.source_warp, model.generator.driver_warp)
+    """What carries the driver's expression to the image: the expression encoder, the two
+    warping generators and, in a model with it, the source-pixel path (its flow and G2D's convs
+    that read and blend it) (``[optim] expression_path_lr_scale`` gives them their own rate)."""
+    modules = [model.driver_branch.expression_encoder, model.source_branch.source_warp, model.generator.driver_warp]
+    if getattr(model.generator, "source_pixels", None) is not None:
+        image_generator = model.generator.image_generator
+        modules += [model.generator.source_pixels, image_generator.source_inputs, image_generator.source_blend]
     return [p for module in modules for p in module.parameters()]
 
 
@@ -106,7 +110,8 @@ class ReenactmentPass(nn.Module):
         driver_input = batch.get("driver_input", batch["driver"])
         out = self.model(batch["source"], driver_input)
         result = {"prediction": out["image"], "matte": out["matte"],
-                  "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"]}
+                  "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"],
+                  "warped_source": out.get("warped_source")}
         if self.cycle:
             from ..model import split_matte
 
@@ -178,6 +183,12 @@ class LossComputer:
                     raise ValueError(f"the {term} loss needs the pairs' {what}: set [data] "
                                      "expression_regions = true (synthetic heads)")
                 terms[term] = losses.region_l1(prediction, target, region)
+        if self.weights.source_warp:
+            warped = outputs.get("warped_source")
+            if warped is None or matte is None:
+                raise ValueError("the source_warp loss needs a model with the source-pixel path and a matte "
+                                 "(preset demo128_ws, tiny_ws)")
+            terms["source_warp"] = losses.multiscale_l1(warped * foreground, target, scales=self.l1_scales)
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():
