@@ -100,9 +100,10 @@ class ModelConfig:
     # that compositing itself (sdk/megaportraits/compositing.py). Needs foreground masks in the
     # training data (the synthetic heads have them).
     matte: bool = False
-    # G2D also reads the source image, warped to the driver by the composed source and driver
-    # grids (networks/source_pixels.py): the face's features as the source's own pixels, where a
-    # coarse volume loses them. The avatar then carries the source image and the source grid.
+    # G2D also reads the source image, warped to the driver by the poses and an anchored
+    # expression field (networks/source_pixels.py): the face's features as the source's own
+    # pixels, where a coarse volume loses them. The generator then also reads the avatar's image
+    # and its own pose and expression.
     warped_source: bool = False
     # Which network layout the widths above describe. "megaportraits": this project's networks.
     # "emoportraits": the layout of the official EMOPortraits stage-1 model in its inference form

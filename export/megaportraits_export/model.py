@@ -5,7 +5,7 @@
 - :class:`SourceBranch`: the source image -> :class:`AvatarState` (canonical volume c_s,
   global descriptor e_s, the source's pose and expression). Run once per avatar:
   c_s = G3D(sample(v_s, g_s)), g_s from theta_s and W_s->(z_s, e_s). A model with
-  ``config.warped_source`` also keeps the source image and g_s (networks/source_pixels.py).
+  ``config.warped_source`` also keeps the source image (networks/source_pixels.py).
 - :class:`Generator`: (c_s, e_s, theta_d, z_d) -> image: W_->d(z_d, e_s) gives the driver
   field, one volume sample gives v_d, and P + G2D render it. A model with ``config.matte``
   renders RGBA: the fourth channel is the person's matte (:func:`split_matte` separates them),
@@ -26,7 +26,7 @@ from torch import nn
 from .config import ModelConfig, get_config
 from .networks import (AppearanceEncoder, CanonicalGenerator, ExpressionEncoder, GlobalDescriptorEncoder,
                        HeadPoseRegressor, ImageGenerator, WarpingGenerator, fold_weight_standardisation)
-from .networks.source_pixels import SourcePixelWarp, source_coordinates
+from .networks.source_pixels import SourcePixelWarp
 from .warp import driver_grid, sample_volume, source_grid
 
 
@@ -37,16 +37,15 @@ class AvatarState(NamedTuple):
     global_descriptor: torch.Tensor   # (N, Cd, S, S)
     pose: torch.Tensor                # (N, 3, 4) the source's theta_s
     expression: torch.Tensor          # (N, Z) the source's z_s
-    # a model with config.warped_source only: the source image (N, 3, s, s) and its source grid
-    # g_s as a 3-channel volume (N, 3, D, H, W), what the source-pixel path warps and composes
+    # a model with config.warped_source only: the source image (N, 3, s, s), what the
+    # source-pixel path warps
     source_image: torch.Tensor | None = None
-    source_coordinates: torch.Tensor | None = None
 
     @property
     def source_pixels(self) -> tuple:
-        """(source_image, source_coordinates), or () for a model without the source-pixel path:
-        the generator's inputs after the motion."""
-        return () if self.source_image is None else (self.source_image, self.source_coordinates)
+        """(source_image, source pose, source expression), or () for a model without the
+        source-pixel path: the generator's inputs after the driver's motion."""
+        return () if self.source_image is None else (self.source_image, self.pose, self.expression)
 
 
 class Motion(NamedTuple):
@@ -90,9 +89,8 @@ class SourceBranch(nn.Module):
         descriptor = self.global_descriptor(source_image)
         pose, expression = self.driver_branch(source_image)
         deformation = self.source_warp(expression, descriptor)
-        grid = source_grid(pose, deformation)
-        canonical = self.canonical_generator(sample_volume(volume, grid))
-        pixels = (source_image, source_coordinates(grid)) if self.keeps_source_pixels else ()
+        canonical = self.canonical_generator(sample_volume(volume, source_grid(pose, deformation)))
+        pixels = (source_image,) if self.keeps_source_pixels else ()
         return AvatarState(canonical, descriptor, pose, expression, *pixels), deformation
 
 
@@ -117,16 +115,18 @@ class Generator(nn.Module):
 
     def forward(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
                 expression: torch.Tensor, source_image: torch.Tensor | None = None,
-                source_coordinates: torch.Tensor | None = None) -> torch.Tensor:
-        return self.render(canonical_volume, global_descriptor, pose, expression, source_image, source_coordinates)[0]
+                source_pose: torch.Tensor | None = None, source_expression: torch.Tensor | None = None) -> torch.Tensor:
+        return self.render(canonical_volume, global_descriptor, pose, expression, source_image, source_pose,
+                           source_expression)[0]
 
     def render(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
                expression: torch.Tensor, source_image: torch.Tensor | None = None,
-               source_coordinates: torch.Tensor | None = None) -> tuple:
+               source_pose: torch.Tensor | None = None, source_expression: torch.Tensor | None = None) -> tuple:
         """(image, the driver deformation field D_d, the warped source image or None): the field
         and the warped source are for training losses.
 
-        ``source_image`` and ``source_coordinates`` (the avatar's, see AvatarState) are required
+        ``source_image``, ``source_pose`` and ``source_expression`` (the avatar's own: its image
+        and motion, not the driver's relative motion; ``AvatarState.source_pixels``) are required
         by, and only read by, a model with the source-pixel path.
         """
         deformation = self.driver_warp(expression, global_descriptor)
@@ -134,10 +134,11 @@ class Generator(nn.Module):
         driver_volume = sample_volume(canonical_volume, grid)
         if self.source_pixels is None:
             return self.image_generator(driver_volume), deformation, None
-        if source_image is None or source_coordinates is None:
+        if source_image is None or source_pose is None or source_expression is None:
             raise ValueError("this model has the source-pixel path (warped_source): give the generator the "
-                             "avatar's source_image and source_coordinates")
-        warped = self.source_pixels(driver_volume, source_coordinates, grid, source_image)
+                             "avatar's source_image, source_pose and source_expression")
+        warped = self.source_pixels(driver_volume, pose, expression, source_pose, source_expression,
+                                    global_descriptor, source_image)
         return self.image_generator(driver_volume, warped), deformation, warped
 
 

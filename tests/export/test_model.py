@@ -121,7 +121,7 @@ def test_the_source_driver_generator_split_equals_the_full_forward(name):
         motion = tiny_model.driver_branch(driver)
         image = split_matte(tiny_model.generator(*avatar[:2], *motion, *avatar.source_pixels))[0]
     assert isinstance(avatar, AvatarState) and isinstance(motion, Motion)
-    assert len(avatar.source_pixels) == (2 if config.warped_source else 0)
+    assert len(avatar.source_pixels) == (3 if config.warped_source else 0)
     for split, whole in zip(avatar, full["avatar"]):
         assert (split is None and whole is None) or torch.equal(split, whole)
     for split, whole in zip(motion, full["motion"]):

@@ -1,5 +1,6 @@
 """The source-pixel path (networks/source_pixels.py): the source image warped to the driver by the
-composed warps, and G2D's use of it, checked against warps whose answer is known by hand."""
+poses' rigid motion and the anchored expression field, checked against motions whose answer is
+known by hand."""
 import math
 
 import pytest
@@ -9,7 +10,7 @@ from megaportraits_export.checkpoint import initialise_from_checkpoint, save_che
 from megaportraits_export.model import build_model
 from megaportraits_export.networks.image_generator import INITIAL_BLEND_LOGIT
 from megaportraits_export.networks.source_pixels import SourcePixelWarp
-from megaportraits_export.warp import identity_grid
+from megaportraits_export.warp import identity_grid, pose_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -18,43 +19,89 @@ def _random(*shape, seed):
     return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_a_shifted_source_grid_shifts_the_source_image_by_the_same_pixels():
-    # canonical voxel p read the source at p + (dx, dy); the driver reads the canonical volume at
-    # its own voxel: every output pixel shows the source pixel (dx, dy) normalised units away
-    config = build_model("tiny_ws").config
-    path = SourcePixelWarp(config)
-    d, s, size = config.volume_depth, config.volume_size, config.image_size
-    pixels = (3, -2)   # shift in output pixels (x, y)
-    shift = torch.tensor([2 * pixels[0] / size, 2 * pixels[1] / size, 0.0])
-    grid = identity_grid(d, s, s)[None]
-    source_grid = (grid + shift).permute(0, 4, 1, 2, 3)
-    image = _random(1, 3, size, size, seed=1)
-    volume = _random(1, config.volume_channels, d, s, s, seed=2)
-    warped = path(volume, source_grid, grid, image)
+@pytest.fixture(scope="module")
+def config():
+    return build_model("tiny_ws").config
+
+
+def _path(config, seed=0):
+    torch.manual_seed(seed)
+    path = SourcePixelWarp(config).eval()
+    with torch.no_grad():   # a field far from its small initial scale, so the tests see it
+        path.expression_motion.head.weight.mul_(100.0)
+    return path
+
+
+def _inputs(config, n, seed):
+    d, s = config.volume_depth, config.volume_size
+    return (_random(n, config.volume_channels, d, s, s, seed=seed),
+            _random(n, config.descriptor_channels, config.descriptor_size, config.descriptor_size, seed=seed + 1),
+            _random(n, 3, config.image_size, config.image_size, seed=seed + 2))
+
+
+def _identity_pose(n):
+    return torch.cat((torch.eye(3), torch.zeros(3, 1)), dim=1).expand(n, 3, 4)
+
+
+def test_a_translated_driver_pose_shifts_the_source_image_by_the_same_pixels(config):
+    # theta_s = identity, theta_d p = p + t, the same expression: each output pixel shows the
+    # source pixel t away, whatever depth is seen
+    path = _path(config)
+    volume, descriptor, image = _inputs(config, 1, seed=1)
+    size = config.image_size
+    pixels = (3, -2)
+    driver_pose = _identity_pose(1).clone()
+    driver_pose[0, :, 3] = torch.tensor([2 * pixels[0] / size, 2 * pixels[1] / size, 0.1])
+    z = _random(1, config.expression_dim, seed=4)
+    with torch.no_grad():
+        warped = path(volume, driver_pose, z, _identity_pose(1), z, descriptor, image)
     expected = torch.roll(image, shifts=(-pixels[1], -pixels[0]), dims=(2, 3))
-    # away from the borders, where the upsampled flow is extrapolated flat and zero padding reads
     inner = (slice(None), slice(None), slice(8, size - 8), slice(8, size - 8))
     assert torch.allclose(warped[inner], expected[inner], atol=1e-5)
 
 
-def test_the_visible_depth_decides_which_point_of_the_source_a_pixel_shows():
-    # two depth layers that read different source points; a surface conv that sees only the
-    # front layer's marker channel must return the front layer's point
-    config = build_model("tiny_ws").config
-    path = SourcePixelWarp(config)
+def test_the_source_driven_by_its_own_pose_and_expression_is_unmoved(config):
+    path = _path(config)
+    volume, descriptor, image = _inputs(config, 2, seed=5)
+    g = torch.Generator().manual_seed(6)
+    pose = pose_matrix(1 + 0.1 * torch.rand(2, 3, generator=g), 0.4 * torch.rand(2, 3, generator=g) - 0.2,
+                       0.1 * torch.rand(2, 3, generator=g))
+    z = _random(2, config.expression_dim, seed=7)
+    with torch.no_grad():
+        warped = path(volume, pose, z, pose, z, descriptor, image)
+    size = config.image_size
+    inner = (slice(None), slice(None), slice(8, size - 8), slice(8, size - 8))
+    assert torch.allclose(warped[inner], image[inner], atol=1e-5)
+
+
+def test_only_the_change_of_expression_moves_the_points(config):
+    # identity poses: q is the voxel grid itself, where the field is read without resampling, so
+    # the points are p + M(z_d)(p) - M(z_s)(p), the fields straight from the generator
+    path = _path(config)
+    volume, descriptor, _ = _inputs(config, 2, seed=8)
+    z_d, z_s = _random(2, config.expression_dim, seed=9), _random(2, config.expression_dim, seed=10)
+    with torch.no_grad():
+        points = path.source_points(_identity_pose(2), z_d, _identity_pose(2), z_s, descriptor)
+        change = path.expression_motion(z_d, descriptor) - path.expression_motion(z_s, descriptor)
+    grid = identity_grid(config.volume_depth, config.volume_size, config.volume_size)
+    assert change.abs().max() > 1e-3
+    assert torch.allclose(points, grid + change, atol=1e-5)
+
+
+def test_the_visible_depth_decides_which_point_of_the_source_a_pixel_shows(config):
+    path = _path(config)
     d, s = config.volume_depth, config.volume_size
-    grid = identity_grid(d, s, s)[None]
-    points = _random(1, 3, d, s, s, seed=3) * 2 - 1
+    points = _random(1, d, s, s, 3, seed=11) * 2 - 1
     volume = torch.zeros(1, config.volume_channels, d, s, s)
     volume[:, 0, 1] = 1.0                       # depth 1 is the surface
     with torch.no_grad():
         path.surface.weight.zero_()
         path.surface.weight[0, 0] = 50.0        # softmax over depth -> depth 1
-    flow = path.flow(volume, points, grid)
-    assert torch.allclose(flow, points[:, :2, 1], atol=1e-5)
-    with torch.no_grad():
+        front = path.flow(volume, points)
         path.surface.weight.zero_()             # no surface: the mean over depth
-    assert torch.allclose(path.flow(volume, points, grid), points[:, :2].mean(dim=2), atol=1e-6)
+        mean = path.flow(volume, points)
+    assert torch.allclose(front, points[:, 1, ..., :2].permute(0, 3, 1, 2), atol=1e-5)
+    assert torch.allclose(mean, points[..., :2].mean(dim=1).permute(0, 3, 1, 2), atol=1e-6)
 
 
 def test_a_model_with_the_path_starts_as_the_model_without_it_blended_by_the_initial_mask(tmp_path):
@@ -68,19 +115,12 @@ def test_a_model_with_the_path_starts_as_the_model_without_it_blended_by_the_ini
     assert sorted(report["kept"]) == sorted(name for name in with_path.state_dict() if
                                             "source_pixels" in name or "source_inputs" in name or "source_blend" in name)
     size = without.config.image_size
-    source, driver = _random(2, 3, size, size, seed=5), _random(2, 3, size, size, seed=6)
+    source, driver = _random(2, 3, size, size, seed=12), _random(2, 3, size, size, seed=13)
     with torch.no_grad():
         old = without(source, driver)
         new = with_path(source, driver)
-        avatar = with_path.source_branch(source)
-        motion = with_path.driver_branch(driver)
-        deformation = with_path.generator.driver_warp(motion.expression, avatar.global_descriptor)
-        from megaportraits_export.warp import driver_grid, sample_volume
-        grid = driver_grid(motion.pose, deformation)
-        warped = with_path.generator.source_pixels(sample_volume(avatar.canonical_volume, grid),
-                                                   avatar.source_coordinates, grid, source)
     m = 1 / (1 + math.exp(-INITIAL_BLEND_LOGIT))
-    assert torch.allclose(new["image"], (1 - m) * old["image"] + m * warped, atol=1e-5)
+    assert torch.allclose(new["image"], (1 - m) * old["image"] + m * new["warped_source"], atol=1e-5)
     assert torch.equal(new["matte"], old["matte"])
 
 
@@ -88,7 +128,7 @@ def test_the_generator_of_a_model_with_the_path_refuses_to_render_without_the_so
     model = build_model("tiny_ws").eval()
     size = model.config.image_size
     with torch.no_grad():
-        avatar = model.source_branch(_random(1, 3, size, size, seed=7))
-        motion = model.driver_branch(_random(1, 3, size, size, seed=8))
-        with pytest.raises(ValueError, match="source_image and source_coordinates"):
+        avatar = model.source_branch(_random(1, 3, size, size, seed=14))
+        motion = model.driver_branch(_random(1, 3, size, size, seed=15))
+        with pytest.raises(ValueError, match="source_image, source_pose and source_expression"):
             model.generator(*avatar[:2], *motion)

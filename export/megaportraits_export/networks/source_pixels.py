@@ -1,20 +1,31 @@
-"""The source-pixel path: the source image itself, warped to the driver by the model's own warps.
+"""The source-pixel path: the source image itself, warped to the driver, for G2D.
 
 Why: in a small model the canonical volume is coarse (``demo128``: 32 x 32 cells for a 128 px
 image, an eye two voxels wide), and G2D renders eyes, brows and mouth as a blur whatever the
-expression code says, even for a head driven by itself (docs/demo_model.md). The warps already
-know where every driver voxel comes from: the driver grid g_d says where it reads the canonical
-volume, and the source grid g_s where that canonical voxel read the source volume, whose (x, y)
-are the source image's. Resampling the 3-channel g_s at g_d composes them: per driver voxel, its
-point of the source image. A learned softmax over depth (one 1x1x1 conv on the driver volume)
-picks the surface that is seen, which gives a 2-D flow at the volume's side; upsampled
-bilinearly, it warps the source image at full resolution. G2D adds that image to its upsampling
-stages and blends it into its colours with a mask it predicts (networks/image_generator.py), so
-features are the source's own pixels, moved by the same pose and expression warps that move the
-volume, and the expression code gets a sharp image to be judged on.
+expression code says, even for a head driven by itself (docs/demo_model.md). Where the source's
+features are seen by the driver, its own pixels, moved, are sharper than anything the volume can
+hold; G2D adds them to its upsampling stages and blends them into its colours with a mask it
+predicts (networks/image_generator.py).
 
-The cost is two cheap standard GridSamples (the 3-channel grid at the volume's size, the RGB
-image at the output's), so the one heavy volume sample per frame stays the only one.
+The motion of the pixels is the volume's motion in its geometric form, with its own learned
+expression field, anchored at the source (session 7 first composed the volume's own warps g_s and
+g_d: a learned canonical volume absorbs any consistent distortion, so those warps are far from
+correspondences, and training them to be ones fought the volume path; docs/demo_model.md). For a
+driver voxel p (normalised driver camera coordinates), with theta the head poses:
+
+    q = theta_d p                                   the canonical point the driver shows there
+    c = q + M(z_d, e_s)(q) - M(z_s, e_s)(q)         moved by the expression change only
+    x_s = theta_s^-1 c                              where the source image shows that point
+
+M is a warping generator (the same architecture as W_s-> and W_->d, its own weights), read at q
+(trilinear, zero padding). Because only the *difference* of the driver's and the source's
+expression moves the point, the source driven by its own pose and expression is the identity
+warp by construction, and a pose change is the rigid motion of the poses. A learned softmax over
+depth (one 1x1x1 conv on the driver volume) picks the surface that is seen, which gives a 2-D flow
+at the volume's side; upsampled bilinearly, it warps the source image at full resolution.
+
+Cost per frame: M twice (small next to G3D/G2D), one 3-channel GridSample at the volume's size and
+one RGB GridSample at the output's; the one heavy volume sample per frame stays the only one.
 """
 from __future__ import annotations
 
@@ -23,36 +34,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..warp import identity_grid, invert_pose, transform_points
 from .blocks import plain_conv
+from .warping_generator import WarpingGenerator
 
 
 class SourcePixelWarp(nn.Module):
-    """(driver volume, source coordinates, driver grid, source image) -> the source image as the driver sees it."""
+    """(driver volume, driver motion, source motion, e_s, source image) -> the source image as the driver sees it."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.expression_motion = WarpingGenerator(config)
         # zero: every depth weighs the same at the start, the flow is the depth-mean point
         self.surface = plain_conv(3, config.volume_channels, 1, 1)
         with torch.no_grad():
             self.surface.weight.zero_()
             self.surface.bias.zero_()
 
-    def flow(self, driver_volume: torch.Tensor, source_coordinates: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """(N, 2, H, W): the source image point (x, y), normalised, that each driver pixel of the volume's side shows."""
-        # border: a driver voxel outside the canonical volume takes the nearest canonical voxel's point
-        points = F.grid_sample(source_coordinates, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        visibility = torch.softmax(self.surface(driver_volume), dim=2)
-        return (visibility * points[:, :2]).sum(dim=2)
+    def source_points(self, pose: torch.Tensor, expression: torch.Tensor, source_pose: torch.Tensor,
+                      source_expression: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
+        """(N, D, H, W, 3): x_s, the source camera point each driver voxel shows (module doc)."""
+        change = self.expression_motion(expression, descriptor) - self.expression_motion(source_expression, descriptor)
+        d, h, w = change.shape[1:4]
+        q = transform_points(pose, identity_grid(d, h, w, device=change.device, dtype=change.dtype))
+        change_at_q = F.grid_sample(change.permute(0, 4, 1, 2, 3), q, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False)
+        return transform_points(invert_pose(source_pose), q + change_at_q.permute(0, 2, 3, 4, 1))
 
-    def forward(self, driver_volume: torch.Tensor, source_coordinates: torch.Tensor, grid: torch.Tensor,
+    def flow(self, driver_volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W): the source image point (x, y), normalised, that each driver pixel of the volume's side shows."""
+        visibility = torch.softmax(self.surface(driver_volume), dim=2)
+        return (visibility * points.permute(0, 4, 1, 2, 3)[:, :2]).sum(dim=2)
+
+    def forward(self, driver_volume: torch.Tensor, pose: torch.Tensor, expression: torch.Tensor,
+                source_pose: torch.Tensor, source_expression: torch.Tensor, descriptor: torch.Tensor,
                 source_image: torch.Tensor) -> torch.Tensor:
-        flow = self.flow(driver_volume, source_coordinates, grid)
-        flow = F.interpolate(flow, size=source_image.shape[-2:], mode="bilinear", align_corners=False)
+        points = self.source_points(pose, expression, source_pose, source_expression, descriptor)
+        flow = F.interpolate(self.flow(driver_volume, points), size=source_image.shape[-2:], mode="bilinear",
+                             align_corners=False)
         return F.grid_sample(source_image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
                              align_corners=False)
-
-
-def source_coordinates(grid: torch.Tensor) -> torch.Tensor:
-    """The source grid g_s (N, D, H, W, 3) as a 3-channel volume (N, 3, D, H, W): each canonical
-    voxel's point of the source volume, which the driver grid can resample like any volume."""
-    return grid.permute(0, 4, 1, 2, 3)
