@@ -37,7 +37,7 @@ import math
 import numbers
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -58,7 +58,7 @@ from .motion import MOTION_MODES, Motion, MotionSmoother, RelativeMotion
 from .precision import check_precision_choice
 from .providers import device_of
 from .schema import LIVEPORTRAIT
-from .schema import BASE_IMAGE, BASE_MATTE, ENHANCER
+from .schema import AVATAR, AVATAR_GENERATOR_INPUTS, BASE_IMAGE, BASE_MATTE, ENHANCER, MOTION, SOURCE_IMAGE
 
 FACE_FALLBACKS = ("error", "centre")
 MAX_THREADS = 1024  # ONNX Runtime intra-op threads: more is a typo, not a machine
@@ -131,6 +131,10 @@ class Avatar:
     backdrop: np.ndarray | None = None  # (3, S, S) float32: the source crop without the person,
                                         # for matte models with background="source"; else None
     source_path: Path | None = None     # the file it was read from, which no output may overwrite
+    # the generator's inputs from the avatar beyond the volume and descriptor, name -> array, for
+    # a bundle whose generator declares them (schema.AVATAR_GENERATOR_INPUTS: the source crop and
+    # source coordinates of a model with the source-pixel path); empty for every other bundle
+    generator_inputs: dict = field(default_factory=dict)
 
 
 class Animator:
@@ -214,27 +218,39 @@ class Animator:
             return Avatar(state.feature_volume, None, state, image, box,
                           PasteBack(image, box) if self.options.paste_back else None, {}, None,
                           Path(source_path) if source_path is not None else None)
-        volume, descriptor, pose, expression = run_graph(
-            self._session("source"), "source", ["canonical_volume", "global_descriptor", "pose", "expression"],
-            {"source_image": source_input}, self.output_specs["source"])
         generator = self.input_dtypes["generator"]  # an fp16 bundle keeps its volume in fp16
+        # what the generator reads from the avatar beyond AVATAR: name -> the source tensor it is
+        extra = {name: AVATAR_GENERATOR_INPUTS[name] for name in generator if name in AVATAR_GENERATOR_INPUTS}
+        names = list(AVATAR + MOTION) + [t for t in dict.fromkeys(extra.values()) if t not in AVATAR + MOTION + (SOURCE_IMAGE,)]
+        outputs = run_graph(self._session("source"), "source", names, {SOURCE_IMAGE: source_input},
+                            self.output_specs["source"])
+        volume, descriptor, pose, expression = outputs[:4]
+        source_tensors = {SOURCE_IMAGE: source_input, **dict(zip(names, outputs))}
         volume = np.ascontiguousarray(volume, dtype=generator["canonical_volume"])
         descriptor = np.ascontiguousarray(descriptor, dtype=generator["global_descriptor"])
         pose, expression = (np.ascontiguousarray(x, dtype=np.float32) for x in (pose, expression))
+        # the avatar's own tensors (its own pose, not a frame's motion), copied once
+        generator_inputs = {name: np.array(source_tensors[origin], dtype=generator[name], copy=True)
+                            for name, origin in extra.items()}
         paste = PasteBack(image, box) if self.options.paste_back else None
-        device_state = device_state_of(volume, descriptor, self._device) if self._io_binding else {}
+        device_state = (device_state_of(volume, descriptor, self._device, generator_inputs)
+                        if self._io_binding else {})
         motion = Motion(pose, expression)
         if self.enhances:  # the backdrop is cut at the size frames are composited at
             crop = cut_crop(image, box, self.output_size)
-        backdrop = self.render_backdrop(crop, volume, descriptor, motion) if self.composites else None
+        backdrop = (self.render_backdrop(crop, volume, descriptor, motion, generator_inputs)
+                    if self.composites else None)
         return Avatar(volume, descriptor, motion, image, box, paste, device_state, backdrop,
-                      Path(source_path) if source_path is not None else None)
+                      Path(source_path) if source_path is not None else None, generator_inputs)
 
-    def render_backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion) -> np.ndarray:
+    def render_backdrop(self, crop: np.ndarray, volume: np.ndarray, descriptor: np.ndarray, motion: Motion,
+                        generator_inputs: dict | None = None) -> np.ndarray:
         """The source crop without the person. The person is cut out along the model's own matte
-        of the source (re-rendered with the source's motion), so plate and frames agree on it."""
+        of the source (re-rendered with the source's motion), so plate and frames agree on it.
+        ``generator_inputs``: the avatar's other generator inputs (:attr:`Avatar.generator_inputs`)."""
         generator = self.input_dtypes["generator"]
         image, matte = run_graph(self._session("generator"), "generator", ["image", "matte"], {
+            **(generator_inputs or {}),
             "canonical_volume": volume, "global_descriptor": descriptor,
             "pose": motion.pose.astype(generator["pose"], copy=False),
             "expression": motion.expression.astype(generator["expression"], copy=False)},
@@ -354,7 +370,7 @@ class Performance:
         self._binding = None  # megaportraits.binding: the avatar on the device, frames in and out once
         if animator._io_binding and self._keypoints is None:
             state = avatar.device_state or device_state_of(  # an avatar prepared without binding
-                avatar.canonical_volume, avatar.global_descriptor, animator._device)
+                avatar.canonical_volume, avatar.global_descriptor, animator._device, avatar.generator_inputs)
             self._binding = BoundFrames(animator.bundle.sessions, animator._device, state, self._driver_input,
                                         animator.output_specs, enhance=self._enhances)
 
@@ -446,6 +462,7 @@ class Performance:
     def _run_generator(self, motion: Motion) -> list:
         motion = self._motion_for_generator(motion)
         return run_graph(self._generator, "generator", self._outputs, {
+            **self.avatar.generator_inputs,
             "canonical_volume": self.avatar.canonical_volume,
             "global_descriptor": self.avatar.global_descriptor,
             "pose": motion.pose, "expression": motion.expression}, self._specs("generator"))

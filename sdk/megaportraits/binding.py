@@ -6,8 +6,9 @@ On a GPU a plain ``session.run`` would upload the avatar's canonical volume (25 
 for every frame and bring every intermediate image back to the host. :class:`BoundFrames` binds
 instead, once per stream:
 
-* the avatar's volume and descriptor: OrtValues placed on the device once per avatar
-  (:func:`device_state`), bound to the generator once;
+* the avatar's volume and descriptor (and the source crop and coordinates of a bundle whose
+  generator reads them): OrtValues placed on the device once per avatar (:func:`device_state`),
+  bound to the generator once;
 * the driver frame: one device buffer, rewritten in place per frame (the frame's one upload);
 * the generator's image (and matte) feed the enhancer as device OrtValues: the frame leaves the
   device once, as the last graph's output;
@@ -33,10 +34,13 @@ from .schema import BASE_IMAGE, BASE_MATTE, ENHANCER, IMAGE_OUTPUT, MATTE_OUTPUT
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
-def device_state(volume: np.ndarray, descriptor: np.ndarray, device: str) -> dict:
-    """The avatar's generator inputs as OrtValues on ``device`` ("cpu" or "cuda"), made once."""
-    return {"canonical_volume": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(volume), device, 0),
-            "global_descriptor": ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(descriptor), device, 0)}
+def device_state(volume: np.ndarray, descriptor: np.ndarray, device: str, generator_inputs: dict | None = None) -> dict:
+    """The avatar's generator inputs as OrtValues on ``device`` ("cpu" or "cuda"), made once: the
+    volume, the descriptor and any others its bundle's generator reads from the avatar
+    (``generator_inputs``, :attr:`megaportraits.animator.Avatar.generator_inputs`)."""
+    arrays = {"canonical_volume": volume, "global_descriptor": descriptor, **(generator_inputs or {})}
+    return {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+            for name, array in arrays.items()}
 
 
 class BoundFrames:

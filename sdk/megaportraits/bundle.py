@@ -31,7 +31,7 @@ from .onnx_refs import ModelFileError, read_model
 from .precision import choose_precisions
 from .providers import resolve_providers
 from .schema import BASE_MATTE, BASE_ROLES, ENHANCER, ENHANCER_IO, GRAPH_IO, GRID_SAMPLE_3D, IMAGE_TENSORS, LIBRARY_OPS
-from .schema import STUDENT_ROLES
+from .schema import AVATAR_GENERATOR_INPUTS, GENERATOR, MEGAPORTRAITS, SOURCE, STUDENT_ROLES
 from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, custom_op_status,  # noqa: F401
                        fall_back, session_options, warn_fallback)
 
@@ -133,14 +133,42 @@ def contract_problems(manifest: mf.Manifest) -> list:
         graph = manifest.graphs[role]
         got_in = tuple(t.name for t in graph.inputs)
         got_out = tuple(t.name for t in graph.outputs)
+        allowed_in = set(io.inputs) | set(io.optional_inputs)
         allowed_out = set(io.outputs) | set(io.optional_outputs)
-        if set(got_in) != set(io.inputs) or not set(io.outputs) <= set(got_out) or not set(got_out) <= allowed_out:
+        if (not set(io.inputs) <= set(got_in) or not set(got_in) <= allowed_in
+                or not set(io.outputs) <= set(got_out) or not set(got_out) <= allowed_out):
+            optional = [f"inputs {list(io.optional_inputs)}"] * bool(io.optional_inputs) + \
+                       [f"outputs {list(io.optional_outputs)}"] * bool(io.optional_outputs)
             problems.append(f"the {role!r} graph has inputs {list(got_in)} and outputs {list(got_out)}, but this "
                             f"SDK needs {list(io.inputs)} -> {list(io.outputs)}"
-                            + (f" (optionally also {list(io.optional_outputs)})" if io.optional_outputs else "")
+                            + (f" (optionally also {' and '.join(optional)})" if optional else "")
                             + "; the bundle is incompatible")
+    if not manifest.is_student and manifest.family == MEGAPORTRAITS:
+        problems += _avatar_input_problems(manifest)
     if ENHANCER in manifest.graphs:
         problems += _enhancer_problems(manifest)
+    return problems
+
+
+def _avatar_input_problems(manifest: mf.Manifest) -> list:
+    """Each optional generator input the generator declares is fed from the avatar
+    (``schema.AVATAR_GENERATOR_INPUTS``): the source graph must output what it reads, with the
+    same dtype and shape (the source crop excepted: the SDK feeds the crop it fed the source graph)."""
+    problems = []
+    source = {t.name: t for t in manifest.graphs[SOURCE].outputs + manifest.graphs[SOURCE].inputs}
+    for spec in manifest.graphs[GENERATOR].inputs:
+        origin = AVATAR_GENERATOR_INPUTS.get(spec.name)
+        if origin is None or origin not in source:
+            if origin is not None:
+                problems.append(f"the 'generator' graph reads {spec.name!r} from the avatar, but the 'source' graph "
+                                f"has no output {origin!r}; the bundle is incompatible")
+            continue
+        fed = source[origin]
+        floats = {fed.dtype, spec.dtype} <= {"float32", "float16"}  # the SDK casts, as for the volume
+        if (fed.dtype != spec.dtype and not floats) or not _same_shape(fed.shape, spec.shape):
+            problems.append(f"the 'generator' graph's input {spec.name!r} is {spec.dtype} {list(spec.shape)}, but the "
+                            f"'source' graph's {origin!r} that feeds it is {fed.dtype} {list(fed.shape)}; the bundle "
+                            "is incompatible")
     return problems
 
 
@@ -351,7 +379,8 @@ def _open_session(bundle: Bundle, role: str, options: ort.SessionOptions) -> ort
     if io is not None:  # validated from the file already; ONNX Runtime must agree
         got_in = {i.name for i in session.get_inputs()}
         got_out = {o.name for o in session.get_outputs()}
-        if got_in != set(io.inputs) or not set(io.outputs) <= got_out:
+        declared = {t.name for t in bundle.manifest.graphs[role].inputs}
+        if got_in != declared or not set(io.inputs) <= got_in or not set(io.outputs) <= got_out:
             raise BundleError(f"the {role!r} graph file {path.name!r} has inputs {sorted(got_in)} and outputs "
                               f"{sorted(got_out)}, not what its manifest entry says; the bundle is incompatible")
     return session

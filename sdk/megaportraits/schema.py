@@ -11,11 +11,13 @@ from typing import NamedTuple
 
 
 class GraphIO(NamedTuple):
-    """The tensor names of one graph role: required inputs, required outputs, optional outputs."""
+    """The tensor names of one graph role: required inputs and outputs, and the optional ones a
+    graph of that role may declare besides (a bundle's manifest says which it has)."""
 
     inputs: tuple
     outputs: tuple
     optional_outputs: tuple = ()
+    optional_inputs: tuple = ()
 
 
 # The person's matte (N, 1, S, S) in [0, 1]: an optional second output of a generator whose
@@ -35,11 +37,30 @@ SOURCE_IMAGE, DRIVER_IMAGE, IMAGE_OUTPUT = "source_image", "driver_image", "imag
 CANONICAL_VOLUME, GLOBAL_DESCRIPTOR, POSE, EXPRESSION = "canonical_volume", "global_descriptor", "pose", "expression"
 AVATAR = (CANONICAL_VOLUME, GLOBAL_DESCRIPTOR)
 MOTION = (POSE, EXPRESSION)
+# The avatar's own head pose (N, 3, 4) and expression code (N, Z), read by the generator of a
+# model with the source-pixel path (ModelConfig.warped_source) beside the source crop itself:
+# the source's motion, never the frame's (relative, smoothed) motion.
+SOURCE_POSE, SOURCE_EXPRESSION = "source_pose", "source_expression"
+
+# Optional generator inputs that come from the avatar, never from the frame's motion: name -> the
+# source graph's tensor the SDK feeds it (the crop it fed the source graph, or one of its outputs).
+# A generator graph declares those its model reads; the SDK feeds whichever it declares. One line
+# here (and the model) adds one.
+AVATAR_GENERATOR_INPUTS = {
+    SOURCE_IMAGE: SOURCE_IMAGE,
+    SOURCE_POSE: POSE,
+    SOURCE_EXPRESSION: EXPRESSION,
+}
+# What the source graph may output beyond AVATAR + MOTION: what those generator inputs read (none
+# yet: the source crop is the SDK's own, the pose and expression are outputs anyway).
+SOURCE_OPTIONAL_OUTPUTS = tuple(dict.fromkeys(
+    t for t in AVATAR_GENERATOR_INPUTS.values() if t not in (SOURCE_IMAGE,) + AVATAR + MOTION))
 
 GRAPH_IO = {
-    SOURCE: GraphIO((SOURCE_IMAGE,), AVATAR + MOTION),
+    SOURCE: GraphIO((SOURCE_IMAGE,), AVATAR + MOTION, optional_outputs=SOURCE_OPTIONAL_OUTPUTS),
     DRIVER: GraphIO((DRIVER_IMAGE,), MOTION),
-    GENERATOR: GraphIO(AVATAR + MOTION, (IMAGE_OUTPUT,), optional_outputs=(MATTE_OUTPUT,)),
+    GENERATOR: GraphIO(AVATAR + MOTION, (IMAGE_OUTPUT,), optional_outputs=(MATTE_OUTPUT,),
+                       optional_inputs=tuple(AVATAR_GENERATOR_INPUTS)),
 }
 # Tensors whose last two axes are the image side (the manifest's image_size).
 IMAGE_TENSORS = (SOURCE_IMAGE, DRIVER_IMAGE, IMAGE_OUTPUT, MATTE_OUTPUT)

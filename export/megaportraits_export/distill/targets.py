@@ -121,7 +121,8 @@ class TeacherRenderer:
         backdrop = None
         if self.has_matte:
             crop = cut_crop(avatar.image, avatar.crop, self.image_size)
-            backdrop = self.animator.render_backdrop(crop, avatar.canonical_volume, avatar.global_descriptor, avatar.motion)
+            backdrop = self.animator.render_backdrop(crop, avatar.canonical_volume, avatar.global_descriptor,
+                                                     avatar.motion, avatar.generator_inputs)
         return avatar, backdrop
 
     def render(self, avatar, drivers: np.ndarray) -> np.ndarray:
@@ -133,7 +134,8 @@ class TeacherRenderer:
         names = [IMAGE_OUTPUT] + ([MATTE_OUTPUT] if self.has_matte else [])
         feeds = {"canonical_volume": np.repeat(avatar.canonical_volume.astype(np.float32), n, axis=0),
                  "global_descriptor": np.repeat(avatar.global_descriptor.astype(np.float32), n, axis=0),
-                 POSE: pose.astype(np.float32), EXPRESSION: expression.astype(np.float32)}
+                 POSE: pose.astype(np.float32), EXPRESSION: expression.astype(np.float32),
+                 **{name: np.repeat(value, n, axis=0) for name, value in avatar.generator_inputs.items()}}
         outputs = run_graph(sessions[GENERATOR], GENERATOR, names, feeds, specs[GENERATOR])
         rendering = np.concatenate([o.astype(np.float32) for o in outputs], axis=1)
         return np.clip(rendering.transpose(0, 2, 3, 1) * 255 + 0.5, 0, 255).astype(np.uint8)

@@ -9,6 +9,7 @@ the dynamo exporter's optimizer folds them, and ``custom_translation_table`` map
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -36,13 +37,28 @@ def export_graph(module: torch.nn.Module,
             input_names=list(input_names),
             output_names=list(output_names),
             opset_version=OPSET,
-            dynamic_shapes=tuple({0: batch} for _ in example_inputs),
+            dynamic_shapes=_batch_axes(module, example_inputs, {0: batch}),
             custom_translation_table=custom_op.translation_table(),
             optimize=True,
             verbose=False,
         )
     _strip_trace_metadata(program)
     return program
+
+
+def _batch_axes(module: torch.nn.Module, example_inputs: tuple, axis: dict) -> tuple:
+    """``axis`` for every input, shaped as ``module.forward``'s parameters: torch.export wants
+    the inputs of a ``*args`` parameter (a generator graph's avatar inputs) as one tuple."""
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    shapes = []
+    for k, parameter in enumerate(parameters):
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            if example_inputs[k:]:  # none given: torch.export counts no entry for it
+                shapes.append(tuple(axis for _ in example_inputs[k:]))
+            return tuple(shapes)
+        if k < len(example_inputs):
+            shapes.append(axis)
+    return tuple(shapes)
 
 
 def _strip_trace_metadata(program: torch.onnx.ONNXProgram) -> None:
@@ -53,6 +69,16 @@ def _strip_trace_metadata(program: torch.onnx.ONNXProgram) -> None:
         node.metadata_props.clear()
     for value in (*graph.inputs, *graph.initializers.values(), *(v for n in graph for v in n.outputs)):
         value.metadata_props.clear()
+    # The program's signature lists an output the module returns as None (the avatar state's
+    # fields of a path the model lacks, which the graph does not have) as an unnamed
+    # ': USER_OUTPUT' line; without those lines the graph is the one traced before such fields.
+    signature = graph.metadata_props.get(_SIGNATURE_KEY)
+    if signature is not None:
+        graph.metadata_props[_SIGNATURE_KEY] = signature.replace(_UNNAMED_OUTPUT, "")
+
+
+_SIGNATURE_KEY = "pkg.torch.export.ExportedProgram.graph_signature"
+_UNNAMED_OUTPUT = "\n: USER_OUTPUT"
 
 
 def _quiet_exporter_logs() -> None:

@@ -15,7 +15,7 @@ from megaportraits.bundle import validate_bundle
 from megaportraits.providers import resolve_providers
 from megaportraits.schema import GENERATOR, GRAPH_IO, GRID_SAMPLE_3D, MATTE_OUTPUT
 from megaportraits_export.onnx_export.errors import ExportError
-from megaportraits_export.onnx_export.graphs import graph_io, reference_run
+from megaportraits_export.onnx_export.graphs import model_graph_io, reference_run
 from megaportraits_export.onnx_export.portable import custom_nodes_as_standard
 
 VERIFY_BATCH_SIZES = (1, 3)
@@ -63,22 +63,22 @@ def verify_bundle(bundle_dir: str | os.PathLike,
         raise ExportError(f"the bundle at {bundle_dir} is not valid: {'; '.join(validation.problems)}")
     manifest = validation.manifest
     model = model.eval()
+    names_of = model_graph_io(model)  # role -> (inputs, outputs), the avatar inputs included
     cases = []  # (batch, role, feeds, PyTorch outputs)
     for batch in batch_sizes:
         run = reference_run(model, manifest.image_size, batch, seed + batch, with_image=True)
         for role in manifest.graphs:
             if role in run:  # later roles (enhancer, student) come from other models
                 inputs, expected = run[role]
-                feeds = {name: t.numpy() for name, t in zip(GRAPH_IO[role].inputs, inputs)}
+                feeds = {name: t.numpy() for name, t in zip(names_of[role][0], inputs, strict=True)}
                 cases.append((batch, role, feeds, expected))
-    matte = bool(model.config.matte)
     report = []
     for role, spec in manifest.graphs.items():
         for file in dict.fromkeys(filter(None, (spec.file, spec.portable_file))):
             session, how = ort_session(bundle_dir / file)
             for batch, case_role, feeds, expected in cases:
                 if case_role == role:
-                    names = list(graph_io(role, matte)[1])
+                    names = list(names_of[role][1])
                     got = session.run(names, feeds)
                     report.extend(compare_outputs(file, name, batch, ref.numpy(), out, how)
                                   for name, ref, out in zip(names, expected, got))

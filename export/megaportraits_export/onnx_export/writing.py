@@ -15,12 +15,14 @@ import torch
 
 import megaportraits
 from megaportraits import manifest as mf
-from megaportraits.schema import GRID_SAMPLE_3D
+from megaportraits.schema import GENERATOR, GRID_SAMPLE_3D
 from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
-from megaportraits_export.onnx_export.graphs import ExportedModel, export_graphs, random_model
+from megaportraits_export.onnx_export.graphs import (ExportedModel, export_graphs, graph_io, model_avatar_inputs,
+                                                     random_model)
 from megaportraits_export.onnx_export.portable import save_standard_twin
-from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_bundle_graphs, parse_precisions
+from megaportraits_export.onnx_export.precision import (CalibrationFrames, check_convertible, convert_bundle_graphs,
+                                                        parse_precisions)
 from megaportraits_export.onnx_export.tracing import OPSET
 from megaportraits_export.onnx_export.verify import format_report, verify_bundle
 
@@ -39,6 +41,8 @@ def export_bundle(model: torch.nn.Module,
                   calibration_frames: CalibrationFrames | None = None) -> Path:
     """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
     check_output_dir(Path(output))
+    # before the slow part: a precision this model cannot have yet is refused at once
+    check_convertible(graph_io(GENERATOR, avatar_inputs=model_avatar_inputs(model))[0], parse_precisions(precision))
     exported = export_graphs(model, config, preset, provenance)
     return write_bundle(exported, output, portable=portable, verify_against=model if verify else None,
                         external_weights=external_weights, precision=precision,
@@ -67,7 +71,7 @@ def write_bundle(exported: ExportedModel,
     """
     output = Path(output)
     with staged_bundle(output) as staging:
-        graphs = {role: _write_role(role, program, staging, portable, external_weights, exported.matte)
+        graphs = {role: _write_role(role, program, staging, portable, external_weights, exported.graph_io(role))
                   for role, program in exported.programs.items()}
         manifest = mf.Manifest(
             model_name=MODEL_NAME,
@@ -97,16 +101,17 @@ def _write_role(role: str,
                 staging: Path,
                 portable: bool,
                 external_weights: bool,
-                matte: bool = False) -> mf.GraphSpec:
-    """Write one role's graph file(s); a graph with no custom node is its own portable twin."""
+                names: tuple) -> mf.GraphSpec:
+    """Write one role's graph file(s); a graph with no custom node is its own portable twin.
+    ``names``: the (inputs, outputs) the graph must have (:meth:`ExportedModel.graph_io`)."""
     path = staging / f"{role}.onnx"
     save_graph(program, path, external_data=True if external_weights else None)
-    inputs, outputs, uses_custom_op = check_graph(role, path, portable=False, matte=matte)
+    inputs, outputs, uses_custom_op = check_graph(role, path, portable=False, names=names)
     twin = path
     if uses_custom_op:
         twin = path if portable else staging / f"{role}.portable.onnx"
         save_standard_twin(path, twin)
-        check_graph(role, twin, portable=True, matte=matte)
+        check_graph(role, twin, portable=True, names=names)
     return mf.GraphSpec(file=path.name, inputs=tuple(inputs), outputs=tuple(outputs),
                         portable_file=None if portable else twin.name)
 

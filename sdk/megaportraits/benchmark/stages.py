@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from .. import manifest as mf
 from .flops import GraphCost, count_graph
-from ..schema import (AVATAR, BASE_IMAGE, BASE_MATTE, CANONICAL_VOLUME, ENHANCER, EXPRESSION, GENERATOR,
+from ..schema import (AVATAR_GENERATOR_INPUTS, BASE_IMAGE, BASE_MATTE, CANONICAL_VOLUME, ENHANCER, EXPRESSION, GENERATOR,
                       GRID_SAMPLE_3D, IMAGE_OUTPUT, IMAGE_TENSORS, POSE)
 from ..sessions import create_session, session_options
 from .machine import MachinePeaks
@@ -188,8 +188,11 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
     specs = {role: graphs.manifest.graphs[role] for role in graphs.files}
     source_feeds = random_feeds(specs["source"].inputs, batch, rng)
     driver_feeds = random_feeds(specs["driver"].inputs, batch, rng)
-    avatar = dict(zip((o.name for o in specs["source"].outputs), graphs.run("source", source_feeds)))
-    generator_feeds = {t.name: avatar[t.name] for t in specs["generator"].inputs if t.name in avatar}
+    avatar = {**source_feeds, **dict(zip((o.name for o in specs["source"].outputs), graphs.run("source", source_feeds)))}
+    # each generator input from the avatar's tensor of that name, or the one it is fed from
+    # (schema.AVATAR_GENERATOR_INPUTS: the source crop, source coordinates); the motion is replaced below
+    origins = {t.name: AVATAR_GENERATOR_INPUTS.get(t.name, t.name) for t in specs["generator"].inputs}
+    generator_feeds = {name: avatar[origin] for name, origin in origins.items() if origin in avatar}
     pose_spec = next(t for t in specs[GENERATOR].inputs if t.name == POSE)
     generator_feeds[POSE] = frontal_pose(batch, dtype=np.dtype(pose_spec.dtype))
 
@@ -249,7 +252,7 @@ def generator_call(graphs: BundleVariant, provider: str, feeds: dict):
         return lambda expression: graphs.run(GENERATOR, {**feeds, EXPRESSION: expression})
     session = graphs.sessions["generator"]
     binding = session.io_binding()
-    for name in AVATAR:
+    for name in (n for n in feeds if n not in (POSE, EXPRESSION)):  # the avatar's tensors
         binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(feeds[name], "cuda", 0))
     binding.bind_cpu_input(POSE, feeds[POSE])
 
