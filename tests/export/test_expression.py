@@ -157,6 +157,26 @@ def test_expression_pair_heads_mark_where_the_drivers_expression_differs_from_th
         strong_expression(np.random.default_rng(0), "wink")
 
 
+def test_same_pose_pairs_keep_the_sources_pose_and_leave_other_runs_pairs_unchanged():
+    plain = ExpressionPairHeads(num_identities=6, size=64, seed=5, length=12, strong_fraction=1.0)
+    none = ExpressionPairHeads(num_identities=6, size=64, seed=5, length=12, strong_fraction=1.0,
+                               same_pose_fraction=0.0)
+    every = ExpressionPairHeads(num_identities=6, size=64, seed=5, length=12, strong_fraction=1.0,
+                                same_pose_fraction=1.0)
+    for index in (0, 7):
+        assert torch.equal(plain[index]["driver"], none[index]["driver"])
+        item = every[index]
+        assert torch.equal(item["driver_pose_params"], item["source_pose_params"])
+        assert not torch.equal(plain[index]["driver_pose_params"], plain[index]["source_pose_params"])
+        # the driver is the source's person in the source's pose with the driver's expression
+        identity = synthetic.Identity.sample(int(item["identity"]))
+        pose = synthetic.Pose.from_model_parameters(item["source_pose_params"].tolist())
+        driver = synthetic.render(identity, pose, synthetic.Expression(*item["driver_expression_params"].tolist()), 64)
+        np.testing.assert_allclose(item["driver"].numpy(), driver.transpose(2, 0, 1) / 255.0, atol=1 / 255)
+    with pytest.raises(ValueError, match="same_pose_fraction"):
+        ExpressionPairHeads(num_identities=6, size=64, same_pose_fraction=1.5)
+
+
 def test_expression_fine_tuning_resumes_without_the_checkpoint_it_started_from(tmp_path):
     from megaportraits_export import train
     from megaportraits_export.checkpoint import save_checkpoint

@@ -122,17 +122,24 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
     ``driver_feature_region`` (1, S, S) in {0, 1}: the driver's face features
     (:func:`face_feature_region`). No second pair: the recipes that use this set train without
     the cycle loss.
+
+    With probability ``same_pose_fraction`` the driver keeps the source's head pose, so only the
+    expression moves: what the SDK's relative motion gives on the first frames of a clip (the
+    avatar driven by its own pose), and the pairs where the source's own pixels, moved by the
+    expression alone, are the right answer (the source-pixel path, networks/source_pixels.py).
     """
 
     def __init__(self, num_identities: int, size: int = 128, seed: int = 0, split: str = "train",
-                 length: int | None = None, strong_fraction: float = 0.5):
-        if not 0.0 <= strong_fraction <= 1.0:
-            raise ValueError(f"strong_fraction must be in [0, 1], got {strong_fraction}")
+                 length: int | None = None, strong_fraction: float = 0.5, same_pose_fraction: float = 0.0):
+        for name, fraction in (("strong_fraction", strong_fraction), ("same_pose_fraction", same_pose_fraction)):
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {fraction}")
         self.identity_seeds = identity_seeds(split, num_identities)
         self.size = size
         self.seed = seed
         self.length = length if length is not None else num_identities * 100
         self.strong_fraction = strong_fraction
+        self.same_pose_fraction = same_pose_fraction
 
     def __len__(self) -> int:
         return self.length
@@ -147,6 +154,9 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
         if rng.uniform() < self.strong_fraction:
             source_motion = HeadMotion(source_motion.pose, neutral_expression(rng))
             driver_motion = HeadMotion(driver_motion.pose, strong_expression(rng))
+        # drawn only when asked for, so the pairs of a run without it are unchanged
+        if self.same_pose_fraction and rng.uniform() < self.same_pose_fraction:
+            driver_motion = HeadMotion(source_motion.pose, driver_motion.expression)
         source, source_mask = render(identity, source_motion.pose, source_motion.expression, self.size, True)
         driver, driver_mask = render(identity, driver_motion.pose, driver_motion.expression, self.size, True)
         counterfactual = render(identity, driver_motion.pose, source_motion.expression, self.size)

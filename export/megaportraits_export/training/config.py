@@ -40,6 +40,8 @@ class DataSection:
     # [losses.weights] expression term; this fraction of drivers shows a strong expression
     expression_regions: bool = False
     strong_expression_fraction: float = 0.5
+    # of those pairs, this fraction keeps the source's head pose in the driver (only the expression moves)
+    same_pose_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ def _validate(cfg: TrainConfig) -> None:
                           "[losses] cycle = false (its pairs have no second identity and no augmentation)")
     if not 0.0 <= cfg.data.strong_expression_fraction <= 1.0:
         raise ConfigError("[data] strong_expression_fraction must be between 0 and 1")
+    if not 0.0 <= cfg.data.same_pose_fraction <= 1.0:
+        raise ConfigError("[data] same_pose_fraction must be between 0 and 1")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
     _validate_enhancer(cfg)

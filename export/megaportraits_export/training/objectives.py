@@ -249,7 +249,8 @@ def build_training_dataset(cfg, image_size: int):
         from ..data.expression_pairs import ExpressionPairHeads
 
         return ExpressionPairHeads(num_identities=cfg.data.train_identities, size=image_size, seed=cfg.data.seed,
-                                   split="train", strong_fraction=cfg.data.strong_expression_fraction)
+                                   split="train", strong_fraction=cfg.data.strong_expression_fraction,
+                                   same_pose_fraction=cfg.data.same_pose_fraction)
     if cfg.data.kind == "synthetic":
         return SyntheticTalkingHeads(num_identities=cfg.data.train_identities, size=image_size,
                                      seed=cfg.data.seed, split="train", augmentation=augmentation)
