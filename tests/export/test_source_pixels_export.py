@@ -274,13 +274,6 @@ def test_a_generator_input_of_another_shape_than_its_source_is_refused(bundles, 
     assert any(f"input {SOURCE_POSE!r}" in p and "'pose' that feeds it" in p for p in problems)
 
 
-def test_every_avatar_input_reads_a_source_tensor():
-    sources = GRAPH_IO[SOURCE]
-    for name, origin in AVATAR_GENERATOR_INPUTS.items():
-        assert name in GRAPH_IO[GENERATOR].optional_inputs
-        assert origin in sources.inputs + sources.outputs + sources.optional_outputs
-
-
 # ---- precision variants -------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", ["int8", "fp32,fp16"])
 def test_reduced_precisions_are_refused_in_one_line_before_the_export(model_and_config, tmp_path, precision,

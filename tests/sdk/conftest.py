@@ -28,6 +28,13 @@ def toy_custom_bundle(tmp_path_factory) -> Path:
     return make_toy_bundle(tmp_path_factory.mktemp("toy_custom") / "bundle", custom_op=True)
 
 
+@pytest.fixture(scope="session")
+def toy_avatar_bundle(tmp_path_factory) -> Path:
+    """Toy bundle (custom op declared, portable twins) whose generator reads the avatar inputs
+    source_image, source_pose and source_expression."""
+    return make_toy_bundle(tmp_path_factory.mktemp("toy_avatar") / "bundle", custom_op=True, avatar_inputs=True)
+
+
 @pytest.fixture
 def bundle_copy(tmp_path):
     """copy(bundle_dir) -> a private copy a test may tamper with."""

@@ -8,8 +8,10 @@ format versions, paths leaving the bundle, damaged JSON) goes to ``load_manifest
 files go to info, the Animator and benchmark. Every one must end in a one-line message and a
 non-zero exit, or run (a harmless mutation runs a frame), and never raise anything but the
 SDK's own errors; ``info`` must say "ok" exactly when the Animator opens the bundle. The
-commands run in-process (fast); 5 seeded mutations also run as real processes. About 50 s on a
-busy 2-core machine.
+commands run in-process (fast); 5 seeded mutations also run as real processes. The first 120
+mutations also go to the toy bundle whose generator reads the avatar inputs
+(``schema.AVATAR_GENERATOR_INPUTS``), and a third of the damaged graphs are that bundle's. About
+10 s on a busy 2-core machine.
 """
 from __future__ import annotations
 
@@ -194,14 +196,17 @@ def animator_opens(bundle: Path) -> tuple[bool, str]:
         return False, str(e)
 
 
+# the toy bundle, and (fewer draws) its variant whose generator reads the avatar inputs
+# (schema.AVATAR_GENERATOR_INPUTS), so their manifest entries are mutated too
+@pytest.mark.parametrize("which, mutations", [("toy_custom_bundle", MUTATIONS), ("toy_avatar_bundle", 120)])
 def test_mutated_manifests_give_one_line_or_run_and_info_agrees_with_animate(
-        toy_custom_bundle, bundle_copy, capsys, ceilings, portraits):
-    bundle = bundle_copy(toy_custom_bundle)
+        which, mutations, request, bundle_copy, capsys, ceilings, portraits):
+    bundle = bundle_copy(request.getfixturevalue(which))
     valid = json.loads((bundle / mf.MANIFEST_NAME).read_text())
     rng = random.Random(SEED)
     counts = {"refused": 0, "ran": 0}
     kinds = set()
-    for i in range(MUTATIONS):
+    for i in range(mutations):
         data, kind, label = mutate(valid, rng)
         kinds.add(kind)
         write(bundle, data)
@@ -233,7 +238,7 @@ def test_mutated_manifests_give_one_line_or_run_and_info_agrees_with_animate(
             f"{where}: info {'ok' if info_ok else 'invalid'} but animate exit {code}: {err!r}"
         counts["ran" if opened else "refused"] += 1
     # the mutations reach both outcomes and every kind was drawn
-    assert counts["refused"] > MUTATIONS // 2 and counts["ran"] > 5, counts
+    assert counts["refused"] > mutations // 2 and counts["ran"] > 5, counts
     assert kinds == set(KINDS), kinds
 
 
@@ -314,11 +319,11 @@ def damage_graph(directory: Path, rng: random.Random) -> str:
 
 
 def test_damaged_graph_files_give_one_line_and_info_agrees_with_animate(
-        toy_bundle, toy_custom_bundle, bundle_copy, capsys, ceilings):
+        toy_bundle, toy_custom_bundle, toy_avatar_bundle, bundle_copy, capsys, ceilings):
     rng = random.Random(SEED + 2)
     outcomes = {True: 0, False: 0}
     for i in range(GRAPH_MUTATIONS):
-        bundle = bundle_copy(toy_custom_bundle if i % 2 else toy_bundle)
+        bundle = bundle_copy((toy_bundle, toy_custom_bundle, toy_avatar_bundle)[i % 3])
         label = damage_graph(bundle, rng)
         where = f"graph mutation {i} ({label})"
         code, out, err = run_cli(capsys, ["info", "--bundle", bundle])

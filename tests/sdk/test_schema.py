@@ -48,6 +48,22 @@ def test_manifest_and_schema_share_roles_and_the_matte_name():
     assert GRAPH_IO[schema.GENERATOR].optional_outputs == (MATTE_OUTPUT,)
 
 
+def test_every_avatar_generator_input_reads_a_source_tensor():
+    """The optional generator inputs are fed from the avatar: each names the source graph's input
+    or one of its outputs, is no required input, and the source graph's optional outputs are
+    exactly what they read beyond its required ones."""
+    source, generator = GRAPH_IO[schema.SOURCE], GRAPH_IO[schema.GENERATOR]
+    assert generator.optional_inputs == tuple(schema.AVATAR_GENERATOR_INPUTS)
+    assert not set(generator.optional_inputs) & set(generator.inputs)
+    for origin in schema.AVATAR_GENERATOR_INPUTS.values():
+        assert origin in source.inputs + source.outputs + source.optional_outputs
+    read = set(schema.AVATAR_GENERATOR_INPUTS.values()) - set(source.inputs + source.outputs)
+    assert set(source.optional_outputs) == read
+    # the avatar's own motion, never the frame's: its sources are the source graph's motion outputs
+    assert schema.AVATAR_GENERATOR_INPUTS[schema.SOURCE_POSE] == schema.POSE
+    assert schema.AVATAR_GENERATOR_INPUTS[schema.SOURCE_EXPRESSION] == schema.EXPRESSION
+
+
 def _warp_model(domain: str, op_type: str, version: int) -> bytes:
     from onnx import TensorProto, helper
 

@@ -26,6 +26,9 @@ A = (0.2 * _rng.standard_normal((6, 12))).astype(np.float32)
 B = _rng.standard_normal((6, EXPRESSION)).astype(np.float32)
 G = (0.5 * _rng.standard_normal((12 + EXPRESSION + 3, 3))).astype(np.float32)
 IDENTITY = np.eye(3, 4, dtype=np.float32).reshape(12)
+# the avatar-input generator (schema.AVATAR_GENERATOR_INPUTS): the motion's change from the
+# source's own moves the colours, and the source crop shows through
+H = (0.5 * _rng.standard_normal((12 + EXPRESSION, 3))).astype(np.float32)
 
 
 # ---- numpy references ----------------------------------------------------------------------
@@ -45,12 +48,18 @@ def reference_source(image: np.ndarray):
     return volume.astype(np.float32), descriptor.astype(np.float32), pose, expression
 
 
-def reference_generator(volume, descriptor, pose, expression) -> np.ndarray:
+def reference_generator(volume, descriptor, pose, expression, source_image=None, source_pose=None,
+                        source_expression=None) -> np.ndarray:
+    """The generator's image; with the avatar inputs (``make_toy_bundle(avatar_inputs=True)``)
+    also shifted by the motion's change from the source's own and lit by the source crop."""
     n = volume.shape[0]
     base = volume.mean(axis=2).repeat(4, axis=2).repeat(4, axis=3)
     code = np.concatenate([pose.reshape(n, 12), expression, descriptor.mean(axis=(2, 3))], axis=1)
-    shift = (code @ G)[:, :, None, None]
-    return (1.0 / (1.0 + np.exp(-(4.0 * (base - 0.5) + shift)))).astype(np.float32)
+    logits = 4.0 * (base - 0.5) + (code @ G)[:, :, None, None]
+    if source_image is not None:
+        change = np.concatenate([(pose - source_pose).reshape(n, 12), expression - source_expression], axis=1)
+        logits = logits + (change @ H)[:, :, None, None] + 2.0 * (source_image - 0.5)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 # ---- ONNX graphs -------------------------------------------------------------------------
@@ -108,7 +117,7 @@ def driver_graph() -> onnx.ModelProto:
     return _model(graph)
 
 
-def generator_graph() -> onnx.ModelProto:
+def generator_graph(avatar_inputs: bool = False) -> onnx.ModelProto:
     inits = [_const("G", G), _const("depth_axis", np.array([2], np.int64)),
              _const("mean_axes", np.array([2, 3], np.int64)), _const("scales", np.array([1, 1, 4, 4], np.float32)),
              _const("half", np.float32(0.5)), _const("four", np.float32(4.0)),
@@ -124,12 +133,28 @@ def generator_graph() -> onnx.ModelProto:
         helper.make_node("Sub", ["base", "half"], ["centred"]),
         helper.make_node("Mul", ["centred", "four"], ["scaled"]),
         helper.make_node("Add", ["scaled", "shift"], ["logits"]),
-        helper.make_node("Sigmoid", ["logits"], ["image"]),
     ]
-    graph = helper.make_graph(nodes, "toy_generator",
-                              [_io("canonical_volume", ["batch", *VOLUME]), _io("global_descriptor", ["batch", *DESCRIPTOR]),
-                               _io("pose", ["batch", 3, 4]), _io("expression", ["batch", EXPRESSION])],
-                              [_io("image", ["batch", 3, SIZE, SIZE])], inits)
+    inputs = [_io("canonical_volume", ["batch", *VOLUME]), _io("global_descriptor", ["batch", *DESCRIPTOR]),
+              _io("pose", ["batch", 3, 4]), _io("expression", ["batch", EXPRESSION])]
+    if avatar_inputs:
+        inits += [_const("H", H), _const("two", np.float32(2.0))]
+        nodes[-1].output[0] = "logits0"
+        nodes += [
+            helper.make_node("Sub", ["pose", "source_pose"], ["pose_change"]),
+            helper.make_node("Reshape", ["pose_change", "flat12"], ["pose_change_flat"]),
+            helper.make_node("Sub", ["expression", "source_expression"], ["expression_change"]),
+            helper.make_node("Concat", ["pose_change_flat", "expression_change"], ["change"], axis=1),
+            helper.make_node("MatMul", ["change", "H"], ["change_shift0"]),
+            helper.make_node("Unsqueeze", ["change_shift0", "hw"], ["change_shift"]),
+            helper.make_node("Sub", ["source_image", "half"], ["source_centred"]),
+            helper.make_node("Mul", ["source_centred", "two"], ["source_light"]),
+            helper.make_node("Add", ["logits0", "change_shift"], ["logits1"]),
+            helper.make_node("Add", ["logits1", "source_light"], ["logits"]),
+        ]
+        inputs += [_io("source_image", ["batch", 3, SIZE, SIZE]), _io("source_pose", ["batch", 3, 4]),
+                   _io("source_expression", ["batch", EXPRESSION])]
+    nodes.append(helper.make_node("Sigmoid", ["logits"], ["image"]))
+    graph = helper.make_graph(nodes, "toy_generator", inputs, [_io("image", ["batch", 3, SIZE, SIZE])], inits)
     return _model(graph)
 
 
@@ -176,13 +201,18 @@ def _spec(model: onnx.ModelProto, file: str, portable_file: str | None) -> mf.Gr
                         portable_file=portable_file)
 
 
-def make_toy_bundle(directory, custom_op: bool = False, fp16: bool = False) -> Path:
+def make_toy_bundle(directory, custom_op: bool = False, fp16: bool = False, avatar_inputs: bool = False) -> Path:
     """Write the toy bundle. ``custom_op=True`` declares the custom op and gives each graph a
-    byte-different but equivalent portable twin, to exercise the SDK's flavour choice."""
+    byte-different but equivalent portable twin, to exercise the SDK's flavour choice.
+    ``avatar_inputs=True``: the generator also reads source_image, source_pose and
+    source_expression (schema.AVATAR_GENERATOR_INPUTS), as a source-pixel model's does."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for role, build in GRAPHS.items():
+        if role == "generator" and avatar_inputs:
+            def build():
+                return generator_graph(avatar_inputs=True)
         model = with_fp16_io(build()) if fp16 else build()
         onnx.save(model, str(directory / f"{role}.onnx"))
         portable = None
