@@ -464,7 +464,6 @@ def convert_bundle_graphs(staging: Path, manifest, precisions: tuple, frames: Ca
     """Give the fp32 bundle staged in ``staging`` (``manifest`` in memory, not yet rewritten)
     the ``precisions`` of :func:`parse_precisions`: each flavour after the first is written beside
     the fp32 files, then the first, when it is not fp32, converts the main files in place."""
-    check_convertible(tuple(t.name for t in manifest.graphs[GENERATOR].inputs), precisions)
     fp32_graphs = dict(manifest.graphs)
     for precision in precisions[1:]:
         record_conversion(manifest, convert_written_graphs(
@@ -474,21 +473,6 @@ def convert_bundle_graphs(staging: Path, manifest, precisions: tuple, frames: Ca
         report = convert_written_graphs(staging, fp32_graphs, precisions[0], manifest.image_size, frames,
                                         external_weights=external_weights, matte=manifest.has_matte)
         record_conversion(manifest, report)
-
-
-def check_convertible(generator_inputs: tuple, precisions: tuple) -> None:
-    """Refuse reduced precisions for a generator that reads avatar inputs (the source-pixel path:
-    ``schema.AVATAR_GENERATOR_INPUTS``), whose conversion is not yet right. Measured on tiny_ws
-    with random path weights, generator image against fp32: int8 20.97 dB PSNR (max abs 0.87),
-    fp16 52.1 dB (max abs 0.044), where the model without the path gives 42 and 63 dB."""
-    from megaportraits.schema import AVATAR_GENERATOR_INPUTS
-
-    reduced = [p for p in precisions if p != "fp32"]
-    extra = [name for name in generator_inputs if name in AVATAR_GENERATOR_INPUTS]
-    if reduced and extra:
-        raise ExportError(f"--precision {','.join(precisions)}: a model with the source-pixel path (generator inputs "
-                          f"{', '.join(extra)}) is exported in fp32 only for now (its {'/'.join(reduced)} generator "
-                          "is not yet accurate); export it with --precision fp32")
 
 
 def flavour_file(role: str, precision: str, portable: bool = False) -> str:

@@ -15,14 +15,12 @@ import torch
 
 import megaportraits
 from megaportraits import manifest as mf
-from megaportraits.schema import GENERATOR, GRID_SAMPLE_3D
+from megaportraits.schema import GRID_SAMPLE_3D
 from megaportraits_export.onnx_export.errors import ExportError
 from megaportraits_export.onnx_export.graph_files import check_graph, save_graph
-from megaportraits_export.onnx_export.graphs import (ExportedModel, export_graphs, graph_io, model_avatar_inputs,
-                                                     random_model)
+from megaportraits_export.onnx_export.graphs import ExportedModel, export_graphs, random_model
 from megaportraits_export.onnx_export.portable import save_standard_twin
-from megaportraits_export.onnx_export.precision import (CalibrationFrames, check_convertible, convert_bundle_graphs,
-                                                        parse_precisions)
+from megaportraits_export.onnx_export.precision import CalibrationFrames, convert_bundle_graphs, parse_precisions
 from megaportraits_export.onnx_export.tracing import OPSET
 from megaportraits_export.onnx_export.verify import format_report, verify_bundle
 
@@ -41,8 +39,6 @@ def export_bundle(model: torch.nn.Module,
                   calibration_frames: CalibrationFrames | None = None) -> Path:
     """Export ``model`` (trained or random) to a complete bundle at ``output``; see :func:`write_bundle`."""
     check_output_dir(Path(output))
-    # before the slow part: a precision this model cannot have yet is refused at once
-    check_convertible(graph_io(GENERATOR, avatar_inputs=model_avatar_inputs(model))[0], parse_precisions(precision))
     exported = export_graphs(model, config, preset, provenance)
     return write_bundle(exported, output, portable=portable, verify_against=model if verify else None,
                         external_weights=external_weights, precision=precision,
