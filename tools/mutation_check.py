@@ -21,7 +21,7 @@ survives or any baseline fails, 2 if an anchor no longer matches.
 
 Run it from the repository root, on a quiet machine (one torch thread):
 
-    .venv/bin/python tools/mutation_check.py            # all 25: ~940 s on the shared 2-core machine
+    .venv/bin/python tools/mutation_check.py            # all 27: ~940 s on the shared 2-core machine
                                                         # (load ~11), 447 s of it the two exports of
                                                         # the tiny model for the export mutation
     .venv/bin/python tools/mutation_check.py -k euro -k vgg   # names containing "euro" or "vgg"
@@ -135,6 +135,17 @@ MUTATIONS = (
              "            tmp.unlink(missing_ok=True)\n            raise write_failed(path, e) from None",
              "            raise write_failed(path, e) from None",
              ("tests/sdk/test_sdk_images.py", "-k", "atomic or midway")),
+    Mutation("avatar generator inputs: the source pose fed from the frame's motion",
+             "sdk/megaportraits/animator.py",
+             "            **self.avatar.generator_inputs,\n            \"canonical_volume\": self.avatar.canonical_volume,",
+             "            **self.avatar.generator_inputs, \"source_pose\": motion.pose,\n"
+             "            \"canonical_volume\": self.avatar.canonical_volume,",
+             ("tests/sdk/test_avatar_inputs.py",)),
+    Mutation("avatar generator inputs: not bound on the device for an IO-bound stream",
+             "sdk/megaportraits/binding.py",
+             "\"global_descriptor\": descriptor, **(generator_inputs or {})}",
+             "\"global_descriptor\": descriptor}",
+             ("tests/sdk/test_avatar_inputs.py",)),
     # ---- export/: metrics and the warp -------------------------------------------------------
     Mutation("L1 metric is a batch mean, not per image",
              "export/megaportraits_export/metrics.py",
