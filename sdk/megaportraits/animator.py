@@ -133,7 +133,8 @@ class Avatar:
     source_path: Path | None = None     # the file it was read from, which no output may overwrite
     # the generator's inputs from the avatar beyond the volume and descriptor, name -> array, for
     # a bundle whose generator declares them (schema.AVATAR_GENERATOR_INPUTS: the source crop and
-    # source coordinates of a model with the source-pixel path); empty for every other bundle
+    # the source's own pose and expression, for a model with the source-pixel path); empty for
+    # every other bundle
     generator_inputs: dict = field(default_factory=dict)
 
 

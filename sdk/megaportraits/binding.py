@@ -6,9 +6,9 @@ On a GPU a plain ``session.run`` would upload the avatar's canonical volume (25 
 for every frame and bring every intermediate image back to the host. :class:`BoundFrames` binds
 instead, once per stream:
 
-* the avatar's volume and descriptor (and the source crop and coordinates of a bundle whose
-  generator reads them): OrtValues placed on the device once per avatar (:func:`device_state`),
-  bound to the generator once;
+* the avatar's volume and descriptor (and its other generator inputs, the source crop, pose and
+  expression, where the generator reads them): OrtValues placed on the device once per avatar
+  (:func:`device_state`), bound to the generator once;
 * the driver frame: one device buffer, rewritten in place per frame (the frame's one upload);
 * the generator's image (and matte) feed the enhancer as device OrtValues: the frame leaves the
   device once, as the last graph's output;

@@ -39,7 +39,8 @@ def graph_io(role: str, matte: bool = False, avatar_inputs: tuple = ()) -> tuple
 
 def avatar_generator_inputs(model: torch.nn.Module, avatar) -> tuple:
     """The names of the optional generator inputs ``model`` reads (a model with the source-pixel
-    path: ``source_image``, ``source_coordinates``), in the order its generator takes them.
+    path: ``source_image``, ``source_pose``, ``source_expression``), in the order its generator
+    takes them.
 
     The model says what its generator reads after the motion: ``avatar.source_pixels``
     (:meth:`megaportraits_export.model.AvatarState.source_pixels`, what ``model.reenact``

@@ -190,7 +190,7 @@ def measure_graph_stages(graphs: BundleVariant, book: CostBook, provider: str, t
     driver_feeds = random_feeds(specs["driver"].inputs, batch, rng)
     avatar = {**source_feeds, **dict(zip((o.name for o in specs["source"].outputs), graphs.run("source", source_feeds)))}
     # each generator input from the avatar's tensor of that name, or the one it is fed from
-    # (schema.AVATAR_GENERATOR_INPUTS: the source crop, source coordinates); the motion is replaced below
+    # (schema.AVATAR_GENERATOR_INPUTS: the source crop, pose, expression); the motion is replaced below
     origins = {t.name: AVATAR_GENERATOR_INPUTS.get(t.name, t.name) for t in specs["generator"].inputs}
     generator_feeds = {name: avatar[origin] for name, origin in origins.items() if origin in avatar}
     pose_spec = next(t for t in specs[GENERATOR].inputs if t.name == POSE)
