@@ -226,6 +226,7 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
     import onnxruntime as ort
 
     from . import bundle as bundles
+    from .schema import AVATAR_GENERATOR_INPUTS, GENERATOR
     from .providers import available_providers, resolve_providers
     from .sessions import custom_op_status
 
@@ -254,6 +255,8 @@ def collect_info(bundle_dir, provider: str) -> tuple[dict, bool]:
                                  "flavours": {f.precision: f.to_dict() for f in g.flavours}}
                              for r, g in manifest.graphs.items()},
                      matte=manifest.has_matte, enhanced_size=manifest.enhanced_size, runs_with=report.runs_with,
+                     avatar_inputs=[t.name for t in manifest.graphs[GENERATOR].inputs
+                                    if t.name in AVATAR_GENERATOR_INPUTS] if GENERATOR in manifest.graphs else [],
                      producer=manifest.producer, provenance=manifest.provenance)
     info["bundle"] = entry
     return info, report.ok
@@ -280,6 +283,8 @@ def _print_info(info: dict) -> None:
                   "  enhancer: " + (f"{bundle['image_size']} -> {bundle['enhanced_size']}px (frames at "
                                     f"{bundle['enhanced_size']}px unless --no-enhance)" if bundle["enhanced_size"]
                                     else "none")]
+        if bundle["avatar_inputs"]:
+            lines.append(f"  generator reads from the avatar: {', '.join(bundle['avatar_inputs'])}")
         lines += [f"  {role}: {g['file']}" + (f" (portable: {g['portable_file']})" if g["portable_file"] else "")
                   + "".join(f"; {p}: {f['file']}" for p, f in g["flavours"].items())
                   for role, g in bundle["graphs"].items()]

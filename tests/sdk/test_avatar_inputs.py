@@ -62,3 +62,16 @@ def test_a_bound_stream_holds_the_avatar_inputs_on_the_device(toy_avatar_bundle)
     with _animator(toy_avatar_bundle, io_binding=True) as animator:
         avatar = animator.prepare(_frames(3)[0])
     assert {SOURCE_IMAGE, SOURCE_POSE, SOURCE_EXPRESSION} <= set(avatar.device_state)
+
+
+def test_info_names_what_the_generator_reads_from_the_avatar(toy_avatar_bundle, toy_bundle, capsys):
+    import json
+
+    from megaportraits import cli
+
+    for bundle, want in ((toy_avatar_bundle, list(AVATAR_GENERATOR_INPUTS)), (toy_bundle, [])):
+        assert cli.main(["info", "--bundle", str(bundle), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["bundle"]["avatar_inputs"] == want
+        assert cli.main(["info", "--bundle", str(bundle)]) == 0
+        text = capsys.readouterr().out
+        assert ("generator reads from the avatar: " + ", ".join(want) in text) == bool(want)
