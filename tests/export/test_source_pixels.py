@@ -24,11 +24,14 @@ def config():
     return build_model("tiny_ws").config
 
 
-def _path(config, seed=0):
+def _path(config, seed=0, unmoved_candidate=False):
     torch.manual_seed(seed)
     path = SourcePixelWarp(config).eval()
-    with torch.no_grad():   # a field far from its small initial scale, so the tests see it
+    with torch.no_grad():   # a field far from its small initial scale, and a pose in its code, so the tests see them
         path.expression_motion.head.weight.mul_(100.0)
+        path.pose_to_code.weight.normal_(0.0, 0.5)
+        if not unmoved_candidate:   # the last candidate, the unmoved pixel, off
+            path.surface.bias[-1] = -100.0
     return path
 
 
@@ -47,6 +50,8 @@ def test_a_translated_driver_pose_shifts_the_source_image_by_the_same_pixels(con
     # theta_s = identity, theta_d p = p + t, the same expression: each output pixel shows the
     # source pixel t away, whatever depth is seen
     path = _path(config)
+    with torch.no_grad():
+        path.pose_to_code.weight.zero_()   # the rigid motion alone
     volume, descriptor, image = _inputs(config, 1, seed=1)
     size = config.image_size
     pixels = (3, -2)
@@ -60,8 +65,9 @@ def test_a_translated_driver_pose_shifts_the_source_image_by_the_same_pixels(con
     assert torch.allclose(warped[inner], expected[inner], atol=1e-5)
 
 
-def test_the_source_driven_by_its_own_pose_and_expression_is_unmoved(config):
-    path = _path(config)
+@pytest.mark.parametrize("unmoved_candidate", [False, True])
+def test_the_source_driven_by_its_own_pose_and_expression_is_unmoved(config, unmoved_candidate):
+    path = _path(config, unmoved_candidate=unmoved_candidate)
     volume, descriptor, image = _inputs(config, 2, seed=5)
     g = torch.Generator().manual_seed(6)
     pose = pose_matrix(1 + 0.1 * torch.rand(2, 3, generator=g), 0.4 * torch.rand(2, 3, generator=g) - 0.2,
@@ -74,34 +80,45 @@ def test_the_source_driven_by_its_own_pose_and_expression_is_unmoved(config):
     assert torch.allclose(warped[inner], image[inner], atol=1e-5)
 
 
-def test_only_the_change_of_expression_moves_the_points(config):
+def test_only_the_change_of_motion_moves_the_points(config):
     # identity poses: q is the voxel grid itself, where the field is read without resampling, so
-    # the points are p + M(z_d)(p) - M(z_s)(p), the fields straight from the generator
+    # the points are p + M(m_d)(p) - M(m_s)(p), the fields straight from the generator, with the
+    # codes m = z + W theta + b by hand
     path = _path(config)
     volume, descriptor, _ = _inputs(config, 2, seed=8)
     z_d, z_s = _random(2, config.expression_dim, seed=9), _random(2, config.expression_dim, seed=10)
+    pose = _identity_pose(2)
     with torch.no_grad():
-        points = path.source_points(_identity_pose(2), z_d, _identity_pose(2), z_s, descriptor)
-        change = path.expression_motion(z_d, descriptor) - path.expression_motion(z_s, descriptor)
+        points = path.source_points(pose, z_d, pose, z_s, descriptor)
+        code = lambda z: z + pose.flatten(1) @ path.pose_to_code.weight.T + path.pose_to_code.bias  # noqa: E731
+        change = path.expression_motion(code(z_d), descriptor) - path.expression_motion(code(z_s), descriptor)
     grid = identity_grid(config.volume_depth, config.volume_size, config.volume_size)
     assert change.abs().max() > 1e-3
     assert torch.allclose(points, grid + change, atol=1e-5)
 
 
-def test_the_visible_depth_decides_which_point_of_the_source_a_pixel_shows(config):
-    path = _path(config)
+def test_the_candidate_seen_decides_which_point_of_the_source_a_pixel_shows(config):
+    path = _path(config, unmoved_candidate=True)
     d, s = config.volume_depth, config.volume_size
     points = _random(1, d, s, s, 3, seed=11) * 2 - 1
     volume = torch.zeros(1, config.volume_channels, d, s, s)
-    volume[:, 0, 1] = 1.0                       # depth 1 is the surface
+    volume[:, 0, 1] = 1.0                       # channel 0 at depth 1 marks the surface
+    folded = 0 * d + 1                          # (channel 0, depth 1), depth folded into the channels: c * D + d
+    unmoved = identity_grid(1, s, s)[0, ..., :2].permute(2, 0, 1)[None]
     with torch.no_grad():
         path.surface.weight.zero_()
-        path.surface.weight[0, 0] = 50.0        # softmax over depth -> depth 1
+        path.surface.bias.zero_()
+        path.surface.weight[1, folded] = 50.0   # candidate 1 (depth 1) where the mark is
         front = path.flow(volume, points)
-        path.surface.weight.zero_()             # no surface: the mean over depth
+        path.surface.weight.zero_()
+        path.surface.bias[-1] = 50.0            # the unmoved pixel everywhere
+        still = path.flow(volume, points)
+        path.surface.bias.zero_()               # nothing learnt: the mean of the D + 1 candidates
         mean = path.flow(volume, points)
     assert torch.allclose(front, points[:, 1, ..., :2].permute(0, 3, 1, 2), atol=1e-5)
-    assert torch.allclose(mean, points[..., :2].mean(dim=1).permute(0, 3, 1, 2), atol=1e-6)
+    assert torch.allclose(still, unmoved, atol=1e-6)
+    expected = (points[..., :2].sum(dim=1).permute(0, 3, 1, 2) + unmoved) / (d + 1)
+    assert torch.allclose(mean, expected, atol=1e-6)
 
 
 def test_a_model_with_the_path_starts_as_the_model_without_it_blended_by_the_initial_mask(tmp_path):

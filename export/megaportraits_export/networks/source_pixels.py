@@ -14,15 +14,21 @@ correspondences, and training them to be ones fought the volume path; docs/demo_
 driver voxel p (normalised driver camera coordinates), with theta the head poses:
 
     q = theta_d p                                   the canonical point the driver shows there
-    c = q + M(z_d, e_s)(q) - M(z_s, e_s)(q)         moved by the expression change only
+    c = q + M(m_d, e_s)(q) - M(m_s, e_s)(q)         moved by the change of motion beyond the rigid
     x_s = theta_s^-1 c                              where the source image shows that point
 
 M is a warping generator (the same architecture as W_s-> and W_->d, its own weights), read at q
-(trilinear, zero padding). Because only the *difference* of the driver's and the source's
-expression moves the point, the source driven by its own pose and expression is the identity
-warp by construction, and a pose change is the rigid motion of the poses. A learned softmax over
-depth (one 1x1x1 conv on the driver volume) picks the surface that is seen, which gives a 2-D flow
-at the volume's side; upsampled bilinearly, it warps the source image at full resolution.
+(trilinear, zero padding); its code m = z + L(theta) is the expression code plus a learned
+linear map of the pose (zero at the start), because a drawn head does not turn like a rigid
+body. Because only the *difference* of the driver's and the source's motion moves the point, the
+source driven by its own pose and expression is the identity warp by construction.
+
+Which point a driver pixel shows is a learned softmax (a 1x1 conv on the driver volume, its depth
+folded into the channels) over D + 1 candidates: the D depths of the volume, the surface that is
+seen, and the pixel itself, unmoved, for what does not move with the head (the torso, the
+backdrop: session 7 measured a rigid warp of the whole person scoring under the unmoved source).
+That gives a 2-D flow at the volume's side; upsampled bilinearly, it warps the source image at
+full resolution.
 
 Cost per frame: M twice (small next to G3D/G2D), one 3-channel GridSample at the volume's size and
 one RGB GridSample at the output's; the one heavy volume sample per frame stays the only one.
@@ -45,16 +51,23 @@ class SourcePixelWarp(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.expression_motion = WarpingGenerator(config)
-        # zero: every depth weighs the same at the start, the flow is the depth-mean point
-        self.surface = plain_conv(3, config.volume_channels, 1, 1)
+        self.pose_to_code = nn.Linear(12, config.expression_dim)
+        # zero: every candidate (D depths and the unmoved pixel) weighs the same at the start
+        self.surface = plain_conv(2, config.volume_channels * config.volume_depth, config.volume_depth + 1, 1)
         with torch.no_grad():
-            self.surface.weight.zero_()
-            self.surface.bias.zero_()
+            for layer in (self.pose_to_code, self.surface):
+                layer.weight.zero_()
+                layer.bias.zero_()
+
+    def motion_code(self, pose: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """m = z + L(theta): what M reads."""
+        return expression + self.pose_to_code(pose.flatten(1))
 
     def source_points(self, pose: torch.Tensor, expression: torch.Tensor, source_pose: torch.Tensor,
                       source_expression: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
         """(N, D, H, W, 3): x_s, the source camera point each driver voxel shows (module doc)."""
-        change = self.expression_motion(expression, descriptor) - self.expression_motion(source_expression, descriptor)
+        change = (self.expression_motion(self.motion_code(pose, expression), descriptor)
+                  - self.expression_motion(self.motion_code(source_pose, source_expression), descriptor))
         d, h, w = change.shape[1:4]
         q = transform_points(pose, identity_grid(d, h, w, device=change.device, dtype=change.dtype))
         change_at_q = F.grid_sample(change.permute(0, 4, 1, 2, 3), q, mode="bilinear", padding_mode="zeros",
@@ -62,9 +75,14 @@ class SourcePixelWarp(nn.Module):
         return transform_points(invert_pose(source_pose), q + change_at_q.permute(0, 2, 3, 4, 1))
 
     def flow(self, driver_volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """(N, 2, H, W): the source image point (x, y), normalised, that each driver pixel of the volume's side shows."""
-        visibility = torch.softmax(self.surface(driver_volume), dim=2)
-        return (visibility * points.permute(0, 4, 1, 2, 3)[:, :2]).sum(dim=2)
+        """(N, 2, H, W): the source image point (x, y), normalised, that each driver pixel of the
+        volume's side shows: the softmax-weighted candidates, ``points`` (N, D, H, W, 3) at each
+        depth and the pixel itself."""
+        n, d, h, w, _ = points.shape
+        visibility = torch.softmax(self.surface(driver_volume.flatten(1, 2)), dim=1)
+        unmoved = identity_grid(1, h, w, device=points.device, dtype=points.dtype)[..., :2]
+        candidates = torch.cat((points[..., :2], unmoved.expand(n, 1, h, w, 2)), dim=1)
+        return (visibility[..., None] * candidates).sum(dim=1).permute(0, 3, 1, 2)
 
     def forward(self, driver_volume: torch.Tensor, pose: torch.Tensor, expression: torch.Tensor,
                 source_pose: torch.Tensor, source_expression: torch.Tensor, descriptor: torch.Tensor,
