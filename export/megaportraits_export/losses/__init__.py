@@ -18,6 +18,7 @@ from megaportraits_export.losses.discriminator import (
     feature_matching_loss,
     generator_hinge_loss,
 )
+from megaportraits_export.losses.expression_labels import expression_label_loss
 from megaportraits_export.losses.perceptual import PerceptualLoss, VGG19Features, multiscale_l1
 from megaportraits_export.losses.region import region_l1
 from megaportraits_export.losses.structure import ssim_loss
@@ -39,6 +40,8 @@ class LossWeights:
     (networks/source_pixels.py) to the driver's person: it makes the model's warps true
     correspondences, which nothing else asks of them (a learned canonical volume absorbs any
     consistent distortion, so the volume path alone leaves the composed warp far from the motion).
+    ``expression_labels`` weighs :func:`expression_label_loss`: the source's and the driver's
+    expression codes hold the synthetic heads' expression parameters in their first entries.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -52,6 +55,7 @@ class LossWeights:
     expression: float = 0.0        # not the paper's: L1 on the pixels the driver's expression changes
     features: float = 0.0          # not the paper's: L1 on the driver's eyes, brows, mouth, nose
     source_warp: float = 0.0       # not the paper's: pyramid L1 of the warped source image to the driver's person
+    expression_labels: float = 0.0  # not the paper's: the expression codes hold the synthetic expression parameters
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -100,6 +104,7 @@ __all__ = [
     "combine_losses",
     "cosface_loss",
     "discriminator_hinge_loss",
+    "expression_label_loss",
     "feature_matching_loss",
     "generator_hinge_loss",
     "motion_cycle_loss",

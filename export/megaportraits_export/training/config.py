@@ -65,6 +65,9 @@ class PosePretrainSection:
     batch_size: int = 16
     main_stage: str = "frozen"         # "frozen" or "low_lr" during the main stage
     main_lr_scale: float = 0.1         # for "low_lr": fraction of the main learning rate
+    # > 0: the expression encoder learns the synthetic heads' expression parameters in this stage
+    # too, beside the pose (losses.expression_label_loss, this its weight; synthetic data only)
+    expression_labels: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("[data] strong_expression_fraction must be between 0 and 1")
     if not 0.0 <= cfg.data.same_pose_fraction <= 1.0:
         raise ConfigError("[data] same_pose_fraction must be between 0 and 1")
+    if cfg.pose_pretrain.expression_labels < 0:
+        raise ConfigError("[pose_pretrain] expression_labels is a loss weight: 0 or more")
+    if cfg.pose_pretrain.expression_labels and cfg.data.kind != "synthetic":
+        raise ConfigError("[pose_pretrain] expression_labels needs the synthetic heads' expression parameters: "
+                          "[data] kind = \"synthetic\"")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
     _validate_enhancer(cfg)

@@ -8,7 +8,8 @@ so the two can be read separately:
   identity) and, for the cycle loss, the second identity's source driven by the same driver
   plus the motion codes the cycle loss compares.
 - :class:`PoseParameters`: the head-pose regressor's raw parameters, regressed against the
-  synthetic ground truth in the ``pretrain_pose`` stage.
+  synthetic ground truth in the ``pretrain_pose`` stage, with the expression encoder's code
+  beside them when that stage also teaches it the expression parameters.
 - :class:`LossComputer`: the weighted sum of the paper's losses (``losses`` package) and the
   discriminator's hinge loss.
 
@@ -40,31 +41,49 @@ def expression_path_parameters(model: nn.Module) -> list:
 
 
 class PoseParameters(nn.Module):
-    """image -> (scale (N, 3), yaw/pitch/roll (N, 3), translation (N, 3)) of the pose regressor."""
+    """image -> (scale (N, 3), yaw/pitch/roll (N, 3), translation (N, 3)) of the pose regressor;
+    with an ``expression_encoder``, ((those), expression code (N, Z)).
 
-    def __init__(self, regressor: nn.Module):
+    The encoder reads the crop its pose aligns, as in the model, but the pose is detached: the
+    expression labels teach the encoder, not where the regressor puts the head."""
+
+    def __init__(self, regressor: nn.Module, expression_encoder: nn.Module | None = None):
         super().__init__()
         self.regressor = regressor
+        self.expression_encoder = expression_encoder
 
     def forward(self, image: torch.Tensor) -> tuple:
-        return self.regressor.pose_parameters(image)
+        parameters = self.regressor.pose_parameters(image)
+        if self.expression_encoder is None:
+            return parameters
+        from ..warp import pose_matrix
+
+        return parameters, self.expression_encoder(image, pose_matrix(*parameters).detach())
 
 
-def pose_targets(batch: dict) -> tuple:
-    """Images and their ground-truth pose parameters, (scale, yaw, pitch, roll, tx, ty, tz).
+def pose_targets(batch: dict, expression: bool = False) -> tuple:
+    """Images and their ground-truth pose parameters, (scale, yaw, pitch, roll, tx, ty, tz);
+    with ``expression``, their expression parameters as a third element.
 
     Both frames of both pairs are used (four labelled images per item). The driver images are
     the reconstruction targets, not the augmented motion inputs: their pose is the label.
     """
-    images, params = [], []
+    images, params, expressions = [], [], []
     for image_key in ("source", "driver", "source2", "driver2"):
         label_key = f"{image_key}_pose_params"
         if image_key in batch and label_key in batch:
             images.append(batch[image_key])
             params.append(batch[label_key])
+            if expression:
+                if f"{image_key}_expression_params" not in batch:
+                    raise ValueError("expression labels in pose pretraining need *_expression_params: "
+                                     "use synthetic data ([data] kind = \"synthetic\")")
+                expressions.append(batch[f"{image_key}_expression_params"])
     if not images:
         raise ValueError("pose pretraining needs ground-truth poses (*_pose_params): "
                          "use synthetic data ([data] kind = \"synthetic\") for this stage")
+    if expression:
+        return torch.cat(images), torch.cat(params), torch.cat(expressions)
     return torch.cat(images), torch.cat(params)
 
 
@@ -111,7 +130,8 @@ class ReenactmentPass(nn.Module):
         out = self.model(batch["source"], driver_input)
         result = {"prediction": out["image"], "matte": out["matte"],
                   "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"],
-                  "warped_source": out.get("warped_source")}
+                  "warped_source": out.get("warped_source"),
+                  "source_expression": out["avatar"].expression, "driver_expression": out["driver_expression"]}
         if self.cycle:
             from ..model import split_matte
 
@@ -189,6 +209,13 @@ class LossComputer:
                 raise ValueError("the source_warp loss needs a model with the source-pixel path and a matte "
                                  "(preset demo128_ws, tiny_ws)")
             terms["source_warp"] = losses.multiscale_l1(warped * foreground, target, scales=self.l1_scales)
+        if self.weights.expression_labels:
+            if "source_expression_params" not in batch or "driver_expression_params" not in batch:
+                raise ValueError("the expression_labels loss needs the synthetic heads' expression parameters "
+                                 "(*_expression_params): use synthetic data ([data] kind = \"synthetic\")")
+            terms["expression_labels"] = 0.5 * (
+                losses.expression_label_loss(outputs["source_expression"], batch["source_expression_params"])
+                + losses.expression_label_loss(outputs["driver_expression"], batch["driver_expression_params"]))
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():

@@ -2,7 +2,9 @@
 
 Stages, as in the paper:
 1. ``pretrain_pose``: the head-pose regressor alone learns to regress the ground-truth pose of
-   synthetic heads (their pose is known by construction).
+   synthetic heads (their pose is known by construction); with ``[pose_pretrain]
+   expression_labels``, the expression encoder learns their expression parameters beside it
+   (not the paper's: the demo model's code carried no expression until it was asked to).
 2. main: source/driver pairs of one identity; the model predicts the driver frame from the
    source's appearance and the driver's motion. Losses: perceptual + L1, adversarial + feature
    matching once the GAN warm-up is over, and the cycle loss on motion codes using a second
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as model_checkpoint
+from ..losses import expression_label_loss
 from .config import TrainConfig
 from .data_stream import DataStream
 from .distributed import DistributedContext
@@ -108,8 +111,10 @@ class Trainer:
     def _build_pose_stage(self) -> None:
         p = self.cfg.pose_pretrain
         regressor = pose_regressor_of(self.model)
-        self.pose_optimizer = build_adamw([{"params": list(regressor.parameters()), "lr": p.lr}],
-                                          POSE_BETAS, self.cfg.optim.weight_decay)
+        groups = [{"params": list(regressor.parameters()), "lr": p.lr}]
+        if p.expression_labels:
+            groups.append({"params": list(self.model.driver_branch.expression_encoder.parameters()), "lr": p.lr})
+        self.pose_optimizer = build_adamw(groups, POSE_BETAS, self.cfg.optim.weight_decay)
         self.pose_scheduler = cosine_schedule(self.pose_optimizer, p.steps, p.lr, p.lr * 0.01)
         self.pose_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.pose_net = None   # DDP wrapper, built when the stage runs
@@ -150,7 +155,8 @@ class Trainer:
         if self.pose_net is None:
             regressor = pose_regressor_of(self.model)
             regressor.requires_grad_(True)
-            self.pose_net = self._wrap(PoseParameters(regressor))
+            encoder = self.model.driver_branch.expression_encoder if self.cfg.pose_pretrain.expression_labels else None
+            self.pose_net = self._wrap(PoseParameters(regressor, encoder))
 
     def _enter_main_stage(self) -> None:
         if self.reenact is not None:
@@ -180,22 +186,34 @@ class Trainer:
     def pose_pretrain_step(self) -> dict:
         self._enter_pose_stage()
         self.pose_optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total, labels_total = 0.0, 0.0
         n = self.cfg.train.grad_accum
+        label_weight = self.cfg.pose_pretrain.expression_labels
         for batch in self._micro_batches(self.pose_stream, [self.pose_net]):
-            images, target = pose_targets(batch)
+            images, target, *expression = pose_targets(batch, expression=bool(label_weight))
             with self._autocast():
                 predicted = self.pose_net(images)
+                if label_weight:
+                    predicted, code = predicted
+                    labels = expression_label_loss(code.float(), expression[0])
                 loss = self.losses.pose(predicted, target)
-            self.pose_scaler.scale(loss / n).backward()
+            objective = loss + label_weight * labels if label_weight else loss
+            self.pose_scaler.scale(objective / n).backward()
             total += float(loss.detach()) / n
+            if label_weight:
+                labels_total += float(labels.detach()) / n
         self.pose_scaler.unscale_(self.pose_optimizer)
         clip_gradients(pose_regressor_of(self.model), self.cfg.optim.grad_clip)
+        if label_weight:
+            clip_gradients(self.model.driver_branch.expression_encoder, self.cfg.optim.grad_clip)
         self.pose_scaler.step(self.pose_optimizer)
         self.pose_scaler.update()
         self.pose_scheduler.step()
         self.pose_step += 1
-        return {"pose_l1": total, "lr": self.pose_scheduler.get_last_lr()[0]}
+        scalars = {"pose_l1": total, "lr": self.pose_scheduler.get_last_lr()[0]}
+        if label_weight:
+            scalars["expression_labels"] = labels_total
+        return scalars
 
     def gan_active(self) -> bool:
         return self.discriminator is not None and self.step >= self.cfg.losses.gan_start_step
