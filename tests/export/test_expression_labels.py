@@ -117,3 +117,23 @@ def test_the_code_probe_scores_a_code_that_holds_the_parameters_and_one_that_hol
     half = np.c_[parameters[:, :1] * 3.0, rng.normal(0, 1, (400, 3))]
     r2 = probe.ridge_r2(half, parameters, 300)
     assert r2[0] > 0.999 and (r2[1:] < 0.1).all()
+
+
+def test_the_labels_are_learned_on_random_heads_when_the_training_pairs_are_expression_pairs():
+    from megaportraits_export.data import SyntheticTalkingHeads
+    from megaportraits_export.training.config import config_from_dict
+    from megaportraits_export.training.objectives import build_pose_dataset, build_training_dataset
+
+    def sets(labels):
+        cfg = config_from_dict({"data": {"train_identities": 4, "augment": False, "expression_regions": True},
+                                "losses": {"cycle": False},
+                                "pose_pretrain": {"steps": 5, "expression_labels": labels}})
+        training = build_training_dataset(cfg, 32)
+        return training, build_pose_dataset(cfg, 32, training)
+
+    training, pose = sets(0.0)
+    assert pose is training                                          # the pairs carry the poses
+    training, pose = sets(1.0)
+    assert isinstance(pose, SyntheticTalkingHeads) and pose is not training
+    item = pose[0]
+    assert item["source_expression_params"].shape == (6,) and item["source_pose_params"].shape == (7,)

@@ -291,8 +291,14 @@ def build_pose_dataset(cfg, image_size: int, training_set):
     fitted poses to 3D landmarks, which is not available here), so with video data the
     regressor is pretrained on synthetic heads of the same size; use ``main_stage = "low_lr"``
     to let it adapt to real faces during the main stage.
+
+    The expression pairs (``[data] expression_regions``) are not a good label set for the
+    expression encoder (``[pose_pretrain] expression_labels``): their sources are at rest and
+    their drivers show one or two parts at a time, so most parameters barely vary. Random heads,
+    where all six vary in every image, are its label set then.
     """
-    if cfg.data.kind == "synthetic" or cfg.pose_pretrain.steps == 0:
+    labels_on_pairs = cfg.pose_pretrain.expression_labels and cfg.data.expression_regions
+    if (cfg.data.kind == "synthetic" and not labels_on_pairs) or cfg.pose_pretrain.steps == 0:
         return training_set
     from ..data import SyntheticTalkingHeads
 
