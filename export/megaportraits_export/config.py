@@ -105,6 +105,10 @@ class ModelConfig:
     # pixels, where a coarse volume loses them. The generator then also reads the avatar's image
     # and its own pose and expression.
     warped_source: bool = False
+    # With warped_source: a small U-Net of these widths (one stride-2 level per entry after the
+    # first) redraws the source image with the driver's expression before the source-pixel path
+    # moves it (networks/expression_edit.py); () for none.
+    expression_edit_channels: tuple = ()
     # Which network layout the widths above describe. "megaportraits": this project's networks.
     # "emoportraits": the layout of the official EMOPortraits stage-1 model in its inference form
     # (spectral norm, weight standardisation and BatchNorm folded into plain convs), so that its
@@ -135,6 +139,12 @@ class ModelConfig:
         if self.volume_depth > self.volume_size:
             raise ValueError(f"{self.name}: volume_depth {self.volume_depth} must not exceed volume_size "
                              f"{self.volume_size}")
+        if self.expression_edit_channels and not self.warped_source:
+            raise ValueError(f"{self.name}: expression_edit_channels edits what the source-pixel path moves; "
+                             "it needs warped_source = true")
+        if self.expression_edit_channels and self.image_size % 2 ** (len(self.expression_edit_channels) - 1):
+            raise ValueError(f"{self.name}: image_size {self.image_size} must be divisible by "
+                             f"2**{len(self.expression_edit_channels) - 1} for the expression edit's levels")
         for field, size in (("descriptor_input_size", self.descriptor_input_size),
                             ("pose_input_size", self.pose_input_size)):
             if self.image_size % size:
@@ -301,11 +311,14 @@ PRESETS: dict[str, ModelConfig] = {
 # demo128 with the source-pixel path (issue 13: a 32x32 volume renders no eyes or mouth); it
 # fine-tunes from demo128's weights, the new parts starting at nothing
 PRESETS["demo128_ws"] = PRESETS["demo128"].replace(name="demo128_ws", warped_source=True)
+# and with the expression edit (the source redrawn with the driver's expression before it moves)
+PRESETS["demo128_wse"] = PRESETS["demo128_ws"].replace(name="demo128_wse", expression_edit_channels=(8, 16, 32, 64))
 
 # tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
 # tiny_matte with the source-pixel path, for the tests of that path (training, export, SDK)
 PRESETS["tiny_ws"] = PRESETS["tiny_matte"].replace(name="tiny_ws", warped_source=True)
+PRESETS["tiny_wse"] = PRESETS["tiny_ws"].replace(name="tiny_wse", expression_edit_channels=(4, 8))
 
 # The official EMOPortraits stage-1 base model (neeek2303/EMOPortraits, released checkpoint's
 # arguments): z of 128, G2D up widths 320/192/128 (512 / 1.5 rounded down to multiples of 32),

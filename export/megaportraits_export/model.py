@@ -26,6 +26,7 @@ from torch import nn
 from .config import ModelConfig, get_config
 from .networks import (AppearanceEncoder, CanonicalGenerator, ExpressionEncoder, GlobalDescriptorEncoder,
                        HeadPoseRegressor, ImageGenerator, WarpingGenerator, fold_weight_standardisation)
+from .networks.expression_edit import ExpressionEdit
 from .networks.source_pixels import SourcePixelWarp
 from .warp import driver_grid, sample_volume, source_grid
 
@@ -112,6 +113,7 @@ class Generator(nn.Module):
         self.driver_warp = WarpingGenerator(config)
         self.image_generator = ImageGenerator(config)
         self.source_pixels = SourcePixelWarp(config) if config.warped_source else None
+        self.expression_edit = ExpressionEdit(config) if config.expression_edit_channels else None
 
     def forward(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
                 expression: torch.Tensor, source_image: torch.Tensor | None = None,
@@ -122,8 +124,9 @@ class Generator(nn.Module):
     def render(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
                expression: torch.Tensor, source_image: torch.Tensor | None = None,
                source_pose: torch.Tensor | None = None, source_expression: torch.Tensor | None = None) -> tuple:
-        """(image, the driver deformation field D_d, the warped source image or None): the field
-        and the warped source are for training losses.
+        """(image, the driver deformation field D_d, the warped source image or None, the source
+        image edited to the driver's expression or None): the field and the images are for
+        training losses.
 
         ``source_image``, ``source_pose`` and ``source_expression`` (the avatar's own: its image
         and motion, not the driver's relative motion; ``AvatarState.source_pixels``) are required
@@ -133,13 +136,16 @@ class Generator(nn.Module):
         grid = driver_grid(pose, deformation)
         driver_volume = sample_volume(canonical_volume, grid)
         if self.source_pixels is None:
-            return self.image_generator(driver_volume), deformation, None
+            return self.image_generator(driver_volume), deformation, None, None
         if source_image is None or source_pose is None or source_expression is None:
             raise ValueError("this model has the source-pixel path (warped_source): give the generator the "
                              "avatar's source_image, source_pose and source_expression")
+        edited = None
+        if self.expression_edit is not None:
+            source_image = edited = self.expression_edit(source_image, expression - source_expression)
         warped = self.source_pixels(driver_volume, pose, expression, source_pose, source_expression,
                                     global_descriptor, source_image)
-        return self.image_generator(driver_volume, warped), deformation, warped
+        return self.image_generator(driver_volume, warped), deformation, warped, edited
 
 
 class MegaPortraits(nn.Module):
@@ -171,11 +177,13 @@ class MegaPortraits(nn.Module):
         Motion), ``driver_expression`` (z_d, for the cycle-consistency loss),
         ``source_deformation`` and ``driver_deformation`` (N, D, H, W, 3) (for warp regularisers),
         ``warped_source`` (N, 3, s, s), the source image as the driver sees it, or None (a model
-        without the source-pixel path; for the ``source_warp`` loss).
+        without the source-pixel path; for the ``source_warp`` loss), ``edited_source`` (N, 3, s, s),
+        the source image redrawn with the driver's expression, or None (a model without the
+        expression edit; for the ``expression_edit`` loss).
         """
         avatar, source_deformation = self.source_branch.encode(source_image)
         motion = self.driver_branch(driver_image)
-        rendering, driver_deformation, *warped = self.generator.render(
+        rendering, driver_deformation, warped, edited = self.generator.render(
             avatar.canonical_volume, avatar.global_descriptor, *motion, *avatar.source_pixels)
         image, matte = split_matte(rendering)
         return {
@@ -186,7 +194,8 @@ class MegaPortraits(nn.Module):
             "driver_expression": motion.expression,
             "source_deformation": source_deformation,
             "driver_deformation": driver_deformation,
-            "warped_source": warped[0] if warped else None,
+            "warped_source": warped,
+            "edited_source": edited,
         }
 
     def reenact(self, avatar: AvatarState, motion: Motion) -> torch.Tensor:

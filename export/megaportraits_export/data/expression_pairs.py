@@ -118,9 +118,11 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
     both are ``HeadMotion.random``. Keys as ``SyntheticTalkingHeads``' first pair (``source``,
     ``driver``, ``driver_input``, masks, ``*_pose_params``, ``*_expression_params``,
     ``identity``) plus ``driver_expression_region`` (1, S, S) in {0, 1}: where the driver
-    differs from the same person in the driver's pose with the source's expression, and
+    differs from the same person in the driver's pose with the source's expression,
     ``driver_feature_region`` (1, S, S) in {0, 1}: the driver's face features
-    (:func:`face_feature_region`). No second pair: the recipes that use this set train without
+    (:func:`face_feature_region`), ``source_edit_target`` (3, S, S): the source in its own pose
+    with the driver's expression (what the expression edit, networks/expression_edit.py, should
+    draw), and ``source_edit_region`` (1, S, S) in {0, 1}: where that differs from the source. No second pair: the recipes that use this set train without
     the cycle loss.
 
     With probability ``same_pose_fraction`` the driver keeps the source's head pose, so only the
@@ -162,6 +164,8 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
         counterfactual = render(identity, driver_motion.pose, source_motion.expression, self.size)
         region = expression_region(driver, counterfactual)
         features = face_feature_region(identity, driver_motion.pose, driver_motion.expression, self.size, driver)
+        edit_target = render(identity, source_motion.pose, driver_motion.expression, self.size)
+        edit_region = expression_region(edit_target, source)
         driver_t = _tensor(driver)
         return {
             "source": _tensor(source),
@@ -171,6 +175,8 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
             "driver_mask": _tensor(driver_mask),
             "driver_expression_region": torch.from_numpy(region[None].astype(np.float32)),
             "driver_feature_region": torch.from_numpy(features[None].astype(np.float32)),
+            "source_edit_target": _tensor(edit_target),
+            "source_edit_region": torch.from_numpy(edit_region[None].astype(np.float32)),
             "source_pose_params": torch.from_numpy(source_motion.pose.model_parameters()),
             "driver_pose_params": torch.from_numpy(driver_motion.pose.model_parameters()),
             "source_expression_params": torch.from_numpy(source_motion.expression.as_array()),

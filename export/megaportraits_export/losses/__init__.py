@@ -42,6 +42,9 @@ class LossWeights:
     consistent distortion, so the volume path alone leaves the composed warp far from the motion).
     ``expression_labels`` weighs :func:`expression_label_loss`: the source's and the driver's
     expression codes hold the synthetic heads' expression parameters in their first entries.
+    ``expression_edit`` weighs the expression edit's image (networks/expression_edit.py) against
+    the source drawn with the driver's expression: the pyramid L1 of the whole image plus
+    :func:`region_l1` where the expression changes it.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -56,6 +59,7 @@ class LossWeights:
     features: float = 0.0          # not the paper's: L1 on the driver's eyes, brows, mouth, nose
     source_warp: float = 0.0       # not the paper's: pyramid L1 of the warped source image to the driver's person
     expression_labels: float = 0.0  # not the paper's: the expression codes hold the synthetic expression parameters
+    expression_edit: float = 0.0   # not the paper's: the edited source against the source with the driver's expression
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -32,11 +32,14 @@ def pose_regressor_of(model: nn.Module) -> nn.Module:
 def expression_path_parameters(model: nn.Module) -> list:
     """What carries the driver's expression to the image: the expression encoder, the two
     warping generators and, in a model with it, the source-pixel path (its flow and G2D's convs
-    that read and blend it) (``[optim] expression_path_lr_scale`` gives them their own rate)."""
+    that read and blend it) and the expression edit (``[optim] expression_path_lr_scale`` gives
+    them their own rate)."""
     modules = [model.driver_branch.expression_encoder, model.source_branch.source_warp, model.generator.driver_warp]
     if getattr(model.generator, "source_pixels", None) is not None:
         image_generator = model.generator.image_generator
         modules += [model.generator.source_pixels, image_generator.source_inputs, image_generator.source_blend]
+    if getattr(model.generator, "expression_edit", None) is not None:
+        modules.append(model.generator.expression_edit)
     return [p for module in modules for p in module.parameters()]
 
 
@@ -130,7 +133,7 @@ class ReenactmentPass(nn.Module):
         out = self.model(batch["source"], driver_input)
         result = {"prediction": out["image"], "matte": out["matte"],
                   "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"],
-                  "warped_source": out.get("warped_source"),
+                  "warped_source": out.get("warped_source"), "edited_source": out.get("edited_source"),
                   "source_expression": out["avatar"].expression, "driver_expression": out["driver_expression"]}
         if self.cycle:
             from ..model import split_matte
@@ -209,6 +212,17 @@ class LossComputer:
                 raise ValueError("the source_warp loss needs a model with the source-pixel path and a matte "
                                  "(preset demo128_ws, tiny_ws)")
             terms["source_warp"] = losses.multiscale_l1(warped * foreground, target, scales=self.l1_scales)
+        if self.weights.expression_edit:
+            edited = outputs.get("edited_source")
+            if edited is None:
+                raise ValueError("the expression_edit loss needs a model with the expression edit "
+                                 "(preset demo128_wse, tiny_wse)")
+            if "source_edit_target" not in batch:
+                raise ValueError("the expression_edit loss needs the pairs' edit targets: set [data] "
+                                 "expression_regions = true (synthetic heads)")
+            target_edit = batch["source_edit_target"]
+            terms["expression_edit"] = (losses.multiscale_l1(edited, target_edit, scales=self.l1_scales)
+                                        + losses.region_l1(edited, target_edit, batch["source_edit_region"]))
         if self.weights.expression_labels:
             if "source_expression_params" not in batch or "driver_expression_params" not in batch:
                 raise ValueError("the expression_labels loss needs the synthetic heads' expression parameters "

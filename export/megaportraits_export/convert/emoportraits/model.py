@@ -73,10 +73,11 @@ class Generator(nn.Module):
         return self.render(canonical_volume, global_descriptor, pose, expression)[0]
 
     def render(self, canonical_volume, global_descriptor, pose, expression) -> tuple:
-        """(image, the driver sampling grid W_->d(z_d, e_s))."""
+        """(image, the driver sampling grid W_->d(z_d, e_s), None, None): the shape of
+        :meth:`megaportraits_export.model.Generator.render` (no source-pixel path, no edit)."""
         grid = self.driver_warp(expression, global_descriptor)
         expressed = sample_volume(canonical_volume, grid)
-        return self.image_generator(sample_volume(expressed, rigid_grid(pose, grid))), grid
+        return self.image_generator(sample_volume(expressed, rigid_grid(pose, grid))), grid, None, None
 
 
 class EmoPortraits(MegaPortraits):
