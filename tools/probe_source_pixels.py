@@ -13,7 +13,9 @@ expression region, beside the model's rendering on the person and the source lef
 A checkpoint of ``demo128``'s recovered weights is built as ``demo128_ws`` (its path as
 initialised: the poses' rigid motion at the mean depth). Also prints the blend's bias (G2D uses
 the warped source where its mask opens) and checks that the source driven by its own motion comes
-back unmoved (PSNR 100 = identical away from the 8-pixel border).
+back unmoved (PSNR 100 = identical away from the 8-pixel border). For a model with the expression
+edit (networks/expression_edit.py), also the edited source against the source drawn with the
+driver's expression, on the pixels where that differs from the source, beside the source itself.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def probe(model, pairs) -> dict:
     import torch
 
     from megaportraits_export.evaluation import relative_motion
+    from megaportraits_export.data.expression_pairs import REGION_THRESHOLD
     from megaportraits_export.expression_eval import region_psnr
 
     def on(image, where):
@@ -53,12 +56,16 @@ def probe(model, pairs) -> dict:
                                            tuple(model.driver_branch(pairs.driver)),
                                            tuple(model.driver_branch(pairs.reference)))
         for name, code in (("driver_code", expression), ("source_code", avatar.expression)):
-            rendering, _, warped = generator.render(avatar.canonical_volume, avatar.global_descriptor, pose, code,
-                                                    *avatar.source_pixels)
+            rendering, _, warped, edited = generator.render(avatar.canonical_volume, avatar.global_descriptor, pose,
+                                                            code, *avatar.source_pixels)
             figures[name] = {"warped_person": on(warped, pairs.target_mask), "warped_region": on(warped, pairs.region),
                              "rendering_person": on(rendering[:, :3], pairs.target_mask)}
+            if edited is not None and name == "driver_code":
+                changed = (pairs.edit_target - pairs.source).abs().amax(dim=1, keepdim=True) > REGION_THRESHOLD / 255
+                figures["edit"] = {"edited": float(region_psnr(edited, pairs.edit_target, changed).mean()),
+                                   "source": float(region_psnr(pairs.source, pairs.edit_target, changed).mean())}
         figures["unchanged"] = {"person": on(pairs.source, pairs.target_mask), "region": on(pairs.source, pairs.region)}
-        _, _, unmoved = generator.render(avatar.canonical_volume, avatar.global_descriptor, avatar.pose,
+        _, _, unmoved, _ = generator.render(avatar.canonical_volume, avatar.global_descriptor, avatar.pose,
                                          avatar.expression, *avatar.source_pixels)
         inner = (..., slice(8, -8), slice(8, -8))
         figures["self_driven_psnr"] = float(region_psnr(unmoved[inner], pairs.source[inner],
@@ -84,7 +91,9 @@ def main(argv=None) -> int:
         print(f"{path}: warped source on the person {d['warped_person']:.2f} (source's code {s['warped_person']:.2f}), "
               f"region {d['warped_region']:.2f} ({s['warped_region']:.2f}); rendering on the person "
               f"{d['rendering_person']:.2f} ({s['rendering_person']:.2f}); unchanged source {u['person']:.2f} / "
-              f"{u['region']:.2f}; self-driven {f['self_driven_psnr']:.2f} dB; blend bias {f['blend_bias']:.3f}")
+              f"{u['region']:.2f}; self-driven {f['self_driven_psnr']:.2f} dB; blend bias {f['blend_bias']:.3f}"
+              + (f"; edited source {f['edit']['edited']:.2f} where the expression changes it (the source "
+                 f"{f['edit']['source']:.2f})" if "edit" in f else ""))
     return 0
 
 

@@ -64,6 +64,7 @@ class ExpressionPairs:
     own_expression_target: torch.Tensor
     region: torch.Tensor
     target_mask: torch.Tensor
+    edit_target: torch.Tensor   # A with (p_s, e_d): what an expression edit of the source should draw
     kinds: list          # the strong expression of each pair's driver
     identities: list     # (A, B) per pair
 
@@ -78,7 +79,7 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
         raise ValueError("need at least 1 pair")
     seeds = synthetic.identity_seeds("eval", identities)
     rng = np.random.default_rng([0xE4E7, seed])
-    columns = {k: [] for k in ("source", "driver", "reference", "target", "own_expression_target")}
+    columns = {k: [] for k in ("source", "driver", "reference", "target", "own_expression_target", "edit_target")}
     regions, masks, kinds, chosen = [], [], [], []
     for k in range(pairs):
         a = seeds[k % len(seeds)]
@@ -94,6 +95,7 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
         columns["reference"].append(synthetic.render(driver_person, source_pose, rest, size))
         columns["target"].append(target)
         columns["own_expression_target"].append(own)
+        columns["edit_target"].append(synthetic.render(person, source_pose, strong, size))
         regions.append(expression_region(target, own)[None])
         masks.append(mask[None])
         kinds.append(kind)

@@ -145,3 +145,39 @@ def test_a_bundle_with_the_edit_renders_what_pytorch_renders(tmp_path):
                                                t(motion.expression)))[0].numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert np.abs(want - unedited).max() > 1e-2        # the edit is in the graph and matters
+
+
+def _pretrain_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "pretrain_expression_edit.py"
+    spec = importlib.util.spec_from_file_location("pretrain_expression_edit", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edit_pretraining_moves_the_edit_alone_and_never_overwrites_its_start(tmp_path, capsys):
+    from megaportraits_export.checkpoint import load_model_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(8)
+    start = build_model("tiny_ws")
+    init = save_checkpoint(tmp_path / "init.pt", start, start.config, "tiny_ws", {"weights": "random-init"})
+    tool = _pretrain_tool()
+    assert tool.main([str(init), "-o", str(init), "--preset", "tiny_wse"]) == 1
+    assert "overwrite" in capsys.readouterr().err
+    assert tool.main([str(init), "-o", str(tmp_path / "bad.pt"), "--preset", "tiny_ws"]) == 1
+    assert "no expression edit" in capsys.readouterr().err
+    out = tmp_path / "edit.pt"
+    assert tool.main([str(init), "-o", str(out), "--preset", "tiny_wse", "--steps", "3", "--batch-size", "2",
+                      "--no-progress"]) == 0
+    model, config, _ = load_model_from_checkpoint(out)
+    assert config.expression_edit_channels == (4, 8)
+    trained, started = model.state_dict(), start.state_dict()
+    for name, value in trained.items():
+        if name.startswith("generator.expression_edit."):
+            continue
+        assert torch.equal(value, started[name]), name             # everything but the edit as it was
+    assert trained["generator.expression_edit.to_residual.weight"].abs().max() > 0   # the edit learned
+    assert not (tmp_path / "edit.pt.partial").exists()
