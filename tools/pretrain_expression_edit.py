@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             optimizer.step()
             schedule.step()
             step += 1
-            recent = (recent + [float(loss)])[-50:]
+            recent = (recent + [float(loss.detach())])[-50:]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
