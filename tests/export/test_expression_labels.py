@@ -55,7 +55,7 @@ def test_the_reenactment_pass_hands_the_loss_the_codes_the_model_reads():
         assert torch.equal(out["driver_expression"], model.driver_branch(driver).expression)
 
 
-def _trainer(tmp_path, labels: float, kind: str = "synthetic"):
+def _trainer(tmp_path, labels: float, kind: str = "synthetic", train_regressor: bool = True):
     from megaportraits_export.training.config import config_from_dict
     from megaportraits_export.training.distributed import DistributedContext
     from megaportraits_export.training.trainer import Trainer
@@ -64,9 +64,9 @@ def _trainer(tmp_path, labels: float, kind: str = "synthetic"):
         "model": {"preset": "tiny"}, "data": {"kind": kind, "train_identities": 3, "augment": False},
         "losses": {"cycle": False, "weights": {"perceptual": 0.0, "adversarial": 0.0, "feature_matching": 0.0,
                                                "cycle": 0.0, "l1": 1.0}},
-        "pose_pretrain": {"steps": 2, "batch_size": 2, "expression_labels": labels},
+        "pose_pretrain": {"steps": 2, "batch_size": 2, "expression_labels": labels, "train_regressor": train_regressor},
         "train": {"steps": 1, "batch_size": 1, "device": "cpu", "threads": 1},
-        "log": {"out_dir": str(tmp_path / f"run{labels}"), "progress": False}})
+        "log": {"out_dir": str(tmp_path / f"run{labels}{train_regressor}"), "progress": False}})
     return Trainer(cfg, DistributedContext())
 
 
@@ -82,6 +82,17 @@ def test_pose_pretraining_teaches_the_encoder_the_labels_only_when_asked(tmp_pat
             assert scalars["expression_labels"] > 0
 
 
+def test_a_frozen_regressor_keeps_its_poses_while_the_encoder_learns_the_labels(tmp_path):
+    trainer = _trainer(tmp_path, 2.0, train_regressor=False)
+    regressor = trainer.model.driver_branch.head_pose
+    encoder = trainer.model.driver_branch.expression_encoder
+    before = {n: p.detach().clone() for n, p in regressor.state_dict().items()}
+    encoder_before = [p.detach().clone() for p in encoder.parameters()]
+    trainer.pose_pretrain_step()
+    assert all(torch.equal(before[n], p) for n, p in regressor.state_dict().items())
+    assert any(not torch.equal(a, p) for a, p in zip(encoder_before, encoder.parameters()))
+
+
 def test_the_labels_are_refused_without_synthetic_heads(tmp_path):
     from megaportraits_export.training.config import ConfigError, config_from_dict
 
@@ -90,6 +101,8 @@ def test_the_labels_are_refused_without_synthetic_heads(tmp_path):
                           "pose_pretrain": {"steps": 1, "expression_labels": 1.0}})
     with pytest.raises(ConfigError, match="expression_labels"):
         config_from_dict({"pose_pretrain": {"steps": 1, "expression_labels": -1.0}})
+    with pytest.raises(ConfigError, match="nothing to train"):
+        config_from_dict({"pose_pretrain": {"steps": 1, "train_regressor": False}})
 
 
 def _probe_tool():

@@ -68,6 +68,10 @@ class PosePretrainSection:
     # > 0: the expression encoder learns the synthetic heads' expression parameters in this stage
     # too, beside the pose (losses.expression_label_loss, this its weight; synthetic data only)
     expression_labels: float = 0.0
+    # false: only the expression encoder learns in this stage (expression_labels > 0), the
+    # regressor keeps its weights: a fine-tuning's renderer is co-adapted to its regressor's poses
+    # (docs/demo_model.md, session 8: a regressor retrained here cost ws9 4.4 dB whole-image)
+    train_regressor: bool = True
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError("[data] same_pose_fraction must be between 0 and 1")
     if cfg.pose_pretrain.expression_labels < 0:
         raise ConfigError("[pose_pretrain] expression_labels is a loss weight: 0 or more")
+    if not cfg.pose_pretrain.train_regressor and not cfg.pose_pretrain.expression_labels:
+        raise ConfigError("[pose_pretrain] train_regressor = false leaves the stage nothing to train: "
+                          "set expression_labels > 0, or steps = 0")
     if cfg.pose_pretrain.expression_labels and cfg.data.kind != "synthetic":
         raise ConfigError("[pose_pretrain] expression_labels needs the synthetic heads' expression parameters: "
                           "[data] kind = \"synthetic\"")

@@ -111,7 +111,7 @@ class Trainer:
     def _build_pose_stage(self) -> None:
         p = self.cfg.pose_pretrain
         regressor = pose_regressor_of(self.model)
-        groups = [{"params": list(regressor.parameters()), "lr": p.lr}]
+        groups = [{"params": list(regressor.parameters()), "lr": p.lr}] if p.train_regressor else []
         if p.expression_labels:
             groups.append({"params": list(self.model.driver_branch.expression_encoder.parameters()), "lr": p.lr})
         self.pose_optimizer = build_adamw(groups, POSE_BETAS, self.cfg.optim.weight_decay)
@@ -154,7 +154,7 @@ class Trainer:
     def _enter_pose_stage(self) -> None:
         if self.pose_net is None:
             regressor = pose_regressor_of(self.model)
-            regressor.requires_grad_(True)
+            regressor.requires_grad_(self.cfg.pose_pretrain.train_regressor)
             encoder = self.model.driver_branch.expression_encoder if self.cfg.pose_pretrain.expression_labels else None
             self.pose_net = self._wrap(PoseParameters(regressor, encoder))
 
@@ -197,7 +197,9 @@ class Trainer:
                     predicted, code = predicted
                     labels = expression_label_loss(code.float(), expression[0])
                 loss = self.losses.pose(predicted, target)
-            objective = loss + label_weight * labels if label_weight else loss
+            objective = loss if self.cfg.pose_pretrain.train_regressor else 0.0 * loss
+            if label_weight:
+                objective = objective + label_weight * labels
             self.pose_scaler.scale(objective / n).backward()
             total += float(loss.detach()) / n
             if label_weight:
