@@ -189,6 +189,8 @@ class ModelConfig:
             d[key] = b if isinstance(b, BackboneConfig) else BackboneConfig(b["block"], tuple(b["layers"]), b["width"])
         for key in ("appearance_channels", "warp_channels", "canonical_channels", "image_up_channels"):
             d[key] = tuple(d[key])
+        if "expression_edit_channels" in d:     # absent from checkpoints written before it existed
+            d["expression_edit_channels"] = tuple(d["expression_edit_channels"])
         return cls(**d)
 
 

@@ -181,3 +181,14 @@ def test_edit_pretraining_moves_the_edit_alone_and_never_overwrites_its_start(tm
         assert torch.equal(value, started[name]), name             # everything but the edit as it was
     assert trained["generator.expression_edit.to_residual.weight"].abs().max() > 0   # the edit learned
     assert not (tmp_path / "edit.pt.partial").exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_checkpoint_keeps_the_edits_widths(tmp_path, suffix):
+    from megaportraits_export.checkpoint import load_model_from_checkpoint, save_checkpoint
+
+    model, config = onnx_export.random_model("tiny_wse", 3)
+    path = save_checkpoint(tmp_path / f"edit{suffix}", model, config, "tiny_wse", {"weights": "random-init"})
+    loaded, loaded_config, _ = load_model_from_checkpoint(path)
+    assert loaded_config == config and loaded_config.expression_edit_channels == (4, 8)
+    assert torch.equal(loaded.generator.expression_edit.stem.weight, model.generator.expression_edit.stem.weight)
