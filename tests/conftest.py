@@ -56,3 +56,26 @@ def bundle_factory(tmp_path_factory):
 def graphs_factory():
     """``graphs_factory(preset="tiny", seed=0) -> onnx_export.ExportedModel``, cached per session."""
     return exported_graphs
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_script():
+    """Load a script of the repository (``tools/x.py``, ``benchmarks/x.py``) as a module: the
+    scripts are not a package, and their tests call their functions and ``main`` directly."""
+    import importlib.util
+
+    loaded = {}
+
+    def load(relative: str):
+        if relative not in loaded:
+            path = REPO_ROOT / relative
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[relative] = module
+        return loaded[relative]
+
+    return load

@@ -147,24 +147,13 @@ def test_a_bundle_with_the_edit_renders_what_pytorch_renders(tmp_path):
     assert np.abs(want - unedited).max() > 1e-2        # the edit is in the graph and matters
 
 
-def _pretrain_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "pretrain_expression_edit.py"
-    spec = importlib.util.spec_from_file_location("pretrain_expression_edit", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_edit_pretraining_moves_the_edit_alone_and_never_overwrites_its_start(tmp_path, capsys):
+def test_edit_pretraining_moves_the_edit_alone_and_never_overwrites_its_start(tmp_path, capsys, repo_script):
     from megaportraits_export.checkpoint import load_model_from_checkpoint, save_checkpoint
 
     torch.manual_seed(8)
     start = build_model("tiny_ws")
     init = save_checkpoint(tmp_path / "init.pt", start, start.config, "tiny_ws", {"weights": "random-init"})
-    tool = _pretrain_tool()
+    tool = repo_script("tools/pretrain_expression_edit.py")
     assert tool.main([str(init), "-o", str(init), "--preset", "tiny_wse"]) == 1
     assert "overwrite" in capsys.readouterr().err
     assert tool.main([str(init), "-o", str(tmp_path / "bad.pt"), "--preset", "tiny_ws"]) == 1

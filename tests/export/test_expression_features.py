@@ -113,19 +113,9 @@ def test_expression_path_learns_at_its_own_rate_and_everything_else_at_the_base_
         trainer(0.0)
 
 
-def _autoencode_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "expression_autoencode.py"
-    spec = importlib.util.spec_from_file_location("expression_autoencode", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_autoencode_tool_scores_psnr_on_the_feature_pixels_and_refuses_a_missing_checkpoint(tmp_path, capsys):
-    tool = _autoencode_tool()
+def test_autoencode_tool_scores_psnr_on_the_feature_pixels_and_refuses_a_missing_checkpoint(tmp_path, capsys,
+                                                                                             repo_script):
+    tool = repo_script("tools/expression_autoencode.py")
     rng = np.random.default_rng(8)
     target = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
     prediction = rng.integers(0, 256, (2, 8, 8, 3)).astype(np.uint8)
@@ -139,13 +129,13 @@ def test_autoencode_tool_scores_psnr_on_the_feature_pixels_and_refuses_a_missing
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_autoencode_tool_runs_a_checkpoint_and_prints_its_line(tmp_path, capsys):
+def test_autoencode_tool_runs_a_checkpoint_and_prints_its_line(tmp_path, capsys, repo_script):
     from megaportraits_export.checkpoint import save_checkpoint
     from megaportraits_export.config import get_config
     from megaportraits_export.model import build_model
 
     checkpoint = tmp_path / "tiny.pt"
     save_checkpoint(checkpoint, build_model(get_config("tiny_matte")), get_config("tiny_matte"), "tiny_matte", {})
-    assert _autoencode_tool().main([str(checkpoint), "--images", "2"]) == 0
+    assert repo_script("tools/expression_autoencode.py").main([str(checkpoint), "--images", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and lines[-1].startswith(f"  {checkpoint}: ")

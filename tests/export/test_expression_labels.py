@@ -105,19 +105,8 @@ def test_the_labels_are_refused_without_synthetic_heads(tmp_path):
         config_from_dict({"pose_pretrain": {"steps": 1, "train_regressor": False}})
 
 
-def _probe_tool():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "probe_expression_code.py"
-    spec = importlib.util.spec_from_file_location("probe_expression_code", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_code_probe_scores_a_code_that_holds_the_parameters_and_one_that_holds_nothing():
-    probe = _probe_tool()
+def test_the_code_probe_scores_a_code_that_holds_the_parameters_and_one_that_holds_nothing(repo_script):
+    probe = repo_script("tools/probe_expression_code.py")
     rng = np.random.default_rng(12)
     parameters = rng.uniform(-0.5, 1.0, (400, 6))
     mixing = rng.normal(0, 1, (6, 16))

@@ -389,19 +389,10 @@ def test_measured_sessions_are_made_like_the_sdks_own(toy_bundle):
 
 
 # ---- benchmarks/bench_grid_sample.py: a thin script over this package -------------------------
-def _bench_grid_sample_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_grid_sample.py"
-    spec = importlib.util.spec_from_file_location("bench_grid_sample", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_bench_grid_sample_reports_in_the_package_schema(capsys, monkeypatch):
-    bench = _bench_grid_sample_module()
+def test_bench_grid_sample_reports_in_the_package_schema(capsys, monkeypatch, repo_script):
+    bench = repo_script("benchmarks/bench_grid_sample.py")
     monkeypatch.setattr(bench, "measure_peaks", lambda threads: FAKE_PEAKS)
     assert bench.main(["--threads", "1", "--channels", "4", "--depth", "3", "--size", "5", "--repeats", "2",
                        "--warmup", "0", "--grid", "smooth", "--json"]) == 0
@@ -417,8 +408,8 @@ def test_bench_grid_sample_reports_in_the_package_schema(capsys, monkeypatch):
     assert by_variant["portable"]["floor_ms"] > 0
 
 
-def test_bench_grid_sample_refuses_bad_sizes_in_one_line(capsys):
-    bench = _bench_grid_sample_module()
+def test_bench_grid_sample_refuses_bad_sizes_in_one_line(capsys, repo_script):
+    bench = repo_script("benchmarks/bench_grid_sample.py")
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(["--size", "0"])
     assert exit_info.value.code == 2 and capsys.readouterr().err.count("error:") == 1

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..warp import pose_matrix
+
 
 def pose_regressor_of(model: nn.Module) -> nn.Module:
     """The head-pose regressor inside the driver branch (pretrained first, then frozen)."""
@@ -59,8 +61,6 @@ class PoseParameters(nn.Module):
         parameters = self.regressor.pose_parameters(image)
         if self.expression_encoder is None:
             return parameters
-        from ..warp import pose_matrix
-
         return parameters, self.expression_encoder(image, pose_matrix(*parameters).detach())
 
 

@@ -197,9 +197,9 @@ class Trainer:
                     predicted, code = predicted
                     labels = expression_label_loss(code.float(), expression[0])
                 loss = self.losses.pose(predicted, target)
-            objective = loss if self.cfg.pose_pretrain.train_regressor else 0.0 * loss
-            if label_weight:
-                objective = objective + label_weight * labels
+            objective = label_weight * labels if label_weight else 0.0
+            if self.cfg.pose_pretrain.train_regressor:   # else the regressor has no gradient to take
+                objective = objective + loss
             self.pose_scaler.scale(objective / n).backward()
             total += float(loss.detach()) / n
             if label_weight:
