@@ -109,6 +109,13 @@ class ModelConfig:
     # first) redraws the source image with the driver's expression before the source-pixel path
     # moves it (networks/expression_edit.py); () for none.
     expression_edit_channels: tuple = ()
+    # With warped_source: the distance of the pinhole camera through which the source-pixel path
+    # moves pixels, in the volume's normalised units (the volume's z in [-1, 1]); 0 for an
+    # orthographic camera (the volume's x and y are the image's). The synthetic heads are drawn
+    # through one at data.synthetic.camera.CAMERA_DISTANCE (6): with poses exact, moving their
+    # pixels orthographically scores 4 dB under the true correspondence on the expression region
+    # (tools/probe_pose_precision.py).
+    camera_distance: float = 0.0
     # Which network layout the widths above describe. "megaportraits": this project's networks.
     # "emoportraits": the layout of the official EMOPortraits stage-1 model in its inference form
     # (spectral norm, weight standardisation and BatchNorm folded into plain convs), so that its
@@ -142,6 +149,9 @@ class ModelConfig:
         if self.expression_edit_channels and not self.warped_source:
             raise ValueError(f"{self.name}: expression_edit_channels edits what the source-pixel path moves; "
                              "it needs warped_source = true")
+        if self.camera_distance and (not self.warped_source or self.camera_distance <= 1.0):
+            raise ValueError(f"{self.name}: camera_distance {self.camera_distance} is the source-pixel path's camera: "
+                             "it needs warped_source = true and a distance beyond the volume (> 1), or 0")
         if self.expression_edit_channels and self.image_size % 2 ** (len(self.expression_edit_channels) - 1):
             raise ValueError(f"{self.name}: image_size {self.image_size} must be divisible by "
                              f"2**{len(self.expression_edit_channels) - 1} for the expression edit's levels")
@@ -315,12 +325,15 @@ PRESETS: dict[str, ModelConfig] = {
 PRESETS["demo128_ws"] = PRESETS["demo128"].replace(name="demo128_ws", warped_source=True)
 # and with the expression edit (the source redrawn with the driver's expression before it moves)
 PRESETS["demo128_wse"] = PRESETS["demo128_ws"].replace(name="demo128_wse", expression_edit_channels=(8, 16, 32, 64))
+# and the pixels moved through the synthetic heads' own pinhole camera (data.synthetic.camera)
+PRESETS["demo128_wsep"] = PRESETS["demo128_wse"].replace(name="demo128_wsep", camera_distance=6.0)
 
 # tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)
 # tiny_matte with the source-pixel path, for the tests of that path (training, export, SDK)
 PRESETS["tiny_ws"] = PRESETS["tiny_matte"].replace(name="tiny_ws", warped_source=True)
 PRESETS["tiny_wse"] = PRESETS["tiny_ws"].replace(name="tiny_wse", expression_edit_channels=(4, 8))
+PRESETS["tiny_wsep"] = PRESETS["tiny_wse"].replace(name="tiny_wsep", camera_distance=6.0)
 
 # The official EMOPortraits stage-1 base model (neeek2303/EMOPortraits, released checkpoint's
 # arguments): z of 128, G2D up widths 320/192/128 (512 / 1.5 rounded down to multiples of 32),

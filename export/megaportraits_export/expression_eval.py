@@ -67,6 +67,7 @@ class ExpressionPairs:
     edit_target: torch.Tensor   # A with (p_s, e_d): what an expression edit of the source should draw
     kinds: list          # the strong expression of each pair's driver
     identities: list     # (A, B) per pair
+    poses: list          # (p_s, p_d) per pair: the synthetic Pose of the source and of the driver
 
 
 def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEFAULT_IDENTITIES) -> ExpressionPairs:
@@ -80,7 +81,7 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
     seeds = synthetic.identity_seeds("eval", identities)
     rng = np.random.default_rng([0xE4E7, seed])
     columns = {k: [] for k in ("source", "driver", "reference", "target", "own_expression_target", "edit_target")}
-    regions, masks, kinds, chosen = [], [], [], []
+    regions, masks, kinds, chosen, poses = [], [], [], [], []
     for k in range(pairs):
         a = seeds[k % len(seeds)]
         b = seeds[(k % len(seeds) + 1 + int(rng.integers(len(seeds) - 1))) % len(seeds)]
@@ -100,6 +101,7 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
         masks.append(mask[None])
         kinds.append(kind)
         chosen.append((a, b))
+        poses.append((source_pose, driver_pose))
 
     def images(batch) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2))).float() / 255.0
@@ -107,7 +109,7 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
     return ExpressionPairs(**{k: images(v) for k, v in columns.items()},
                            region=torch.from_numpy(np.stack(regions).astype(np.float32)),
                            target_mask=torch.from_numpy(np.stack(masks)).float() / 255.0,
-                           kinds=kinds, identities=chosen)
+                           kinds=kinds, identities=chosen, poses=poses)
 
 
 # ---- the two renderings of a pair -----------------------------------------------------------------

@@ -112,16 +112,17 @@ def test_the_pairs_edit_target_is_the_source_drawn_with_the_drivers_expression()
     assert region.any() and np.array_equal(item["source_edit_region"][0].numpy() > 0, region)
 
 
-def test_a_bundle_with_the_edit_renders_what_pytorch_renders(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny_wse", "tiny_wsep"])   # the latter through a pinhole camera
+def test_a_bundle_with_the_edit_renders_what_pytorch_renders(tmp_path, preset):
     from megaportraits.animator import Animator
 
-    model, config = onnx_export.random_model("tiny_wse", 0)
+    model, config = onnx_export.random_model(preset, 0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():   # the path and the edit weigh on the rendering, so a mis-wired edit shows
         for name, parameter in model.named_parameters():
             if any(part in name for part in ("source_pixels.", "source_inputs.", "source_blend.", "expression_edit.")):
                 parameter.copy_(0.05 * torch.randn(parameter.shape, generator=g))
-    exported = onnx_export.export_graphs(model, config, "tiny_wse", {"weights": "random-init", "seed": 0})
+    exported = onnx_export.export_graphs(model, config, preset, {"weights": "random-init", "seed": 0})
     bundle = onnx_export.write_bundle(exported, tmp_path / "bundle", verify_against=model)
     rng = np.random.default_rng(7)
     source, driver = (np.clip(cv2.resize(rng.uniform(0, 255, (8, 8, 3)), (64, 64), interpolation=cv2.INTER_CUBIC),

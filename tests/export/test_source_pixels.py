@@ -149,3 +149,58 @@ def test_the_generator_of_a_model_with_the_path_refuses_to_render_without_the_so
         motion = model.driver_branch(_random(1, 3, size, size, seed=15))
         with pytest.raises(ValueError, match="source_image, source_pose and source_expression"):
             model.generator(*avatar[:2], *motion)
+
+
+def test_a_perspective_camera_moves_points_as_a_pinhole_sees_a_rigid_motion(config):
+    # camera_distance d: a driver voxel (x, y, z) is the camera point (x, y) (z + d) / d at z,
+    # moved rigidly (theta_s^-1 theta_d, the expression unchanged) and seen again through the
+    # pinhole; by hand with numpy, voxel by voxel
+    import numpy as np
+
+    distance = 6.0
+    path = _path(config.replace(name="tiny_ws_perspective", camera_distance=distance))
+    with torch.no_grad():
+        path.pose_to_code.weight.zero_()
+    _, descriptor, _ = _inputs(config, 1, seed=11)
+    g = torch.Generator().manual_seed(12)
+    driver_pose = pose_matrix(1 + 0.1 * torch.rand(1, 3, generator=g), 0.6 * torch.rand(1, 3, generator=g) - 0.3,
+                              0.1 * torch.rand(1, 3, generator=g))
+    source_pose = pose_matrix(torch.ones(1, 3), 0.6 * torch.rand(1, 3, generator=g) - 0.3, torch.zeros(1, 3))
+    z = _random(1, config.expression_dim, seed=13)
+    with torch.no_grad():
+        points = path.source_points(driver_pose, z, source_pose, z, descriptor)[0].double().numpy()
+    grid = identity_grid(config.volume_depth, config.volume_size, config.volume_size).double().numpy()
+    a_d, b_d = driver_pose[0, :, :3].double().numpy(), driver_pose[0, :, 3].double().numpy()
+    a_s, b_s = source_pose[0, :, :3].double().numpy(), source_pose[0, :, 3].double().numpy()
+    for index in [(0, 0, 0), (1, 3, 5), (config.volume_depth - 1, config.volume_size - 1, 2)]:
+        x, y, depth = grid[index]
+        camera = np.array([x * (depth + distance) / distance, y * (depth + distance) / distance, depth])
+        moved = np.linalg.solve(a_s, a_d @ camera + b_d - b_s)
+        seen = np.array([moved[0] * distance / (moved[2] + distance), moved[1] * distance / (moved[2] + distance),
+                         moved[2]])
+        np.testing.assert_allclose(points[index], seen, atol=1e-5)
+    orthographic = _path(config)
+    with torch.no_grad():
+        orthographic.pose_to_code.weight.zero_()
+        flat = orthographic.source_points(driver_pose, z, source_pose, z, descriptor)[0].double().numpy()
+    assert np.abs(flat - points).max() > 1e-2
+
+
+def test_the_source_driven_by_itself_is_unmoved_through_a_perspective_camera(config):
+    path = _path(config.replace(name="tiny_ws_perspective", camera_distance=4.0))
+    volume, descriptor, image = _inputs(config, 2, seed=14)
+    g = torch.Generator().manual_seed(15)
+    pose = pose_matrix(1 + 0.1 * torch.rand(2, 3, generator=g), 0.4 * torch.rand(2, 3, generator=g) - 0.2,
+                       0.1 * torch.rand(2, 3, generator=g))
+    z = _random(2, config.expression_dim, seed=16)
+    with torch.no_grad():
+        warped = path(volume, pose, z, pose, z, descriptor, image)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert torch.allclose(warped[inner], image[inner], atol=1e-5)
+
+
+def test_a_camera_needs_the_path_and_a_distance_beyond_the_volume(config):
+    with pytest.raises(ValueError, match="camera_distance"):
+        config.replace(name="bad", camera_distance=0.5)
+    with pytest.raises(ValueError, match="camera_distance"):
+        build_model("tiny").config.replace(name="bad", camera_distance=6.0)

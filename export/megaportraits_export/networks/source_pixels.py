@@ -17,6 +17,11 @@ driver voxel p (normalised driver camera coordinates), with theta the head poses
     c = q + M(m_d, e_s)(q) - M(m_s, e_s)(q)         moved by the change of motion beyond the rigid
     x_s = theta_s^-1 c                              where the source image shows that point
 
+With ``config.camera_distance`` d > 0 the driver voxel is first unprojected through a pinhole
+camera at distance d, p = (x (z + d) / d, y (z + d) / d, z), and x_s projected back: a head drawn
+in perspective (the synthetic heads are) then moves as a rigid body does, which an orthographic
+motion misses by a pixel at the face's edges.
+
 M is a warping generator (the same architecture as W_s-> and W_->d, its own weights), read at q
 (trilinear, zero padding); its code m = z + L(theta) is the expression code plus a learned
 linear map of the pose (zero at the start), because a drawn head does not turn like a rigid
@@ -45,11 +50,24 @@ from .blocks import plain_conv
 from .warping_generator import WarpingGenerator
 
 
+def unproject(points: torch.Tensor, distance: float) -> torch.Tensor:
+    """Image points (x, y) at depth z -> camera points through a pinhole at ``distance``."""
+    spread = (points[..., 2:] + distance) / distance
+    return torch.cat((points[..., :2] * spread, points[..., 2:]), dim=-1)
+
+
+def project(points: torch.Tensor, distance: float) -> torch.Tensor:
+    """The inverse of :func:`unproject`: camera points -> (x, y) of the image, z kept."""
+    spread = (points[..., 2:] + distance).clamp_min(1e-3) / distance
+    return torch.cat((points[..., :2] / spread, points[..., 2:]), dim=-1)
+
+
 class SourcePixelWarp(nn.Module):
     """(driver volume, driver motion, source motion, e_s, source image) -> the source image as the driver sees it."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.camera_distance = config.camera_distance
         self.expression_motion = WarpingGenerator(config)
         self.pose_to_code = nn.Linear(12, config.expression_dim)
         # zero: every candidate (D depths and the unmoved pixel) weighs the same at the start
@@ -65,14 +83,19 @@ class SourcePixelWarp(nn.Module):
 
     def source_points(self, pose: torch.Tensor, expression: torch.Tensor, source_pose: torch.Tensor,
                       source_expression: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
-        """(N, D, H, W, 3): x_s, the source camera point each driver voxel shows (module doc)."""
+        """(N, D, H, W, 3): x_s, the point of the source each driver voxel shows, as the source
+        image's (x, y) and a depth (module doc)."""
         change = (self.expression_motion(self.motion_code(pose, expression), descriptor)
                   - self.expression_motion(self.motion_code(source_pose, source_expression), descriptor))
         d, h, w = change.shape[1:4]
-        q = transform_points(pose, identity_grid(d, h, w, device=change.device, dtype=change.dtype))
+        p = identity_grid(d, h, w, device=change.device, dtype=change.dtype)
+        if self.camera_distance:
+            p = unproject(p, self.camera_distance)
+        q = transform_points(pose, p)
         change_at_q = F.grid_sample(change.permute(0, 4, 1, 2, 3), q, mode="bilinear", padding_mode="zeros",
                                     align_corners=False)
-        return transform_points(invert_pose(source_pose), q + change_at_q.permute(0, 2, 3, 4, 1))
+        points = transform_points(invert_pose(source_pose), q + change_at_q.permute(0, 2, 3, 4, 1))
+        return project(points, self.camera_distance) if self.camera_distance else points
 
     def flow(self, driver_volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """(N, 2, H, W): the source image point (x, y), normalised, that each driver pixel of the
