@@ -38,7 +38,7 @@ from megaportraits_export.data.synthetic.camera import CAMERA_DISTANCE
 from megaportraits_export.data.synthetic.correspondence import skull_correspondence, skull_points
 from megaportraits_export.expression_eval import ExpressionPairs, expression_pairs, region_psnr
 from megaportraits_export.networks.source_pixels import project, unproject
-from megaportraits_export.warp import invert_pose, pose_matrix, transform_points
+from megaportraits_export.warp import invert_pose, pose_from_parameters, transform_points
 
 ROTATION_ERRORS_DEG = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 TRANSLATION_ERROR = 0.005  # normalised units: 0.3 px at 128 px
@@ -51,11 +51,6 @@ def _compose_relative(source, driver, reference):
         bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=pose.dtype).expand(pose.shape[0], 1, 4)
         return torch.cat((pose, bottom), dim=1)
     return (homogeneous(driver) @ homogeneous(invert_pose(reference)) @ homogeneous(source))[:, :3]
-
-
-def _theta(parameters: torch.Tensor) -> torch.Tensor:
-    """(N, 7) model parameters (Pose.model_parameters) -> (N, 3, 4) theta."""
-    return pose_matrix(parameters[:, :1].expand(-1, 3), parameters[:, 1:4], parameters[:, 4:7])
 
 
 class PixelMotion:
@@ -113,7 +108,7 @@ def probe(pairs: ExpressionPairs, checkpoints: list[str]) -> dict:
         true_grid.append(points)
     source_params = torch.from_numpy(np.stack([p.model_parameters() for p, _ in pairs.poses]))
     driver_params = torch.from_numpy(np.stack([p.model_parameters() for _, p in pairs.poses]))
-    theta_s, theta_d = _theta(source_params), _theta(driver_params)
+    theta_s, theta_d = pose_from_parameters(source_params), pose_from_parameters(driver_params)
     result = {"true_correspondence": ceiling(pairs, torch.from_numpy(np.stack(true_grid))),
               "true_poses_orthographic": ceiling(pairs, motion.grid(theta_d, theta_s, perspective=False)),
               "noisy_poses": {}}
@@ -125,7 +120,7 @@ def probe(pairs: ExpressionPairs, checkpoints: list[str]) -> dict:
                 noise = torch.zeros_like(params)
                 noise[:, 1:4] = torch.randn(params.shape[0], 3, generator=generator) * math.radians(degrees)
                 noise[:, 4:6] = torch.randn(params.shape[0], 2, generator=generator) * TRANSLATION_ERROR
-                return _theta(params + noise)
+                return pose_from_parameters(params + noise)
             # three regressions: the source, the driver, the driver's reference (in the source's pose)
             estimated_source = noisy(source_params)
             relative = _compose_relative(estimated_source, noisy(driver_params), noisy(source_params))

@@ -56,8 +56,8 @@ def probe(model, pairs) -> dict:
                                            tuple(model.driver_branch(pairs.driver)),
                                            tuple(model.driver_branch(pairs.reference)))
         for name, code in (("driver_code", expression), ("source_code", avatar.expression)):
-            rendering, _, warped, edited = generator.render(avatar.canonical_volume, avatar.global_descriptor, pose,
-                                                            code, *avatar.source_pixels)
+            rendering, _, warped, edited, _ = generator.render(avatar.canonical_volume, avatar.global_descriptor,
+                                                               pose, code, *avatar.source_pixels)
             figures[name] = {"warped_person": on(warped, pairs.target_mask), "warped_region": on(warped, pairs.region),
                              "rendering_person": on(rendering[:, :3], pairs.target_mask)}
             if edited is not None and name == "driver_code":
@@ -65,8 +65,8 @@ def probe(model, pairs) -> dict:
                 figures["edit"] = {"edited": float(region_psnr(edited, pairs.edit_target, changed).mean()),
                                    "source": float(region_psnr(pairs.source, pairs.edit_target, changed).mean())}
         figures["unchanged"] = {"person": on(pairs.source, pairs.target_mask), "region": on(pairs.source, pairs.region)}
-        _, _, unmoved, _ = generator.render(avatar.canonical_volume, avatar.global_descriptor, avatar.pose,
-                                         avatar.expression, *avatar.source_pixels)
+        unmoved = generator.render(avatar.canonical_volume, avatar.global_descriptor, avatar.pose,
+                                   avatar.expression, *avatar.source_pixels).warped
         inner = (..., slice(8, -8), slice(8, -8))
         figures["self_driven_psnr"] = float(region_psnr(unmoved[inner], pairs.source[inner],
                                                         torch.ones_like(pairs.region)[inner]).mean())

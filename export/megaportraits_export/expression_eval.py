@@ -116,25 +116,39 @@ def expression_pairs(pairs: int, size: int, seed: int = 0, identities: int = DEF
 class CheckpointExpressionReenactor:
     """A PyTorch model: the relative pose of the driver with the driver's or the source's code."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 8, background: str = "source"):
+    def __init__(self, model: torch.nn.Module, batch_size: int = 8, background: str = "source",
+                 true_poses: bool = False):
         from megaportraits_export.evaluation import CheckpointReenactor  # the evaluation's compositing
 
         self.shown = CheckpointReenactor(model, batch_size=batch_size, background=background)
         self.model = model.eval()
         self.batch_size = batch_size
         self.image_size = model.config.image_size
+        self.true_poses = true_poses   # the pairs' true poses in place of the regressor's ([train] true_poses)
 
     @torch.no_grad()
-    def reenact_codes(self, source: torch.Tensor, driver: torch.Tensor, reference: torch.Tensor) -> dict:
+    def reenact_codes(self, source: torch.Tensor, driver: torch.Tensor, reference: torch.Tensor,
+                      poses: list | None = None) -> dict:
+        """``poses``: the pairs' (p_s, p_d), read when ``true_poses``: the source encoded with
+        p_s, and the relative pose exact (theta_d theta_d0^-1 theta_s = theta_d, the reference
+        being in the source's pose)."""
         from megaportraits_export.evaluation import relative_motion
+        from megaportraits_export.warp import pose_from_parameters
 
+        if self.true_poses and poses is None:
+            raise ValueError("true_poses needs the pairs' poses")
         outputs = {code: [] for code in CODES}
         for i in range(0, source.shape[0], self.batch_size):
             part = slice(i, i + self.batch_size)
-            avatar = self.model.source_branch(source[part])
+            known = [None, None, None]
+            if self.true_poses:
+                source_theta, driver_theta = (pose_from_parameters(torch.from_numpy(np.stack(
+                    [pair[k].model_parameters() for pair in poses[part]]))) for k in (0, 1))
+                known = [source_theta, driver_theta, source_theta]
+            avatar = self.model.source_branch.encode(source[part], known[0])[0]
             pose, expression = relative_motion((avatar.pose, avatar.expression),
-                                               tuple(self.model.driver_branch(driver[part])),
-                                               tuple(self.model.driver_branch(reference[part])))
+                                               tuple(self.model.driver_branch(driver[part], known[1])),
+                                               tuple(self.model.driver_branch(reference[part], known[2])))
             plates = self.shown.backdrop_plates(avatar, source[part])  # per avatar, not per rendering
             for code, z in (("driver_code", expression), ("source_code", avatar.expression)):
                 rendering = self.model.generator(avatar.canonical_volume, avatar.global_descriptor, pose, z,
@@ -229,12 +243,14 @@ def score(renderings: dict, pairs: ExpressionPairs) -> dict:
 def run_expression_evaluation(reenactor, pairs: int = DEFAULT_PAIRS, seed: int = 0,
                               identities: int = DEFAULT_IDENTITIES, background: str = "source") -> dict:
     pair_set = expression_pairs(pairs, reenactor.image_size, seed=seed, identities=identities)
-    results = score(reenactor.reenact_codes(pair_set.source, pair_set.driver, pair_set.reference), pair_set)
+    poses = {"poses": pair_set.poses} if getattr(reenactor, "true_poses", False) else {}
+    results = score(reenactor.reenact_codes(pair_set.source, pair_set.driver, pair_set.reference, **poses), pair_set)
     results["protocol"] = {
         "data": "synthetic held-out identities (seeds >= EVAL_IDENTITY_SEED_OFFSET), cross-reenactment, "
                 "neutral sources, strong driver expressions", "pairs": pairs, "heldout_identities": identities,
         "seed": seed, "motion": "relative", "image_size": reenactor.image_size, "background": background,
         "region": "pixels where the target and the source's own expression in the driver's pose differ",
+        "poses": "true (an oracle)" if getattr(reenactor, "true_poses", False) else "regressed",
     }
     return results
 
@@ -267,6 +283,9 @@ def build_parser() -> command.Parser:
         "The expression path alone: held-out cross-reenactment with strong expressions, the driver's "
         "expression code against the source's own, PSNR where the expression shows.")
     add_evaluation_options(parser, pairs=DEFAULT_PAIRS, identities=DEFAULT_IDENTITIES)
+    parser.add_argument("--true-poses", action="store_true",
+                        help="(a checkpoint only) drive it by the pairs' true poses, not its regressor's: the "
+                             "oracle a model trained with [train] true_poses is scored with")
     return parser
 
 
@@ -274,6 +293,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_counts(parser, args)
+    if args.true_poses and not args.checkpoint:
+        parser.error("--true-poses scores a checkpoint (--checkpoint): a bundle runs its own regressor")
     return command.run(_evaluate_expressions, args)  # CheckpointError, SDK errors: one line, exit 1
 
 
@@ -283,7 +304,8 @@ def _evaluate_expressions(args) -> int:
         from megaportraits_export.checkpoint import load_model_from_checkpoint
 
         model, _, _ = load_model_from_checkpoint(args.checkpoint)
-        reenactor, subject = CheckpointExpressionReenactor(model, background=args.background), f"checkpoint {args.checkpoint}"
+        reenactor = CheckpointExpressionReenactor(model, background=args.background, true_poses=args.true_poses)
+        subject = f"checkpoint {args.checkpoint}" + (" with the true poses" if args.true_poses else "")
     else:
         reenactor = BundleExpressionReenactor(args.bundle, provider=args.provider, background=args.background)
         subject = f"bundle {args.bundle}"

@@ -64,8 +64,11 @@ class DriverBranch(nn.Module):
         self.head_pose = HeadPoseRegressor(config)
         self.expression_encoder = ExpressionEncoder(config)
 
-    def forward(self, driver_image: torch.Tensor) -> Motion:
-        pose = self.head_pose(driver_image)
+    def forward(self, driver_image: torch.Tensor, pose: torch.Tensor | None = None) -> Motion:
+        """``pose``: a known theta in place of the regressor's (the synthetic heads' true pose, for
+        ``[train] true_poses``)."""
+        if pose is None:
+            pose = self.head_pose(driver_image)
         return Motion(pose, self.expression_encoder(driver_image, pose))
 
 
@@ -84,11 +87,12 @@ class SourceBranch(nn.Module):
     def forward(self, source_image: torch.Tensor) -> AvatarState:
         return self.encode(source_image)[0]
 
-    def encode(self, source_image: torch.Tensor) -> tuple:
-        """(AvatarState, the source deformation field D_s): the field is for training losses."""
+    def encode(self, source_image: torch.Tensor, pose: torch.Tensor | None = None) -> tuple:
+        """(AvatarState, the source deformation field D_s): the field is for training losses.
+        ``pose``: the source's known theta_s in place of the regressor's (see DriverBranch)."""
         volume = self.appearance_encoder(source_image)
         descriptor = self.global_descriptor(source_image)
-        pose, expression = self.driver_branch(source_image)
+        pose, expression = self.driver_branch(source_image, pose)
         deformation = self.source_warp(expression, descriptor)
         canonical = self.canonical_generator(sample_volume(volume, source_grid(pose, deformation)))
         pixels = (source_image,) if self.keeps_source_pixels else ()
@@ -100,6 +104,16 @@ def split_matte(rendering: torch.Tensor) -> tuple:
     if rendering.shape[1] == 4:
         return rendering[:, :3], rendering[:, 3:]
     return rendering, None
+
+
+class Rendering(NamedTuple):
+    """What :meth:`Generator.render` returns: the image, and for training losses the rest."""
+
+    image: torch.Tensor                        # (N, 3 or 4, s, s); RGBA for a matte model
+    deformation: torch.Tensor                  # the driver deformation field D_d (N, D, H, W, 3)
+    warped: torch.Tensor | None = None         # the source image as the driver sees it (source-pixel path)
+    edited: torch.Tensor | None = None         # the source redrawn with the driver's expression (the edit)
+    flow: torch.Tensor | None = None           # (N, 2, s, s) the source point each pixel of ``warped`` shows
 
 
 class Generator(nn.Module):
@@ -123,10 +137,8 @@ class Generator(nn.Module):
 
     def render(self, canonical_volume: torch.Tensor, global_descriptor: torch.Tensor, pose: torch.Tensor,
                expression: torch.Tensor, source_image: torch.Tensor | None = None,
-               source_pose: torch.Tensor | None = None, source_expression: torch.Tensor | None = None) -> tuple:
-        """(image, the driver deformation field D_d, the warped source image or None, the source
-        image edited to the driver's expression or None): the field and the images are for
-        training losses.
+               source_pose: torch.Tensor | None = None, source_expression: torch.Tensor | None = None) -> Rendering:
+        """The image and what training losses read of it (:class:`Rendering`).
 
         ``source_image``, ``source_pose`` and ``source_expression`` (the avatar's own: its image
         and motion, not the driver's relative motion; ``AvatarState.source_pixels``) are required
@@ -136,16 +148,16 @@ class Generator(nn.Module):
         grid = driver_grid(pose, deformation)
         driver_volume = sample_volume(canonical_volume, grid)
         if self.source_pixels is None:
-            return self.image_generator(driver_volume), deformation, None, None
+            return Rendering(self.image_generator(driver_volume), deformation)
         if source_image is None or source_pose is None or source_expression is None:
             raise ValueError("this model has the source-pixel path (warped_source): give the generator the "
                              "avatar's source_image, source_pose and source_expression")
         edited = None
         if self.expression_edit is not None:
             source_image = edited = self.expression_edit(source_image, expression - source_expression)
-        warped = self.source_pixels(driver_volume, pose, expression, source_pose, source_expression,
-                                    global_descriptor, source_image)
-        return self.image_generator(driver_volume, warped), deformation, warped, edited
+        warped, flow = self.source_pixels(driver_volume, pose, expression, source_pose, source_expression,
+                                          global_descriptor, source_image)
+        return Rendering(self.image_generator(driver_volume, warped), deformation, warped, edited, flow)
 
 
 class MegaPortraits(nn.Module):
@@ -170,8 +182,12 @@ class MegaPortraits(nn.Module):
         """The one DriverBranch, owned by the source branch so its weights are stored once."""
         return self.source_branch.driver_branch
 
-    def forward(self, source_image: torch.Tensor, driver_image: torch.Tensor) -> dict:
+    def forward(self, source_image: torch.Tensor, driver_image: torch.Tensor, source_pose: torch.Tensor | None = None,
+                driver_pose: torch.Tensor | None = None) -> dict:
         """Self-reenactment when source and driver are frames of one video (training).
+
+        ``source_pose`` / ``driver_pose`` (N, 3, 4): known poses in place of the regressor's
+        (``[train] true_poses``: what the rest of the model does with an exact motion).
 
         Returns ``image`` (N, 3, s, s), ``matte`` (N, 1, s, s) or None, ``avatar`` (AvatarState), ``motion`` (the driver's
         Motion), ``driver_expression`` (z_d, for the cycle-consistency loss),
@@ -179,13 +195,14 @@ class MegaPortraits(nn.Module):
         ``warped_source`` (N, 3, s, s), the source image as the driver sees it, or None (a model
         without the source-pixel path; for the ``source_warp`` loss), ``edited_source`` (N, 3, s, s),
         the source image redrawn with the driver's expression, or None (a model without the
-        expression edit; for the ``expression_edit`` loss).
+        expression edit; for the ``expression_edit`` loss), ``source_flow`` (N, 2, s, s), the source
+        point each pixel of ``warped_source`` shows, or None (for the ``source_flow`` loss).
         """
-        avatar, source_deformation = self.source_branch.encode(source_image)
-        motion = self.driver_branch(driver_image)
-        rendering, driver_deformation, warped, edited = self.generator.render(
-            avatar.canonical_volume, avatar.global_descriptor, *motion, *avatar.source_pixels)
-        image, matte = split_matte(rendering)
+        avatar, source_deformation = self.source_branch.encode(source_image, source_pose)
+        motion = self.driver_branch(driver_image, driver_pose)
+        rendering = self.generator.render(avatar.canonical_volume, avatar.global_descriptor, *motion,
+                                          *avatar.source_pixels)
+        image, matte = split_matte(rendering.image)
         return {
             "image": image,
             "matte": matte,
@@ -193,9 +210,10 @@ class MegaPortraits(nn.Module):
             "motion": motion,
             "driver_expression": motion.expression,
             "source_deformation": source_deformation,
-            "driver_deformation": driver_deformation,
-            "warped_source": warped,
-            "edited_source": edited,
+            "driver_deformation": rendering.deformation,
+            "warped_source": rendering.warped,
+            "edited_source": rendering.edited,
+            "source_flow": rendering.flow,
         }
 
     def reenact(self, avatar: AvatarState, motion: Motion) -> torch.Tensor:

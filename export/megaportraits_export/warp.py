@@ -111,6 +111,12 @@ def pose_matrix(scale: torch.Tensor, rotation: torch.Tensor, translation: torch.
     return torch.cat((linear, offset), dim=-1)
 
 
+def pose_from_parameters(parameters: torch.Tensor) -> torch.Tensor:
+    """(N, 7) pose parameters, (isotropic scale, yaw, pitch, roll, tx, ty, tz) as the synthetic
+    heads label their images (``*_pose_params``, ``Pose.model_parameters``) -> (N, 3, 4) theta."""
+    return pose_matrix(parameters[:, :1].expand(-1, 3), parameters[:, 1:4], parameters[:, 4:7])
+
+
 def invert_pose(pose: torch.Tensor) -> torch.Tensor:
     """The inverse of a 3x4 transform theta = [A | b] as a 3x4 matrix [A^-1 | -A^-1 b].
 

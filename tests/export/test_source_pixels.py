@@ -59,10 +59,14 @@ def test_a_translated_driver_pose_shifts_the_source_image_by_the_same_pixels(con
     driver_pose[0, :, 3] = torch.tensor([2 * pixels[0] / size, 2 * pixels[1] / size, 0.1])
     z = _random(1, config.expression_dim, seed=4)
     with torch.no_grad():
-        warped = path(volume, driver_pose, z, _identity_pose(1), z, descriptor, image)
+        warped, flow = path(volume, driver_pose, z, _identity_pose(1), z, descriptor, image)
     expected = torch.roll(image, shifts=(-pixels[1], -pixels[0]), dims=(2, 3))
     inner = (slice(None), slice(None), slice(8, size - 8), slice(8, size - 8))
     assert torch.allclose(warped[inner], expected[inner], atol=1e-5)
+    # the flow it hands back (for the source_flow loss): each pixel's centre, t further
+    centres = identity_grid(1, size, size)[0, ..., :2].permute(2, 0, 1)[None]
+    shift = torch.tensor([2 * pixels[0] / size, 2 * pixels[1] / size]).view(1, 2, 1, 1)
+    assert torch.allclose(flow[inner], (centres + shift)[inner], atol=1e-5)
 
 
 @pytest.mark.parametrize("unmoved_candidate", [False, True])
@@ -74,7 +78,7 @@ def test_the_source_driven_by_its_own_pose_and_expression_is_unmoved(config, unm
                        0.1 * torch.rand(2, 3, generator=g))
     z = _random(2, config.expression_dim, seed=7)
     with torch.no_grad():
-        warped = path(volume, pose, z, pose, z, descriptor, image)
+        warped, _ = path(volume, pose, z, pose, z, descriptor, image)
     size = config.image_size
     inner = (slice(None), slice(None), slice(8, size - 8), slice(8, size - 8))
     assert torch.allclose(warped[inner], image[inner], atol=1e-5)
@@ -194,7 +198,7 @@ def test_the_source_driven_by_itself_is_unmoved_through_a_perspective_camera(con
                        0.1 * torch.rand(2, 3, generator=g))
     z = _random(2, config.expression_dim, seed=16)
     with torch.no_grad():
-        warped = path(volume, pose, z, pose, z, descriptor, image)
+        warped, _ = path(volume, pose, z, pose, z, descriptor, image)
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
     assert torch.allclose(warped[inner], image[inner], atol=1e-5)
 

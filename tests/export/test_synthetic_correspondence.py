@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from megaportraits_export.data import synthetic
 from megaportraits_export.data.synthetic.camera import _SHIFT_SCALE, _Camera
 from megaportraits_export.data.synthetic.correspondence import pixel_centres, skull_correspondence, skull_points
+from megaportraits_export.warp import pose_from_parameters
 
 SIZE = 96
 
@@ -85,7 +86,7 @@ def test_the_pose_probes_rigid_motion_with_true_poses_is_the_true_correspondence
     pairs = expression_pairs(4, 64, identities=4)
     motion = probe.PixelMotion(pairs)
     params = [torch.from_numpy(np.stack([poses[k].model_parameters() for poses in pairs.poses])) for k in (0, 1)]
-    theta_s, theta_d = probe._theta(params[0]), probe._theta(params[1])
+    theta_s, theta_d = pose_from_parameters(params[0]), pose_from_parameters(params[1])
     truth = torch.from_numpy(np.stack([
         skull_correspondence(synthetic.Identity.sample(person), source_pose, driver_pose, 64)[0]
         for (person, _), (source_pose, driver_pose) in zip(pairs.identities, pairs.poses)]))
@@ -113,3 +114,37 @@ def test_the_pose_probe_scores_regressor_errors_by_hand(repo_script):
     assert errors["yaw_deg"] == pytest.approx(2.0, abs=0.01) and errors["pitch_deg"] == pytest.approx(0.0, abs=0.01)
     assert errors["roll_deg"] == pytest.approx(1.0, abs=0.01)
     assert errors["translation"] == pytest.approx(0.01, abs=1e-4) and errors["log_scale"] == pytest.approx(0.03, abs=1e-4)
+
+
+def test_the_expression_pairs_carry_the_correspondence_of_their_poses():
+    from megaportraits_export.data.expression_pairs import ExpressionPairHeads
+
+    heads = ExpressionPairHeads(num_identities=5, size=48, seed=2, length=6)
+    item = heads[4]
+    identity = synthetic.Identity.sample(int(item["identity"]))
+    poses = [synthetic.Pose.from_model_parameters(item[f"{k}_pose_params"].tolist()) for k in ("source", "driver")]
+    points, seen = skull_correspondence(identity, poses[0], poses[1], 48)
+    assert item["driver_correspondence"].shape == (2, 48, 48) and item["driver_correspondence_seen"].shape == (1, 48, 48)
+    assert seen.any() and np.array_equal(item["driver_correspondence_seen"][0].numpy() > 0, seen)
+    np.testing.assert_allclose(item["driver_correspondence"].permute(1, 2, 0).numpy(), points, atol=1e-5)
+
+
+def test_the_source_flow_term_is_the_mean_distance_on_the_seen_pixels():
+    from megaportraits_export.training.objectives import LossComputer
+
+    rng = np.random.default_rng(9)
+    flow, truth = (torch.from_numpy(rng.uniform(-1, 1, (2, 2, 16, 16))) for _ in range(2))
+    seen = torch.from_numpy((rng.random((2, 1, 16, 16)) < 0.3).astype(np.float64))
+    computer = LossComputer({"l1": 0.0, "perceptual": 0.0, "adversarial": 0.0, "feature_matching": 0.0,
+                             "source_flow": 3.0}, torch.device("cpu"))
+    prediction = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    batch = {"driver": prediction, "driver_correspondence": truth, "driver_correspondence_seen": seen}
+    total, logged = computer.generator({"prediction": prediction, "matte": None, "source_flow": flow}, batch, None)
+    mask = seen.numpy()[:, 0].astype(bool)
+    by_hand = np.abs(flow.numpy() - truth.numpy()).transpose(0, 2, 3, 1)[mask].mean()
+    assert float(total) == pytest.approx(3.0 * by_hand, rel=1e-9)
+    assert logged["source_flow"] == pytest.approx(3.0 * by_hand)
+    with pytest.raises(ValueError, match="source-pixel path"):
+        computer.generator({"prediction": prediction, "matte": None}, batch, None)
+    with pytest.raises(ValueError, match="correspondence"):
+        computer.generator({"prediction": prediction, "matte": None, "source_flow": flow}, {"driver": prediction}, None)

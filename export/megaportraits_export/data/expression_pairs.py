@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .synthetic import Expression, HeadMotion, Identity, identity_seeds, render
+from .synthetic.correspondence import skull_correspondence
 
 REGION_THRESHOLD = 8
 """Two uint8 renderings differ at a pixel when a channel differs by more than this (of 255):
@@ -122,7 +123,10 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
     ``driver_feature_region`` (1, S, S) in {0, 1}: the driver's face features
     (:func:`face_feature_region`), ``source_edit_target`` (3, S, S): the source in its own pose
     with the driver's expression (what the expression edit, networks/expression_edit.py, should
-    draw), and ``source_edit_region`` (1, S, S) in {0, 1}: where that differs from the source. No second pair: the recipes that use this set train without
+    draw), ``source_edit_region`` (1, S, S) in {0, 1}: where that differs from the source, and
+    ``driver_correspondence`` (2, S, S) with ``driver_correspondence_seen`` (1, S, S) in {0, 1}:
+    the source point (x, y) each driver pixel shows, where the skull's surface gives it
+    (data/synthetic/correspondence.py). No second pair: the recipes that use this set train without
     the cycle loss.
 
     With probability ``same_pose_fraction`` the driver keeps the source's head pose, so only the
@@ -166,6 +170,7 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
         features = face_feature_region(identity, driver_motion.pose, driver_motion.expression, self.size, driver)
         edit_target = render(identity, source_motion.pose, driver_motion.expression, self.size)
         edit_region = expression_region(edit_target, source)
+        correspondence, seen = skull_correspondence(identity, source_motion.pose, driver_motion.pose, self.size)
         driver_t = _tensor(driver)
         return {
             "source": _tensor(source),
@@ -177,6 +182,8 @@ class ExpressionPairHeads(torch.utils.data.Dataset):
             "driver_feature_region": torch.from_numpy(features[None].astype(np.float32)),
             "source_edit_target": _tensor(edit_target),
             "source_edit_region": torch.from_numpy(edit_region[None].astype(np.float32)),
+            "driver_correspondence": torch.from_numpy(np.ascontiguousarray(correspondence.transpose(2, 0, 1))),
+            "driver_correspondence_seen": torch.from_numpy(seen[None].astype(np.float32)),
             "source_pose_params": torch.from_numpy(source_motion.pose.model_parameters()),
             "driver_pose_params": torch.from_numpy(driver_motion.pose.model_parameters()),
             "source_expression_params": torch.from_numpy(source_motion.expression.as_array()),

@@ -44,7 +44,10 @@ class LossWeights:
     expression codes hold the synthetic heads' expression parameters in their first entries.
     ``expression_edit`` weighs the expression edit's image (networks/expression_edit.py) against
     the source drawn with the driver's expression: the pyramid L1 of the whole image plus
-    :func:`region_l1` where the expression changes it.
+    :func:`region_l1` where the expression changes it. ``source_flow`` weighs :func:`region_l1` of
+    the source-pixel path's flow (the source point each pixel shows, normalised coordinates)
+    against the synthetic heads' true correspondence on the skull (``driver_correspondence``,
+    data/synthetic/correspondence.py): which depth a pixel shows, taught where it is known.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -60,6 +63,7 @@ class LossWeights:
     source_warp: float = 0.0       # not the paper's: pyramid L1 of the warped source image to the driver's person
     expression_labels: float = 0.0  # not the paper's: the expression codes hold the synthetic expression parameters
     expression_edit: float = 0.0   # not the paper's: the edited source against the source with the driver's expression
+    source_flow: float = 0.0       # not the paper's: the source-pixel path's flow against the heads' true correspondence
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

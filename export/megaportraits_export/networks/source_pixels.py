@@ -109,9 +109,12 @@ class SourcePixelWarp(nn.Module):
 
     def forward(self, driver_volume: torch.Tensor, pose: torch.Tensor, expression: torch.Tensor,
                 source_pose: torch.Tensor, source_expression: torch.Tensor, descriptor: torch.Tensor,
-                source_image: torch.Tensor) -> torch.Tensor:
+                source_image: torch.Tensor) -> tuple:
+        """(the source image as the driver sees it, (N, 2, s, s) the source point each of its pixels
+        shows: the flow, for the ``source_flow`` loss)."""
         points = self.source_points(pose, expression, source_pose, source_expression, descriptor)
         flow = F.interpolate(self.flow(driver_volume, points), size=source_image.shape[-2:], mode="bilinear",
                              align_corners=False)
-        return F.grid_sample(source_image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
+        warped = F.grid_sample(source_image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        return warped, flow

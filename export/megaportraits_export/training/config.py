@@ -93,6 +93,11 @@ class TrainSection:
     device: str = "auto"               # "auto", "cpu", "cuda"
     mixed_precision: bool = True       # autocast + GradScaler, used only on CUDA
     threads: int = 0                   # CPU threads per process (torch.set_num_threads); 0: torch's default
+    # An oracle, synthetic heads only: the model is driven by the heads' true poses, not its
+    # regressor's, to measure what the rest of it does with an exact motion (issue 13: the
+    # expression gain is bounded by the poses' precision, tools/probe_pose_precision.py). Its
+    # checkpoints need the true poses to be scored (expression-eval --true-poses); never shipped.
+    true_poses: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,9 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.pose_pretrain.expression_labels and cfg.data.kind != "synthetic":
         raise ConfigError("[pose_pretrain] expression_labels needs the synthetic heads' expression parameters: "
                           "[data] kind = \"synthetic\"")
+    if cfg.train.true_poses and (cfg.data.kind != "synthetic" or cfg.losses.cycle):
+        raise ConfigError("[train] true_poses drives the model by the synthetic heads' true poses: it needs "
+                          "[data] kind = \"synthetic\" and [losses] cycle = false")
     if cfg.data.kind == "video" and not cfg.data.root:
         raise ConfigError("[data] kind = \"video\" needs root = the folder of training clips")
     _validate_enhancer(cfg)

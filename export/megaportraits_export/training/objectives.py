@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..warp import pose_matrix
+from ..warp import pose_from_parameters, pose_matrix
 
 
 def pose_regressor_of(model: nn.Module) -> nn.Module:
@@ -123,17 +123,22 @@ class ReenactmentPass(nn.Module):
     back composited over their own source, as the runtime would show them.
     """
 
-    def __init__(self, model: nn.Module, cycle: bool):
+    def __init__(self, model: nn.Module, cycle: bool, true_poses: bool = False):
         super().__init__()
         self.model = model
         self.cycle = cycle
+        self.true_poses = true_poses
 
     def forward(self, batch: dict) -> dict:
         driver_input = batch.get("driver_input", batch["driver"])
-        out = self.model(batch["source"], driver_input)
+        poses = ()
+        if self.true_poses:   # [train] true_poses: the oracle of an exact motion
+            poses = tuple(pose_from_parameters(batch[f"{image}_pose_params"]) for image in ("source", "driver"))
+        out = self.model(batch["source"], driver_input, *poses)
         result = {"prediction": out["image"], "matte": out["matte"],
                   "source_deformation": out["source_deformation"], "driver_deformation": out["driver_deformation"],
                   "warped_source": out.get("warped_source"), "edited_source": out.get("edited_source"),
+                  "source_flow": out.get("source_flow"),
                   "source_expression": out["avatar"].expression, "driver_expression": out["driver_expression"]}
         if self.cycle:
             from ..model import split_matte
@@ -223,6 +228,16 @@ class LossComputer:
             target_edit = batch["source_edit_target"]
             terms["expression_edit"] = (losses.multiscale_l1(edited, target_edit, scales=self.l1_scales)
                                         + losses.region_l1(edited, target_edit, batch["source_edit_region"]))
+        if self.weights.source_flow:
+            flow = outputs.get("source_flow")
+            if flow is None:
+                raise ValueError("the source_flow loss needs a model with the source-pixel path (preset demo128_ws, "
+                                 "tiny_ws)")
+            if "driver_correspondence" not in batch:
+                raise ValueError("the source_flow loss needs the pairs' true correspondence: set [data] "
+                                 "expression_regions = true (synthetic heads)")
+            terms["source_flow"] = losses.region_l1(flow, batch["driver_correspondence"],
+                                                    batch["driver_correspondence_seen"], scales=1)
         if self.weights.expression_labels:
             if "source_expression_params" not in batch or "driver_expression_params" not in batch:
                 raise ValueError("the expression_labels loss needs the synthetic heads' expression parameters "

@@ -162,7 +162,8 @@ class Trainer:
         if self.reenact is not None:
             return
         pose_regressor_of(self.model).requires_grad_(not self.pose_frozen_in_main)
-        self.reenact = self._wrap(ReenactmentPass(self.model, cycle=self.cfg.losses.cycle))
+        self.reenact = self._wrap(ReenactmentPass(self.model, cycle=self.cfg.losses.cycle,
+                                                     true_poses=self.cfg.train.true_poses))
         if self.discriminator is not None:
             self.critic = self._wrap(self.discriminator)
 

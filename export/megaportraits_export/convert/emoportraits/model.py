@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ...config import ModelConfig
-from ...model import AvatarState, MegaPortraits, Motion
+from ...model import AvatarState, MegaPortraits, Motion, Rendering
 from ...warp import invert_pose, sample_volume, transform_points
 from . import networks as nets
 
@@ -29,8 +29,10 @@ class DriverBranch(nn.Module):
         self.head_pose = nets.HeadPoseRegressor(config)
         self.expression_encoder = nets.ExpressionEncoder(config)
 
-    def forward(self, driver_image: torch.Tensor) -> Motion:
-        pose = self.head_pose(driver_image)
+    def forward(self, driver_image: torch.Tensor, pose: torch.Tensor | None = None) -> Motion:
+        """``pose``: a known theta in place of the regressor's (as the base model's DriverBranch)."""
+        if pose is None:
+            pose = self.head_pose(driver_image)
         return Motion(pose, self.expression_encoder(driver_image, pose))
 
 
@@ -51,11 +53,11 @@ class SourceBranch(nn.Module):
     def forward(self, source_image: torch.Tensor) -> AvatarState:
         return self.encode(source_image)[0]
 
-    def encode(self, source_image: torch.Tensor) -> tuple:
+    def encode(self, source_image: torch.Tensor, pose: torch.Tensor | None = None) -> tuple:
         """(AvatarState, the source sampling grid W_s->(z_s, e_s))."""
         volume = self.appearance_encoder(source_image)
         descriptor = self.global_descriptor(source_image)
-        pose, expression = self.driver_branch(source_image)
+        pose, expression = self.driver_branch(source_image, pose)
         grid = self.source_warp(expression, descriptor)
         rigid = sample_volume(volume, rigid_grid(invert_pose(pose), grid))
         canonical = self.canonical_generator(sample_volume(rigid, grid))
@@ -72,12 +74,12 @@ class Generator(nn.Module):
                 expression: torch.Tensor) -> torch.Tensor:
         return self.render(canonical_volume, global_descriptor, pose, expression)[0]
 
-    def render(self, canonical_volume, global_descriptor, pose, expression) -> tuple:
-        """(image, the driver sampling grid W_->d(z_d, e_s), None, None): the shape of
-        :meth:`megaportraits_export.model.Generator.render` (no source-pixel path, no edit)."""
+    def render(self, canonical_volume, global_descriptor, pose, expression) -> Rendering:
+        """The image and, as its deformation, the driver sampling grid W_->d(z_d, e_s) (no
+        source-pixel path, no edit)."""
         grid = self.driver_warp(expression, global_descriptor)
         expressed = sample_volume(canonical_volume, grid)
-        return self.image_generator(sample_volume(expressed, rigid_grid(pose, grid))), grid, None, None
+        return Rendering(self.image_generator(sample_volume(expressed, rigid_grid(pose, grid))), grid)
 
 
 class EmoPortraits(MegaPortraits):
