@@ -17,7 +17,9 @@ It prints:
   motion composes three regressions (theta_d theta_d0^-1 theta_s), for rotation errors of 0.25-4
   degrees (and translations of 0.3 px);
 - for each checkpoint given: its head-pose regressor's errors on the pairs' images, and the
-  ceilings with its own relative poses.
+  ceilings with its own relative poses; and with one part of them exact: the source's pose, or
+  the driver's motion against its reference (theta_d theta_d0^-1, the reference being in the
+  source's pose).
 
     python tools/probe_pose_precision.py [CKPT ...] [--pairs 48] [--json OUT]
 """
@@ -41,7 +43,7 @@ from megaportraits_export.networks.source_pixels import project, unproject
 from megaportraits_export.warp import invert_pose, pose_from_parameters, transform_points
 
 ROTATION_ERRORS_DEG = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-TRANSLATION_ERROR = 0.005  # normalised units: 0.3 px at 128 px
+TRANSLATION_ERROR = 0.005  # normalised units, each row's translation error: 0.32 px at 128 px
 NOISE_DRAWS = 3
 
 
@@ -125,7 +127,7 @@ def probe(pairs: ExpressionPairs, checkpoints: list[str]) -> dict:
             estimated_source = noisy(source_params)
             relative = _compose_relative(estimated_source, noisy(driver_params), noisy(source_params))
             draws.append(ceiling(pairs, motion.grid(relative, estimated_source, perspective=True)))
-        result["noisy_poses"][f"{degrees} deg"] = {k: round(float(np.mean([d[k] for d in draws])), 2) for k in draws[0]}
+        result["noisy_poses"][f"{degrees} deg, {TRANSLATION_ERROR * size / 2:.2f} px"] = {k: round(float(np.mean([d[k] for d in draws])), 2) for k in draws[0]}
     if checkpoints:
         from megaportraits_export.checkpoint import load_model_from_checkpoint
 
@@ -142,7 +144,12 @@ def probe(pairs: ExpressionPairs, checkpoints: list[str]) -> dict:
             result["checkpoints"][path] = {
                 "regressor_errors": regressor_errors(predicted, torch.cat((source_params, driver_params))),
                 "orthographic": ceiling(pairs, motion.grid(relative, source, perspective=False)),
-                "perspective": ceiling(pairs, motion.grid(relative, source, perspective=True))}
+                "perspective": ceiling(pairs, motion.grid(relative, source, perspective=True)),
+                # which regression costs what: one of them made exact
+                "perspective, the source's pose exact": ceiling(pairs, motion.grid(
+                    _compose_relative(theta_s, driver, reference), theta_s, perspective=True)),
+                "perspective, the driver's motion exact": ceiling(pairs, motion.grid(
+                    _compose_relative(source, theta_d, theta_s), source, perspective=True))}
     return result
 
 

@@ -327,6 +327,10 @@ PRESETS["demo128_ws"] = PRESETS["demo128"].replace(name="demo128_ws", warped_sou
 PRESETS["demo128_wse"] = PRESETS["demo128_ws"].replace(name="demo128_wse", expression_edit_channels=(8, 16, 32, 64))
 # and the pixels moved through the synthetic heads' own pinhole camera (data.synthetic.camera)
 PRESETS["demo128_wsep"] = PRESETS["demo128_wse"].replace(name="demo128_wsep", camera_distance=6.0)
+# and a head-pose regressor twice as wide on the whole image: the pixel path needs sub-degree
+# motion (tools/probe_pose_precision.py), demo128's regressor (16 wide, 64 px) stays near 2 degrees
+PRESETS["demo128_wsepr"] = PRESETS["demo128_wsep"].replace(
+    name="demo128_wsepr", pose_backbone=BackboneConfig("basic", (1, 1, 1, 1), 32), pose_input_size=128)
 
 # tiny with a matte output: what tests of matte models (training, export, SDK compositing) use
 PRESETS["tiny_matte"] = PRESETS["tiny"].replace(name="tiny_matte", matte=True)

@@ -321,13 +321,15 @@ def build_pose_dataset(cfg, image_size: int, training_set):
     regressor is pretrained on synthetic heads of the same size; use ``main_stage = "low_lr"``
     to let it adapt to real faces during the main stage.
 
-    The expression pairs (``[data] expression_regions``) are not a good label set for the
-    expression encoder (``[pose_pretrain] expression_labels``): their sources are at rest and
-    their drivers show one or two parts at a time, so most parameters barely vary. Random heads,
-    where all six vary in every image, are its label set then.
+    The expression pairs (``[data] expression_regions``) are not a good set for this stage: for
+    the expression encoder's labels (``[pose_pretrain] expression_labels``) their sources are at
+    rest and their drivers show one or two parts at a time, so most parameters barely vary; for
+    the regressor, their drivers keep the source's pose as often as ``same_pose_fraction`` says,
+    and each item draws five images of which the stage reads two. Random heads, where every pose
+    and all six parameters vary in every image, are the set then.
     """
-    labels_on_pairs = cfg.pose_pretrain.expression_labels and cfg.data.expression_regions
-    if (cfg.data.kind == "synthetic" and not labels_on_pairs) or cfg.pose_pretrain.steps == 0:
+    on_pairs = cfg.data.kind == "synthetic" and cfg.data.expression_regions
+    if (cfg.data.kind == "synthetic" and not on_pairs) or cfg.pose_pretrain.steps == 0:
         return training_set
     from ..data import SyntheticTalkingHeads
 
