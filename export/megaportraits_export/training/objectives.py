@@ -113,6 +113,16 @@ def composite(image: torch.Tensor, matte: torch.Tensor | None, background: torch
     return image if matte is None else matte * image + (1 - matte) * background
 
 
+_PAIRS_CARRY_IT = "the pairs' %s: set [data] expression_regions = true (synthetic heads)"
+
+
+def _required(value, term: str, what: str):
+    """``value``, or the one-line error of a loss term whose input is missing (``what`` it needs)."""
+    if value is None:
+        raise ValueError(f"the {term} loss needs {what}")
+    return value
+
+
 class ReenactmentPass(nn.Module):
     """The generator side of one step, wrapped whole by DDP.
 
@@ -218,26 +228,16 @@ class LossComputer:
                                  "(preset demo128_ws, tiny_ws)")
             terms["source_warp"] = losses.multiscale_l1(warped * foreground, target, scales=self.l1_scales)
         if self.weights.expression_edit:
-            edited = outputs.get("edited_source")
-            if edited is None:
-                raise ValueError("the expression_edit loss needs a model with the expression edit "
-                                 "(preset demo128_wse, tiny_wse)")
-            if "source_edit_target" not in batch:
-                raise ValueError("the expression_edit loss needs the pairs' edit targets: set [data] "
-                                 "expression_regions = true (synthetic heads)")
-            target_edit = batch["source_edit_target"]
+            edited = _required(outputs.get("edited_source"), "expression_edit",
+                               "a model with the expression edit (preset demo128_wse, tiny_wse)")
+            target_edit = _required(batch.get("source_edit_target"), "expression_edit", _PAIRS_CARRY_IT % "edit targets")
             terms["expression_edit"] = (losses.multiscale_l1(edited, target_edit, scales=self.l1_scales)
                                         + losses.region_l1(edited, target_edit, batch["source_edit_region"]))
         if self.weights.source_flow:
-            flow = outputs.get("source_flow")
-            if flow is None:
-                raise ValueError("the source_flow loss needs a model with the source-pixel path (preset demo128_ws, "
-                                 "tiny_ws)")
-            if "driver_correspondence" not in batch:
-                raise ValueError("the source_flow loss needs the pairs' true correspondence: set [data] "
-                                 "expression_regions = true (synthetic heads)")
-            terms["source_flow"] = losses.region_l1(flow, batch["driver_correspondence"],
-                                                    batch["driver_correspondence_seen"], scales=1)
+            flow = _required(outputs.get("source_flow"), "source_flow",
+                             "a model with the source-pixel path (preset demo128_ws, tiny_ws)")
+            truth = _required(batch.get("driver_correspondence"), "source_flow", _PAIRS_CARRY_IT % "true correspondence")
+            terms["source_flow"] = losses.region_l1(flow, truth, batch["driver_correspondence_seen"], scales=1)
         if self.weights.expression_labels:
             if "source_expression_params" not in batch or "driver_expression_params" not in batch:
                 raise ValueError("the expression_labels loss needs the synthetic heads' expression parameters "
