@@ -35,9 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megaportraits_export import command
 from megaportraits_export.data import synthetic
 from megaportraits_export.data.synthetic.camera import CAMERA_DISTANCE
-from megaportraits_export.data.synthetic.correspondence import skull_correspondence, skull_points
+from megaportraits_export.data.synthetic.correspondence import pixel_centres, skull_correspondence, skull_points
 from megaportraits_export.expression_eval import ExpressionPairs, expression_pairs, region_psnr
 from megaportraits_export.networks.source_pixels import project, unproject
 from megaportraits_export.warp import invert_pose, pose_from_parameters, transform_points
@@ -62,10 +63,9 @@ class PixelMotion:
     def __init__(self, pairs: ExpressionPairs):
         size = pairs.source.shape[-1]
         points, hits = [], []
+        x, y = pixel_centres(size)
         for (person, _), (_, driver_pose) in zip(pairs.identities, pairs.poses):
             _, depth, hit = skull_points(synthetic.Identity.sample(person), driver_pose, size)
-            centres = (2.0 * np.arange(size) + 1.0) / size - 1.0
-            x, y = np.meshgrid(centres, centres)
             points.append(np.stack([x, y, depth], axis=-1))
             hits.append(hit)
         self.points = torch.from_numpy(np.stack(points)).float()[:, None]   # (N, 1, S, S, 3)
@@ -159,6 +159,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its folder does not exist")
+    return command.run(_probe, args)   # a missing or foreign checkpoint, an unwritable --json: one line
+
+
+def _probe(args) -> int:
     pairs = expression_pairs(args.pairs, 128)
     result = probe(pairs, args.checkpoints)
     text = json.dumps(result, indent=1)

@@ -148,3 +148,13 @@ def test_the_source_flow_term_is_the_mean_distance_on_the_seen_pixels():
         computer.generator({"prediction": prediction, "matte": None}, batch, None)
     with pytest.raises(ValueError, match="correspondence"):
         computer.generator({"prediction": prediction, "matte": None, "source_flow": flow}, {"driver": prediction}, None)
+
+
+def test_the_pose_probe_says_what_is_wrong_in_one_line(repo_script, capsys, tmp_path):
+    probe = repo_script("tools/probe_pose_precision.py")
+    assert probe.main([str(tmp_path / "missing.pt"), "--pairs", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pt" in err[0]
+    with pytest.raises(SystemExit) as stop:
+        probe.main(["--json", str(tmp_path / "no" / "such" / "x.json")])
+    assert stop.value.code == 2 and "folder" in capsys.readouterr().err

@@ -32,6 +32,10 @@ def _pose_transform(pose: Pose) -> tuple[np.ndarray, float, np.ndarray]:
     return pose.rotation(), pose.scale * HEAD_UNIT, np.array([pose.tx, pose.ty, pose.tz])
 
 
+def _skull_radii(identity: Identity) -> np.ndarray:
+    return np.array([identity.head_width, identity.head_height, identity.head_depth])
+
+
 def skull_points(identity: Identity, pose: Pose, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each pixel's ray through the camera onto the front of the skull of ``identity`` in ``pose``.
 
@@ -41,7 +45,7 @@ def skull_points(identity: Identity, pose: Pose, size: int) -> tuple[np.ndarray,
     """
     x, y = pixel_centres(size)
     rotation, scale, translation = _pose_transform(pose)
-    radii = np.array([identity.head_width, identity.head_height, identity.head_depth])
+    radii = _skull_radii(identity)
     # A camera point on the pixel's ray at depth z: (x, y, 0) + z (x / d, y / d, 1) (the camera's
     # perspective, camera.project); in the head's frame, divided by the radii, it is o + z v.
     origin = np.stack([x, y, np.zeros_like(x)], axis=-1)
@@ -66,7 +70,7 @@ def skull_correspondence(identity: Identity, source_pose: Pose, driver_pose: Pos
     rotation, scale, translation = _pose_transform(source_pose)
     camera_points = scale * head_points @ rotation.T + translation
     projected = camera_points[..., :2] * (CAMERA_DISTANCE / (camera_points[..., 2:3] + CAMERA_DISTANCE))
-    radii = np.array([identity.head_width, identity.head_height, identity.head_depth])
+    radii = _skull_radii(identity)
     normals = (head_points / radii ** 2) @ rotation.T
     from_camera = camera_points - np.array([0.0, 0.0, -CAMERA_DISTANCE])
     seen = hit & ((normals * from_camera).sum(-1) < 0.0)
