@@ -263,3 +263,25 @@ def test_loss_weights_and_combination():
     assert float(total.detach()) == pytest.approx(913.0)
     with pytest.raises(ValueError, match="unknown loss term 'perceptul'"):
         combine_losses({"perceptul": torch.tensor(1.0)})
+
+
+def test_the_composite_term_is_the_squared_error_of_the_image_a_user_sees():
+    # by hand in numpy: the prediction through its matte over the driver's true background (the
+    # driver with its person removed), against the driver; and it needs a matte
+    from megaportraits_export.training.objectives import LossComputer
+
+    rng = np.random.default_rng(21)
+    prediction, driver = (rng.uniform(0, 1, (2, 3, 12, 12)) for _ in range(2))
+    matte = rng.uniform(0, 1, (2, 1, 12, 12))
+    mask = (rng.random((2, 1, 12, 12)) < 0.5).astype(np.float64)
+    computer = LossComputer({"l1": 0.0, "perceptual": 0.0, "adversarial": 0.0, "feature_matching": 0.0,
+                             "matte": 0.0, "composite": 5.0}, torch.device("cpu"))
+    t = torch.from_numpy
+    batch = {"driver": t(driver), "driver_mask": t(mask)}
+    total, logged = computer.generator({"prediction": t(prediction), "matte": t(matte)}, batch, None)
+    shown = matte * prediction + (1 - matte) * driver * (1 - mask)
+    by_hand = ((shown - driver) ** 2).mean()
+    assert float(total) == pytest.approx(5.0 * by_hand, rel=1e-9)
+    assert logged["composite"] == pytest.approx(5.0 * by_hand)
+    with pytest.raises(ValueError, match="matte"):
+        computer.generator({"prediction": t(prediction), "matte": None}, batch, None)

@@ -48,6 +48,11 @@ class LossWeights:
     the source-pixel path's flow (the source point each pixel shows, normalised coordinates)
     against the synthetic heads' true correspondence on the skull (``driver_correspondence``,
     data/synthetic/correspondence.py): which depth a pixel shows, taught where it is known.
+    ``composite`` weighs the mean squared error of the image a user sees, a matte model's
+    prediction composited through its matte over the driver's true background, to the driver. The
+    foreground L1 and the matte's L1 each see half of the silhouette: neither asks the colours and
+    the matte to agree where they meet, and an L1 lets a silhouette pixel take the wrong side, a
+    rare large error that the squared error (what PSNR reads) weighs as it is.
     """
 
     perceptual: float = 20.0       # lambda_IN: ImageNet VGG19 (or its documented fallback)
@@ -64,6 +69,7 @@ class LossWeights:
     expression_labels: float = 0.0  # not the paper's: the expression codes hold the synthetic expression parameters
     expression_edit: float = 0.0   # not the paper's: the edited source against the source with the driver's expression
     source_flow: float = 0.0       # not the paper's: the source-pixel path's flow against the heads' true correspondence
+    composite: float = 0.0         # not the paper's: squared error of the composited image a user sees
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -33,7 +33,9 @@ folded into the channels) over D + 1 candidates: the D depths of the volume, the
 seen, and the pixel itself, unmoved, for what does not move with the head (the torso, the
 backdrop: session 7 measured a rigid warp of the whole person scoring under the unmoved source).
 That gives a 2-D flow at the volume's side; upsampled bilinearly, it warps the source image at
-full resolution.
+full resolution, with border padding: a point beyond the image's edge shows the edge's pixel (a
+head moved up pulls its torso from below the frame; zero padding drew a black band there, and
+cost 0.6 dB of `evaluate`'s whole image, session 10).
 
 Cost per frame: M twice (small next to G3D/G2D), one 3-channel GridSample at the volume's size and
 one RGB GridSample at the output's; the one heavy volume sample per frame stays the only one.
@@ -115,6 +117,6 @@ class SourcePixelWarp(nn.Module):
         points = self.source_points(pose, expression, source_pose, source_expression, descriptor)
         flow = F.interpolate(self.flow(driver_volume, points), size=source_image.shape[-2:], mode="bilinear",
                              align_corners=False)
-        warped = F.grid_sample(source_image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+        warped = F.grid_sample(source_image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
                                align_corners=False)
         return warped, flow

@@ -245,6 +245,11 @@ class LossComputer:
             terms["expression_labels"] = 0.5 * (
                 losses.expression_label_loss(outputs["source_expression"], batch["source_expression_params"])
                 + losses.expression_label_loss(outputs["driver_expression"], batch["driver_expression_params"]))
+        if self.weights.composite:
+            if matte is None:
+                raise ValueError("the composite loss needs a model with a matte (ModelConfig.matte)")
+            terms["composite"] = F.mse_loss(composite(outputs["prediction"], matte, batch["driver"] * (1 - foreground)),
+                                            batch["driver"])
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():
