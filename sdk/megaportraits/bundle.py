@@ -36,6 +36,9 @@ from .sessions import (CustomOpStatus, Flavour, choose_flavour, create_session, 
                        fall_back, session_options, warn_fallback)
 
 DEMO_BUNDLE = Path(__file__).resolve().parent / "assets" / "demo_bundle"
+# what the package may carry in assets/ all together (demo bundle, demo student, demo clips): the
+# wheel is installed by every user, whether they run the demo or not
+ASSET_BUDGET_BYTES = 40 * 1024 * 1024
 
 
 # ---- where the bundle is -----------------------------------------------------------------

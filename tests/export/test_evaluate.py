@@ -292,3 +292,19 @@ def test_pose_errors_compare_the_regressor_with_the_ground_truth(tiny_checkpoint
     assert errors["roll_deg"] == pytest.approx(1.7189, abs=1e-3)
     assert errors["translation"] == pytest.approx(0.004, abs=1e-6)
     assert errors["scale_relative"] == pytest.approx(0.02, abs=1e-6)
+
+
+def test_a_bundle_with_an_enhancer_is_scored_at_its_base_size(bundle_factory, tmp_path, one_torch_thread):
+    """The base model's figures: with an enhancer added, the frames are the base bundle's own
+    (the enhancer is off here; its twice-larger frames would not even match the targets' shape)."""
+    from megaportraits_export.onnx_export.enhancer import add_enhancer
+    from test_enhancer_export import random_enhancer
+
+    base = bundle_factory("tiny", portable=True)
+    enhanced = add_enhancer(base, random_enhancer("tiny", base_size=64), tmp_path / "enhanced",
+                            provenance={"weights": "random-init"})
+    pairs = evaluation.heldout_pairs(2, 64, seed=5, identities=3)
+    plain = evaluation.BundleReenactor(str(base)).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
+    got = evaluation.BundleReenactor(str(enhanced)).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
+    assert got.shape == pairs.target.shape
+    assert torch.equal(got, plain)

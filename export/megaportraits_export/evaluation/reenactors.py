@@ -103,7 +103,10 @@ class CheckpointReenactor:
 # ---- reenactment through a bundle (the SDK) -------------------------------------------------------
 class BundleReenactor:
     """An exported bundle run by ``megaportraits.Animator`` on already-cropped frames
-    (``crop=False``, ``paste_back=False``), one pair at a time as a user would."""
+    (``crop=False``, ``paste_back=False``), one pair at a time as a user would.
+
+    The base model is scored at its own size: a bundle's enhancer stays off here
+    (``evaluate-enhancer`` scores it), else its frames would be the enhancer's twice-larger ones."""
 
     def __init__(self, bundle: str, provider: str = "cpu", background: str = "source"):
         import megaportraits
@@ -116,7 +119,7 @@ class BundleReenactor:
         precision = reference_precision(mf.load_manifest(find_bundle(bundle)))  # as exported, not auto's int8 flavour
         self.animators = {mode: megaportraits.Animator(bundle, provider=provider, motion=mode, crop=False,
                                                        paste_back=False, background=background,
-                                                       precision=precision)
+                                                       precision=precision, enhance=False)
                           for mode in ("relative", "absolute")}
         self.image_size = self.animators["relative"].image_size
 
