@@ -159,13 +159,14 @@ class CheckpointExpressionReenactor:
 
 class BundleExpressionReenactor:
     """An exported bundle through the SDK (``crop=False``, ``paste_back=False``, relative motion):
-    the frame the SDK shows, and the same frame with the avatar's own expression code."""
+    the frame the SDK shows, and the same frame with the avatar's own expression code; at the base
+    model's size, a bundle's enhancer off, as ``evaluate --bundle``."""
 
     def __init__(self, bundle: str, provider: str = "cpu", background: str = "source"):
         import megaportraits
 
         self.animator = megaportraits.Animator(bundle, provider=provider, motion="relative", crop=False,
-                                               paste_back=False, background=background)
+                                               paste_back=False, background=background, enhance=False)
         self.image_size = self.animator.image_size
 
     def reenact_codes(self, source: torch.Tensor, driver: torch.Tensor, reference: torch.Tensor) -> dict:

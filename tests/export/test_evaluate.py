@@ -308,3 +308,11 @@ def test_a_bundle_with_an_enhancer_is_scored_at_its_base_size(bundle_factory, tm
     got = evaluation.BundleReenactor(str(enhanced)).reenact(pairs.source, pairs.cross_driver, pairs.cross_reference)
     assert got.shape == pairs.target.shape
     assert torch.equal(got, plain)
+    # and expression-eval's reenactor, both of its renderings
+    from megaportraits_export import expression_eval
+
+    codes = [expression_eval.BundleExpressionReenactor(str(b)).reenact_codes(
+        pairs.source, pairs.cross_driver, pairs.cross_reference) for b in (base, enhanced)]
+    assert codes[0].keys() == codes[1].keys()
+    for name in codes[0]:
+        assert codes[1][name].shape == pairs.target.shape and torch.equal(codes[1][name], codes[0][name])
