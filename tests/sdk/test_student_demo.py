@@ -14,6 +14,7 @@ from megaportraits.schema import AVATAR_INDEX, DRIVER_IMAGE, STUDENT
 from megaportraits.student import DEMO_STUDENT, StudentAnimator
 from megaportraits.video import VideoReader
 
+
 def test_the_demo_student_is_a_valid_student_of_the_demo_model():
     report = validate_bundle(DEMO_STUDENT)
     assert report.ok, report.problems

@@ -245,11 +245,14 @@ class LossComputer:
             terms["expression_labels"] = 0.5 * (
                 losses.expression_label_loss(outputs["source_expression"], batch["source_expression_params"])
                 + losses.expression_label_loss(outputs["driver_expression"], batch["driver_expression_params"]))
+        # the image a user sees: for a matte model composited over the true background, the driver
+        # with its person removed (over the whole driver, a matte of 0 would let the true person
+        # through and score a perfect reconstruction); the composite term trains it, the log reads it
+        shown = outputs["prediction"] if matte is None else composite(outputs["prediction"], matte,
+                                                                      batch["driver"] * (1 - foreground))
         if self.weights.composite:
-            if matte is None:
-                raise ValueError("the composite loss needs a model with a matte (ModelConfig.matte)")
-            terms["composite"] = F.mse_loss(composite(outputs["prediction"], matte, batch["driver"] * (1 - foreground)),
-                                            batch["driver"])
+            _required(matte, "composite", "a model with a matte (ModelConfig.matte)")
+            terms["composite"] = F.mse_loss(shown, batch["driver"])
         if critic is not None:
             fake = critic(prediction)
             with torch.no_grad():
@@ -260,13 +263,7 @@ class LossComputer:
             terms["cycle"] = losses.motion_cycle_loss(outputs["z_prediction"], outputs["z_cross_prediction"],
                                                       outputs["z_driver"], outputs["z_driver2"])
         total, logged = losses.combine_losses(terms, self.weights)
-        # the error of the image a user sees: for a matte model composited over the true background,
-        # the driver with its person removed (over the whole driver, a matte of 0 would let the
-        # true person through and score a perfect reconstruction)
-        shown = outputs["prediction"].detach()
-        if matte is not None:
-            shown = composite(shown, matte.detach(), batch["driver"] * (1 - foreground))
-        logged["reconstruction_l1"] = float(F.l1_loss(shown, batch["driver"]))
+        logged["reconstruction_l1"] = float(F.l1_loss(shown.detach(), batch["driver"]))
         return total, logged
 
     def discriminator(self, critic: nn.Module, outputs: dict, batch: dict) -> tuple:
