@@ -216,3 +216,16 @@ def test_a_camera_needs_the_path_and_a_distance_beyond_the_volume(config):
         config.replace(name="bad", camera_distance=0.5)
     with pytest.raises(ValueError, match="camera_distance"):
         build_model("tiny").config.replace(name="bad", camera_distance=6.0)
+
+
+def test_the_source_field_cost_probe_times_a_path_and_refuses_a_model_without_one(repo_script, tmp_path, capsys):
+    probe = repo_script("tools/probe_source_field_cost.py")
+    with_path, without = build_model("tiny_ws"), build_model("tiny_matte")
+    save_checkpoint(tmp_path / "ws.pt", with_path, with_path.config, "tiny_ws", {})
+    save_checkpoint(tmp_path / "plain.pt", without, without.config, "tiny_matte", {})
+    assert probe.main([str(tmp_path / "ws.pt"), "--threads", "1", "--runs", "2"]) == 0
+    assert "M(m_s), the avatar's own field:" in capsys.readouterr().out
+    for path, what in (("plain.pt", "no source-pixel path"), ("missing.pt", "no checkpoint")):
+        assert probe.main([str(tmp_path / path), "--runs", "1"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0]
